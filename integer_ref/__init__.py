@@ -1,0 +1,1 @@
+"""integer_ref: the integer program (IR) and its NumPy/Numba reference executor. No torch here."""

@@ -1,0 +1,156 @@
+"""The integer program: a small explicit graph of integer ops.
+
+Each node names its inputs, holds its integer parameters (NumPy arrays), its attributes
+(plain JSON values) and the quantization of its output. Nodes are stored in
+topological order. The semantics of each op are written once, in integer_ref.kernels;
+quantsim.emulate is the torch twin of the same semantics.
+
+Ops and their contents (x: input tensor, NCHW for images; all tensors hold integers):
+
+- quantize    inputs [graph input, float]   q = clamp(rint(x / s) + z) in float32
+- conv2d      params weight (O, I/g, kh, kw), bias (O,) or absent, multiplier (O,), shift (O,),
+              weight_zero_point (scalar or (O,), default 0)
+              attrs stride [sh, sw], dilation [dh, dw], groups, padding [top, bottom, left, right]
+                    or padding_mode "tf_same" (computed from the input size), clamp [lo, hi]
+- linear      params weight (O, K), bias, multiplier, shift; attrs clamp
+- add         params multiplier (2,), shift (); attrs clamp   y = (a·Ma + b·Mb + round) >> n
+- clamp       attrs clamp: a standalone ReLU / ReLU6 in the integer domain (scale unchanged)
+- maxpool     attrs kernel, stride, padding [t, b, l, r]   (scale unchanged)
+- avgpool     attrs kernel, stride, padding, count (divisor); params multiplier, shift; attrs clamp
+- global_avgpool  params multiplier, shift; attrs count (= H·W it was lowered for), clamp
+- reshape     attrs shape (with -1 for the batch axis kept as is): flatten is shape [-1, C]
+- strided_slice   attrs step [sh, sw] on the spatial axes
+- pad_channels    attrs before, after: pads with the zero point
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .arith import qrange
+
+OPS = {
+    "quantize", "conv2d", "linear", "add", "clamp", "maxpool", "avgpool", "global_avgpool",
+    "reshape", "strided_slice", "pad_channels",
+}
+# Ops whose arithmetic is a multiply-accumulate over a weight tensor.
+MAC_OPS = {"conv2d", "linear"}
+
+
+@dataclass
+class QParams:
+    """Quantization of one tensor: real = scale * (q - zero_point)."""
+
+    bits: int
+    signed: bool
+    scale: np.ndarray  # float64; shape () per tensor or (C,) per channel along `axis`
+    zero_point: int = 0
+    narrow: bool = True  # signed range without -2^(b-1) (our own quantization)
+    axis: int | None = None
+
+    def __post_init__(self):
+        self.scale = np.asarray(self.scale, dtype=np.float64)
+
+    @property
+    def qmin(self) -> int:
+        return qrange(self.bits, self.signed, self.narrow)[0]
+
+    @property
+    def qmax(self) -> int:
+        return qrange(self.bits, self.signed, self.narrow)[1]
+
+    @property
+    def per_channel(self) -> bool:
+        return self.scale.ndim > 0 and self.scale.size > 1
+
+    def to_json(self) -> dict:
+        return {"bits": self.bits, "signed": self.signed, "scale": self.scale.tolist(),
+                "zero_point": self.zero_point, "narrow": self.narrow, "axis": self.axis}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "QParams":
+        return cls(d["bits"], d["signed"], np.asarray(d["scale"]), d["zero_point"],
+                   d["narrow"], d["axis"])
+
+
+@dataclass
+class Node:
+    name: str
+    op: str
+    inputs: list[str]
+    out: QParams
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    source: str = ""  # the torch module or function this node came from
+    weight_q: QParams | None = None  # quantization of `weight`, for MAC ops
+    in_q: QParams | None = None  # quantization of the first input, for reports
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise ValueError(f"unknown IR op {self.op!r} in node {self.name!r}")
+
+
+@dataclass
+class Graph:
+    nodes: list[Node]
+    input_name: str
+    input_shape: tuple[int, ...]  # (C, H, W) the program was lowered for
+    outputs: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._index = {n.name: n for n in self.nodes}
+        seen = {self.input_name}
+        for n in self.nodes:
+            for i in n.inputs:
+                if i not in seen:
+                    raise ValueError(f"node {n.name!r} reads {i!r} before it is produced")
+            if n.name in seen:
+                raise ValueError(f"duplicate node name {n.name!r}")
+            seen.add(n.name)
+
+    def __getitem__(self, name: str) -> Node:
+        return self._index[name]
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs]
+
+    # -- serialisation: JSON for the structure, .npz for the arrays ------------------
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+        nodes = []
+        for n in self.nodes:
+            for k, v in n.params.items():
+                arrays[f"{n.name}::{k}"] = v
+            nodes.append({
+                "name": n.name, "op": n.op, "inputs": n.inputs, "attrs": n.attrs,
+                "params": sorted(n.params), "out": n.out.to_json(), "source": n.source,
+                "weight_q": n.weight_q.to_json() if n.weight_q else None,
+                "in_q": n.in_q.to_json() if n.in_q else None,
+            })
+        doc = {"format": "quantsim-ir/1", "input_name": self.input_name,
+               "input_shape": list(self.input_shape), "outputs": self.outputs,
+               "meta": self.meta, "nodes": nodes}
+        path.with_suffix(".json").write_text(json.dumps(doc, indent=1))
+        np.savez_compressed(path.with_suffix(".npz"), **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Graph":
+        path = Path(path)
+        doc = json.loads(path.with_suffix(".json").read_text())
+        arrays = np.load(path.with_suffix(".npz"), allow_pickle=False)
+        nodes = []
+        for d in doc["nodes"]:
+            nodes.append(Node(
+                name=d["name"], op=d["op"], inputs=d["inputs"], attrs=d["attrs"],
+                params={k: arrays[f"{d['name']}::{k}"] for k in d["params"]},
+                out=QParams.from_json(d["out"]), source=d["source"],
+                weight_q=QParams.from_json(d["weight_q"]) if d["weight_q"] else None,
+                in_q=QParams.from_json(d["in_q"]) if d["in_q"] else None,
+            ))
+        return cls(nodes, doc["input_name"], tuple(doc["input_shape"]), doc["outputs"], doc["meta"])

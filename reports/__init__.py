@@ -1,0 +1,1 @@
+"""reports: tables and plots written atomically from results computed elsewhere."""
