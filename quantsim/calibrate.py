@@ -1,0 +1,96 @@
+"""Observers and scale search: from float values to a clipping range per tensor.
+
+Activations are observed on the float model (FloatGraph) over the calibration set; the
+clipping value is chosen by `minmax`, `percentile` (of |x|) or `mse` (the clip that
+minimises the quantization mean-square error on the observed values).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from .capture import FloatGraph, FNode, run_float
+
+SAMPLE_PER_BATCH = 8192
+SAMPLE_CAP = 1 << 18
+
+
+@dataclass
+class TensorStats:
+    min: float = float("inf")
+    max: float = float("-inf")
+    samples: list[torch.Tensor] = field(default_factory=list)
+    n_sampled: int = 0
+
+    def update(self, t: torch.Tensor, gen: torch.Generator) -> None:
+        t = t.detach().float()
+        self.min = min(self.min, float(t.min()))
+        self.max = max(self.max, float(t.max()))
+        if self.n_sampled < SAMPLE_CAP:
+            flat = t.reshape(-1)
+            k = min(SAMPLE_PER_BATCH, flat.numel())
+            idx = torch.randint(0, flat.numel(), (k,), generator=gen)
+            self.samples.append(flat[idx].clone())
+            self.n_sampled += k
+
+    def sample(self) -> torch.Tensor:
+        return torch.cat(self.samples) if self.samples else torch.zeros(1)
+
+    @property
+    def absmax(self) -> float:
+        return max(abs(self.min), abs(self.max))
+
+
+def collect_stats(g: FloatGraph, batches, seed: int = 0, progress: bool = True) -> dict[str, TensorStats]:
+    """One pass over the calibration batches, observing every node's output."""
+    stats: dict[str, TensorStats] = {n.name: TensorStats() for n in g.nodes}
+    gen = torch.Generator().manual_seed(seed)
+
+    def observe(n: FNode, y: torch.Tensor) -> None:
+        stats[n.name].update(y, gen)
+
+    for x in tqdm(batches, desc="calibrate", unit="batch", disable=not progress, leave=False):
+        run_float(g, x, observe=observe)
+    return stats
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
+
+
+def clip_value(stats: TensorStats, method: str, qmin: int, qmax: int, percentile: float = 99.99) -> float:
+    """The real value mapped to qmax for an activation tensor."""
+    if method == "minmax":
+        return stats.max if qmin == 0 else stats.absmax
+    x = stats.sample()
+    mag = x.clamp(min=0) if qmin == 0 else x.abs()
+    if method == "percentile":
+        return float(torch.quantile(mag.double(), percentile / 100.0))
+    if method == "mse":
+        top = stats.max if qmin == 0 else stats.absmax
+        return mse_clip(x, top, qmin, qmax)
+    raise ValueError(method)
+
+
+def mse_clip(x: torch.Tensor, top: float, qmin: int, qmax: int, steps: int = 80) -> float:
+    """Grid search of the clip in [0.2, 1] * top minimising the fake-quant MSE."""
+    if top <= 0:
+        return top
+    best, best_err = top, float("inf")
+    for i in range(steps + 1):
+        c = top * (0.2 + 0.8 * i / steps)
+        err = float(((fake_quant(x, torch.tensor(c / qmax), qmin, qmax) - x) ** 2).mean())
+        if err < best_err:
+            best, best_err = c, err
+    return best
+
+
+def weight_clip(w: torch.Tensor, per_channel: bool, method: str, qmax: int) -> torch.Tensor:
+    """Clip value per output channel (shape (O,)) or per tensor (shape ())."""
+    flat = w.detach().reshape(w.shape[0], -1) if per_channel else w.detach().reshape(1, -1)
+    amax = flat.abs().amax(dim=1)
+    if method == "mse":
+        amax = torch.tensor([mse_clip(row, float(a), -qmax, qmax) for row, a in zip(flat, amax)])
+    return amax if per_channel else amax[0]

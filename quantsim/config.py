@@ -1,0 +1,77 @@
+"""The quantization recipe as data: printable, saveable, comparable (cf. torchao's configs)."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from .errors import QuantsimError
+
+MIN_BITS, MAX_BITS = 2, 16
+GRANULARITIES = ("per-tensor", "per-channel")
+CALIB_METHODS = ("minmax", "percentile", "mse")
+REQUANT_MODES = ("dyadic",)
+
+
+@dataclass
+class QuantConfig:
+    w_bits: int = 8
+    a_bits: int = 8
+    granularity: str = "per-channel"
+    calib_method: str = "minmax"
+    percentile: float = 99.99
+    out_bits: int = 16  # the network's output (logits) tensor: kept wide so top-1 ties stay rare
+    mult_bits: int = 31  # width of the dyadic requantization multiplier M
+    acc_bits: int = 32
+    requant: str = "dyadic"
+    # per MAC layer overrides (mixed precision): layer name -> [w_bits, a_bits]
+    layer_bits: dict[str, list[int]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        for b in (self.w_bits, self.a_bits, self.out_bits, *[x for wa in self.layer_bits.values() for x in wa]):
+            check_bits(b)
+        if self.granularity not in GRANULARITIES:
+            raise QuantsimError(f"granularity {self.granularity!r}: choose one of {', '.join(GRANULARITIES)}")
+        if self.calib_method not in CALIB_METHODS:
+            raise QuantsimError(f"calibration method {self.calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
+        if self.requant not in REQUANT_MODES:
+            raise QuantsimError(f"requant mode {self.requant!r}: choose one of {', '.join(REQUANT_MODES)}")
+        if not 0 < self.percentile <= 100:
+            raise QuantsimError(f"percentile {self.percentile} must be in (0, 100]")
+
+    def bits_for(self, layer: str) -> tuple[int, int]:
+        wa = self.layer_bits.get(layer)
+        return (wa[0], wa[1]) if wa else (self.w_bits, self.a_bits)
+
+    @property
+    def label(self) -> str:
+        if self.layer_bits:
+            return "mixed"
+        return f"W{self.w_bits}A{self.a_bits}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "QuantConfig":
+        return cls(**d)
+
+
+def check_bits(b: int) -> int:
+    if not isinstance(b, int) or not MIN_BITS <= b <= MAX_BITS:
+        raise QuantsimError(f"bit width {b} is out of range: use {MIN_BITS}..{MAX_BITS}")
+    return b
+
+
+def parse_bits(text: str) -> tuple[int, int] | None:
+    """'8' -> (8, 8); 'W4A8' -> (4, 8); 'fp32' -> None. 'mixed' is handled by the caller."""
+    t = text.strip().lower()
+    if t in ("fp32", "float", "float32"):
+        return None
+    m = re.fullmatch(r"(\d+)", t)
+    if m:
+        b = int(m.group(1))
+        return check_bits(b), b
+    m = re.fullmatch(r"w(\d+)a(\d+)", t)
+    if m:
+        return check_bits(int(m.group(1))), check_bits(int(m.group(2)))
+    raise QuantsimError(f"--bits {text!r}: use fp32, mixed, a width {MIN_BITS}..{MAX_BITS} such as 8, or WxAy such as W4A8")
