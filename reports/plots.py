@@ -1,0 +1,152 @@
+"""Report plots, each written as PNG and SVG through ``reports.io.save_figure_atomic``.
+
+The functions take tables computed elsewhere and draw them; the only thing computed here
+is the Pareto mask (``pareto_front``), which is what the frontier line shows.
+
+Figures are built with ``matplotlib.figure.Figure`` directly, never through pyplot, so no
+GUI backend is touched and no global figure state is kept: saving goes through the Agg
+renderer (PNG) and the SVG backend, whatever the user's default backend is.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from reports.io import save_figure_atomic
+
+__all__ = ["pareto_front", "energy_breakdown", "pareto", "width_map"]
+
+_PARTS = (("e_mac_pj", "MAC"), ("e_sram_pj", "SRAM"), ("e_dram_pj", "DRAM"))
+_MARKERS = "osD^vP*Xhp<>"
+
+
+def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise KeyError(f"{what} needs columns {missing} (has {list(df.columns)})")
+
+
+def pareto_front(points, acc: str = "top1", energy: str = "e_total_pj") -> np.ndarray:
+    """Boolean mask of the non-dominated points: a point is dominated when another has
+    energy <= and accuracy >=, at least one of them strictly. Equal points are all kept.
+    Points with a NaN accuracy or energy are neither on the front nor dominate others."""
+    a = np.asarray(points[acc], dtype=float)
+    e = np.asarray(points[energy], dtype=float)
+    ok = np.isfinite(a) & np.isfinite(e)
+    # dom[j, i]: point j dominates point i
+    dom = ((e[:, None] <= e[None, :]) & (a[:, None] >= a[None, :])
+           & ((e[:, None] < e[None, :]) | (a[:, None] > a[None, :])))
+    dom &= ok[:, None]
+    return ok & ~dom.any(axis=0)
+
+
+def energy_breakdown(rows: pd.DataFrame, path_stem: str | os.PathLike,
+                     title: str | None = None) -> tuple[Path, Path]:
+    """Stacked bars per layer: MAC, SRAM and DRAM energy (pJ), in the rows' order."""
+    _require(rows, ["layer"] + [c for c, _ in _PARTS], "energy_breakdown")
+    n = len(rows)
+    fig = Figure(figsize=(max(6.0, 0.28 * n + 2.0), 4.5))
+    ax = fig.add_subplot()
+    x = np.arange(n)
+    bottom = np.zeros(n)
+    for col, name in _PARTS:
+        v = rows[col].to_numpy(dtype=float)
+        ax.bar(x, v, bottom=bottom, label=name, width=0.8)
+        bottom += v
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(l) for l in rows["layer"]], rotation=90, fontsize=7)
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylabel("energy (pJ)")
+    ax.set_title(title or "Energy per layer")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    return save_figure_atomic(fig, path_stem)
+
+
+def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
+           fp32_top1: float | None = None, w8a8_energy: float | None = None,
+           title: str | None = None, logx: bool | None = None) -> tuple[Path, Path]:
+    """Accuracy against energy: every point labelled, grouped by ``policy`` when that
+    column is there, the Pareto frontier as a step line (the best accuracy reachable at or
+    below each energy), FP32 accuracy and W8A8 energy as reference lines. ``logx=None``
+    picks a log energy axis when the energies span more than a factor of 20."""
+    _require(points, ["label", "top1", "e_total_pj"], "pareto")
+    pts = points.reset_index(drop=True)
+    e = pts["e_total_pj"].to_numpy(dtype=float)
+    a = pts["top1"].to_numpy(dtype=float)
+    mask = pareto_front(pts)
+
+    fig = Figure(figsize=(8.0, 5.5))
+    ax = fig.add_subplot()
+    if "policy" in pts.columns:
+        groups = list(dict.fromkeys(pts["policy"].astype(str)))
+        for i, g in enumerate(groups):
+            sel = (pts["policy"].astype(str) == g).to_numpy()
+            ax.scatter(e[sel], a[sel], marker=_MARKERS[i % len(_MARKERS)], s=36,
+                       label=g, zorder=3)
+    else:
+        ax.scatter(e, a, s=36, zorder=3, label="points")
+    for x, y, lab in zip(e, a, pts["label"].astype(str)):
+        if np.isfinite(x) and np.isfinite(y):
+            ax.annotate(lab, (x, y), xytext=(4, 3), textcoords="offset points", fontsize=7)
+    if mask.any():
+        order = np.argsort(e[mask], kind="stable")
+        fe, fa = e[mask][order], a[mask][order]
+        ax.step(fe, fa, where="post", color="black", lw=1.2, alpha=0.8,
+                label="Pareto frontier", zorder=2)
+        ax.scatter(fe, fa, s=90, facecolors="none", edgecolors="black", zorder=4)
+    if fp32_top1 is not None:
+        ax.axhline(fp32_top1, color="tab:gray", ls="--", lw=1,
+                   label=f"FP32 top-1 ({fp32_top1:.4g})")
+    if w8a8_energy is not None:
+        ax.axvline(w8a8_energy, color="tab:red", ls=":", lw=1,
+                   label=f"W8A8 energy ({w8a8_energy:.4g} pJ)")
+    finite = e[np.isfinite(e) & (e > 0)]
+    if logx is None:
+        logx = finite.size > 1 and finite.max() / finite.min() > 20
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel("energy (pJ)")
+    ax.set_ylabel("top-1 accuracy")
+    ax.set_title(title or "Accuracy against energy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return save_figure_atomic(fig, path_stem)
+
+
+def width_map(layers: pd.DataFrame, path_stem: str | os.PathLike,
+              title: str | None = None) -> tuple[Path, Path]:
+    """Per layer, top to bottom: weight and activation bits (left) beside the layer's share
+    of the network's energy (right, column ``energy_share``, a fraction of 1)."""
+    _require(layers, ["layer", "w_bits", "a_bits", "energy_share"], "width_map")
+    n = len(layers)
+    y = np.arange(n)
+    names = [str(l) for l in layers["layer"]]
+    fig = Figure(figsize=(9.0, max(3.0, 0.22 * n + 1.5)))
+    ax_b, ax_e = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1, 1.3]})
+    h = 0.4
+    ax_b.barh(y - h / 2, layers["w_bits"].to_numpy(dtype=float), height=h, label="weights")
+    ax_b.barh(y + h / 2, layers["a_bits"].to_numpy(dtype=float), height=h, label="activations")
+    ax_b.set_yticks(y)
+    ax_b.set_yticklabels(names, fontsize=7)
+    ax_b.invert_yaxis()
+    bits = np.concatenate([layers["w_bits"].to_numpy(dtype=float),
+                           layers["a_bits"].to_numpy(dtype=float)])
+    top = int(np.nanmax(bits)) if bits.size else 8
+    ax_b.set_xticks(sorted(set(int(b) for b in bits if np.isfinite(b))) or [top])
+    ax_b.set_xlim(0, top + 1)
+    ax_b.set_xlabel("bits")
+    ax_b.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2,
+                frameon=False)
+    ax_b.grid(axis="x", alpha=0.3)
+    share = layers["energy_share"].to_numpy(dtype=float) * 100.0
+    ax_e.barh(y, share, height=0.7, color="tab:green")
+    ax_e.set_xlabel("share of energy (%)")
+    ax_e.grid(axis="x", alpha=0.3)
+    fig.suptitle(title or "Widths per layer and their share of energy")
+    return save_figure_atomic(fig, path_stem)
