@@ -214,6 +214,10 @@ class Allocation:
     def a_bits(self) -> dict:
         return {l: split_width(b)[1] for l, b in self.bits.items()}
 
+    def layer_bits(self) -> dict[str, list[int]]:
+        """{layer name: [w_bits, a_bits]}: the shape of ``QuantConfig.layer_bits``."""
+        return {str(l): list(split_width(b)) for l, b in self.bits.items()}
+
     def widths(self) -> list:
         """Chosen widths in layer order, JSON-ready (pairs as lists)."""
         return [_width_json(b) for b in self.bits.values()]

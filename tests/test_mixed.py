@@ -219,6 +219,7 @@ def test_pair_widths_and_json(solver):
     assert d["binding"] is True and d["budget_pj"] == 7.0 and d["total_energy_pj"] == 7.0
     assert [r["width"] for r in d["layers"]] == [[4, 8], 8]
     assert a.widths() == [[4, 8], 8]
+    assert a.layer_bits() == {"conv1": [4, 8], "fc": [8, 8]}  # QuantConfig.layer_bits shape
     assert "status" in d and d["status"]
 
 
