@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 
 FLOAT32_EXACT = 2**24  # integers below this magnitude are exact in float32 arithmetic
@@ -110,3 +111,86 @@ def tf_same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> t
 def conv_output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int,
                      dilation: int = 1) -> int:
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+# --- additions: exact wide requantization, clamping and the exact integer GEMM ---------
+
+MULT_LIMIT = 2**31  # multipliers are at most 31-bit so that the split products below fit int64
+
+
+def clamp(x: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Saturate to [lo, hi]: the output range of an op (qmin..qmax, ReLU, ReLU6)."""
+    return np.clip(x, lo, hi)
+
+
+def multiply_rshift_round(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """floor((acc * M + 2^(n-1)) / 2^n), exact for any int64 acc where acc * M would overflow.
+
+    The product acc * M needs up to 94 bits. Split acc = hi * 2^k + lo with k = min(n, 31) and
+    0 <= lo < 2^k; then floor((acc*M + r) / 2^n) = (hi*M + ((lo*M + r) >> k)) >> (n - k), and
+    every term fits int64. For n >= 31 this is exact for every int64 acc. For n < 31, hi is
+    saturated to [-2^32, 2^32): the result is then still at least 2^32 - 1 in magnitude, i.e.
+    beyond every quantized range, so clamping gives the same answer.
+    Requires 0 <= M < 2^31 and 0 <= n <= 62 (quantize_multiplier guarantees both).
+    """
+    acc = np.asarray(acc, dtype=np.int64)
+    multiplier = np.asarray(multiplier, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    # Fast path (the common case): every plain product and its rounding term fit int64.
+    fits = _direct_product_fits(acc, multiplier)
+    direct = rounding_rshift(acc * multiplier, shift)
+    if fits.all():
+        return direct
+    k = np.minimum(shift, 31)
+    half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
+    lo = np.bitwise_and(acc, np.left_shift(np.int64(1), k) - 1)
+    hi = np.clip(np.right_shift(acc, k), -(2**32), 2**32 - 1)
+    low_part = np.right_shift(lo * multiplier + half, k)
+    return np.where(fits, direct, np.right_shift(hi * multiplier + low_part, shift - k))
+
+
+def _direct_product_fits(acc: np.ndarray, multiplier: np.ndarray) -> np.ndarray:
+    """Per element: |acc * M| < 2^62, so acc * M + 2^(n-1) cannot overflow int64."""
+    lim = (2**62 - 1) // np.maximum(multiplier, 1)
+    return (acc >= -lim) & (acc <= lim)
+
+
+@numba.njit(cache=True, nogil=True)
+def requantize_scalar(acc, multiplier, shift, zero_point, lo, hi):
+    """One element of requantize_dyadic with multiply_rshift_round's exact wide product;
+    for the fused Numba kernels. Same rule per element as the vector form (tests check)."""
+    half = (np.int64(1) << (shift - 1)) if shift > 0 else np.int64(0)
+    lim = (2**62 - 1) // max(multiplier, 1)
+    if -lim <= acc <= lim:
+        r = (acc * multiplier + half) >> shift
+    else:
+        k = min(shift, 31)
+        low = acc & ((np.int64(1) << k) - 1)
+        high = min(max(acc >> k, -(2**32)), 2**32 - 1)
+        r = (high * multiplier + ((low * multiplier + half) >> k)) >> (shift - k)
+    return min(max(r + zero_point, lo), hi)
+
+
+def count_outside(acc: np.ndarray, acc_bits: int) -> int:
+    """How many accumulator values leave the signed acc_bits range (reported, not wrapped)."""
+    lim = 2 ** (acc_bits - 1)
+    acc = np.asarray(acc)
+    return int(np.count_nonzero((acc < -lim) | (acc >= lim)))
+
+
+def exact_matmul(a: np.ndarray, b: np.ndarray, b_col_l1_max: int | None = None) -> np.ndarray:
+    """a @ b for integer matrices, exact in int64, on float BLAS where that is proven exact.
+
+    Every partial sum of output (i, j) is bounded by sum_k |a_ik||b_kj| <= max|a| * max_j
+    sum_k |b_kj|; below 2^24 float32 is exact, below 2^53 float64, otherwise int64 matmul.
+    b_col_l1_max may be passed when it is known in advance (weights).
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if b_col_l1_max is None:
+        b_col_l1_max = int(np.abs(b.astype(np.int64)).sum(axis=-2).max(initial=0))
+    a_max = int(np.abs(a).max(initial=0)) if a.size else 0
+    dtype = exact_float_dtype(gemm_bound(b_col_l1_max, a_max))
+    if dtype is None:
+        return np.matmul(a.astype(np.int64), b.astype(np.int64))
+    return np.matmul(a.astype(dtype), b.astype(dtype)).astype(np.int64)

@@ -1,0 +1,124 @@
+"""The reference executor: runs an integer program (integer_ref.ir.Graph) with the kernels.
+
+    result = run(graph, x)              # x: float32 NCHW images
+    result.tensors[name]                # int64 output of every node (keep='all')
+    result.acc_overflows[name]          # accumulator values outside graph.meta['acc_bits']
+
+Images go through in batch chunks so that memory stays bounded on large evaluation sets.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import kernels as K
+from .ir import Graph, Node, QParams
+
+# Ops whose accumulator (a sum before requantization) is checked against acc_bits.
+ACC_OPS = ("conv2d", "linear", "avgpool", "global_avgpool")
+
+
+@dataclass
+class ExecResult:
+    tensors: dict[str, Any]  # name -> integer tensor (np.ndarray here, torch.Tensor in emulate)
+    acc_overflows: dict[str, int] = field(default_factory=dict)
+
+
+def dequantize(q: np.ndarray, qparams: QParams) -> np.ndarray:
+    """Real value s * (q - z) in float64 (per-channel scales broadcast along qparams.axis)."""
+    scale = qparams.scale
+    if scale.ndim > 0 and scale.size > 1:
+        shape = [1] * np.ndim(q)
+        shape[qparams.axis if qparams.axis is not None else 1] = -1
+        scale = scale.reshape(shape)
+    return (np.asarray(q, np.int64) - qparams.zero_point).astype(np.float64) * scale
+
+
+def tensor_qparams(graph: Graph) -> dict[str, QParams]:
+    """Quantization of every integer tensor, by the name of the node producing it."""
+    return {n.name: n.out for n in graph.nodes}
+
+
+def last_uses(graph: Graph) -> dict[str, int]:
+    """Index of the last node reading each tensor, so intermediates can be freed early."""
+    last = {}
+    for i, n in enumerate(graph.nodes):
+        for name in n.inputs:
+            last[name] = i
+    return last
+
+
+def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
+    """Evaluate one node on its input tensors -> (output, accumulator overflow count)."""
+    a, out = node.attrs, node.out
+    lo, hi = K.output_range(a, out.qmin, out.qmax)
+    zin = [qp[i].zero_point if i in qp else 0 for i in node.inputs]
+    p = node.params
+    if node.op == "quantize":
+        return K.quantize(args[0], out.scale, out.zero_point, out.qmin, out.qmax), 0
+    if node.op == "conv2d":
+        padding = "tf_same" if a.get("padding_mode") == "tf_same" else a.get("padding", 0)
+        return K.conv2d(args[0], p["weight"], p.get("bias"), p["multiplier"], p["shift"],
+                        x_zero_point=zin[0], w_zero_point=p.get("weight_zero_point", 0),
+                        y_zero_point=out.zero_point, lo=lo, hi=hi, stride=a.get("stride", 1),
+                        dilation=a.get("dilation", 1), groups=a.get("groups", 1),
+                        padding=padding, acc_bits=acc_bits)
+    if node.op == "linear":
+        return K.linear(args[0], p["weight"], p.get("bias"), p["multiplier"], p["shift"],
+                        x_zero_point=zin[0], w_zero_point=p.get("weight_zero_point", 0),
+                        y_zero_point=out.zero_point, lo=lo, hi=hi, acc_bits=acc_bits)
+    if node.op == "add":
+        return K.add(args[0], args[1], p["multiplier"], p["shift"], a_zero_point=zin[0],
+                     b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi), 0
+    if node.op == "clamp":
+        return K.clamp(args[0], lo=lo, hi=hi), 0
+    if node.op == "maxpool":
+        return K.maxpool(args[0], a["kernel"], a.get("stride"), a.get("padding", 0)), 0
+    if node.op == "avgpool":
+        return K.avgpool(args[0], p["multiplier"], p["shift"], x_zero_point=zin[0],
+                         y_zero_point=out.zero_point, lo=lo, hi=hi, kernel=a["kernel"],
+                         stride=a.get("stride"), padding=a.get("padding", 0), acc_bits=acc_bits)
+    if node.op == "global_avgpool":
+        return K.global_avgpool(args[0], p["multiplier"], p["shift"], x_zero_point=zin[0],
+                                y_zero_point=out.zero_point, lo=lo, hi=hi, acc_bits=acc_bits)
+    if node.op == "reshape":
+        return K.reshape(args[0], a["shape"]), 0
+    if node.op == "strided_slice":
+        return K.strided_slice(args[0], a["step"], a.get("begin", (0, 0))), 0
+    if node.op == "pad_channels":
+        return K.pad_channels(args[0], a["before"], a["after"], zin[0]), 0
+    raise NotImplementedError(f"integer_ref has no kernel for op {node.op!r} (node {node.name!r})")
+
+
+def run_chunk(graph: Graph, x: np.ndarray, keep: str) -> ExecResult:
+    qp = tensor_qparams(graph)
+    acc_bits = int(graph.meta.get("acc_bits", 32))
+    last = last_uses(graph)
+    live: dict[str, Any] = {graph.input_name: x}
+    res = ExecResult({}, {})
+    for i, node in enumerate(graph.nodes):
+        y, overflows = run_node(node, [live[n] for n in node.inputs], qp, acc_bits)
+        live[node.name] = y
+        if node.op in ACC_OPS:
+            res.acc_overflows[node.name] = int(overflows)
+        if keep == "all" or node.name in graph.outputs:
+            res.tensors[node.name] = y
+        for name in node.inputs:  # free what no later node reads
+            if last.get(name) == i and name not in graph.outputs:
+                live.pop(name, None)
+    return res
+
+
+def run(graph: Graph, x: np.ndarray, keep: str = "all", chunk: int = 256) -> ExecResult:
+    """Run the program on float32 NCHW images; keep 'all' node outputs or only 'outputs'."""
+    if keep not in ("all", "outputs"):
+        raise ValueError(f"keep must be 'all' or 'outputs', got {keep!r}")
+    x = np.asarray(x, dtype=np.float32)
+    parts = [run_chunk(graph, x[i:i + chunk], keep) for i in range(0, max(len(x), 1), chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    tensors = {k: np.concatenate([p.tensors[k] for p in parts]) for k in parts[0].tensors}
+    overflows = {k: sum(p.acc_overflows[k] for p in parts) for k in parts[0].acc_overflows}
+    return ExecResult(tensors, overflows)

@@ -1,0 +1,264 @@
+"""One plain function per IR op: the integer semantics, written once.
+
+Tensors are NumPy int64 (NCHW for images); every rounding, shift and clamp goes through
+integer_ref.arith. quantsim.emulate mirrors each function in torch and must agree with it
+element for element. The helpers at the top turn node attributes into plain numbers so
+that both executors read the attributes the same way.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from . import arith
+
+INT64_MIN = np.iinfo(np.int64).min
+
+
+# --- attribute helpers (shared with quantsim.emulate) -----------------------------------
+
+def pair(v) -> tuple[int, int]:
+    """An int or a 2-list as (h, w)."""
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    h, w = v
+    return int(h), int(w)
+
+
+def resolve_padding(padding, size_hw, kernel_hw, stride_hw, dilation_hw=(1, 1)) -> tuple[int, int, int, int]:
+    """[top, bottom, left, right]; 'tf_same' is computed from the input size like TensorFlow."""
+    if isinstance(padding, str):
+        if padding != "tf_same":
+            raise ValueError(f"unknown padding mode {padding!r}")
+        t, b = arith.tf_same_padding(size_hw[0], kernel_hw[0], stride_hw[0], dilation_hw[0])
+        l, r = arith.tf_same_padding(size_hw[1], kernel_hw[1], stride_hw[1], dilation_hw[1])
+        return t, b, l, r
+    if padding is None:
+        return 0, 0, 0, 0
+    if isinstance(padding, (int, np.integer)):
+        return (int(padding),) * 4
+    if len(padding) == 2:  # symmetric [ph, pw]
+        return int(padding[0]), int(padding[0]), int(padding[1]), int(padding[1])
+    t, b, l, r = padding
+    return int(t), int(b), int(l), int(r)
+
+
+def conv_padding(attrs: dict, size_hw, kernel_hw) -> tuple[int, int, int, int]:
+    """Padding of a conv/pool node from its attrs ('padding_mode' tf_same wins)."""
+    stride = pair(attrs.get("stride", 1))
+    dilation = pair(attrs.get("dilation", 1))
+    mode = attrs.get("padding_mode")
+    padding = "tf_same" if mode == "tf_same" else attrs.get("padding", 0)
+    return resolve_padding(padding, size_hw, kernel_hw, stride, dilation)
+
+
+def output_range(attrs: dict, qmin: int, qmax: int) -> tuple[int, int]:
+    """The op's clamp (ReLU, ReLU6) intersected with the output's quantized range."""
+    lo, hi = attrs.get("clamp", (qmin, qmax))
+    return max(int(lo), qmin), min(int(hi), qmax)
+
+
+def batch_shape(shape, n: int) -> tuple[int, ...]:
+    """A reshape target with its leading -1 meaning 'the batch axis as is'."""
+    shape = [int(s) for s in shape]
+    if shape and shape[0] == -1:
+        shape[0] = n
+    return tuple(shape)
+
+
+def weight_col_l1_max(w: np.ndarray) -> int:
+    """max over output channels of sum |w|: with max|x| it bounds every partial sum."""
+    w = np.asarray(w, dtype=np.int64)
+    return int(np.abs(w.reshape(w.shape[0], -1)).sum(axis=1).max(initial=0))
+
+
+# --- ops ----------------------------------------------------------------------------------
+
+def quantize(x: np.ndarray, scale: float, zero_point: int, qmin: int, qmax: int) -> np.ndarray:
+    return arith.quantize_float32(x, float(scale), zero_point, qmin, qmax)
+
+
+def _windows(x: np.ndarray, kernel_hw, stride_hw, dilation_hw) -> np.ndarray:
+    """View (N, C, Ho, Wo, kh, kw) of the (already padded) input; no copy."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel_hw, stride_hw, dilation_hw
+    win = sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    return win[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
+def _pad_hw(x: np.ndarray, pad, value) -> np.ndarray:
+    t, b, l, r = pad
+    if not any(pad):
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (t, b), (l, r)), constant_values=value)
+
+
+def conv2d_acc(x: np.ndarray, weight: np.ndarray, x_zero_point: int, w_zero_point,
+               stride, dilation, groups: int, padding) -> np.ndarray:
+    """Exact accumulator sum (x - zx)(w - zw) over each window: (N, O, Ho, Wo), int64 or an
+    exactly-integer float array (see arith.exact_matmul).
+
+    Padding holds the input zero point, i.e. contributes zero. Depthwise convs (one input
+    channel per group) run as a sum of shifted products in int64; the rest as one GEMM per
+    group and image on float BLAS where the partial-sum bound proves that exact.
+    """
+    stride, dilation = pair(stride), pair(dilation)
+    n, c, h, w = x.shape
+    o, cg, kh, kw = weight.shape
+    pad = resolve_padding(padding, (h, w), (kh, kw), stride, dilation)
+    ho = arith.conv_output_size(h, kh, stride[0], pad[0], pad[1], dilation[0])
+    wo = arith.conv_output_size(w, kw, stride[1], pad[2], pad[3], dilation[1])
+    x = np.ascontiguousarray(x, dtype=np.int64)
+    ws = np.asarray(weight, np.int64) - np.reshape(np.asarray(w_zero_point, np.int64), (-1, 1, 1, 1))
+    if cg == 1 and groups > 1:
+        xs = _pad_hw(x - x_zero_point, pad, 0)
+        return _depthwise_acc(_windows(xs, (kh, kw), stride, dilation), ws, groups)
+    x_abs_max = max(int(x.max(initial=x_zero_point)) - x_zero_point,
+                    x_zero_point - int(x.min(initial=x_zero_point)))
+    og, kg = o // groups, cg * kh * kw
+    w2 = ws.reshape(groups, og, kg)
+    dtype = arith.exact_float_dtype(arith.gemm_bound(weight_col_l1_max(ws), x_abs_max)) or np.int64
+    cols = np.empty((n, c * kh * kw, ho * wo), dtype=dtype)
+    _im2col(x, x_zero_point, kh, kw, stride[0], stride[1], dilation[0], dilation[1], pad[0], pad[2],
+            ho, wo, cols)
+    if groups == 1:
+        acc = np.matmul(w2[0].astype(dtype), cols)
+    else:
+        acc = np.concatenate([np.matmul(w2[g].astype(dtype), cols[:, g * kg:(g + 1) * kg])
+                              for g in range(groups)], axis=1)
+    return acc.reshape(n, o, ho, wo)
+
+
+@numba.njit(cache=True, nogil=True)
+def _im2col(x, zx, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, out):
+    """out[b, (c*kh + i)*kw + j, oh*wo + ow] = x[b, c, ih, iw] - zx, 0 in the padding.
+
+    Rows ordered like weight.reshape(O, -1), so each image's accumulator is W @ out[b]
+    and lands directly in NCHW order.
+    """
+    n, c, h, w = x.shape
+    for b in range(n):
+        for ci in range(c):
+            for i in range(kh):
+                for j in range(kw):
+                    row = (ci * kh + i) * kw + j
+                    for oh in range(ho):
+                        ih = oh * sh + i * dh - pt
+                        for ow in range(wo):
+                            iw = ow * sw + j * dw - pl
+                            inside = 0 <= ih < h and 0 <= iw < w
+                            out[b, row, oh * wo + ow] = x[b, ci, ih, iw] - zx if inside else 0
+
+
+def _depthwise_acc(win: np.ndarray, ws: np.ndarray, groups: int) -> np.ndarray:
+    """Each output channel reads one input channel (channel multiplier o // groups)."""
+    o, _, kh, kw = ws.shape
+    mult = o // groups
+    src = win[:, np.arange(o) // mult] if mult > 1 else win  # (N, O, Ho, Wo, kh, kw)
+    acc = np.zeros(src.shape[:4], dtype=np.int64)
+    for i in range(kh):  # kh*kw vectorised multiply-adds, exact in int64
+        for j in range(kw):
+            acc += src[..., i, j] * ws[:, 0, i, j][None, :, None, None]
+    return acc
+
+
+def requantize(acc: np.ndarray, bias, multiplier, shift, y_zero_point: int, lo: int, hi: int,
+               channel_axis: int, acc_bits: int) -> tuple[np.ndarray, int]:
+    """acc + bias -> (clamped output, count of accumulator values outside acc_bits).
+
+    acc may be int64 or a float array holding exact integers (from an exact GEMM).
+    """
+    shape = acc.shape
+    ch = shape[channel_axis]
+    acc3 = np.ascontiguousarray(acc).reshape(
+        int(np.prod(shape[:channel_axis])), ch, int(np.prod(shape[channel_axis + 1:])))
+    per_channel = [np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.int64), (ch,)))
+                   for v in (0 if bias is None else bias, multiplier, shift)]
+    y = np.empty(acc3.shape, dtype=np.int64)
+    overflows = _requantize_3d(acc3, *per_channel, np.int64(y_zero_point), np.int64(lo),
+                               np.int64(hi), np.int64(2 ** (acc_bits - 1)), y)
+    return y.reshape(shape), int(overflows)
+
+
+@numba.njit(cache=True, nogil=True)
+def _requantize_3d(acc, bias, multiplier, shift, zy, lo, hi, acc_lim, out):
+    """Fused bias + overflow count + arith.requantize_scalar over (outer, channel, inner)."""
+    overflows = 0
+    for a in range(acc.shape[0]):
+        for ch in range(acc.shape[1]):
+            m, s, bi = multiplier[ch], shift[ch], bias[ch]
+            for i in range(acc.shape[2]):
+                v = np.int64(acc[a, ch, i]) + bi
+                overflows += v < -acc_lim or v >= acc_lim
+                out[a, ch, i] = arith.requantize_scalar(v, m, s, zy, lo, hi)
+    return overflows
+
+
+def conv2d(x, weight, bias, multiplier, shift, *, x_zero_point=0, w_zero_point=0, y_zero_point=0,
+           lo, hi, stride=1, dilation=1, groups=1, padding=0, acc_bits=32):
+    """Integer conv2d: exact accumulation, bias, dyadic requantization per output channel."""
+    acc = conv2d_acc(x, weight, x_zero_point, w_zero_point, stride, dilation, groups, padding)
+    return requantize(acc, bias, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits)
+
+
+def linear(x, weight, bias, multiplier, shift, *, x_zero_point=0, w_zero_point=0, y_zero_point=0,
+           lo, hi, acc_bits=32):
+    """Integer linear over the last axis: y = requant(sum_k (x - zx)(w - zw) + bias)."""
+    xs = np.asarray(x, np.int64) - x_zero_point
+    ws = np.asarray(weight, np.int64) - np.reshape(np.asarray(w_zero_point, np.int64), (-1, 1))
+    acc = arith.exact_matmul(xs.reshape(-1, xs.shape[-1]), ws.T, weight_col_l1_max(ws))
+    acc = acc.reshape(xs.shape[:-1] + (ws.shape[0],))
+    return requantize(acc, bias, multiplier, shift, y_zero_point, lo, hi, acc.ndim - 1, acc_bits)
+
+
+def add(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point=0, lo, hi):
+    """Residual add: y = clamp(((a - za)·Ma + (b - zb)·Mb + 2^(n-1)) >> n + zy)."""
+    ma, mb = (int(v) for v in np.ravel(multiplier))
+    acc = (np.asarray(a, np.int64) - a_zero_point) * ma + (np.asarray(b, np.int64) - b_zero_point) * mb
+    return arith.clamp(arith.rounding_rshift(acc, np.int64(shift)) + y_zero_point, lo, hi)
+
+
+def clamp(x, *, lo, hi):
+    return arith.clamp(np.asarray(x, np.int64), lo, hi)
+
+
+def maxpool(x, kernel, stride, padding):
+    """Max over each window; padded positions hold int64 min so they are never selected."""
+    kernel, stride = pair(kernel), pair(stride if stride is not None else kernel)
+    pad = resolve_padding(padding, x.shape[2:], kernel, stride)
+    win = _windows(_pad_hw(np.asarray(x, np.int64), pad, INT64_MIN), kernel, stride, (1, 1))
+    return win.max(axis=(4, 5))
+
+
+def avgpool_sum(x, x_zero_point, kernel, stride, padding):
+    """Sum of (x - zx) over each window; padding contributes zero."""
+    kernel, stride = pair(kernel), pair(stride if stride is not None else kernel)
+    pad = resolve_padding(padding, x.shape[2:], kernel, stride)
+    win = _windows(_pad_hw(np.asarray(x, np.int64) - x_zero_point, pad, 0), kernel, stride, (1, 1))
+    return win.sum(axis=(4, 5))
+
+
+def avgpool(x, multiplier, shift, *, x_zero_point=0, y_zero_point=0, lo, hi, kernel, stride=None,
+            padding=0, acc_bits=32):
+    """Window sum then requantization with m = s_in / (count * s_out) (count folded into M)."""
+    acc = avgpool_sum(x, x_zero_point, kernel, stride, padding)
+    return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits)
+
+
+def global_avgpool(x, multiplier, shift, *, x_zero_point=0, y_zero_point=0, lo, hi, acc_bits=32):
+    """Sum over H, W (keepdims, (N, C, 1, 1)) then requantization."""
+    acc = (np.asarray(x, np.int64) - x_zero_point).sum(axis=(2, 3), keepdims=True)
+    return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits)
+
+
+def reshape(x, shape):
+    return np.reshape(x, batch_shape(shape, x.shape[0]))
+
+
+def strided_slice(x, step, begin=(0, 0)):
+    (sh, sw), (bh, bw) = pair(step), pair(begin)
+    return x[:, :, bh::sh, bw::sw]
+
+
+def pad_channels(x, before: int, after: int, zero_point: int = 0):
+    return np.pad(x, ((0, 0), (int(before), int(after)), (0, 0), (0, 0)), constant_values=zero_point)

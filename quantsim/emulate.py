@@ -1,0 +1,309 @@
+"""The torch twin of integer_ref: the same integer program, batched, on CPU or GPU.
+
+    res = run(graph, x)                      # x: float NCHW torch tensor
+    res.tensors[name]                        # torch int64, identical to integer_ref's output
+    model = EmulatedModel(graph)             # nn.Module: images -> dequantized logits
+
+Every op mirrors integer_ref.kernels; the rounding mirrors integer_ref.arith (the one
+place the rules are written; tests compare the two element for element). Convolutions and
+matrix products run in floating point only where exactness is proven for the call: the
+bound max_o sum|w_o| * max|x - zx| must stay below 2^24 (float32) or 2^53 (float64). When
+float32 is not enough the activation is split into base-2^c digits, each digit product is
+exact in float32, and the digits are recombined in int64.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from integer_ref import arith
+from integer_ref import kernels as K
+from integer_ref.executor import ACC_OPS, ExecResult
+from integer_ref.ir import Graph, Node
+
+MAX_FLOAT32_DIGITS = 3  # beyond this many float32 passes one float64 pass is cheaper
+
+
+# --- rounding: the torch form of integer_ref.arith ----------------------------------------
+
+def _pow2(n: torch.Tensor) -> torch.Tensor:
+    return torch.bitwise_left_shift(torch.ones_like(n), n)
+
+
+def rounding_rshift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """arith.rounding_rshift: (x + 2^(n-1)) >> n, arithmetic (floor) shift on int64."""
+    half = torch.where(shift > 0, _pow2((shift - 1).clamp_min(0)), torch.zeros_like(shift))
+    return torch.bitwise_right_shift(x + half, shift)
+
+
+def multiply_rshift_round(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """arith.multiply_rshift_round: exact floor((acc*M + 2^(n-1)) / 2^n) without int64 overflow."""
+    lim = (2**62 - 1) // multiplier.clamp_min(1)
+    fits = (acc >= -lim) & (acc <= lim)
+    direct = rounding_rshift(acc * multiplier, shift)
+    if bool(fits.all()):
+        return direct
+    k = shift.clamp_max(31)
+    half = torch.where(shift > 0, _pow2((shift - 1).clamp_min(0)), torch.zeros_like(shift))
+    lo = torch.bitwise_and(acc, _pow2(k) - 1)
+    hi = torch.bitwise_right_shift(acc, k).clamp(-(2**32), 2**32 - 1)
+    low_part = torch.bitwise_right_shift(lo * multiplier + half, k)
+    return torch.where(fits, direct, torch.bitwise_right_shift(hi * multiplier + low_part, shift - k))
+
+
+def requantize(acc: torch.Tensor, bias, multiplier, shift, y_zero_point: int, lo: int, hi: int,
+               channel_axis: int, acc_bits: int) -> tuple[torch.Tensor, int]:
+    """kernels.requantize: acc + bias -> (clamped output, accumulator overflow count)."""
+    shape = [1] * acc.dim()
+    shape[channel_axis] = -1
+    as_t = lambda v: torch.as_tensor(v, dtype=torch.int64, device=acc.device).reshape(shape)
+    if bias is not None:
+        acc = acc + as_t(bias)
+    lim = 2 ** (acc_bits - 1)
+    overflows = int(((acc < -lim) | (acc >= lim)).sum())
+    y = multiply_rshift_round(acc, as_t(multiplier), as_t(shift)) + y_zero_point
+    return y.clamp(lo, hi), overflows
+
+
+# --- exact integer products on float hardware ---------------------------------------------
+
+@contextlib.contextmanager
+def _ieee_float32():
+    """No TF32 (10-bit mantissa) on GPUs while exact products run."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+def digit_plan(w_l1_max: int, x_abs_max: int) -> tuple[torch.dtype, int, int]:
+    """(float dtype, digit bits c, digit count k) that make each float product exact.
+
+    One pass when the whole bound fits; otherwise x = sum_i d_i 2^(c i) with low digits in
+    [0, 2^c) and a signed top digit in [-2^c, 2^c), where w_l1_max * 2^c < 2^24 (or 2^53).
+    """
+    for dtype, limit in ((torch.float32, arith.FLOAT32_EXACT), (torch.float64, arith.FLOAT64_EXACT)):
+        if w_l1_max * x_abs_max < limit:
+            return dtype, max(x_abs_max.bit_length(), 1), 1
+        c = ((limit - 1) // max(w_l1_max, 1)).bit_length() - 1
+        if c >= 1:
+            k = -(-x_abs_max.bit_length() // c)
+            if dtype == torch.float64 or k <= MAX_FLOAT32_DIGITS:
+                return dtype, c, k
+    raise ValueError(f"weights with sum|w| = {w_l1_max} cannot be multiplied exactly")
+
+
+def exact_product(xs: torch.Tensor, w_l1_max: int, op) -> torch.Tensor:
+    """op(xs) exactly in int64, for an op linear in xs (conv, matmul) with int weights inside.
+
+    op(x_float, dtype) must return the float product of x_float with the weights in dtype.
+    """
+    x_abs_max = int(xs.abs().max()) if xs.numel() else 0
+    dtype, c, k = digit_plan(w_l1_max, x_abs_max)
+    with _ieee_float32():
+        if k == 1:
+            return op(xs.to(dtype), dtype).to(torch.int64)  # exact integers: no rounding
+        acc = None
+        for i in range(k):
+            digit = torch.bitwise_right_shift(xs, c * i)
+            if i < k - 1:
+                digit = torch.bitwise_and(digit, 2**c - 1)
+            part = op(digit.to(dtype), dtype).to(torch.int64)
+            acc = part if acc is None else acc + torch.bitwise_left_shift(part, c * i)
+        return acc
+
+
+def _conv_float(x: torch.Tensor, w: torch.Tensor, stride, dilation, groups) -> torch.Tensor:
+    """Float conv; on GPUs as unfold + GEMM so that no Winograd/FFT algorithm is picked."""
+    if x.device.type == "cpu":
+        return F.conv2d(x, w, stride=stride, dilation=dilation, groups=groups)
+    n, _, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    cols = F.unfold(x, (kh, kw), dilation=dilation, stride=stride)  # (N, C*kh*kw, L)
+    ho = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (wd - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    cols = cols.reshape(n, groups, cg * kh * kw, ho * wo)
+    out = torch.matmul(w.reshape(groups, o // groups, cg * kh * kw), cols)
+    return out.reshape(n, o, ho, wo)
+
+
+# --- ops: the torch form of integer_ref.kernels --------------------------------------------
+
+def conv2d_acc(x, w_centered: torch.Tensor, w_l1_max: int, x_zero_point: int, stride, dilation,
+               groups: int, padding) -> torch.Tensor:
+    """kernels.conv2d_acc: exact sum (x - zx)(w - zw), zero-point padding contributes zero."""
+    stride, dilation = K.pair(stride), K.pair(dilation)
+    kh, kw = w_centered.shape[2:]
+    t, b, l, r = K.resolve_padding(padding, tuple(x.shape[2:]), (kh, kw), stride, dilation)
+    xs = F.pad(x - x_zero_point, (l, r, t, b))
+    weights = {}
+
+    def op(xf, dtype):
+        if dtype not in weights:
+            weights[dtype] = w_centered.to(dtype)
+        return _conv_float(xf, weights[dtype], stride, dilation, groups)
+    return exact_product(xs, w_l1_max, op)
+
+
+def linear_acc(x, w_centered: torch.Tensor, w_l1_max: int, x_zero_point: int) -> torch.Tensor:
+    weights = {}
+
+    def op(xf, dtype):
+        if dtype not in weights:
+            weights[dtype] = w_centered.to(dtype)
+        return torch.matmul(xf, weights[dtype].t())
+    return exact_product(x - x_zero_point, w_l1_max, op)
+
+
+def quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
+    """arith.quantize_float32: rint(x / s) + z in float32 (torch.round is half-to-even)."""
+    s = torch.tensor(float(scale), dtype=torch.float32, device=x.device)
+    q = torch.round(x.to(torch.float32) / s).to(torch.int64) + zero_point
+    return q.clamp(qmin, qmax)
+
+
+def add(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point=0, lo, hi):
+    ma, mb = (int(v) for v in torch.as_tensor(multiplier).reshape(-1).tolist())
+    acc = (a - a_zero_point) * ma + (b - b_zero_point) * mb
+    n = torch.tensor(int(shift), dtype=torch.int64, device=a.device)
+    return (rounding_rshift(acc, n) + y_zero_point).clamp(lo, hi)
+
+
+def _windows(x: torch.Tensor, kernel, stride) -> torch.Tensor:
+    (kh, kw), (sh, sw) = kernel, stride
+    return x.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, Ho, Wo, kh, kw) view
+
+
+def maxpool(x, kernel, stride, padding):
+    kernel, stride = K.pair(kernel), K.pair(stride if stride is not None else kernel)
+    t, b, l, r = K.resolve_padding(padding, tuple(x.shape[2:]), kernel, stride)
+    xp = F.pad(x, (l, r, t, b), value=K.INT64_MIN)
+    return _windows(xp, kernel, stride).amax(dim=(4, 5))
+
+
+def avgpool_sum(x, x_zero_point, kernel, stride, padding):
+    kernel, stride = K.pair(kernel), K.pair(stride if stride is not None else kernel)
+    t, b, l, r = K.resolve_padding(padding, tuple(x.shape[2:]), kernel, stride)
+    xp = F.pad(x - x_zero_point, (l, r, t, b))
+    return _windows(xp, kernel, stride).sum(dim=(4, 5))
+
+
+def strided_slice(x, step, begin=(0, 0)):
+    (sh, sw), (bh, bw) = K.pair(step), K.pair(begin)
+    return x[:, :, bh::sh, bw::sw]
+
+
+def pad_channels(x, before, after, zero_point=0):
+    return F.pad(x, (0, 0, 0, 0, int(before), int(after)), value=zero_point)
+
+
+# --- the program --------------------------------------------------------------------------
+
+class Prepared:
+    """A graph's integer parameters as torch tensors on one device (made once per model)."""
+
+    def __init__(self, graph: Graph, device):
+        self.graph = graph
+        self.device = torch.device(device)
+        self.qp = {n.name: n.out for n in graph.nodes}
+        self.acc_bits = int(graph.meta.get("acc_bits", 32))
+        self.params = {n.name: self._node_params(n) for n in graph.nodes}
+
+    def _node_params(self, node: Node) -> dict:
+        p = node.params
+        out = {k: v for k, v in p.items() if k in ("bias", "multiplier", "shift")}
+        if node.op in ("conv2d", "linear"):
+            w = torch.as_tensor(p["weight"], dtype=torch.int64)
+            zw = torch.as_tensor(p.get("weight_zero_point", 0), dtype=torch.int64)
+            w = w - zw.reshape((-1,) + (1,) * (w.dim() - 1))
+            out["w_centered"] = w.to(self.device)
+            out["w_l1_max"] = K.weight_col_l1_max(w.numpy())
+        return out
+
+
+def run_node(node: Node, args: list, prep: Prepared):
+    """Evaluate one node in torch -> (output, accumulator overflow count)."""
+    a, out, p, qp = node.attrs, node.out, prep.params[node.name], prep.qp
+    lo, hi = K.output_range(a, out.qmin, out.qmax)
+    zin = [qp[i].zero_point if i in qp else 0 for i in node.inputs]
+    x = args[0]
+    rq = lambda acc, axis: requantize(acc, p.get("bias"), p["multiplier"], p["shift"],
+                                      out.zero_point, lo, hi, axis, prep.acc_bits)
+    if node.op == "quantize":
+        return quantize(x, float(out.scale), out.zero_point, out.qmin, out.qmax), 0
+    if node.op == "conv2d":
+        padding = "tf_same" if a.get("padding_mode") == "tf_same" else a.get("padding", 0)
+        acc = conv2d_acc(x, p["w_centered"], p["w_l1_max"], zin[0], a.get("stride", 1),
+                         a.get("dilation", 1), a.get("groups", 1), padding)
+        return rq(acc, 1)
+    if node.op == "linear":
+        return rq(linear_acc(x, p["w_centered"], p["w_l1_max"], zin[0]), x.dim() - 1)
+    if node.op == "add":
+        return add(x, args[1], p["multiplier"], p["shift"], a_zero_point=zin[0],
+                   b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi), 0
+    if node.op == "clamp":
+        return x.clamp(lo, hi), 0
+    if node.op == "maxpool":
+        return maxpool(x, a["kernel"], a.get("stride"), a.get("padding", 0)), 0
+    if node.op == "avgpool":
+        return rq(avgpool_sum(x, zin[0], a["kernel"], a.get("stride"), a.get("padding", 0)), 1)
+    if node.op == "global_avgpool":
+        return rq((x - zin[0]).sum(dim=(2, 3), keepdim=True), 1)
+    if node.op == "reshape":
+        return x.reshape(K.batch_shape(a["shape"], x.shape[0])), 0
+    if node.op == "strided_slice":
+        return strided_slice(x, a["step"], a.get("begin", (0, 0))), 0
+    if node.op == "pad_channels":
+        return pad_channels(x, a["before"], a["after"], zin[0]), 0
+    raise NotImplementedError(f"quantsim.emulate has no kernel for op {node.op!r} (node {node.name!r})")
+
+
+@torch.no_grad()
+def run(graph: Graph, x: torch.Tensor, keep: str = "outputs", prepared: Prepared | None = None) -> ExecResult:
+    """Run the program on float NCHW images; int64 torch tensors, same names as integer_ref."""
+    if keep not in ("all", "outputs"):
+        raise ValueError(f"keep must be 'all' or 'outputs', got {keep!r}")
+    x = torch.as_tensor(x)
+    prep = prepared if prepared is not None and prepared.device == x.device else Prepared(graph, x.device)
+    last = {name: i for i, n in enumerate(graph.nodes) for name in n.inputs}
+    live = {graph.input_name: x}
+    res = ExecResult({}, {})
+    for i, node in enumerate(graph.nodes):
+        y, overflows = run_node(node, [live[n] for n in node.inputs], prep)
+        live[node.name] = y
+        if node.op in ACC_OPS:
+            res.acc_overflows[node.name] = int(overflows)
+        if keep == "all" or node.name in graph.outputs:
+            res.tensors[node.name] = y
+        for name in node.inputs:  # free what no later node reads
+            if last.get(name) == i and name not in graph.outputs:
+                live.pop(name, None)
+    return res
+
+
+class EmulatedModel(torch.nn.Module):
+    """The integer program as a module: float images -> dequantized graph.outputs[0]."""
+
+    def __init__(self, graph: Graph, out_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.graph = graph
+        self.out_dtype = out_dtype
+        self._prepared: dict[str, Prepared] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        key = str(x.device)
+        if key not in self._prepared:
+            self._prepared[key] = Prepared(self.graph, x.device)
+        name = self.graph.outputs[0]
+        q = run(self.graph, x, keep="outputs", prepared=self._prepared[key]).tensors[name]
+        qp = self.graph[name].out
+        scale = torch.as_tensor(qp.scale, dtype=torch.float64, device=q.device)
+        if scale.dim() > 0 and scale.numel() > 1:
+            shape = [1] * q.dim()
+            shape[qp.axis if qp.axis is not None else 1] = -1
+            scale = scale.reshape(shape)
+        return ((q - qp.zero_point).to(torch.float64) * scale).to(self.out_dtype)
