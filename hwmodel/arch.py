@@ -1,0 +1,152 @@
+"""Accelerator descriptions: a MAC array, its SRAM buffers, DRAM and energy table, from TOML.
+
+Presets live in quantsim/data/accelerators/NAME.toml; a user may pass any file of the same
+schema. The architecture and the energy table are separate sections, and every energy
+constant carries the source it came from (``<key>_source`` next to ``<key>``).
+
+TOML schema (all keys required; sizes are positive integers)::
+
+    name = "scalesim-32x32-ws"        # string
+    description = "..."                # string (optional)
+
+    [array]
+    rows = 32                          # PE rows
+    cols = 32                          # PE columns
+    dataflow = "ws"                    # "ws" weight-, "os" output-, "is" input-stationary
+    acc_bits = 32                      # accumulator (partial sum) width in bits
+
+    [sram]                             # bytes per operand buffer, double-buffered
+    ifmap_bytes = 65536
+    filter_bytes = 65536
+    ofmap_bytes = 65536
+
+    [dram]
+    bus_bits = 64                      # DRAM interface width
+    burst_bytes = 64                   # bytes per DRAM transaction (burst)
+
+    [energy]                           # picojoules, each with a *_source string
+    e_mac8_pj = 0.23                   # 8x8-bit multiply + add (b^2 law scales it)
+    e_add32_pj = 0.1                   # 32-bit add (pool sums, residual adds)
+    e_fp32_mult_pj = 3.7               # FP32 reference
+    e_fp32_add_pj = 0.9
+    e_sram_bit_pj = 0.3125             # per bit read or written
+    e_dram_bit_pj = 20.0               # per bit moved over the DRAM interface
+    e_mac8_source = "..."              # and likewise for every constant above
+
+A bad file raises ValueError with one line naming the file and the key.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "quantsim" / "data" / "accelerators"
+DATAFLOWS = ("ws", "os", "is")
+ENERGY_KEYS = ("e_mac8_pj", "e_add32_pj", "e_fp32_mult_pj", "e_fp32_add_pj",
+               "e_sram_bit_pj", "e_dram_bit_pj")
+
+
+@dataclass(frozen=True)
+class EnergyTable:
+    e_mac8_pj: float
+    e_add32_pj: float
+    e_fp32_mult_pj: float
+    e_fp32_add_pj: float
+    e_sram_bit_pj: float
+    e_dram_bit_pj: float
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    name: str
+    rows: int
+    cols: int
+    dataflow: str
+    sram_ifmap_bytes: int
+    sram_filter_bytes: int
+    sram_ofmap_bytes: int
+    dram_bus_bits: int
+    burst_bytes: int
+    acc_bits: int
+    energy: EnergyTable
+    description: str = ""
+    path: str = ""
+
+    def with_dataflow(self, dataflow: str) -> "Accelerator":
+        from dataclasses import replace
+        if dataflow not in DATAFLOWS:
+            raise ValueError(f"unknown dataflow {dataflow!r} (expected one of {DATAFLOWS})")
+        return replace(self, dataflow=dataflow, name=f"{self.name}[{dataflow}]")
+
+
+def list_presets() -> list[str]:
+    """Names of the accelerator presets shipped with the package."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def _get(doc: dict, section: str | None, key: str, typ, where: str, positive: bool = True):
+    table = doc if section is None else doc.get(section)
+    full = key if section is None else f"{section}.{key}"
+    if not isinstance(table, dict):
+        raise ValueError(f"accelerator file {where}: missing section [{section}] (needed for {full})")
+    if key not in table:
+        raise ValueError(f"accelerator file {where}: missing key {full}")
+    v = table[key]
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, typ) or isinstance(v, bool):
+        raise ValueError(f"accelerator file {where}: key {full} must be {typ.__name__}, "
+                         f"got {type(v).__name__} {v!r}")
+    if typ in (int, float) and positive and not v > 0:
+        raise ValueError(f"accelerator file {where}: key {full} must be positive, got {v!r}")
+    return v
+
+
+def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
+    name = _get(doc, None, "name", str, where)
+    df = _get(doc, "array", "dataflow", str, where)
+    if df not in DATAFLOWS:
+        raise ValueError(f"accelerator file {where}: key array.dataflow must be one of "
+                         f"{', '.join(DATAFLOWS)}, got {df!r}")
+    energy = {k: _get(doc, "energy", k, float, where) for k in ENERGY_KEYS}
+    sources = {k: _get(doc, "energy", k.removesuffix("_pj") + "_source", str, where)
+               for k in ENERGY_KEYS}
+    acc = _get(doc, "array", "acc_bits", int, where)
+    if not 8 <= acc <= 64:
+        raise ValueError(f"accelerator file {where}: key array.acc_bits must be in 8..64, got {acc}")
+    return Accelerator(
+        name=name,
+        rows=_get(doc, "array", "rows", int, where),
+        cols=_get(doc, "array", "cols", int, where),
+        dataflow=df,
+        sram_ifmap_bytes=_get(doc, "sram", "ifmap_bytes", int, where),
+        sram_filter_bytes=_get(doc, "sram", "filter_bytes", int, where),
+        sram_ofmap_bytes=_get(doc, "sram", "ofmap_bytes", int, where),
+        dram_bus_bits=_get(doc, "dram", "bus_bits", int, where),
+        burst_bytes=_get(doc, "dram", "burst_bytes", int, where),
+        acc_bits=acc,
+        energy=EnergyTable(**energy, sources=sources),
+        description=str(doc.get("description", "")),
+        path=where,
+    )
+
+
+def load_accelerator(name_or_path: str | Path) -> Accelerator:
+    """A preset by name (see list_presets()) or a TOML file of the schema above."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        path = p
+    else:
+        path = PRESET_DIR / f"{name_or_path}.toml"
+        if not path.exists():
+            raise ValueError(f"unknown accelerator preset {str(name_or_path)!r}; presets: "
+                             f"{', '.join(list_presets())}; or pass a .toml file")
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"accelerator file {path} not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"accelerator file {path}: not valid TOML ({e})") from None
+    return parse_accelerator(doc, str(path))

@@ -1,0 +1,395 @@
+"""Map IR nodes onto a MAC array: GEMM view, folds, cycles, SRAM and DRAM traffic.
+
+Every conv2d/linear is a GEMM per group: M = N_batch*OH*OW output pixels, K = (C/g)*kh*kw
+(window order kh, kw, c over an NHWC ifmap, as SCALE-Sim), N = O/g. A depthwise conv is g
+GEMMs with N = 1 and is mapped as such (honestly poorly: one PE column busy).
+
+Compute and SRAM counts follow SCALE-Sim 3.0.0's systolic compute models
+(scalesim/compute/systolic_compute_{ws,os,is}.py), fold order column-fold outer,
+row-fold inner:
+
+    ws: rows hold K, cols hold N, M streams.   folds = ceil(K/R)*ceil(N/C)
+        cycles/fold = 2R + C + M - 2;  SRAM reads ifmap M*K*ceil(N/C), filter K*N
+    os: rows hold M, cols hold N, K streams.   folds = ceil(M/R)*ceil(N/C)
+        cycles/fold = K + R + C - 2;   SRAM reads ifmap M*K*ceil(N/C), filter K*N*ceil(M/R)
+    is: rows hold K, cols hold M, N streams.   folds = ceil(K/R)*ceil(M/C)
+        cycles/fold = 2R + C + N - 2;  SRAM reads ifmap M*K, filter K*N*ceil(M/C)
+
+DRAM reads of ifmap and filter replay each operand's demand stream (the exact order of
+SCALE-Sim's skewed demand matrices) through SCALE-Sim's double-buffered read buffer in its
+bandwidth-estimate mode (memory/read_buffer_estimate_bw.py). That buffer keeps the
+addresses of the current 'active half' (50 of 100 sets of floor(capacity/100) elements);
+once that many distinct new addresses have been fetched the active half is replaced, so an
+address is fetched again when it returns after the window moved on: what fits is reused,
+what does not is fetched again. Capacity in elements = SRAM bytes * 8 / bits (SCALE-Sim
+fixes 1-byte words, so it agrees at 8 bits). Numba kernels walk the streams.
+
+Our own deviations, each asserted in tests/test_hw_scalesim.py:
+- Padding: SCALE-Sim has none (it is given the padded input). Here padded positions are
+  zeros injected at the array edge: no SRAM read, no DRAM traffic.
+- Partial sums: SCALE-Sim writes every fold's partial ofmap (ws/is: ceil(K/R) per output)
+  to DRAM at 1 byte. Here partial sums stay in the ofmap SRAM when one column fold's
+  partial sums (at acc_bits) fit in its active half; otherwise they spill: written and read
+  back at acc_bits. Final outputs go to DRAM once at the output's bit width.
+  sram_wr_ofmap counts every fold's write like SCALE-Sim (ws/is), except that SCALE-Sim's os
+  model adds R+C per fold to its write count (a bookkeeping quirk), which we do not.
+- Cycles: SCALE-Sim reports the last cycle index (ours minus one per GEMM) and no stalls
+  (bandwidth-estimate mode). We report folds * cycles/fold.
+
+Element-wise ops (add, pools, clamp, slice, channel pad) read their inputs from DRAM and
+write their output (layer-by-layer execution, no fusion), pass them through SRAM once, run
+on a cols-wide vector unit, and count adds (pool sums, comparisons, residual adds), no MACs.
+reshape is free. quantize (the graph input) is free: its output is read by its consumer.
+
+DRAM bytes pack sub-byte values: ceil(count*bits/8) (4-bit two per byte, 6-bit four per
+three bytes); bursts = ceil(bytes / burst_bytes) per operand transfer.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from integer_ref.arith import conv_output_size, tf_same_padding
+
+from .arch import Accelerator
+
+DF_CODE = {"ws": 0, "os": 1, "is": 2}
+ACTIVE_SETS = 50  # SCALE-Sim: active_buf_frac 0.5 of 100 sets
+
+
+def buffer_block_elems(sram_bytes: int, bits: int) -> int:
+    """Distinct elements the active half of a read buffer holds (SCALE-Sim's set model)."""
+    elems = (sram_bytes * 8) // bits
+    return max(1, ACTIVE_SETS * (elems // 100))
+
+
+def packed_bytes(count: int, bits: int) -> int:
+    return -(-int(count) * int(bits) // 8)
+
+
+def bursts(nbytes: int, burst_bytes: int) -> int:
+    return -(-int(nbytes) // int(burst_bytes))
+
+
+# --------------------------------------------------------------------------------------
+# Demand-stream replay through the tumbling read buffer (numba)
+# --------------------------------------------------------------------------------------
+@njit(cache=True)
+def _ifmap_addr(m, k, OW, OHW, H, W, Ctot, c0, Cg, kw, sh, sw, dh, dw, pt, pl):
+    img = m // OHW
+    r = m - img * OHW
+    oh = r // OW
+    ow = r - oh * OW
+    ki = k // (kw * Cg)
+    rem = k - ki * (kw * Cg)
+    kj = rem // Cg
+    ch = rem - kj * Cg
+    h = oh * sh + ki * dh - pt
+    w = ow * sw + kj * dw - pl
+    if h < 0 or h >= H or w < 0 or w >= W:
+        return -1
+    return ((img * H + h) * W + w) * Ctot + c0 + ch
+
+
+@njit(cache=True)
+def _touch(addr, stamp, state):
+    # state[0] = block id, state[1] = distinct fetched in block, state[2] = total fetched,
+    # state[3] = block size, state[4] = SRAM reads
+    state[4] += 1
+    if stamp[addr] == state[0]:
+        return
+    stamp[addr] = state[0]
+    state[1] += 1
+    state[2] += 1
+    if state[1] == state[3]:
+        state[0] += 1
+        state[1] = 0
+
+
+@njit(cache=True)
+def _replay(df, operand, M, K, N, R, C, block, geo, addr_space):
+    """(SRAM reads, DRAM reads) of one operand of one GEMM. geo: ifmap geometry int64[14]."""
+    OW, OHW, H, W, Ctot, c0, Cg, kw, sh, sw, dh, dw, pt, pl = (
+        geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9],
+        geo[10], geo[11], geo[12], geo[13])
+    stamp = np.full(addr_space, -1, np.int64)
+    state = np.zeros(5, np.int64)
+    state[3] = block
+    if df == 0:  # ws: rows K, cols N, M streams
+        nfc = (N + C - 1) // C
+        nfr = (K + R - 1) // R
+        for fc in range(nfc):
+            for fr in range(nfr):
+                if operand == 0:
+                    for i in range(M + R - 1):
+                        for c in range(R):
+                            m = i - c
+                            k = fr * R + c
+                            if m < 0 or m >= M or k >= K:
+                                continue
+                            a = _ifmap_addr(m, k, OW, OHW, H, W, Ctot, c0, Cg, kw, sh, sw, dh, dw, pt, pl)
+                            if a >= 0:
+                                _touch(a, stamp, state)
+                else:
+                    rows = min(R, K - fr * R)
+                    cols = min(C, N - fc * C)
+                    for r in range(rows - 1, -1, -1):
+                        for c in range(cols):
+                            _touch((fc * C + c) * K + fr * R + r, stamp, state)
+    elif df == 1:  # os: rows M, cols N, K streams
+        nfc = (N + C - 1) // C
+        nfr = (M + R - 1) // R
+        for fc in range(nfc):
+            for fr in range(nfr):
+                if operand == 0:
+                    for i in range(K + R - 1):
+                        for c in range(R):
+                            k = i - c
+                            m = fr * R + c
+                            if k < 0 or k >= K or m >= M:
+                                continue
+                            a = _ifmap_addr(m, k, OW, OHW, H, W, Ctot, c0, Cg, kw, sh, sw, dh, dw, pt, pl)
+                            if a >= 0:
+                                _touch(a, stamp, state)
+                else:
+                    for i in range(K + C - 1):
+                        for c in range(C):
+                            k = i - c
+                            n = fc * C + c
+                            if k < 0 or k >= K or n >= N:
+                                continue
+                            _touch(n * K + k, stamp, state)
+    else:  # is: rows K, cols M, N streams
+        nfc = (M + C - 1) // C
+        nfr = (K + R - 1) // R
+        for fc in range(nfc):
+            for fr in range(nfr):
+                if operand == 0:
+                    rows = min(R, K - fr * R)
+                    cols = min(C, M - fc * C)
+                    for r in range(rows - 1, -1, -1):
+                        for c in range(cols):
+                            a = _ifmap_addr(fc * C + c, fr * R + r, OW, OHW, H, W, Ctot, c0, Cg,
+                                            kw, sh, sw, dh, dw, pt, pl)
+                            if a >= 0:
+                                _touch(a, stamp, state)
+                else:
+                    for i in range(N + R - 1):
+                        for c in range(R):
+                            n = i - c
+                            k = fr * R + c
+                            if n < 0 or n >= N or k >= K:
+                                continue
+                            _touch(n * K + k, stamp, state)
+    return state[4], state[2]
+
+
+# --------------------------------------------------------------------------------------
+# GEMM layers
+# --------------------------------------------------------------------------------------
+def fold_counts(M: int, K: int, N: int, R: int, C: int, dataflow: str) -> tuple[int, int, int]:
+    """(row folds, col folds, cycles per fold) for one GEMM."""
+    if dataflow == "ws":
+        return math.ceil(K / R), math.ceil(N / C), 2 * R + C + M - 2
+    if dataflow == "os":
+        return math.ceil(M / R), math.ceil(N / C), K + R + C - 2
+    if dataflow == "is":
+        return math.ceil(K / R), math.ceil(M / C), 2 * R + C + N - 2
+    raise ValueError(f"unknown dataflow {dataflow!r}")
+
+
+def conv_geometry(x_shape, w_shape, *, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0),
+                  groups=1, padding_mode=None) -> dict:
+    n, c, h, w = (int(v) for v in x_shape)
+    o, cg, kh, kw = (int(v) for v in w_shape)
+    sh, sw = (int(v) for v in stride)
+    dh, dw = (int(v) for v in dilation)
+    if padding_mode == "tf_same":
+        pt, pb = tf_same_padding(h, kh, sh, dh)
+        pl, pr = tf_same_padding(w, kw, sw, dw)
+    else:
+        pt, pb, pl, pr = (int(v) for v in padding)
+    oh = conv_output_size(h, kh, sh, pt, pb, dh)
+    ow = conv_output_size(w, kw, sw, pl, pr, dw)
+    if cg * groups != c:
+        raise ValueError(f"weight {tuple(w_shape)} with groups={groups} does not fit input {tuple(x_shape)}")
+    return dict(N=n, C=c, H=h, W=w, O=o, Cg=cg, kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw,
+                pt=pt, pb=pb, pl=pl, pr=pr, OH=oh, OW=ow, groups=int(groups))
+
+
+def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int = 8,
+                   out_bits: int = 8) -> dict:
+    """Per-layer counts for a conv (geometry from conv_geometry) or a linear (H=W=kh=kw=1)."""
+    R, C, df = accel.rows, accel.cols, accel.dataflow
+    g = geo["groups"]
+    M = geo["N"] * geo["OH"] * geo["OW"]
+    K = geo["Cg"] * geo["kh"] * geo["kw"]
+    N = geo["O"] // g
+    rf, cf, per_fold = fold_counts(M, K, N, R, C, df)
+    folds = rf * cf
+    cycles = g * folds * per_fold
+    n_mac = g * M * K * N
+    blk_x = buffer_block_elems(accel.sram_ifmap_bytes, x_bits)
+    blk_w = buffer_block_elems(accel.sram_filter_bytes, w_bits)
+    x_space = geo["N"] * geo["H"] * geo["W"] * geo["C"]
+    sram_x = dram_x = sram_w = dram_w = 0
+    for gi in range(g):
+        ga = np.array([geo["OW"], geo["OH"] * geo["OW"], geo["H"], geo["W"], geo["C"],
+                       gi * geo["Cg"], geo["Cg"], geo["kw"], geo["sh"], geo["sw"], geo["dh"],
+                       geo["dw"], geo["pt"], geo["pl"]], dtype=np.int64)
+        s, d = _replay(DF_CODE[df], 0, M, K, N, R, C, blk_x, ga, x_space)
+        sram_x += int(s)
+        dram_x += int(d)
+        if df == "ws":  # every filter element is demanded once: no replay needed
+            sram_w += K * N
+            dram_w += K * N
+        else:
+            s, d = _replay(DF_CODE[df], 1, M, K, N, R, C, blk_w, ga, K * N)
+            sram_w += int(s)
+            dram_w += int(d)
+    # Partial sums: ws and is accumulate over row (K) folds in the ofmap SRAM.
+    k_folds = rf if df in ("ws", "is") else 1
+    outs = g * M * N
+    psum_writes = (k_folds - 1) * outs  # partial writes before the final one
+    if df == "ws":
+        live = M * min(N, C)
+    elif df == "is":
+        live = min(M, C) * N
+    else:
+        live = 0
+    spill = k_folds > 1 and live * accel.acc_bits > (accel.sram_ofmap_bytes * 8) // 2
+    acc = accel.acc_bits
+    row = dict(
+        gemm_m=M, gemm_k=K, gemm_n=N, groups=g, row_folds=rf, col_folds=cf, folds=g * folds,
+        cycles=cycles, utilization=n_mac / (cycles * R * C), n_mac=n_mac, n_add=0,
+        sram_rd_ifmap=sram_x, sram_rd_filter=sram_w, sram_rd_ofmap=psum_writes,
+        sram_wr_ofmap=k_folds * outs,
+        sram_rd_ifmap_bytes=packed_bytes(sram_x, x_bits),
+        sram_rd_filter_bytes=packed_bytes(sram_w, w_bits),
+        sram_rd_ofmap_bytes=packed_bytes(psum_writes, acc),
+        sram_wr_ofmap_bytes=packed_bytes(psum_writes, acc) + packed_bytes(outs, out_bits),
+        dram_rd_ifmap=dram_x, dram_rd_filter=dram_w,
+        dram_rd_ofmap=psum_writes if spill else 0,
+        dram_wr_ofmap=outs + (psum_writes if spill else 0),
+        psum_spill=bool(spill),
+        x_bits=x_bits, w_bits=w_bits, out_bits=out_bits,
+        # SCALE-Sim's own bookkeeping, for the comparison (see module docstring)
+        ss_sram_wr_ofmap=(outs + g * folds * (R + C)) if df == "os" else k_folds * outs,
+        ss_dram_wr_ofmap=k_folds * outs,
+    )
+    row["dram_rd_ifmap_bytes"] = packed_bytes(dram_x, x_bits)
+    row["dram_rd_filter_bytes"] = packed_bytes(dram_w, w_bits)
+    row["dram_rd_ofmap_bytes"] = packed_bytes(row["dram_rd_ofmap"], acc)
+    row["dram_wr_ofmap_bytes"] = packed_bytes(outs, out_bits) + (packed_bytes(psum_writes, acc) if spill else 0)
+    _add_bursts(row, accel)
+    return row
+
+
+def _add_bursts(row: dict, accel: Accelerator) -> None:
+    bb = accel.burst_bytes
+    row["dram_bursts"] = sum(bursts(row[k], bb) for k in (
+        "dram_rd_ifmap_bytes", "dram_rd_filter_bytes", "dram_rd_ofmap_bytes", "dram_wr_ofmap_bytes"))
+    row["dram_rd_bytes"] = row["dram_rd_ifmap_bytes"] + row["dram_rd_filter_bytes"] + row["dram_rd_ofmap_bytes"]
+    row["dram_wr_bytes"] = row["dram_wr_ofmap_bytes"]
+
+
+def map_conv(x_shape, w_shape, accel: Accelerator, *, stride=(1, 1), dilation=(1, 1),
+             padding=(0, 0, 0, 0), groups=1, padding_mode=None, x_bits=8, w_bits=8, out_bits=8) -> dict:
+    geo = conv_geometry(x_shape, w_shape, stride=stride, dilation=dilation, padding=padding,
+                        groups=groups, padding_mode=padding_mode)
+    return map_gemm_layer(geo, accel, x_bits, w_bits, out_bits)
+
+
+def map_linear(x_shape, w_shape, accel: Accelerator, *, x_bits=8, w_bits=8, out_bits=8) -> dict:
+    x_shape = tuple(int(v) for v in x_shape)
+    batch = int(np.prod(x_shape[:-1])) if len(x_shape) > 1 else 1
+    o, k = (int(v) for v in w_shape)
+    geo = dict(N=batch, C=k, H=1, W=1, O=o, Cg=k, kh=1, kw=1, sh=1, sw=1, dh=1, dw=1,
+               pt=0, pb=0, pl=0, pr=0, OH=1, OW=1, groups=1)
+    return map_gemm_layer(geo, accel, x_bits, w_bits, out_bits)
+
+
+# --------------------------------------------------------------------------------------
+# Element-wise ops
+# --------------------------------------------------------------------------------------
+_ZERO_GEMM = dict(gemm_m=0, gemm_k=0, gemm_n=0, groups=0, row_folds=0, col_folds=0, folds=0,
+                  n_mac=0, psum_spill=False, ss_sram_wr_ofmap=0, ss_dram_wr_ofmap=0,
+                  sram_rd_filter=0, sram_rd_filter_bytes=0, dram_rd_filter=0,
+                  dram_rd_filter_bytes=0, sram_rd_ofmap=0, sram_rd_ofmap_bytes=0,
+                  dram_rd_ofmap=0, dram_rd_ofmap_bytes=0, w_bits=0)
+
+
+def map_eltwise(op: str, in_shapes: list, out_shape, accel: Accelerator, *, in_bits: list[int],
+                out_bits: int, n_add: int = 0) -> dict:
+    """Memory traffic of an element-wise op: read every input once, write the output once."""
+    n_in = [int(np.prod(s)) for s in in_shapes]
+    n_out = int(np.prod(out_shape))
+    if op in ("reshape", "quantize"):
+        n_in, n_out = [0 for _ in n_in], 0
+    rd = sum(n_in)
+    rd_bytes = sum(packed_bytes(n, b) for n, b in zip(n_in, in_bits))
+    wr_bytes = packed_bytes(n_out, out_bits)
+    work = max(rd, n_out)
+    cycles = -(-work // accel.cols) if work else 0
+    row = dict(_ZERO_GEMM, cycles=cycles, utilization=0.0, n_add=int(n_add) if work else 0,
+               sram_rd_ifmap=rd, sram_rd_ifmap_bytes=rd_bytes, sram_wr_ofmap=n_out,
+               sram_wr_ofmap_bytes=wr_bytes, dram_rd_ifmap=rd, dram_rd_ifmap_bytes=rd_bytes,
+               dram_wr_ofmap=n_out, dram_wr_ofmap_bytes=wr_bytes,
+               x_bits=max(in_bits) if in_bits else 0, out_bits=out_bits)
+    _add_bursts(row, accel)
+    return row
+
+
+# --------------------------------------------------------------------------------------
+# IR dispatch
+# --------------------------------------------------------------------------------------
+def input_qparams(graph, node):
+    """QParams of a node's first input: the producer's .out, else node.in_q."""
+    src = node.inputs[0]
+    try:
+        return graph[src].out
+    except KeyError:
+        return node.in_q
+
+
+def map_node(graph, node, shapes: dict, accel: Accelerator, force_bits: int | None = None) -> dict:
+    """Counts for one IR node (batch as in `shapes`; pass batch-1 shapes for one image).
+
+    force_bits maps every tensor at that width (32 for the FP32 reference)."""
+    out_shape = tuple(shapes[node.name])
+    fb = force_bits
+    out_bits = fb or node.out.bits
+    if node.op == "conv2d":
+        xq = input_qparams(graph, node)
+        a = node.attrs
+        row = map_conv(shapes[node.inputs[0]], node.params["weight"].shape, accel,
+                       stride=a.get("stride", (1, 1)), dilation=a.get("dilation", (1, 1)),
+                       padding=a.get("padding", (0, 0, 0, 0)), groups=a.get("groups", 1),
+                       padding_mode=a.get("padding_mode"), x_bits=fb or xq.bits,
+                       w_bits=fb or node.weight_q.bits, out_bits=out_bits)
+    elif node.op == "linear":
+        xq = input_qparams(graph, node)
+        row = map_linear(shapes[node.inputs[0]], node.params["weight"].shape, accel,
+                         x_bits=fb or xq.bits, w_bits=fb or node.weight_q.bits,
+                         out_bits=out_bits)
+    else:
+        ins = [tuple(shapes[i]) for i in node.inputs] if node.op != "quantize" else []
+        in_bits = ([fb or graph[i].out.bits for i in node.inputs]
+                   if node.op != "quantize" else [])
+        n_out = int(np.prod(out_shape))
+        if node.op == "add":
+            n_add = n_out
+        elif node.op in ("maxpool", "avgpool"):
+            kk = node.attrs.get("kernel", (1, 1))
+            kk = (kk, kk) if isinstance(kk, int) else kk
+            n_add = n_out * (int(kk[0]) * int(kk[1]) - 1)
+        elif node.op == "global_avgpool":
+            n_add = int(np.prod(ins[0]))
+        else:
+            n_add = 0
+        row = map_eltwise(node.op, ins, out_shape, accel, in_bits=in_bits, out_bits=out_bits,
+                          n_add=n_add)
+    row = {"layer": node.name, "op": node.op, **row}
+    return row

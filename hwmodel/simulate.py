@@ -1,0 +1,140 @@
+"""One entry point: the integer program + its operand taps -> per-layer hardware rows.
+
+    res = simulate_graph(graph, taps, load_accelerator("scalesim-32x32-ws"))
+    res.rows    # one dict per IR node (columns below), counts for ONE image
+    res.totals  # energy totals (seed, detailed, breakdown, FP32), cycles, preset name
+
+`taps` maps every node name to its integer output for a batch of images (batch axis
+first), as integer_ref's executor produces them. All counts and energies are per image
+(batch 1): energy per inference. Toggles come from the real operands of the first
+`toggle_images` images and are averaged over them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .arch import Accelerator
+from .energy import detailed_energy, fp32_energy, seed_energy
+from .mapping import conv_geometry, input_qparams, map_node
+from .toggles import count_toggles, im2col, weight_gemm
+
+ROW_COLUMNS = [
+    "layer", "op", "gemm_m", "gemm_k", "gemm_n", "groups", "folds", "cycles", "utilization",
+    "n_mac", "n_add", "x_bits", "w_bits", "out_bits",
+    "sram_rd_ifmap", "sram_rd_filter", "sram_rd_ofmap", "sram_wr_ofmap",
+    "sram_rd_ifmap_bytes", "sram_rd_filter_bytes", "sram_rd_ofmap_bytes", "sram_wr_ofmap_bytes",
+    "dram_rd_ifmap", "dram_rd_filter", "dram_rd_ofmap", "dram_wr_ofmap",
+    "dram_rd_ifmap_bytes", "dram_rd_filter_bytes", "dram_rd_ofmap_bytes", "dram_wr_ofmap_bytes",
+    "dram_bursts", "psum_spill",
+    "mult_toggles", "mult_toggles_signmag", "mult_toggles_offset",
+    "e_mac_pj", "e_sram_pj", "e_dram_pj", "e_total_pj", "e_seed_pj", "e_seed_mac_pj",
+    "e_seed_dram_pj", "e_fp32_pj",
+]
+
+
+@dataclass
+class HwResult:
+    rows: list[dict]
+    totals: dict
+    accelerator: str = ""
+    columns: list[str] = field(default_factory=lambda: list(ROW_COLUMNS))
+
+
+def batch1_shapes(graph, taps: dict) -> dict:
+    """Per-image shapes of every node output (and the graph input)."""
+    shapes = {graph.input_name: (1, *graph.input_shape)}
+    for n in graph.nodes:
+        if n.name not in taps:
+            raise ValueError(f"no tap for node {n.name!r}: simulate_graph needs every node's output")
+        shapes[n.name] = (1, *np.shape(taps[n.name])[1:])
+    return shapes
+
+
+def node_toggles(graph, node, taps: dict, accel: Accelerator, images: int) -> dict | None:
+    """Average multiplier-input toggles per image for a conv2d/linear node."""
+    if node.op not in ("conv2d", "linear"):
+        return None
+    x_all = np.asarray(taps[node.inputs[0]])
+    xq = input_qparams(graph, node)
+    wq = node.weight_q
+    w = np.asarray(node.params["weight"], dtype=np.int64)
+    images = max(1, min(int(images), x_all.shape[0]))
+    acc = {"mult_toggles": 0.0, "mult_toggles_signmag": 0.0, "mult_toggles_offset": 0.0}
+    for img in range(images):
+        x = x_all[img:img + 1]
+        if node.op == "linear":
+            pairs = [(x.reshape(-1, w.shape[1]).astype(np.int64), np.ascontiguousarray(w.T))]
+        else:
+            a = node.attrs
+            g = int(a.get("groups", 1))
+            geo = conv_geometry(x.shape, w.shape, stride=a.get("stride", (1, 1)),
+                                dilation=a.get("dilation", (1, 1)),
+                                padding=a.get("padding", (0, 0, 0, 0)), groups=g,
+                                padding_mode=a.get("padding_mode"))
+            pad = (geo["pt"], geo["pb"], geo["pl"], geo["pr"])
+            pairs = [(im2col(x, (geo["kh"], geo["kw"]), stride=(geo["sh"], geo["sw"]),
+                             dilation=(geo["dh"], geo["dw"]), padding=pad, groups=g, group=gi,
+                             zero_point=int(xq.zero_point)),
+                      weight_gemm(w, g, gi)) for gi in range(g)]
+        for xg, wg in pairs:
+            t = count_toggles(xg, wg, xq.bits, xq.signed, wq.bits, wq.signed,
+                              accel.dataflow, accel.rows, accel.cols)
+            for k in acc:
+                acc[k] += t[k]
+    return {k: v / images for k, v in acc.items()}
+
+
+def _seed_mem(graph, node, shapes, row) -> list[tuple[int, int]]:
+    if node.op in ("reshape", "quantize"):
+        return []
+    mem = [(int(np.prod(shapes[i])), graph[i].out.bits) for i in node.inputs if i in graph._index]
+    if "weight" in node.params:
+        mem.append((int(np.prod(node.params["weight"].shape)), node.weight_q.bits))
+    mem.append((int(np.prod(shapes[node.name])), node.out.bits))
+    return mem
+
+
+def fp32_reference(graph, shapes: dict, accel: Accelerator) -> dict:
+    """FP32 energy of the unquantized model on the same array: per layer and total (pJ)."""
+    per = {}
+    for n in graph.nodes:
+        per[n.name] = fp32_energy(accel, map_node(graph, n, shapes, accel, force_bits=32))
+    return {"layers": per, "e_fp32_pj": float(sum(per.values()))}
+
+
+def simulate_graph(graph, taps: dict, accel: Accelerator, toggle_images: int = 1,
+                   mac_form: str = "max") -> HwResult:
+    shapes = batch1_shapes(graph, taps)
+    fp32 = fp32_reference(graph, shapes, accel)
+    rows = []
+    for node in graph.nodes:
+        row = map_node(graph, node, shapes, accel)
+        tg = node_toggles(graph, node, taps, accel, toggle_images)
+        row.update(tg or {"mult_toggles": 0, "mult_toggles_signmag": 0, "mult_toggles_offset": 0})
+        row.update(seed_energy(accel, row["n_mac"], row["x_bits"], row["w_bits"],
+                               _seed_mem(graph, node, shapes, row), form=mac_form))
+        row.update(detailed_energy(accel, row, tg["mult_toggles"] if tg else None))
+        row["e_fp32_pj"] = fp32["layers"][node.name]
+        rows.append(row)
+
+    def tot(k):
+        return float(sum(r[k] for r in rows))
+
+    totals = {
+        "accelerator": accel.name, "dataflow": accel.dataflow, "rows": accel.rows,
+        "cols": accel.cols, "mac_form": mac_form, "toggle_images": int(toggle_images),
+        "cycles": int(tot("cycles")), "n_mac": int(tot("n_mac")),
+        "e_seed_pj": tot("e_seed_pj"), "e_seed_mac_pj": tot("e_seed_mac_pj"),
+        "e_seed_dram_pj": tot("e_seed_dram_pj"),
+        "e_total_pj": tot("e_total_pj"), "e_mac_pj": tot("e_mac_pj"),
+        "e_sram_pj": tot("e_sram_pj"), "e_dram_pj": tot("e_dram_pj"),
+        "e_fp32_pj": fp32["e_fp32_pj"],
+        "dram_bytes": int(tot("dram_rd_ifmap_bytes") + tot("dram_rd_filter_bytes")
+                          + tot("dram_rd_ofmap_bytes") + tot("dram_wr_ofmap_bytes")),
+        "mult_toggles": tot("mult_toggles"), "mult_toggles_signmag": tot("mult_toggles_signmag"),
+        "mult_toggles_offset": tot("mult_toggles_offset"),
+    }
+    totals["energy_vs_fp32_detailed"] = totals["e_total_pj"] / totals["e_fp32_pj"] if totals["e_fp32_pj"] else float("nan")
+    return HwResult(rows=rows, totals=totals, accelerator=accel.name)

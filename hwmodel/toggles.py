@@ -1,0 +1,193 @@
+"""Multiplier-input bit toggles from the real integer operands, per dataflow.
+
+A toggle is one bit of a multiplier input register changing between consecutive operands:
+popcount(previous XOR next). The streams follow the dataflow (same folds as
+hwmodel.mapping, column fold outer, row fold inner):
+
+- ws: PE (r, c) of fold (fr, fc) holds W[k, n] (k = fr*R + r, n = fc*C + c) while X[:, k]
+  streams past it, m = 0..M-1. Activation-input toggles of that PE =
+  popcount(x[0,k]) + sum_m popcount(x[m,k] ^ x[m+1,k]); each of the N output columns sees
+  the stream once, so the layer total is N * sum_k(stream toggles of column k).
+  Weight-input toggles happen only at weight reloads: each PE register changes from the
+  weight it held in its previous fold (0 before the first) to the new one.
+- os: PE (r, c) owns output (m, n); X[m, :] and W[:, n] both stream over k. Activation
+  toggles = N * sum_m(toggles of row m of X), weight toggles = M * sum_n(toggles of column n
+  of W).
+- is: PE (r, c) holds X[m, k] (k = fr*R + r, m = fc*C + c) while W[k, :] streams over n:
+  weight toggles = M * sum_k(toggles of row k of W), activation toggles at reloads only.
+
+Between folds the streamed input sees the pipeline bubble (the encoding of 0): every
+stream starts from encoded 0, which is also why its first value counts
+popcount(value ^ encode(0)); stationary registers start at encoded 0 too.
+
+Encodings (b = the operand's bit width): 'own' is two's complement in b bits for a signed
+operand and plain binary for an unsigned one; 'signmag' holds signed operands as sign and
+magnitude (the restricted range fits); 'offset' holds signed operands as x + 2^(b-1)
+(offset binary, i.e. unsigned). Unsigned operands are the same bits in all three.
+For non-negative values two's complement and plain binary are the same bit patterns, so
+holding post-ReLU values unsigned changes toggles only through the values themselves
+(range and scale), not the encoding; signed, zero-centred operands are where the
+encodings differ.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+ENCODINGS = ("own", "signmag", "offset")
+
+
+def encode(q: np.ndarray, bits: int, signed: bool, encoding: str = "own") -> np.ndarray:
+    """Bit pattern (as uint64) of integer values q held in `bits` bits."""
+    q = np.asarray(q, dtype=np.int64)
+    mask = np.int64((1 << bits) - 1)
+    if not signed or encoding == "own":
+        return (q & mask).astype(np.uint64)
+    if encoding == "signmag":
+        return (((q < 0).astype(np.int64) << (bits - 1)) | np.abs(q)).astype(np.uint64)
+    if encoding == "offset":
+        return ((q + (1 << (bits - 1))) & mask).astype(np.uint64)
+    raise ValueError(f"unknown encoding {encoding!r}")
+
+
+@njit(cache=True, inline="always")
+def _popcount(v):
+    v = v - ((v >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    v = (v & np.uint64(0x3333333333333333)) + ((v >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    v = (v + (v >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (v * np.uint64(0x0101010101010101)) >> np.uint64(56)
+
+
+@njit(cache=True, parallel=True)
+def _col_stream_toggles(a):
+    """sum over columns j of toggles of the stream a[0, j], a[1, j], ... starting from 0."""
+    M, K = a.shape
+    out = np.zeros(K, np.uint64)
+    for j in prange(K):
+        prev = np.uint64(0)
+        t = np.uint64(0)
+        for i in range(M):
+            v = a[i, j]
+            t += _popcount(prev ^ v)
+            prev = v
+        out[j] = t
+    return out.sum()
+
+
+@njit(cache=True, parallel=True)
+def _row_stream_toggles(a):
+    """sum over rows i of toggles of the stream a[i, 0], a[i, 1], ... starting from 0."""
+    M, K = a.shape
+    out = np.zeros(M, np.uint64)
+    for i in prange(M):
+        prev = np.uint64(0)
+        t = np.uint64(0)
+        for j in range(K):
+            v = a[i, j]
+            t += _popcount(prev ^ v)
+            prev = v
+        out[i] = t
+    return out.sum()
+
+
+@njit(cache=True)
+def _reload_toggles(s, R, C):
+    """Toggles of stationary registers: s (rows P, cols Q) is tiled onto R x C PEs,
+    fold order column fold outer, row fold inner; each PE register keeps its value
+    between folds and changes only where a fold loads it."""
+    P, Q = s.shape
+    reg = np.zeros((R, C), np.uint64)
+    t = np.uint64(0)
+    for fc in range((Q + C - 1) // C):
+        for fr in range((P + R - 1) // R):
+            rows = min(R, P - fr * R)
+            cols = min(C, Q - fc * C)
+            for r in range(rows):
+                for c in range(cols):
+                    v = s[fr * R + r, fc * C + c]
+                    t += _popcount(reg[r, c] ^ v)
+                    reg[r, c] = v
+    return t
+
+
+def _toggles_one(xe: np.ndarray, we: np.ndarray, dataflow: str, rows: int, cols: int) -> int:
+    M, K = xe.shape
+    N = we.shape[1]
+    if dataflow == "ws":
+        act = int(_col_stream_toggles(xe)) * N
+        wt = int(_reload_toggles(we, rows, cols))
+    elif dataflow == "os":
+        act = int(_row_stream_toggles(xe)) * N
+        wt = int(_col_stream_toggles(we)) * M
+    elif dataflow == "is":
+        wt = int(_row_stream_toggles(we)) * M
+        act = int(_reload_toggles(np.ascontiguousarray(xe.T), rows, cols))
+    else:
+        raise ValueError(f"unknown dataflow {dataflow!r}")
+    return act + wt
+
+
+def count_toggles(x_gemm: np.ndarray, w_gemm: np.ndarray, x_bits: int, x_signed: bool,
+                  w_bits: int, w_signed: bool, dataflow: str, rows: int, cols: int) -> dict:
+    """Multiplier-input toggles of one GEMM X (M, K) @ W (K, N) on a rows x cols array."""
+    x_gemm = np.asarray(x_gemm)
+    w_gemm = np.asarray(w_gemm)
+    if x_gemm.ndim != 2 or w_gemm.ndim != 2 or x_gemm.shape[1] != w_gemm.shape[0]:
+        raise ValueError(f"GEMM operands do not match: X {x_gemm.shape}, W {w_gemm.shape}")
+    out = {}
+    for enc, key in zip(ENCODINGS, ("mult_toggles", "mult_toggles_signmag", "mult_toggles_offset")):
+        # Registers start from (and bubbles hold) the encoding of 0; toggles only depend on
+        # XORs, so re-basing every pattern on encode(0) lets the kernels start from 0.
+        xe = encode(x_gemm, x_bits, x_signed, enc) ^ encode(np.zeros(1), x_bits, x_signed, enc)[0]
+        we = encode(w_gemm, w_bits, w_signed, enc) ^ encode(np.zeros(1), w_bits, w_signed, enc)[0]
+        xe, we = np.ascontiguousarray(xe), np.ascontiguousarray(we)
+        out[key] = _toggles_one(xe, we, dataflow, rows, cols)
+    out["n_mac"] = int(x_gemm.shape[0]) * int(x_gemm.shape[1]) * int(w_gemm.shape[1])
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# GEMM views of conv operands (window order kh, kw, c -- as hwmodel.mapping and SCALE-Sim)
+# --------------------------------------------------------------------------------------
+@njit(cache=True, parallel=True)
+def _im2col(x, c0, cg, kh, kw, sh, sw, dh, dw, pt, pl, OH, OW, zp):
+    N, C, H, W = x.shape
+    out = np.empty((N * OH * OW, kh * kw * cg), np.int64)
+    for row in prange(N * OH * OW):
+        n = row // (OH * OW)
+        r = row - n * OH * OW
+        oh = r // OW
+        ow = r - oh * OW
+        col = 0
+        for i in range(kh):
+            h = oh * sh + i * dh - pt
+            for j in range(kw):
+                w = ow * sw + j * dw - pl
+                inside = h >= 0 and h < H and w >= 0 and w < W
+                for c in range(cg):
+                    out[row, col] = x[n, c0 + c, h, w] if inside else zp
+                    col += 1
+    return out
+
+
+def im2col(x: np.ndarray, kernel, *, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0),
+           groups: int = 1, group: int = 0, zero_point: int = 0) -> np.ndarray:
+    """NCHW integer input -> (N*OH*OW, kh*kw*C/g) for one group; pads with the zero point."""
+    from integer_ref.arith import conv_output_size
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.int64))
+    kh, kw = kernel
+    _, C, H, W = x.shape
+    pt, pb, pl, pr = padding
+    OH = conv_output_size(H, kh, stride[0], pt, pb, dilation[0])
+    OW = conv_output_size(W, kw, stride[1], pl, pr, dilation[1])
+    cg = C // groups
+    return _im2col(x, group * cg, cg, kh, kw, stride[0], stride[1], dilation[0], dilation[1],
+                   pt, pl, OH, OW, zero_point)
+
+
+def weight_gemm(weight: np.ndarray, groups: int = 1, group: int = 0) -> np.ndarray:
+    """(O, C/g, kh, kw) -> (kh*kw*C/g, O/g) for one group, rows in (kh, kw, c) order."""
+    w = np.asarray(weight, dtype=np.int64)
+    og = w.shape[0] // groups
+    wg = w[group * og:(group + 1) * og]
+    return np.ascontiguousarray(wg.transpose(2, 3, 1, 0).reshape(-1, og))
