@@ -153,3 +153,8 @@ def layer_sqnr(prep: Prepared, graph: Graph, x: torch.Tensor, ref_tensors: dict[
         sig = float((f**2).sum())
         out[node.name] = float("inf") if noise == 0 else 10.0 * np.log10(max(sig, 1e-30) / noise)
     return out
+
+
+def integer_taps(graph: Graph, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Every node's integer output from integer_ref (the operands hwmodel sees)."""
+    return int_exec.run(graph, x.numpy().astype(np.float32), keep="all").tensors

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bitexact-images", type=int, default=8, help="images checked integer_ref vs emulate, every layer")
     p.add_argument("--allow-mismatch", action="store_true", help="report bit-exact mismatches without failing")
     p.add_argument("--requant", default="dyadic", choices=["dyadic"])
+    p.add_argument("--accel", default=DEFAULT_ACCEL, help="accelerator preset name or TOML file "
+                   f"(default {DEFAULT_ACCEL}; presets: see quantsim/data/accelerators)")
+    p.add_argument("--toggle-images", type=int, default=1, help="images whose real operands feed the toggle count")
+    p.add_argument("--mac-form", default="max", choices=["max", "product"],
+                   help="seed MAC energy: b=max(b_w,b_a) squared, or the product b_w*b_a")
     p.add_argument("--out", default="runs/latest", help="report directory (written atomically)")
     p.add_argument("--save-ir", action="store_true", help="also write the integer program (ir.json + ir.npz)")
     p.add_argument("--no-progress", action="store_true")
@@ -66,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 3
     return 0
+
+
+def load_accel(spec: str):
+    from hwmodel.arch import load_accelerator
+
+    try:
+        return load_accelerator(spec)
+    except (ValueError, OSError) as exc:
+        raise QuantsimError(f"--accel {spec}: {exc}".splitlines()[0]) from exc
 
 
 def _load(args):
@@ -98,7 +112,7 @@ def _batches(datasets, ds, batch_size: int) -> list[torch.Tensor]:
 
 
 def run(args) -> dict:
-    from . import pipeline
+    from . import hardware, pipeline
     from .reporting import layer_table, write_reports
 
     t_start = time.perf_counter()
@@ -112,22 +126,34 @@ def run(args) -> dict:
     if wa is not None:
         cfg = QuantConfig(w_bits=wa[0], a_bits=wa[1], granularity=args.granularity,
                           calib_method=args.calib_method, percentile=args.percentile, requant=args.requant)
+    accel = load_accel(args.accel)
+    if args.toggle_images < 1:
+        raise QuantsimError("--toggle-images must be at least 1")
     torch.manual_seed(args.seed)
     loaded, datasets, calib_ds, eval_ds, note = _load(args)
     progress = not args.no_progress
     eval_loader = datasets.make_loader(eval_ds, batch_size=args.batch_size)
 
-    graph = prep = bitexact = None
-    if cfg is not None:
-        calib = _batches(datasets, calib_ds, args.batch_size)
-        prep = pipeline.prepare(loaded.model, loaded.preprocess.input_size, calib, args.seed, progress)
-        graph = pipeline.quantize(prep, cfg)
-    acc = pipeline.evaluate(loaded.model, graph, eval_loader, progress)
+    bitexact = None
+    calib = _batches(datasets, calib_ds, args.batch_size)
+    prep = pipeline.prepare(loaded.model, loaded.preprocess.input_size, calib, args.seed, progress)
+    # FP32 runs still lower a W8A8 program: its shapes give the FP32 energy on the same array
+    structure_cfg = cfg or QuantConfig(granularity=args.granularity)
+    graph = pipeline.quantize(prep, structure_cfg)
+    acc = pipeline.evaluate(loaded.model, graph if cfg else None, eval_loader, progress)
+    n_check = min(max(args.bitexact_images, args.toggle_images), len(eval_ds))
+    x = torch.stack([eval_ds[i][0] for i in range(n_check)])
     sqnr: dict[str, float] = {}
-    if graph is not None and args.bitexact_images > 0:
-        x = torch.stack([eval_ds[i][0] for i in range(min(args.bitexact_images, len(eval_ds)))])
+    if cfg is not None and args.bitexact_images > 0:
         bitexact = pipeline.check_bitexact(graph, x)
-        sqnr = pipeline.layer_sqnr(prep, graph, x, bitexact.ref_tensors)
+        sqnr = pipeline.layer_sqnr(prep, graph, x[:args.bitexact_images], bitexact.ref_tensors)
+        taps = bitexact.ref_tensors
+    else:
+        taps = pipeline.integer_taps(graph, x)
+    hw = hardware.simulate(graph, taps, accel, args.toggle_images, args.mac_form)
+    w8 = hw if structure_cfg.label == "W8A8" else hardware.simulate(
+        pipeline.quantize(prep, QuantConfig(granularity=structure_cfg.granularity)),
+        None, accel, args.toggle_images, args.mac_form, images=x[:args.toggle_images])
 
     summary = {
         "model": loaded.arch, "model_source": loaded.source,
@@ -141,14 +167,17 @@ def run(args) -> dict:
         "bitexact_images": bitexact.images if bitexact else 0,
         "bitexact_mismatches": bitexact.total_mismatches if bitexact else 0,
         "acc_overflows": int(sum(bitexact.acc_overflows.values())) if bitexact else 0,
+        **hardware.energy_summary(hw, w8, fp32=cfg is None),
         "seconds": round(time.perf_counter() - t_start, 2),
         "config": cfg.to_json() if cfg else None,
         "preprocess": loaded.preprocess.to_json(),
     }
     if note:
         summary["note"] = note
-    layers = layer_table(graph, bitexact, sqnr) if graph is not None else None
-    write_reports(out, summary, layers, graph if args.save_ir else None)
+    layers = hardware.merge_rows(layer_table(graph, bitexact, sqnr), hw) if cfg else None
+    title = f"{loaded.arch} {summary['bits']} on {accel.name}"
+    write_reports(out, summary, layers, graph if (args.save_ir and cfg) else None,
+                  extra=lambda rd: hardware.plot_energy(hw, rd.path("energy_breakdown"), title))
     if note:
         print(note, file=sys.stderr)
     return summary
