@@ -1,0 +1,54 @@
+"""Shared fixtures: where the real data and models live (../shared next to the repo)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.exists():
+        pytest.skip(f"{what} not found at {path} (real test assets live in ../shared next to the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared (real data sets and trained models); tests skip when it is absent."""
+    return _need(SHARED_DIR, "shared assets directory")
+
+
+@pytest.fixture(scope="session")
+def shared_data(shared_dir: Path) -> Path:
+    return _need(shared_dir / "data", "shared data directory")
+
+
+@pytest.fixture(scope="session")
+def shared_models(shared_dir: Path) -> Path:
+    return _need(shared_dir / "models", "shared models directory")
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(shared_data: Path) -> Path:
+    return _need(shared_data / "cifar10", "CIFAR-10 JPEG data set")
+
+
+@pytest.fixture(scope="session")
+def imagenet_val_dir(shared_data: Path) -> Path:
+    return _need(shared_data / "imagenet-val", "ImageNet validation images")
+
+
+@pytest.fixture(scope="session")
+def imagenet_calib_dir(shared_data: Path) -> Path:
+    return _need(shared_data / "imagenet-calib", "ImageNet calibration images")
+
+
+@pytest.fixture(scope="session")
+def resnet20_checkpoint(shared_models: Path) -> Path:
+    found = sorted((shared_models / "cifar10-resnet").glob("resnet20-*.th"))
+    if not found:
+        pytest.skip(f"no resnet20-*.th checkpoint in {shared_models / 'cifar10-resnet'}")
+    return found[0]
