@@ -76,31 +76,23 @@ def bursts(nbytes: int, burst_bytes: int) -> int:
 # --------------------------------------------------------------------------------------
 # Demand-stream replay through the tumbling read buffer (numba)
 # --------------------------------------------------------------------------------------
-@njit(cache=True)
-def _ifmap_addr(m, k, OW, OHW, H, W, Ctot, c0, Cg, kw, sh, sw, dh, dw, pt, pl):
-    img = m // OHW
-    r = m - img * OHW
-    oh = r // OW
-    ow = r - oh * OW
-    ki = k // (kw * Cg)
-    rem = k - ki * (kw * Cg)
-    kj = rem // Cg
-    ch = rem - kj * Cg
-    h = oh * sh + ki * dh - pt
-    w = ow * sw + kj * dw - pl
+@njit(cache=True, inline="always")
+def _addr(m, k, mh, mw, mi, kh_, kw_, kc, H, W, Ctot):
+    h = mh[m] + kh_[k]
+    w = mw[m] + kw_[k]
     if h < 0 or h >= H or w < 0 or w >= W:
         return -1
-    return ((img * H + h) * W + w) * Ctot + c0 + ch
+    return ((mi[m] * H + h) * W + w) * Ctot + kc[k]
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _touch(addr, stamp, state):
     # state[0] = block id, state[1] = distinct fetched in block, state[2] = total fetched,
     # state[3] = block size, state[4] = SRAM reads
     state[4] += 1
     if stamp[addr] == state[0]:
         return
-    stamp[addr] = state[0]
+    stamp[addr] = np.int32(state[0])
     state[1] += 1
     state[2] += 1
     if state[1] == state[3]:
@@ -114,9 +106,30 @@ def _replay(df, operand, M, K, N, R, C, block, geo, addr_space):
     OW, OHW, H, W, Ctot, c0, Cg, kw, sh, sw, dh, dw, pt, pl = (
         geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9],
         geo[10], geo[11], geo[12], geo[13])
-    stamp = np.full(addr_space, -1, np.int64)
+    stamp = np.full(addr_space, -1, np.int32)
     state = np.zeros(5, np.int64)
     state[3] = block
+    # per-row (output pixel) and per-column (window position) address tables
+    mh = np.empty(M, np.int64)
+    mw = np.empty(M, np.int64)
+    mi = np.empty(M, np.int64)
+    for m in range(M):
+        img = m // OHW
+        r = m - img * OHW
+        oh = r // OW
+        mi[m] = img
+        mh[m] = oh * sh - pt
+        mw[m] = (r - oh * OW) * sw - pl
+    kh_ = np.empty(K, np.int64)
+    kw_ = np.empty(K, np.int64)
+    kc = np.empty(K, np.int64)
+    for k in range(K):
+        ki = k // (kw * Cg)
+        rem = k - ki * (kw * Cg)
+        kj = rem // Cg
+        kh_[k] = ki * dh
+        kw_[k] = kj * dw
+        kc[k] = c0 + rem - kj * Cg
     if df == 0:  # ws: rows K, cols N, M streams
         nfc = (N + C - 1) // C
         nfr = (K + R - 1) // R
@@ -129,7 +142,7 @@ def _replay(df, operand, M, K, N, R, C, block, geo, addr_space):
                             k = fr * R + c
                             if m < 0 or m >= M or k >= K:
                                 continue
-                            a = _ifmap_addr(m, k, OW, OHW, H, W, Ctot, c0, Cg, kw, sh, sw, dh, dw, pt, pl)
+                            a = _addr(m, k, mh, mw, mi, kh_, kw_, kc, H, W, Ctot)
                             if a >= 0:
                                 _touch(a, stamp, state)
                 else:
@@ -150,7 +163,7 @@ def _replay(df, operand, M, K, N, R, C, block, geo, addr_space):
                             m = fr * R + c
                             if k < 0 or k >= K or m >= M:
                                 continue
-                            a = _ifmap_addr(m, k, OW, OHW, H, W, Ctot, c0, Cg, kw, sh, sw, dh, dw, pt, pl)
+                            a = _addr(m, k, mh, mw, mi, kh_, kw_, kc, H, W, Ctot)
                             if a >= 0:
                                 _touch(a, stamp, state)
                 else:
@@ -171,8 +184,7 @@ def _replay(df, operand, M, K, N, R, C, block, geo, addr_space):
                     cols = min(C, M - fc * C)
                     for r in range(rows - 1, -1, -1):
                         for c in range(cols):
-                            a = _ifmap_addr(fc * C + c, fr * R + r, OW, OHW, H, W, Ctot, c0, Cg,
-                                            kw, sh, sw, dh, dw, pt, pl)
+                            a = _addr(fc * C + c, fr * R + r, mh, mw, mi, kh_, kw_, kc, H, W, Ctot)
                             if a >= 0:
                                 _touch(a, stamp, state)
                 else:

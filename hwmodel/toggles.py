@@ -58,92 +58,131 @@ def _popcount(v):
     return (v * np.uint64(0x0101010101010101)) >> np.uint64(56)
 
 
+@njit(cache=True, inline="always")
+def _enc3(v, mask, h, signed):
+    """(own, sign-magnitude, offset) patterns of v, each re-based so that 0 encodes as 0."""
+    own = np.uint64(v & mask)
+    if not signed:
+        return own, own, own
+    sm = np.uint64((h if v < 0 else 0) | abs(v))
+    off = np.uint64(((v + h) & mask) ^ h)
+    return own, sm, off
+
+
 @njit(cache=True, parallel=True)
-def _col_stream_toggles(a):
-    """sum over columns j of toggles of the stream a[0, j], a[1, j], ... starting from 0."""
+def _col_stream_toggles(a, bits, signed):
+    """Toggles of the streams a[0, j], a[1, j], ... (each from 0), summed over j: 3 encodings."""
     M, K = a.shape
-    out = np.zeros(K, np.uint64)
-    for j in prange(K):
-        prev = np.uint64(0)
-        t = np.uint64(0)
+    mask = (1 << bits) - 1
+    h = 1 << (bits - 1)
+    nchunk = 64
+    step = (K + nchunk - 1) // nchunk
+    out = np.zeros((nchunk, 3), np.uint64)
+    for ch in prange(nchunk):
+        j0 = ch * step
+        j1 = min(K, j0 + step)
+        if j0 >= j1:
+            continue
+        w = j1 - j0
+        p0 = np.zeros(w, np.uint64)
+        p1 = np.zeros(w, np.uint64)
+        p2 = np.zeros(w, np.uint64)
+        t0 = np.uint64(0)
+        t1 = np.uint64(0)
+        t2 = np.uint64(0)
         for i in range(M):
-            v = a[i, j]
-            t += _popcount(prev ^ v)
-            prev = v
-        out[j] = t
-    return out.sum()
+            for jj in range(w):
+                e0, e1, e2 = _enc3(a[i, j0 + jj], mask, h, signed)
+                t0 += _popcount(p0[jj] ^ e0)
+                t1 += _popcount(p1[jj] ^ e1)
+                t2 += _popcount(p2[jj] ^ e2)
+                p0[jj] = e0
+                p1[jj] = e1
+                p2[jj] = e2
+        out[ch, 0] = t0
+        out[ch, 1] = t1
+        out[ch, 2] = t2
+    return out.sum(axis=0)
 
 
 @njit(cache=True, parallel=True)
-def _row_stream_toggles(a):
-    """sum over rows i of toggles of the stream a[i, 0], a[i, 1], ... starting from 0."""
+def _row_stream_toggles(a, bits, signed):
+    """Toggles of the streams a[i, 0], a[i, 1], ... (each from 0), summed over i: 3 encodings."""
     M, K = a.shape
-    out = np.zeros(M, np.uint64)
+    mask = (1 << bits) - 1
+    h = 1 << (bits - 1)
+    out = np.zeros((M, 3), np.uint64)
     for i in prange(M):
-        prev = np.uint64(0)
-        t = np.uint64(0)
+        p0 = np.uint64(0)
+        p1 = np.uint64(0)
+        p2 = np.uint64(0)
+        t0 = np.uint64(0)
+        t1 = np.uint64(0)
+        t2 = np.uint64(0)
         for j in range(K):
-            v = a[i, j]
-            t += _popcount(prev ^ v)
-            prev = v
-        out[i] = t
-    return out.sum()
+            e0, e1, e2 = _enc3(a[i, j], mask, h, signed)
+            t0 += _popcount(p0 ^ e0)
+            t1 += _popcount(p1 ^ e1)
+            t2 += _popcount(p2 ^ e2)
+            p0 = e0
+            p1 = e1
+            p2 = e2
+        out[i, 0] = t0
+        out[i, 1] = t1
+        out[i, 2] = t2
+    return out.sum(axis=0)
 
 
 @njit(cache=True)
-def _reload_toggles(s, R, C):
+def _reload_toggles(s, R, C, bits, signed):
     """Toggles of stationary registers: s (rows P, cols Q) is tiled onto R x C PEs,
     fold order column fold outer, row fold inner; each PE register keeps its value
-    between folds and changes only where a fold loads it."""
+    between folds and changes only where a fold loads it. 3 encodings."""
     P, Q = s.shape
-    reg = np.zeros((R, C), np.uint64)
-    t = np.uint64(0)
+    mask = (1 << bits) - 1
+    h = 1 << (bits - 1)
+    reg = np.zeros((3, R, C), np.uint64)
+    t = np.zeros(3, np.uint64)
     for fc in range((Q + C - 1) // C):
         for fr in range((P + R - 1) // R):
             rows = min(R, P - fr * R)
             cols = min(C, Q - fc * C)
             for r in range(rows):
                 for c in range(cols):
-                    v = s[fr * R + r, fc * C + c]
-                    t += _popcount(reg[r, c] ^ v)
-                    reg[r, c] = v
+                    e0, e1, e2 = _enc3(s[fr * R + r, fc * C + c], mask, h, signed)
+                    t[0] += _popcount(reg[0, r, c] ^ e0)
+                    t[1] += _popcount(reg[1, r, c] ^ e1)
+                    t[2] += _popcount(reg[2, r, c] ^ e2)
+                    reg[0, r, c] = e0
+                    reg[1, r, c] = e1
+                    reg[2, r, c] = e2
     return t
-
-
-def _toggles_one(xe: np.ndarray, we: np.ndarray, dataflow: str, rows: int, cols: int) -> int:
-    M, K = xe.shape
-    N = we.shape[1]
-    if dataflow == "ws":
-        act = int(_col_stream_toggles(xe)) * N
-        wt = int(_reload_toggles(we, rows, cols))
-    elif dataflow == "os":
-        act = int(_row_stream_toggles(xe)) * N
-        wt = int(_col_stream_toggles(we)) * M
-    elif dataflow == "is":
-        wt = int(_row_stream_toggles(we)) * M
-        act = int(_reload_toggles(np.ascontiguousarray(xe.T), rows, cols))
-    else:
-        raise ValueError(f"unknown dataflow {dataflow!r}")
-    return act + wt
 
 
 def count_toggles(x_gemm: np.ndarray, w_gemm: np.ndarray, x_bits: int, x_signed: bool,
                   w_bits: int, w_signed: bool, dataflow: str, rows: int, cols: int) -> dict:
-    """Multiplier-input toggles of one GEMM X (M, K) @ W (K, N) on a rows x cols array."""
-    x_gemm = np.asarray(x_gemm)
-    w_gemm = np.asarray(w_gemm)
-    if x_gemm.ndim != 2 or w_gemm.ndim != 2 or x_gemm.shape[1] != w_gemm.shape[0]:
-        raise ValueError(f"GEMM operands do not match: X {x_gemm.shape}, W {w_gemm.shape}")
-    out = {}
-    for enc, key in zip(ENCODINGS, ("mult_toggles", "mult_toggles_signmag", "mult_toggles_offset")):
-        # Registers start from (and bubbles hold) the encoding of 0; toggles only depend on
-        # XORs, so re-basing every pattern on encode(0) lets the kernels start from 0.
-        xe = encode(x_gemm, x_bits, x_signed, enc) ^ encode(np.zeros(1), x_bits, x_signed, enc)[0]
-        we = encode(w_gemm, w_bits, w_signed, enc) ^ encode(np.zeros(1), w_bits, w_signed, enc)[0]
-        xe, we = np.ascontiguousarray(xe), np.ascontiguousarray(we)
-        out[key] = _toggles_one(xe, we, dataflow, rows, cols)
-    out["n_mac"] = int(x_gemm.shape[0]) * int(x_gemm.shape[1]) * int(w_gemm.shape[1])
-    return out
+    """Multiplier-input toggles of one GEMM X (M, K) @ W (K, N) on a rows x cols array.
+
+    Registers start from (and pipeline bubbles hold) the encoding of 0."""
+    x = np.ascontiguousarray(np.asarray(x_gemm, dtype=np.int64))
+    w = np.ascontiguousarray(np.asarray(w_gemm, dtype=np.int64))
+    if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
+        raise ValueError(f"GEMM operands do not match: X {x.shape}, W {w.shape}")
+    M, K = x.shape
+    N = w.shape[1]
+    xs, ws_ = bool(x_signed), bool(w_signed)
+    if dataflow == "ws":
+        tot = _col_stream_toggles(x, x_bits, xs) * np.uint64(N) + _reload_toggles(w, rows, cols, w_bits, ws_)
+    elif dataflow == "os":
+        tot = (_row_stream_toggles(x, x_bits, xs) * np.uint64(N)
+               + _col_stream_toggles(w, w_bits, ws_) * np.uint64(M))
+    elif dataflow == "is":
+        tot = (_row_stream_toggles(w, w_bits, ws_) * np.uint64(M)
+               + _reload_toggles(np.ascontiguousarray(x.T), rows, cols, x_bits, xs))
+    else:
+        raise ValueError(f"unknown dataflow {dataflow!r}")
+    return {"mult_toggles": int(tot[0]), "mult_toggles_signmag": int(tot[1]),
+            "mult_toggles_offset": int(tot[2]), "n_mac": M * K * N}
 
 
 # --------------------------------------------------------------------------------------
