@@ -82,9 +82,12 @@ def rounding_rshift(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
 
 def requantize_dyadic(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
                       zero_point: int, qmin: int, qmax: int) -> np.ndarray:
-    """y = clamp(((acc * M + 2^(n-1)) >> n) + z, qmin, qmax). M, n broadcast against acc."""
-    prod = np.asarray(acc, dtype=np.int64) * np.asarray(multiplier, dtype=np.int64)
-    return np.clip(rounding_rshift(prod, shift) + zero_point, qmin, qmax)
+    """y = clamp(((acc * M + 2^(n-1)) >> n) + z, qmin, qmax). M, n broadcast against acc.
+
+    The product is formed without int64 overflow (multiply_rshift_round), so accumulators
+    that left acc_bits still requantize to the right saturated value.
+    """
+    return np.clip(multiply_rshift_round(acc, multiplier, shift) + zero_point, qmin, qmax)
 
 
 def gemm_bound(a_rows_l1_max: float, b_abs_max: float) -> float:
@@ -156,19 +159,31 @@ def _direct_product_fits(acc: np.ndarray, multiplier: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
+def clamp_scalar(x, lo, hi):
+    return min(max(x, lo), hi)
+
+
+@numba.njit(cache=True, nogil=True)
+def rounding_rshift_scalar(x, shift):
+    """One element of rounding_rshift, for the fused Numba kernels."""
+    half = (np.int64(1) << (shift - 1)) if shift > 0 else np.int64(0)
+    return (x + half) >> shift
+
+
+@numba.njit(cache=True, nogil=True)
 def requantize_scalar(acc, multiplier, shift, zero_point, lo, hi):
     """One element of requantize_dyadic with multiply_rshift_round's exact wide product;
     for the fused Numba kernels. Same rule per element as the vector form (tests check)."""
     half = (np.int64(1) << (shift - 1)) if shift > 0 else np.int64(0)
     lim = (2**62 - 1) // max(multiplier, 1)
     if -lim <= acc <= lim:
-        r = (acc * multiplier + half) >> shift
+        r = rounding_rshift_scalar(acc * multiplier, shift)
     else:
         k = min(shift, 31)
         low = acc & ((np.int64(1) << k) - 1)
         high = min(max(acc >> k, -(2**32)), 2**32 - 1)
         r = (high * multiplier + ((low * multiplier + half) >> k)) >> (shift - k)
-    return min(max(r + zero_point, lo), hi)
+    return clamp_scalar(r + zero_point, lo, hi)
 
 
 def count_outside(acc: np.ndarray, acc_bits: int) -> int:

@@ -64,7 +64,8 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
                         x_zero_point=zin[0], w_zero_point=p.get("weight_zero_point", 0),
                         y_zero_point=out.zero_point, lo=lo, hi=hi, stride=a.get("stride", 1),
                         dilation=a.get("dilation", 1), groups=a.get("groups", 1),
-                        padding=padding, acc_bits=acc_bits)
+                        padding=padding, acc_bits=acc_bits,
+                        x_range=(qp[node.inputs[0]].qmin, qp[node.inputs[0]].qmax))
     if node.op == "linear":
         return K.linear(args[0], p["weight"], p.get("bias"), p["multiplier"], p["shift"],
                         x_zero_point=zin[0], w_zero_point=p.get("weight_zero_point", 0),

@@ -94,13 +94,14 @@ def _pad_hw(x: np.ndarray, pad, value) -> np.ndarray:
 
 
 def conv2d_acc(x: np.ndarray, weight: np.ndarray, x_zero_point: int, w_zero_point,
-               stride, dilation, groups: int, padding) -> np.ndarray:
+               stride, dilation, groups: int, padding, x_range: tuple[int, int] | None = None) -> np.ndarray:
     """Exact accumulator sum (x - zx)(w - zw) over each window: (N, O, Ho, Wo), int64 or an
-    exactly-integer float array (see arith.exact_matmul).
+    exactly-integer float array (possibly a transposed view).
 
     Padding holds the input zero point, i.e. contributes zero. Depthwise convs (one input
     channel per group) run as a sum of shifted products in int64; the rest as one GEMM per
-    group and image on float BLAS where the partial-sum bound proves that exact.
+    group over the whole batch, on float BLAS where the partial-sum bound proves that exact.
+    x_range, the input's quantized range, lets the bound skip a pass over x when it suffices.
     """
     stride, dilation = pair(stride), pair(dilation)
     n, c, h, w = x.shape
@@ -113,41 +114,48 @@ def conv2d_acc(x: np.ndarray, weight: np.ndarray, x_zero_point: int, w_zero_poin
     if cg == 1 and groups > 1:
         xs = _pad_hw(x - x_zero_point, pad, 0)
         return _depthwise_acc(_windows(xs, (kh, kw), stride, dilation), ws, groups)
-    x_abs_max = max(int(x.max(initial=x_zero_point)) - x_zero_point,
-                    x_zero_point - int(x.min(initial=x_zero_point)))
     og, kg = o // groups, cg * kh * kw
-    w2 = ws.reshape(groups, og, kg)
-    dtype = arith.exact_float_dtype(arith.gemm_bound(weight_col_l1_max(ws), x_abs_max)) or np.int64
-    cols = np.empty((n, c * kh * kw, ho * wo), dtype=dtype)
+    dtype = _exact_dtype(x, x_zero_point, weight_col_l1_max(ws), x_range)
+    cols = np.empty((c * kh * kw, n * ho * wo), dtype=dtype)
     _im2col(x, x_zero_point, kh, kw, stride[0], stride[1], dilation[0], dilation[1], pad[0], pad[2],
             ho, wo, cols)
-    if groups == 1:
-        acc = np.matmul(w2[0].astype(dtype), cols)
-    else:
-        acc = np.concatenate([np.matmul(w2[g].astype(dtype), cols[:, g * kg:(g + 1) * kg])
-                              for g in range(groups)], axis=1)
-    return acc.reshape(n, o, ho, wo)
+    acc = np.empty((o, n * ho * wo), dtype=dtype)
+    w2 = ws.reshape(groups, og, kg).astype(dtype)
+    for g in range(groups):  # one GEMM per group; groups == 1 is the common case
+        np.matmul(w2[g], cols[g * kg:(g + 1) * kg], out=acc[g * og:(g + 1) * og])
+    return acc.reshape(o, n, ho, wo).transpose(1, 0, 2, 3)
 
 
-@numba.njit(cache=True, nogil=True)
+def _exact_dtype(x, x_zero_point: int, w_l1_max: int, x_range):
+    """The cheapest GEMM type exact for this call: try the range bound, then the real max|x - zx|."""
+    if x_range is not None:
+        dtype = arith.exact_float_dtype(arith.gemm_bound(
+            w_l1_max, max(x_range[1] - x_zero_point, x_zero_point - x_range[0])))
+        if dtype is np.float32:
+            return dtype
+    x_abs_max = max(int(x.max(initial=x_zero_point)) - x_zero_point,
+                    x_zero_point - int(x.min(initial=x_zero_point)))
+    return arith.exact_float_dtype(arith.gemm_bound(w_l1_max, x_abs_max)) or np.int64
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _im2col(x, zx, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, out):
-    """out[b, (c*kh + i)*kw + j, oh*wo + ow] = x[b, c, ih, iw] - zx, 0 in the padding.
+    """out[(c*kh + i)*kw + j, (b*ho + oh)*wo + ow] = x[b, c, ih, iw] - zx, 0 in the padding.
 
-    Rows ordered like weight.reshape(O, -1), so each image's accumulator is W @ out[b]
-    and lands directly in NCHW order.
+    Rows ordered like weight.reshape(O, -1), so the accumulator is one GEMM W @ out whose
+    columns run over the whole batch.
     """
     n, c, h, w = x.shape
-    for b in range(n):
-        for ci in range(c):
-            for i in range(kh):
-                for j in range(kw):
-                    row = (ci * kh + i) * kw + j
-                    for oh in range(ho):
-                        ih = oh * sh + i * dh - pt
-                        for ow in range(wo):
-                            iw = ow * sw + j * dw - pl
-                            inside = 0 <= ih < h and 0 <= iw < w
-                            out[b, row, oh * wo + ow] = x[b, ci, ih, iw] - zx if inside else 0
+    for row in numba.prange(c * kh * kw):
+        ci, i, j = row // (kh * kw), (row // kw) % kh, row % kw
+        for b in range(n):
+            for oh in range(ho):
+                ih = oh * sh + i * dh - pt
+                base = (b * ho + oh) * wo
+                for ow in range(wo):
+                    iw = ow * sw + j * dw - pl
+                    inside = 0 <= ih < h and 0 <= iw < w
+                    out[row, base + ow] = x[b, ci, ih, iw] - zx if inside else 0
 
 
 def _depthwise_acc(win: np.ndarray, ws: np.ndarray, groups: int) -> np.ndarray:
@@ -170,8 +178,7 @@ def requantize(acc: np.ndarray, bias, multiplier, shift, y_zero_point: int, lo: 
     """
     shape = acc.shape
     ch = shape[channel_axis]
-    acc3 = np.ascontiguousarray(acc).reshape(
-        int(np.prod(shape[:channel_axis])), ch, int(np.prod(shape[channel_axis + 1:])))
+    acc3 = acc.reshape(int(np.prod(shape[:channel_axis])), ch, int(np.prod(shape[channel_axis + 1:])))
     per_channel = [np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.int64), (ch,)))
                    for v in (0 if bias is None else bias, multiplier, shift)]
     y = np.empty(acc3.shape, dtype=np.int64)
@@ -180,11 +187,11 @@ def requantize(acc: np.ndarray, bias, multiplier, shift, y_zero_point: int, lo: 
     return y.reshape(shape), int(overflows)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, parallel=True)
 def _requantize_3d(acc, bias, multiplier, shift, zy, lo, hi, acc_lim, out):
     """Fused bias + overflow count + arith.requantize_scalar over (outer, channel, inner)."""
     overflows = 0
-    for a in range(acc.shape[0]):
+    for a in numba.prange(acc.shape[0]):
         for ch in range(acc.shape[1]):
             m, s, bi = multiplier[ch], shift[ch], bias[ch]
             for i in range(acc.shape[2]):
@@ -195,9 +202,9 @@ def _requantize_3d(acc, bias, multiplier, shift, zy, lo, hi, acc_lim, out):
 
 
 def conv2d(x, weight, bias, multiplier, shift, *, x_zero_point=0, w_zero_point=0, y_zero_point=0,
-           lo, hi, stride=1, dilation=1, groups=1, padding=0, acc_bits=32):
+           lo, hi, stride=1, dilation=1, groups=1, padding=0, acc_bits=32, x_range=None):
     """Integer conv2d: exact accumulation, bias, dyadic requantization per output channel."""
-    acc = conv2d_acc(x, weight, x_zero_point, w_zero_point, stride, dilation, groups, padding)
+    acc = conv2d_acc(x, weight, x_zero_point, w_zero_point, stride, dilation, groups, padding, x_range)
     return requantize(acc, bias, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits)
 
 
@@ -214,8 +221,18 @@ def linear(x, weight, bias, multiplier, shift, *, x_zero_point=0, w_zero_point=0
 def add(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point=0, lo, hi):
     """Residual add: y = clamp(((a - za)·Ma + (b - zb)·Mb + 2^(n-1)) >> n + zy)."""
     ma, mb = (int(v) for v in np.ravel(multiplier))
-    acc = (np.asarray(a, np.int64) - a_zero_point) * ma + (np.asarray(b, np.int64) - b_zero_point) * mb
-    return arith.clamp(arith.rounding_rshift(acc, np.int64(shift)) + y_zero_point, lo, hi)
+    a, b = np.broadcast_arrays(np.asarray(a, np.int64), np.asarray(b, np.int64))
+    out = np.empty(a.shape, dtype=np.int64)
+    _add_requant(np.ascontiguousarray(a).ravel(), np.ascontiguousarray(b).ravel(), a_zero_point,
+                 b_zero_point, ma, mb, int(np.asarray(shift)), y_zero_point, lo, hi, out.ravel())
+    return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _add_requant(a, b, za, zb, ma, mb, shift, zy, lo, hi, out):
+    for i in numba.prange(a.size):
+        v = arith.rounding_rshift_scalar((a[i] - za) * ma + (b[i] - zb) * mb, shift)
+        out[i] = arith.clamp_scalar(v + zy, lo, hi)
 
 
 def clamp(x, *, lo, hi):

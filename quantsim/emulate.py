@@ -54,17 +54,37 @@ def multiply_rshift_round(acc: torch.Tensor, multiplier: torch.Tensor, shift: to
 
 
 def requantize(acc: torch.Tensor, bias, multiplier, shift, y_zero_point: int, lo: int, hi: int,
-               channel_axis: int, acc_bits: int) -> tuple[torch.Tensor, int]:
-    """kernels.requantize: acc + bias -> (clamped output, accumulator overflow count)."""
+               channel_axis: int, acc_bits: int, acc_abs_bound: int | None = None) -> tuple[torch.Tensor, int]:
+    """kernels.requantize: acc + bias -> (clamped output, accumulator overflow count).
+
+    acc_abs_bound (a proven bound on |acc|, e.g. from the GEMM) lets the common case skip
+    the overflow count and the wide-product split: then ((acc + b)·M + 2^(n-1)) >> n is
+    computed as (acc·M + (b·M + 2^(n-1))) >> n, in place, with the same value.
+    """
     shape = [1] * acc.dim()
     shape[channel_axis] = -1
     as_t = lambda v: torch.as_tensor(v, dtype=torch.int64, device=acc.device).reshape(shape)
-    if bias is not None:
-        acc = acc + as_t(bias)
+    acc = acc.to(torch.int64)
+    m, n = as_t(multiplier), as_t(shift)
+    b = as_t(0 if bias is None else bias)
+    if acc_abs_bound is None:
+        lo_hi = torch.aminmax(acc) if acc.numel() else (torch.tensor(0), torch.tensor(0))
+        acc_abs_bound = max(-int(lo_hi[0]), int(lo_hi[1]))
+    total = acc_abs_bound + int(b.abs().max())
     lim = 2 ** (acc_bits - 1)
-    overflows = int(((acc < -lim) | (acc >= lim)).sum())
-    y = multiply_rshift_round(acc, as_t(multiplier), as_t(shift)) + y_zero_point
-    return y.clamp(lo, hi), overflows
+    overflows = 0
+    if total >= lim - 1:
+        wide = acc + b
+        overflows = int(((wide < -lim) | (wide >= lim)).sum())
+    if total * max(int(m.max()), 1) < 2**62:
+        half = torch.where(n > 0, _pow2((n - 1).clamp_min(0)), torch.zeros_like(n))
+        y = acc * m
+        y.add_(b * m + half).bitwise_right_shift_(n)
+    else:
+        y = multiply_rshift_round(acc + b, m, n)
+    if y_zero_point:
+        y.add_(y_zero_point)
+    return y.clamp_(lo, hi), overflows
 
 
 # --- exact integer products on float hardware ---------------------------------------------
@@ -97,30 +117,47 @@ def digit_plan(w_l1_max: int, x_abs_max: int) -> tuple[torch.dtype, int, int]:
     raise ValueError(f"weights with sum|w| = {w_l1_max} cannot be multiplied exactly")
 
 
-def exact_product(xs: torch.Tensor, w_l1_max: int, op) -> torch.Tensor:
-    """op(xs) exactly in int64, for an op linear in xs (conv, matmul) with int weights inside.
+def exact_product(x: torch.Tensor, x_zero_point: int, w_l1_max: int, op,
+                  x_range: tuple[int, int] | None = None) -> tuple[torch.Tensor, int]:
+    """op(x - zx) exactly in int64 -> (result, bound on its magnitude).
 
-    op(x_float, dtype) must return the float product of x_float with the weights in dtype.
+    op(x_float, dtype) must return the float product of x_float with the integer weights
+    (conv, matmul): it is linear in x, so it can be applied digit by digit. x_range, the
+    input's quantized range, spares the pass over x when it already proves float32 exact.
     """
-    x_abs_max = int(xs.abs().max()) if xs.numel() else 0
+    x_abs_max = None
+    if x_range is not None:
+        x_abs_max = max(x_range[1] - x_zero_point, x_zero_point - x_range[0])
+        if w_l1_max * x_abs_max >= arith.FLOAT32_EXACT:
+            x_abs_max = None  # the real values may still fit: look at them
+    if x_abs_max is None:
+        lo_hi = torch.aminmax(x) if x.numel() else (torch.tensor(x_zero_point),) * 2
+        x_abs_max = max(int(lo_hi[1]) - x_zero_point, x_zero_point - int(lo_hi[0]))
     dtype, c, k = digit_plan(w_l1_max, x_abs_max)
     with _ieee_float32():
+        limit = arith.FLOAT32_EXACT if dtype == torch.float32 else arith.FLOAT64_EXACT
+        if k == 1 and x_abs_max + abs(x_zero_point) < limit:  # x and x - zx exact in dtype:
+            xf = x.to(dtype)  # subtract there, one int64 pass less
+            return op(xf.sub_(x_zero_point) if x_zero_point else xf, dtype).to(torch.int64), w_l1_max * x_abs_max
+        xs = x - x_zero_point
         if k == 1:
-            return op(xs.to(dtype), dtype).to(torch.int64)  # exact integers: no rounding
+            return op(xs.to(dtype), dtype).to(torch.int64), w_l1_max * x_abs_max
         acc = None
         for i in range(k):
             digit = torch.bitwise_right_shift(xs, c * i)
             if i < k - 1:
                 digit = torch.bitwise_and(digit, 2**c - 1)
             part = op(digit.to(dtype), dtype).to(torch.int64)
-            acc = part if acc is None else acc + torch.bitwise_left_shift(part, c * i)
-        return acc
+            acc = part if acc is None else acc.add_(torch.bitwise_left_shift(part, c * i))
+        return acc, w_l1_max * x_abs_max
 
 
-def _conv_float(x: torch.Tensor, w: torch.Tensor, stride, dilation, groups) -> torch.Tensor:
+def _conv_float(x: torch.Tensor, w: torch.Tensor, stride, dilation, groups, padding) -> torch.Tensor:
     """Float conv; on GPUs as unfold + GEMM so that no Winograd/FFT algorithm is picked."""
     if x.device.type == "cpu":
-        return F.conv2d(x, w, stride=stride, dilation=dilation, groups=groups)
+        return F.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    if any(padding):
+        x = F.pad(x, (padding[1], padding[1], padding[0], padding[0]))
     n, _, h, wd = x.shape
     o, cg, kh, kw = w.shape
     cols = F.unfold(x, (kh, kw), dilation=dilation, stride=stride)  # (N, C*kh*kw, L)
@@ -133,30 +170,38 @@ def _conv_float(x: torch.Tensor, w: torch.Tensor, stride, dilation, groups) -> t
 
 # --- ops: the torch form of integer_ref.kernels --------------------------------------------
 
-def conv2d_acc(x, w_centered: torch.Tensor, w_l1_max: int, x_zero_point: int, stride, dilation,
-               groups: int, padding) -> torch.Tensor:
-    """kernels.conv2d_acc: exact sum (x - zx)(w - zw), zero-point padding contributes zero."""
+def conv2d_acc_bounded(x, w_centered: torch.Tensor, w_l1_max: int, x_zero_point: int, stride,
+                       dilation, groups: int, padding, x_range=None) -> tuple[torch.Tensor, int]:
+    """kernels.conv2d_acc: exact sum (x - zx)(w - zw), zero-point padding contributes zero;
+    returns (acc, bound on |acc|)."""
     stride, dilation = K.pair(stride), K.pair(dilation)
     kh, kw = w_centered.shape[2:]
     t, b, l, r = K.resolve_padding(padding, tuple(x.shape[2:]), (kh, kw), stride, dilation)
-    xs = F.pad(x - x_zero_point, (l, r, t, b))
     weights = {}
 
     def op(xf, dtype):
         if dtype not in weights:
             weights[dtype] = w_centered.to(dtype)
-        return _conv_float(xf, weights[dtype], stride, dilation, groups)
-    return exact_product(xs, w_l1_max, op)
+        if t == b and l == r:  # symmetric: the conv pads with zeros itself, no copy
+            return _conv_float(xf, weights[dtype], stride, dilation, groups, (t, l))
+        return _conv_float(F.pad(xf, (l, r, t, b)), weights[dtype], stride, dilation, groups, (0, 0))
+    return exact_product(x, x_zero_point, w_l1_max, op, x_range)
 
 
-def linear_acc(x, w_centered: torch.Tensor, w_l1_max: int, x_zero_point: int) -> torch.Tensor:
+def conv2d_acc(x, w_centered, w_l1_max, x_zero_point, stride, dilation, groups, padding, x_range=None):
+    return conv2d_acc_bounded(x, w_centered, w_l1_max, x_zero_point, stride, dilation, groups,
+                              padding, x_range)[0]
+
+
+def linear_acc_bounded(x, w_centered: torch.Tensor, w_l1_max: int, x_zero_point: int,
+                       x_range=None) -> tuple[torch.Tensor, int]:
     weights = {}
 
     def op(xf, dtype):
         if dtype not in weights:
             weights[dtype] = w_centered.to(dtype)
         return torch.matmul(xf, weights[dtype].t())
-    return exact_product(x - x_zero_point, w_l1_max, op)
+    return exact_product(x, x_zero_point, w_l1_max, op, x_range)
 
 
 def quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
@@ -167,10 +212,18 @@ def quantize(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: in
 
 
 def add(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point=0, lo, hi):
+    """kernels.add, in place on one fresh int64 tensor; the shift is a scalar here."""
     ma, mb = (int(v) for v in torch.as_tensor(multiplier).reshape(-1).tolist())
-    acc = (a - a_zero_point) * ma + (b - b_zero_point) * mb
-    n = torch.tensor(int(shift), dtype=torch.int64, device=a.device)
-    return (rounding_rshift(acc, n) + y_zero_point).clamp(lo, hi)
+    n = int(shift)
+    acc = torch.mul(a, ma)
+    acc.add_(b, alpha=mb)
+    const = -(a_zero_point * ma + b_zero_point * mb) + ((1 << (n - 1)) if n > 0 else 0)
+    if const:
+        acc.add_(const)
+    acc.bitwise_right_shift_(n)
+    if y_zero_point:
+        acc.add_(y_zero_point)
+    return acc.clamp_(lo, hi)
 
 
 def _windows(x: torch.Tensor, kernel, stride) -> torch.Tensor:
@@ -231,17 +284,19 @@ def run_node(node: Node, args: list, prep: Prepared):
     lo, hi = K.output_range(a, out.qmin, out.qmax)
     zin = [qp[i].zero_point if i in qp else 0 for i in node.inputs]
     x = args[0]
-    rq = lambda acc, axis: requantize(acc, p.get("bias"), p["multiplier"], p["shift"],
-                                      out.zero_point, lo, hi, axis, prep.acc_bits)
+    x_range = (qp[node.inputs[0]].qmin, qp[node.inputs[0]].qmax) if node.inputs[0] in qp else None
+    rq = lambda acc, axis, bound=None: requantize(acc, p.get("bias"), p["multiplier"], p["shift"],
+                                                  out.zero_point, lo, hi, axis, prep.acc_bits, bound)
     if node.op == "quantize":
         return quantize(x, float(out.scale), out.zero_point, out.qmin, out.qmax), 0
     if node.op == "conv2d":
         padding = "tf_same" if a.get("padding_mode") == "tf_same" else a.get("padding", 0)
-        acc = conv2d_acc(x, p["w_centered"], p["w_l1_max"], zin[0], a.get("stride", 1),
-                         a.get("dilation", 1), a.get("groups", 1), padding)
-        return rq(acc, 1)
+        acc, bound = conv2d_acc_bounded(x, p["w_centered"], p["w_l1_max"], zin[0], a.get("stride", 1),
+                                        a.get("dilation", 1), a.get("groups", 1), padding, x_range)
+        return rq(acc, 1, bound)
     if node.op == "linear":
-        return rq(linear_acc(x, p["w_centered"], p["w_l1_max"], zin[0]), x.dim() - 1)
+        acc, bound = linear_acc_bounded(x, p["w_centered"], p["w_l1_max"], zin[0], x_range)
+        return rq(acc, x.dim() - 1, bound)
     if node.op == "add":
         return add(x, args[1], p["multiplier"], p["shift"], a_zero_point=zin[0],
                    b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi), 0
