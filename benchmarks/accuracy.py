@@ -1,0 +1,100 @@
+"""Accuracy of FP32 vs W8A8/W6A6/W4A8/W4A4, per-tensor and per-channel, plus the bit-exact check.
+
+    python benchmarks/accuracy.py                      # all models, whole evaluation sets
+    python benchmarks/accuracy.py --models resnet20 --eval 1000
+
+For each model: calibrate once (256 images: cifar10 train / imagenet-calib), evaluate FP32
+once, then each configuration through the emulated integer program; and for each
+configuration check integer_ref against the emulation on every layer of `--bitexact`
+evaluation images (zero differing elements expected). Writes a section of docs/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from tqdm import tqdm
+
+from common import ROOT, Timer, batched, load_workload, replace_section, top1
+
+from quantsim import emulate, pipeline
+from quantsim.config import QuantConfig
+
+CONFIGS = [(8, 8), (6, 6), (4, 8), (4, 4)]
+GRANULARITIES = ["per-tensor", "per-channel"]
+
+
+def run_model(name: str, n_eval: int | None, n_bitexact: int, calib_method: str) -> list[dict]:
+    wl = load_workload(name, n_eval)
+    model = wl.loaded.model
+    with Timer() as t_fp:
+        logits_fp = batched(model, wl.x_eval)
+    rows = [{"model": name, "config": "FP32", "granularity": "-", "top1": top1(logits_fp, wl.y_eval),
+             "agreement_fp32": 100.0, "n_eval": len(wl.y_eval), "bitexact_images": "-",
+             "bitexact_mismatches": "-", "seconds": round(t_fp.seconds, 1)}]
+    prep = pipeline.prepare(model, wl.loaded.preprocess.input_size, wl.calib, progress=False)
+    pred_fp = logits_fp.argmax(1)
+    for gran in GRANULARITIES:
+        for wb, ab in CONFIGS:
+            cfg = QuantConfig(w_bits=wb, a_bits=ab, granularity=gran, calib_method=calib_method)
+            with Timer() as t:
+                graph = pipeline.quantize(prep, cfg)
+                logits = batched(emulate.EmulatedModel(graph), wl.x_eval)
+            be = pipeline.check_bitexact(graph, wl.x_eval[:n_bitexact])
+            row = {"model": name, "config": cfg.label, "granularity": gran, "top1": top1(logits, wl.y_eval),
+                   "agreement_fp32": 100.0 * float((logits.argmax(1) == pred_fp).float().mean()),
+                   "n_eval": len(wl.y_eval), "bitexact_images": n_bitexact,
+                   "bitexact_mismatches": be.total_mismatches, "seconds": round(t.seconds, 1)}
+            tqdm.write(json.dumps(row))
+            rows.append(row)
+    return rows
+
+
+def to_markdown(rows: list[dict], args) -> str:
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    lines = ["## Accuracy: FP32 vs uniform PTQ (issue 2)", "",
+             f"`python benchmarks/accuracy.py {' '.join(args.argv)}`".replace("  ", " "), "",
+             f"Calibration: 256 images ({args.calib_method}; cifar10 train / imagenet-calib). "
+             "Weights symmetric per-tensor or per-channel, activations per-tensor (unsigned after ReLU). "
+             f"Bit-exact: integer_ref vs emulation on every layer of the first {args.bitexact} evaluation "
+             "images of each configuration (differing elements, all layers together).", ""]
+    for model, d in df.groupby("model", sort=False):
+        fp = d[d.config == "FP32"].top1.iloc[0]
+        lines += [f"### {model} ({int(d.n_eval.iloc[0])} evaluation images, FP32 top-1 {fp:.2f}%)", "",
+                  "| config | granularity | top-1 % | Δ vs FP32 | agreement with FP32 % | bit-exact mismatches |",
+                  "|---|---|---|---|---|---|"]
+        for r in d.itertuples():
+            if r.config == "FP32":
+                continue
+            lines.append(f"| {r.config} | {r.granularity} | {r.top1:.2f} | {r.top1 - fp:+.2f} | "
+                         f"{r.agreement_fp32:.2f} | {r.bitexact_mismatches} ({r.bitexact_images} images) |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--models", default="resnet20,resnet56,lite0")
+    p.add_argument("--eval", type=int, default=None, help="evaluation images (default: all)")
+    p.add_argument("--bitexact", type=int, default=32)
+    p.add_argument("--calib-method", default="minmax")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    import sys
+
+    args.argv = sys.argv[1:]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    rows = []
+    for name in args.models.split(","):
+        rows += run_model(name, args.eval, args.bitexact, args.calib_method)
+    md = to_markdown(rows, args)
+    print(md)
+    if not args.no_write:
+        replace_section(ROOT / "docs" / "results.md", "accuracy", md)
+
+
+if __name__ == "__main__":
+    main()
