@@ -117,14 +117,17 @@ class ResNet20(nn.Module):
 
 # --- timing ----------------------------------------------------------------------------------
 
-def best_time(fn, repeat):
-    fn()  # warm up (Numba compilation, allocator)
-    times = []
+def best_times(fns: dict, repeat: int) -> dict:
+    """Best of `repeat` runs each, interleaved so that a shared machine's load hits all alike."""
+    for fn in fns.values():
+        fn()  # warm up (Numba compilation, allocator)
+    times = {name: [] for name in fns}
     for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: min(ts) for name, ts in times.items()}
 
 
 def profile_integer_ref(graph, x):
@@ -142,7 +145,7 @@ def profile_integer_ref(graph, x):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=256)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
 
@@ -152,16 +155,15 @@ def main():
     fp32 = ResNet20().eval()
     emu = emulate.EmulatedModel(graph)
     with torch.no_grad():
-        t_fp32 = best_time(lambda: fp32(xt), args.repeat)
-        t_emu = best_time(lambda: emu(xt), args.repeat)
-    t_ref = best_time(lambda: executor.run(graph, x, keep="outputs"), args.repeat)
+        t = best_times({"PyTorch FP32 eager": lambda: fp32(xt), "quantsim.emulate": lambda: emu(xt),
+                        "integer_ref": lambda: executor.run(graph, x, keep="outputs")}, args.repeat)
 
     ref_out = executor.run(graph, x, keep="outputs").tensors["fc"]
     emu_out = emulate.run(graph, xt).tensors["fc"].numpy()
     print(f"ResNet-20 integer program, batch {args.batch}, torch threads {torch.get_num_threads()}")
     print(f"  bit-identical outputs: {np.array_equal(ref_out, emu_out)}")
-    for name, t in (("PyTorch FP32 eager", t_fp32), ("quantsim.emulate", t_emu), ("integer_ref", t_ref)):
-        print(f"  {name:20s} {args.batch / t:9.1f} images/s   {t / t_fp32:5.2f}x the FP32 time")
+    for name, secs in t.items():
+        print(f"  {name:20s} {args.batch / secs:9.1f} images/s   {secs / t['PyTorch FP32 eager']:5.2f}x the FP32 time")
     if args.profile:
         print("integer_ref time per op:")
         profile_integer_ref(graph, x)
