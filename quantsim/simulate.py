@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import QuantConfig, parse_bits
+from .config import QuantConfig, check_bits, parse_bits
 from .errors import QuantsimError
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
 DEFAULT_ACCEL = "scalesim-32x32-ws"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m quantsim.simulate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_data_args(p: argparse.ArgumentParser) -> None:
+    """Model and data options (shared with quantsim.pareto)."""
     p.add_argument("model", nargs="?", help="model name (resnet18, resnet18_cifar, cifar_resnet20, "
                    "tf_efficientnet_lite0, any timm name) or a file (.pt/.pth/.th checkpoint, .pt2 export)")
     p.add_argument("--arch", help="architecture of a plain state-dict file")
@@ -34,22 +33,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="evaluation data: imagenet:DIR, cifar10:DIR, cifar100:DIR, folder:DIR")
     p.add_argument("--calib-data", help="calibration data (default: the training split of --data, or --data itself)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR when missing")
-    p.add_argument("--bits", default="8", help="fp32, N (WNAN), WxAy, or mixed (default 8)")
-    p.add_argument("--granularity", default="per-channel", choices=["per-tensor", "per-channel"])
-    p.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"])
-    p.add_argument("--percentile", type=float, default=99.99)
     p.add_argument("--calib", type=int, default=256, help="calibration images (default 256)")
     p.add_argument("--eval", type=int, default=None, help="evaluation images (default all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
+
+
+def add_quant_args(p: argparse.ArgumentParser) -> None:
+    """Calibration and requantization options (everything but --bits)."""
+    p.add_argument("--granularity", default="per-channel", choices=["per-tensor", "per-channel"])
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"])
+    p.add_argument("--percentile", type=float, default=99.99)
     p.add_argument("--bitexact-images", type=int, default=8, help="images checked integer_ref vs emulate, every layer")
     p.add_argument("--allow-mismatch", action="store_true", help="report bit-exact mismatches without failing")
     p.add_argument("--requant", default="dyadic", choices=["dyadic"])
+
+
+def add_hw_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accel", default=DEFAULT_ACCEL, help="accelerator preset name or TOML file "
                    f"(default {DEFAULT_ACCEL}; presets: see quantsim/data/accelerators)")
     p.add_argument("--toggle-images", type=int, default=1, help="images whose real operands feed the toggle count")
     p.add_argument("--mac-form", default="max", choices=["max", "product"],
                    help="seed MAC energy: b=max(b_w,b_a) squared, or the product b_w*b_a")
+
+
+def add_mixed_args(p: argparse.ArgumentParser, budget: bool = True) -> None:
+    mx = p.add_argument_group("mixed precision (--bits mixed)")
+    if budget:
+        mx.add_argument("--energy-budget", type=float, default=None,
+                        help="budget policy: least total sensitivity with energy <= this ratio of W8A8 energy "
+                        "(e.g. 0.6); without it --bits mixed uses the threshold policy")
+    mx.add_argument("--candidates", default="4,6,8", help="candidate widths per layer (WbAb), e.g. 4,6,8")
+    mx.add_argument("--sensitivity-at", default="layer", choices=["layer", "output"],
+                    help="measure S_l at the layer's own output or at the network output")
+    mx.add_argument("--sensitivity-weighting", default="none", choices=["none", "nuclear"],
+                    help="nuclear: weight S_l by the nuclear norm of the layer output (Liu et al. 2021)")
+    mx.add_argument("--sensitivity-cache", default=None, help="directory caching sensitivity tables (JSON)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m quantsim.simulate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_data_args(p)
+    p.add_argument("--bits", default="8", help="fp32, N (WNAN), WxAy, or mixed (default 8)")
+    add_quant_args(p)
+    add_hw_args(p)
+    add_mixed_args(p)
     p.add_argument("--out", default="runs/latest", help="report directory (written atomically)")
     p.add_argument("--save-ir", action="store_true", help="also write the integer program (ir.json + ir.npz)")
     p.add_argument("--no-progress", action="store_true")
@@ -71,6 +100,29 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 3
     return 0
+
+
+def check_mixed_args(args, mixed: bool) -> tuple[int, ...] | None:
+    """The mixed-precision options: candidate widths, or one clear error."""
+    if not mixed:
+        if args.energy_budget is not None:
+            raise QuantsimError("--energy-budget needs --bits mixed")
+        return None
+    if args.energy_budget is not None and not (np.isfinite(args.energy_budget) and args.energy_budget > 0):
+        raise QuantsimError(f"--energy-budget {args.energy_budget}: give a positive ratio of W8A8 energy, e.g. 0.6")
+    return parse_candidates(args.candidates)
+
+
+def parse_candidates(text: str) -> tuple[int, ...]:
+    try:
+        cands = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise QuantsimError(f"--candidates {text!r}: give widths separated by commas, e.g. 4,6,8") from None
+    if not cands:
+        raise QuantsimError(f"--candidates {text!r}: give at least one width")
+    for b in cands:
+        check_bits(b)
+    return cands
 
 
 def load_accel(spec: str):
@@ -116,9 +168,9 @@ def run(args) -> dict:
     from .reporting import layer_table, write_reports
 
     t_start = time.perf_counter()
-    wa = None if args.bits == "mixed" else parse_bits(args.bits)
-    if args.bits == "mixed":
-        raise QuantsimError("--bits mixed needs the mixed-precision policies (not available in this build)")
+    mixed = args.bits.strip().lower() == "mixed"
+    wa = (8, 8) if mixed else parse_bits(args.bits)
+    candidates = check_mixed_args(args, mixed)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise QuantsimError(f"--out {out} exists and is not a directory")
@@ -137,12 +189,22 @@ def run(args) -> dict:
     bitexact = None
     calib = _batches(datasets, calib_ds, args.batch_size)
     prep = pipeline.prepare(loaded.model, loaded.preprocess.input_size, calib, args.seed, progress)
-    # FP32 runs still lower a W8A8 program: its shapes give the FP32 energy on the same array
-    structure_cfg = cfg or QuantConfig(granularity=args.granularity)
-    graph = pipeline.quantize(prep, structure_cfg)
-    acc = pipeline.evaluate(loaded.model, graph if cfg else None, eval_loader, progress)
     n_check = min(max(args.bitexact_images, args.toggle_images), len(eval_ds))
     x = torch.stack([eval_ds[i][0] for i in range(n_check)])
+    plan = None
+    if mixed:
+        from .mixed_plan import plan_mixed
+
+        plan = plan_mixed(prep, cfg, accel, calib, x[:args.toggle_images], candidates,
+                          policy="threshold" if args.energy_budget is None else "budget",
+                          budget=args.energy_budget, sens_at=args.sensitivity_at,
+                          weighting=args.sensitivity_weighting, mac_form=args.mac_form,
+                          cache_dir=args.sensitivity_cache, progress=progress)
+        cfg = plan.cfg
+    # FP32 runs still lower a W8A8 program: its shapes give the FP32 energy on the same array
+    structure_cfg = cfg or QuantConfig(granularity=args.granularity)
+    graph = plan.graph if plan else pipeline.quantize(prep, structure_cfg)
+    acc = pipeline.evaluate(loaded.model, graph if cfg else None, eval_loader, progress)
     sqnr: dict[str, float] = {}
     if cfg is not None and args.bitexact_images > 0:
         bitexact = pipeline.check_bitexact(graph, x)
@@ -150,7 +212,7 @@ def run(args) -> dict:
         taps = bitexact.ref_tensors
     else:
         taps = pipeline.integer_taps(graph, x)
-    hw = hardware.simulate(graph, taps, accel, args.toggle_images, args.mac_form)
+    hw = plan.hw if plan else hardware.simulate(graph, taps, accel, args.toggle_images, args.mac_form)
     w8 = hw if structure_cfg.label == "W8A8" else hardware.simulate(
         pipeline.quantize(prep, QuantConfig(granularity=structure_cfg.granularity)),
         None, accel, args.toggle_images, args.mac_form, images=x[:args.toggle_images])
@@ -158,7 +220,8 @@ def run(args) -> dict:
     summary = {
         "model": loaded.arch, "model_source": loaded.source,
         "bits": cfg.label if cfg else "fp32",
-        "w_bits": cfg.w_bits if cfg else 32, "a_bits": cfg.a_bits if cfg else 32,
+        "w_bits": None if plan else cfg.w_bits if cfg else 32,
+        "a_bits": None if plan else cfg.a_bits if cfg else 32,
         "granularity": cfg.granularity if cfg else None,
         "calib_method": cfg.calib_method if cfg else None,
         "requant": cfg.requant if cfg else None,
@@ -175,6 +238,12 @@ def run(args) -> dict:
     if note:
         summary["note"] = note
     layers = hardware.merge_rows(layer_table(graph, bitexact, sqnr), hw) if cfg else None
+    if plan:
+        from .mixed_plan import layer_columns
+
+        summary.update(plan.summary())
+        summary["seconds_mixed"] = {k: round(v, 2) for k, v in plan.tables.seconds.items()}
+        layers = layers.merge(layer_columns(plan), on="layer", how="left")
     title = f"{loaded.arch} {summary['bits']} on {accel.name}"
     write_reports(out, summary, layers, graph if (args.save_ir and cfg) else None,
                   extra=lambda rd: hardware.plot_energy(hw, rd.path("energy_breakdown"), title))

@@ -1,0 +1,389 @@
+"""Mixed precision for a prepared model: measure, allocate, lower, verify on the hardware model.
+
+    tables = mixed_tables(prep, cfg, accel, calib_batches, toggle_x)     # once per model
+    plan = plan_mixed(prep, cfg, accel, calib_batches, toggle_x, policy="budget", budget=0.6,
+                      tables=tables)
+    plan.cfg              # QuantConfig with layer_bits {layer: [b, b]}
+    plan.achieved_ratio   # energy of the lowered mixed program / W8A8, from hwmodel
+
+A candidate width b means W_b A_b for that MAC layer (weights and its input activation).
+
+Per-layer energy E_l(b)
+-----------------------
+The uniform program at each candidate width is lowered (``pipeline.quantize``), run on
+``toggle_x`` by integer_ref (real operands for the toggle-aware MAC energy) and simulated by
+hwmodel; the detailed model's ``e_total_pj`` per IR node is then attributed:
+
+- a MAC node's own energy goes to that layer;
+- a non-MAC node (residual add, pooling, option-A shortcut slice/pad, the input quantizer)
+  moves tensors whose width is decided by the ``a_bits`` of the MAC layers that consume
+  them (``lower.tensor_bits``: a tensor is as wide as its widest reader, and an add or pool
+  passes the demand of its own readers back to its inputs). Its energy goes to the tie group
+  of those deciding layers (below), so it moves with the width that really sets it;
+- a node whose width no MAC layer decides (e.g. one whose output is the network output,
+  held at ``out_bits``) is *fixed*: its W8A8 energy is a constant part of the budget.
+
+So Σ_l E_l(b) + fixed is exactly the uniform-b program's energy, and for a mixed program it
+is exact except at boundaries between widths: a layer's output is written at its readers'
+width, not its own, and operand toggles change with the widths. ``plan_mixed`` therefore
+lowers and simulates the chosen program and reports the achieved energy beside the
+planned one; with the budget policy it re-solves with the budget tightened by the
+overshoot when the achieved energy exceeds the budget (``refinements``).
+
+Ties
+----
+One tensor has one format in the buffers and in DRAM: the array has no requantizer on its
+read path, and the residual adder reads both operands and writes its output in the format
+of the stream. So every MAC layer that reads one tensor (directly, or through adds and
+pools that pass the demand on) reads it at one width. ``lower`` resolves disagreements by
+taking the widest, which would silently raise the input width of a layer the allocator set
+lower, and make planned energy and accuracy wrong. The allocator therefore ties those
+layers: in a CIFAR ResNet the first conv of every block and the final linear layer read the
+one residual stream, so they share a width; the second convs and the stem are free.
+Weights are not tied (each layer holds its own), but a candidate width sets both, so
+tied layers share weight widths too; untying the weight width is left for later.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .capture import PASSTHROUGH_OPS, FloatGraph
+from .config import QuantConfig
+from .errors import QuantsimError
+from .mixed import Allocation, InfeasibleBudget, allocate_budget, allocate_threshold
+
+FIXED = "<fixed>"  # owner of energy no MAC layer's width decides
+MAX_REFINEMENTS = 4
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def _root(g: FloatGraph, name: str) -> str:
+    n = g[name]
+    while n.op in PASSTHROUGH_OPS:
+        n = g[n.inputs[0]]
+    return n.name
+
+
+def width_deciders(g: FloatGraph) -> dict[str, frozenset]:
+    """For each requantizing tensor (a root, in lower's sense): the MAC layers whose a_bits
+    decide its width (empty when only out_bits decides it: the network output)."""
+    readers: dict[str, list[str]] = {}
+    for n in g.nodes:
+        if n.op in PASSTHROUGH_OPS or n.op == "input":
+            continue
+        for i in n.inputs:
+            readers.setdefault(_root(g, i), []).append(n.name)
+    out_root = _root(g, g.output)
+    memo: dict[str, frozenset] = {}
+
+    def deciders(root: str) -> frozenset:
+        if root in memo:
+            return memo[root]
+        memo[root] = frozenset()  # (graphs are acyclic; guard anyway)
+        s: set = set()
+        for r in readers.get(root, []):
+            s |= {r} if g[r].is_mac else deciders(r)
+        if root == out_root:
+            s = set()  # held at out_bits (wider than any candidate), whoever reads it
+        memo[root] = frozenset(s)
+        return memo[root]
+
+    return {n.name: deciders(n.name) for n in g.nodes if n.op not in PASSTHROUGH_OPS}
+
+
+def tie_groups(g: FloatGraph) -> list[list[str]]:
+    """MAC layers that must share a width (see the module doc), each group in graph order;
+    groups overlap-merged; single layers are left out."""
+    layers = [n.name for n in g.mac_nodes()]
+    parent = {l: l for l in layers}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for ds in width_deciders(g).values():
+        ds = sorted(ds, key=layers.index)
+        for a, b in zip(ds, ds[1:]):
+            parent[find(b)] = find(a)
+    groups: dict[str, list[str]] = {}
+    for l in layers:
+        groups.setdefault(find(l), []).append(l)
+    return [m for m in groups.values() if len(m) > 1]
+
+
+def energy_owners(g: FloatGraph, ir_names: list[str], tied: list[list[str]]) -> dict[str, str]:
+    """IR node -> the MAC layer its energy is attributed to (or FIXED). A non-MAC node goes
+    to the first layer of the deciding group of the tensor it writes."""
+    deciders = width_deciders(g)
+    lead = {l: grp[0] for grp in tied for l in grp}
+    order = {n.name: i for i, n in enumerate(g.nodes)}
+    owners = {}
+    for name in ir_names:
+        fname = name[: -len(".slice")] if name.endswith(".slice") and name not in g.index else name
+        if fname not in g.index:
+            owners[name] = FIXED
+            continue
+        fn = g[fname]
+        if fn.is_mac:
+            owners[name] = fname
+            continue
+        ds = deciders.get(_root(g, fname), frozenset())
+        if not ds:
+            owners[name] = FIXED
+        else:
+            first = min(ds, key=order.__getitem__)
+            owners[name] = lead.get(first, first)
+    return owners
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass
+class MixedTables:
+    """Everything the allocation needs, measured once per model and reused across policies
+    and budgets."""
+
+    candidates: tuple[int, ...]
+    layers: list[str]
+    sensitivity: dict[str, dict[int, float]]
+    energy: dict[str, dict[int, float]]        # attributed detailed energy, pJ per image
+    seed_energy: dict[str, dict[int, float]]   # same attribution, seed model
+    own_energy: dict[str, dict[int, float]]    # the MAC node's own e_total_pj only
+    fixed_pj: float
+    fixed_seed_pj: float
+    w8a8_pj: float
+    w8a8_seed_pj: float
+    uniform_pj: dict[int, float]               # whole uniform-b program, pJ
+    tied: list[list[str]]
+    owners: dict[str, str]
+    sens_at: str
+    weighting: str
+    mac_form: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _hw_for(prep, cfg: QuantConfig, accel, toggle_x: torch.Tensor, mac_form: str):
+    from . import hardware, pipeline
+
+    graph = pipeline.quantize(prep, cfg)
+    taps = pipeline.integer_taps(graph, toggle_x)
+    return graph, hardware.simulate(graph, taps, accel, len(toggle_x), mac_form)
+
+
+def _uniform_cfg(base: QuantConfig, b: int) -> QuantConfig:
+    d = base.to_json()
+    d.update(w_bits=b, a_bits=b, layer_bits={})
+    return QuantConfig.from_json(d)
+
+
+def mixed_tables(prep, base_cfg: QuantConfig, accel, calib_batches: list[torch.Tensor], toggle_x: torch.Tensor,
+                 candidates=(4, 6, 8), sens_at: str = "layer", weighting: str = "none", mac_form: str = "max",
+                 cache_dir: Path | None = None, progress: bool = True, tie: bool = True) -> MixedTables:
+    import time
+
+    from .sensitivity import layer_sensitivity
+
+    cands = tuple(sorted({int(b) for b in candidates}))
+    if len(cands) < 1:
+        raise QuantsimError("--candidates: give at least one width")
+    for b in cands:
+        _uniform_cfg(base_cfg, b)  # validates the width
+    g = prep.fgraph
+    layers = [n.name for n in g.mac_nodes()]
+    t0 = time.perf_counter()
+    sens = layer_sensitivity(g, prep.stats, calib_batches, base_cfg, cands, at=sens_at, weighting=weighting,
+                             progress=progress, cache_dir=cache_dir)
+    t1 = time.perf_counter()
+    tied = tie_groups(g) if tie else []
+    widths = sorted(set(cands) | {8})
+    hw = {}
+    for b in widths:
+        _, hw[b] = _hw_for(prep, _uniform_cfg(base_cfg, b), accel, toggle_x, mac_form)
+    t2 = time.perf_counter()
+    ir_names = [r["layer"] for r in hw[widths[0]].rows]
+    owners = energy_owners(g, ir_names, tied)
+    energy = {l: {} for l in layers}
+    seed = {l: {} for l in layers}
+    own = {l: {} for l in layers}
+    for b in cands:
+        for l in layers:
+            energy[l][b] = seed[l][b] = 0.0
+        for r in hw[b].rows:
+            o = owners[r["layer"]]
+            if o == FIXED:
+                continue
+            energy[o][b] += float(r["e_total_pj"])
+            seed[o][b] += float(r["e_seed_pj"])
+            if r["layer"] == o:
+                own[o][b] = float(r["e_total_pj"])
+    fixed = math.fsum(float(r["e_total_pj"]) for r in hw[8].rows if owners[r["layer"]] == FIXED)
+    fixed_seed = math.fsum(float(r["e_seed_pj"]) for r in hw[8].rows if owners[r["layer"]] == FIXED)
+    return MixedTables(
+        candidates=cands, layers=layers, sensitivity=sens, energy=energy, seed_energy=seed, own_energy=own,
+        fixed_pj=fixed, fixed_seed_pj=fixed_seed,
+        w8a8_pj=float(hw[8].totals["e_total_pj"]), w8a8_seed_pj=float(hw[8].totals["e_seed_pj"]),
+        uniform_pj={b: float(hw[b].totals["e_total_pj"]) for b in widths}, tied=tied, owners=owners,
+        sens_at=sens_at, weighting=weighting, mac_form=mac_form,
+        seconds={"sensitivity": t1 - t0, "energy_tables": t2 - t1})
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass
+class MixedPlan:
+    cfg: QuantConfig
+    allocation: Allocation
+    tables: MixedTables
+    policy: str
+    budget: float | None          # ratio of W8A8 energy (budget policy)
+    planned_pj: float             # Σ_l E_l(b_l) + fixed
+    achieved_pj: float | None     # hwmodel on the lowered mixed program
+    achieved_seed_pj: float | None
+    refinements: int = 0
+    graph: object = None
+    hw: object = None
+
+    @property
+    def sensitivity(self):
+        return self.tables.sensitivity
+
+    @property
+    def energy(self):
+        return self.tables.energy
+
+    @property
+    def w8a8_pj(self) -> float:
+        return self.tables.w8a8_pj
+
+    @property
+    def planned_ratio(self) -> float:
+        return self.planned_pj / self.tables.w8a8_pj
+
+    @property
+    def achieved_ratio(self) -> float | None:
+        return None if self.achieved_pj is None else self.achieved_pj / self.tables.w8a8_pj
+
+    @property
+    def widths(self) -> list[int]:
+        return [int(self.allocation.bits[l]) for l in self.tables.layers]
+
+    def summary(self) -> dict:
+        a = self.allocation
+        return {
+            "policy": self.policy,
+            "budget": self.budget,
+            "candidates": list(self.tables.candidates),
+            "sensitivity_at": self.tables.sens_at,
+            "sensitivity_weighting": self.tables.weighting,
+            "planned_energy_pj": self.planned_pj,
+            "planned_energy_ratio": self.planned_ratio,
+            "achieved_energy_pj": self.achieved_pj,
+            "achieved_energy_ratio": self.achieved_ratio,
+            "achieved_seed_ratio": (None if self.achieved_seed_pj is None
+                                    else self.achieved_seed_pj / self.tables.w8a8_seed_pj),
+            "fixed_energy_pj": self.tables.fixed_pj,
+            "binding": a.binding,
+            "budget_met": (None if self.budget is None or self.achieved_ratio is None
+                           else self.achieved_ratio <= self.budget * (1 + 1e-9)),
+            "solver": a.solver,
+            "optimal": a.optimal,
+            "solver_status": a.status,
+            "refinements": self.refinements,
+            "total_sensitivity": a.total_sensitivity,
+            "tied": self.tables.tied,
+            "chosen_widths": self.widths,
+            "layer_widths": {l: int(self.allocation.bits[l]) for l in self.tables.layers},
+        }
+
+
+def _allocate(t: MixedTables, policy: str, budget_pj: float | None, thresholds) -> Allocation:
+    if policy == "threshold":
+        low, high = thresholds if thresholds else (None, None)
+        return allocate_threshold(t.sensitivity, widths=t.candidates, energy=t.energy, tied=t.tied,
+                                  low=low, high=high)
+    try:
+        return allocate_budget(t.sensitivity, t.energy, budget_pj, tied=t.tied, solver="dp")
+    except InfeasibleBudget as exc:
+        lowest = math.fsum(min(row.values()) for row in t.energy.values())
+        raise QuantsimError(
+            f"--energy-budget {(budget_pj + t.fixed_pj) / t.w8a8_pj:.4g} is infeasible: the least energy any "
+            f"allocation of widths {','.join(map(str, t.candidates))} reaches is "
+            f"{(lowest + t.fixed_pj) / t.w8a8_pj:.4f} of W8A8") from exc
+
+
+def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torch.Tensor, candidates=(4, 6, 8),
+               policy: str = "threshold", budget: float | None = None, sens_at: str = "layer",
+               weighting: str = "none", mac_form: str = "max", cache_dir: Path | None = None,
+               progress: bool = True, tables: MixedTables | None = None, thresholds=None,
+               verify: bool = True, tie: bool = True) -> MixedPlan:
+    """Choose a width per MAC layer (threshold rule, or least Σ S_l under an energy budget
+    given as a ratio of W8A8 energy), then lower and simulate the choice (``verify``)."""
+    if policy not in ("threshold", "budget"):
+        raise QuantsimError(f"mixed policy {policy!r}: choose threshold or budget")
+    if policy == "budget":
+        if budget is None or not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+            raise QuantsimError(f"--energy-budget {budget!r}: give a positive ratio of W8A8 energy, e.g. 0.6")
+    if tables is None:
+        tables = mixed_tables(prep, base_cfg, accel, calib_batches, toggle_x, candidates, sens_at, weighting,
+                              mac_form, cache_dir, progress, tie)
+    t = tables
+    target = None if policy == "threshold" else budget * t.w8a8_pj
+    knap = None if target is None else target - t.fixed_pj
+    refinements = 0
+    while True:
+        alloc = _allocate(t, policy, knap, thresholds)
+        planned = math.fsum(t.energy[l][b] for l, b in alloc.bits.items()) + t.fixed_pj
+        d = base_cfg.to_json()
+        d["layer_bits"] = alloc.layer_bits()
+        cfg = QuantConfig.from_json(d)
+        plan = MixedPlan(cfg, alloc, t, policy, budget, planned, None, None, refinements)
+        if not verify:
+            return plan
+        plan.graph, plan.hw = _hw_for(prep, cfg, accel, toggle_x, mac_form)
+        plan.achieved_pj = float(plan.hw.totals["e_total_pj"])
+        plan.achieved_seed_pj = float(plan.hw.totals["e_seed_pj"])
+        over = plan.achieved_pj - target if target is not None else 0.0
+        if over <= 1e-9 * abs(target or 1.0) or refinements >= MAX_REFINEMENTS:
+            return plan
+        # the mixed program costs more than planned (width boundaries): tighten and re-solve
+        tighter = knap - over * 1.0001
+        try:
+            _allocate(t, policy, tighter, thresholds)
+        except QuantsimError:
+            return plan  # nothing cheaper exists: report the overshoot (budget_met false)
+        knap = tighter
+        refinements += 1
+
+
+def layer_columns(plan: MixedPlan) -> "pandas.DataFrame":  # noqa: F821
+    """Per MAC layer: sensitivity per candidate, chosen width, tie group, planned energy."""
+    import pandas as pd
+
+    t = plan.tables
+    group_of = {l: i for i, grp in enumerate(t.tied) for l in grp}
+    rows = []
+    for l in t.layers:
+        b = int(plan.allocation.bits[l])
+        row = {"layer": l}
+        for c in t.candidates:
+            row[f"sens_w{c}"] = t.sensitivity[l][c]
+        row.update({"chosen_bits": b, "tie_group": group_of.get(l), "planned_e_pj": t.energy[l][b]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def energy_share(hw) -> dict[str, float]:
+    """Each IR node's share of the program's detailed energy."""
+    tot = float(hw.totals["e_total_pj"]) or 1.0
+    return {r["layer"]: float(r["e_total_pj"]) / tot for r in hw.rows}

@@ -1,0 +1,229 @@
+"""quantsim.mixed_plan: energy tables, ties, both policies, and the verified mixed program."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from quantsim import pipeline
+from quantsim.config import QuantConfig
+from quantsim.errors import QuantsimError
+from quantsim.mixed_plan import FIXED, energy_owners, mixed_tables, plan_mixed, tie_groups
+from quantsim.simulate import load_accel
+
+# Planned energy is exact for uniform programs; at boundaries between widths a layer's
+# output is written at its reader's width and toggles change, so the verified mixed program
+# may differ a little: up to 3.1% measured on this tiny net (8x8 images: output traffic is a
+# large share of each layer's energy), 0.5-1.2% on ResNet-20 (tests/test_pareto.py checks 2% there).
+ACHIEVED_RTOL = 0.05
+
+
+class Tiny(nn.Module):
+    """A stem, two residual blocks (the shortcut is the residual stream), pool, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.c1, self.c2 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.c3, self.c4 = nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.c2(torch.relu(self.c1(x))))
+        x = torch.relu(x + self.c4(torch.relu(self.c3(x))))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    batches = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    prep = pipeline.prepare(Tiny().eval(), (3, 8, 8), batches, 0, False)
+    accel = load_accel("scalesim-32x32-os")
+    x = batches[0][:1]
+    tables = mixed_tables(prep, QuantConfig(), accel, batches, x, progress=False)
+    return prep, accel, batches, x, tables
+
+
+def _plan(setup, **kw):
+    prep, accel, batches, x, tables = setup
+    return plan_mixed(prep, QuantConfig(), accel, batches, x, tables=tables, progress=False, **kw)
+
+
+def test_ties_follow_the_residual_stream(setup):
+    prep, *_ = setup
+    # c1 and c3 read the residual stream, fc reads it through the pool: one format, one width
+    assert tie_groups(prep.fgraph) == [["c1", "c3", "fc"]]
+    owners = energy_owners(prep.fgraph, ["input", "stem", "add", "add_1", "adaptive_avg_pool2d", "fc"],
+                           tie_groups(prep.fgraph))
+    assert owners == {"input": "stem", "stem": "stem", "add": "c1", "add_1": "c1",
+                      "adaptive_avg_pool2d": "c1", "fc": "fc"}
+    assert FIXED not in owners.values()
+
+
+def test_attributed_energy_sums_to_the_uniform_programs(setup):
+    t = setup[-1]
+    for b in t.candidates:
+        total = math.fsum(t.energy[l][b] for l in t.layers) + t.fixed_pj
+        assert total == pytest.approx(t.uniform_pj[b], rel=1e-12)
+    assert t.w8a8_pj == t.uniform_pj[8]
+
+
+def test_budget_admitting_all_eight_picks_all_eight(setup):
+    p = _plan(setup, policy="budget", budget=1.0)
+    assert p.widths == [8] * len(p.tables.layers)
+    assert not p.allocation.binding and p.allocation.optimal
+    assert p.achieved_ratio == pytest.approx(1.0, rel=1e-12)  # the very W8A8 program
+    assert p.summary()["budget_met"]
+
+
+def test_minimum_budget_picks_all_lowest(setup):
+    t = setup[-1]
+    least = t.uniform_pj[4] / t.w8a8_pj
+    p = _plan(setup, policy="budget", budget=least)
+    assert p.widths == [4] * len(t.layers)
+    assert p.allocation.binding
+    assert p.achieved_ratio == pytest.approx(least, rel=1e-9)
+    with pytest.raises(QuantsimError, match="infeasible"):
+        _plan(setup, policy="budget", budget=least * 0.99)
+
+
+@pytest.mark.parametrize("policy,budget", [("threshold", None), ("budget", 0.7), ("budget", 0.85)])
+def test_verified_program_matches_the_plan(setup, policy, budget):
+    prep, accel, batches, x, t = setup
+    p = _plan(setup, policy=policy, budget=budget)
+    # the ties make the plan realizable: every MAC layer runs at its chosen width
+    for node in p.graph.nodes:
+        if node.name in p.allocation.bits:
+            b = p.allocation.bits[node.name]
+            assert (node.weight_q.bits, node.in_q.bits) == (b, b), node.name
+    for grp in t.tied:
+        assert len({p.allocation.bits[l] for l in grp}) == 1
+    assert p.achieved_ratio == pytest.approx(p.planned_ratio, rel=ACHIEVED_RTOL)
+    if budget is not None:
+        assert p.planned_ratio <= budget * (1 + 1e-12)
+        assert p.summary()["budget_met"]
+        assert p.allocation.solver == "dp" and p.allocation.optimal
+
+
+def test_budget_is_more_accurate_proxy_at_threshold_energy(setup):
+    """At the threshold plan's energy the exact budget policy has total sensitivity <= it."""
+    thr = _plan(setup, policy="threshold", verify=False)
+    bud = _plan(setup, policy="budget", budget=thr.planned_ratio, verify=False)
+    assert bud.allocation.total_sensitivity <= thr.allocation.total_sensitivity + 1e-12
+
+
+def test_bad_policy_and_budget(setup):
+    with pytest.raises(QuantsimError):
+        _plan(setup, policy="greedy")
+    with pytest.raises(QuantsimError):
+        _plan(setup, policy="budget", budget=-1.0)
+
+
+# --------------------------------------------------------------------------- the command line
+
+from pathlib import Path  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CIFAR = SHARED / "data" / "cifar10"
+R20 = next(iter(sorted((SHARED / "models" / "cifar10-resnet").glob("resnet20-*.th"))), None) if SHARED.exists() else None
+needs_shared = pytest.mark.skipif(R20 is None or not CIFAR.exists(), reason="../shared (real CIFAR-10 data and ResNets) is absent")
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    from quantsim.cifar_resnet import cifar_resnet20
+    from quantsim.models import save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "r20.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, cifar_resnet20(), "cifar_resnet20", {})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A cifar10-style folder of a few random images (class subfolders, train and test)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("cifar")
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("airplane", "automobile"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root
+
+
+def _check_mixed_report(out: Path, policy: str, budget):
+    import json
+
+    s = json.loads((out / "summary.json").read_text())
+    assert s["bits"] == "mixed" and s["policy"] == policy and s["budget"] == budget
+    for k in ("achieved_energy_ratio", "planned_energy_ratio", "binding", "solver", "optimal", "chosen_widths"):
+        assert k in s, k
+    assert s["bitexact_mismatches"] == 0 and s["bitexact_images"] > 0
+    assert s["achieved_energy_ratio"] == pytest.approx(s["energy_ratio_w8a8"], rel=1e-9)
+    layers = pd.read_csv(out / "layers.csv")
+    mac = layers[layers["op"].isin(["conv2d", "linear"])]
+    assert len(mac) == len(s["chosen_widths"]) == 20
+    for c in ("sens_w4", "sens_w6", "sens_w8", "chosen_bits"):
+        assert mac[c].notna().all(), c
+    assert list(mac["chosen_bits"].astype(int)) == s["chosen_widths"]
+    assert (mac["w_bits"].astype(int) == mac["chosen_bits"]).all() and (mac["x_bits"] == mac["chosen_bits"]).all()
+    if budget is not None:
+        assert s["optimal"] and s["solver"] == "dp" and s["achieved_energy_ratio"] <= budget
+    return s
+
+
+@pytest.mark.parametrize("extra,policy,budget", [([], "threshold", None), (["--energy-budget", "0.75"], "budget", 0.75)])
+def test_cli_mixed_on_synthetic_folder(tmp_path, tiny_ckpt, tiny_data, extra, policy, budget):
+    from quantsim.simulate import main
+
+    out = tmp_path / "run"
+    argv = [str(tiny_ckpt), "--data", f"cifar10:{tiny_data}", "--calib", "4", "--eval", "4",
+            "--bitexact-images", "2", "--accel", "scalesim-32x32-os", "--bits", "mixed", "--out", str(out),
+            "--no-progress", *extra]
+    assert main(argv) == 0
+    _check_mixed_report(out, policy, budget)
+
+
+@pytest.mark.parametrize("argv_extra,pattern", [
+    (["--bits", "8", "--energy-budget", "0.6"], "needs --bits mixed"),
+    (["--bits", "mixed", "--energy-budget", "0"], "positive"),
+    (["--bits", "mixed", "--candidates", "4,x"], "--candidates"),
+    (["--bits", "mixed", "--candidates", "1,8"], "out of range"),
+    (["--bits", "mixed", "--energy-budget", "0.05"], "infeasible"),
+])
+def test_cli_mixed_bad_input(tmp_path, capsys, tiny_ckpt, tiny_data, argv_extra, pattern):
+    from quantsim.simulate import main
+
+    out = tmp_path / "bad"
+    argv = [str(tiny_ckpt), "--data", f"cifar10:{tiny_data}", "--calib", "4", "--eval", "2",
+            "--bitexact-images", "1", "--out", str(out), "--no-progress", *argv_extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and pattern in err[0], err
+    assert not out.exists()
+
+
+@needs_shared
+def test_cli_mixed_real_resnet20(tmp_path):
+    from quantsim.simulate import main
+
+    out = tmp_path / "r20"
+    argv = [str(R20), "--arch", "cifar_resnet20", "--data", f"cifar10:{CIFAR}", "--calib", "32", "--eval", "32",
+            "--bitexact-images", "4", "--accel", "scalesim-32x32-os", "--bits", "mixed", "--energy-budget", "0.7",
+            "--sensitivity-at", "output", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    s = _check_mixed_report(out, "budget", 0.7)
+    assert s["binding"] and s["top1"] > 50
+    assert s["achieved_energy_ratio"] == pytest.approx(s["planned_energy_ratio"], rel=0.02)
