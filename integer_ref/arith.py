@@ -134,7 +134,8 @@ def multiply_rshift_round(acc: np.ndarray, multiplier: np.ndarray, shift: np.nda
     every term fits int64. For n >= 31 this is exact for every int64 acc. For n < 31, hi is
     saturated to [-2^32, 2^32): the result is then still at least 2^32 - 1 in magnitude, i.e.
     beyond every quantized range, so clamping gives the same answer.
-    Requires 0 <= M < 2^31 and 0 <= n <= 62 (quantize_multiplier guarantees both).
+    Requires 0 <= M < 2^31 and 0 <= n <= 62 (quantize_multiplier guarantees both). Elements
+    with |acc| < 2^31 take the plain formula, the rest the split (see _direct_product_fits).
     """
     acc = np.asarray(acc, dtype=np.int64)
     multiplier = np.asarray(multiplier, dtype=np.int64)
@@ -153,9 +154,11 @@ def multiply_rshift_round(acc: np.ndarray, multiplier: np.ndarray, shift: np.nda
 
 
 def _direct_product_fits(acc: np.ndarray, multiplier: np.ndarray) -> np.ndarray:
-    """Per element: |acc * M| < 2^62, so acc * M + 2^(n-1) cannot overflow int64."""
-    lim = (2**62 - 1) // np.maximum(multiplier, 1)
-    return (acc >= -lim) & (acc <= lim)
+    """Per element: |acc| < 2^31, so with M < 2^31, acc * M + 2^(n-1) cannot overflow int64.
+
+    (A rule on acc alone: cheap per element in the fused kernels, and the same everywhere.)
+    """
+    return (acc > -(2**31)) & (acc < 2**31)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -174,11 +177,10 @@ def rounding_rshift_scalar(x, shift):
 def requantize_scalar(acc, multiplier, shift, zero_point, lo, hi):
     """One element of requantize_dyadic with multiply_rshift_round's exact wide product;
     for the fused Numba kernels. Same rule per element as the vector form (tests check)."""
-    half = (np.int64(1) << (shift - 1)) if shift > 0 else np.int64(0)
-    lim = (2**62 - 1) // max(multiplier, 1)
-    if -lim <= acc <= lim:
+    if -(2**31) < acc < 2**31:  # the rule of _direct_product_fits
         r = rounding_rshift_scalar(acc * multiplier, shift)
     else:
+        half = (np.int64(1) << (shift - 1)) if shift > 0 else np.int64(0)
         k = min(shift, 31)
         low = acc & ((np.int64(1) << k) - 1)
         high = min(max(acc >> k, -(2**32)), 2**32 - 1)

@@ -40,8 +40,7 @@ def rounding_rshift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 def multiply_rshift_round(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """arith.multiply_rshift_round: exact floor((acc*M + 2^(n-1)) / 2^n) without int64 overflow."""
-    lim = (2**62 - 1) // multiplier.clamp_min(1)
-    fits = (acc >= -lim) & (acc <= lim)
+    fits = (acc > -(2**31)) & (acc < 2**31)  # arith._direct_product_fits
     direct = rounding_rshift(acc * multiplier, shift)
     if bool(fits.all()):
         return direct
