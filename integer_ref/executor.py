@@ -41,6 +41,22 @@ def tensor_qparams(graph: Graph) -> dict[str, QParams]:
     return {n.name: n.out for n in graph.nodes}
 
 
+# Ops that pass input values through unchanged (plus padding values): their output range
+# must cover the input's, because both executors size exact GEMMs from declared ranges.
+PASS_THROUGH_OPS = ("maxpool", "reshape", "strided_slice", "pad_channels")
+
+
+def check_value_ranges(graph: Graph) -> None:
+    """Raise if a pass-through op declares a narrower range than its input can carry."""
+    qp = tensor_qparams(graph)
+    for n in graph.nodes:
+        if n.op in PASS_THROUGH_OPS and n.inputs[0] in qp:
+            src = qp[n.inputs[0]]
+            if src.qmin < n.out.qmin or src.qmax > n.out.qmax:
+                raise ValueError(f"node {n.name!r} ({n.op}) declares range [{n.out.qmin}, {n.out.qmax}] "
+                                 f"narrower than its input's [{src.qmin}, {src.qmax}]")
+
+
 def last_uses(graph: Graph) -> dict[str, int]:
     """Index of the last node reading each tensor, so intermediates can be freed early."""
     last = {}
@@ -116,6 +132,7 @@ def run(graph: Graph, x: np.ndarray, keep: str = "all", chunk: int = 256) -> Exe
     """Run the program on float32 NCHW images; keep 'all' node outputs or only 'outputs'."""
     if keep not in ("all", "outputs"):
         raise ValueError(f"keep must be 'all' or 'outputs', got {keep!r}")
+    check_value_ranges(graph)
     x = np.asarray(x, dtype=np.float32)
     parts = [run_chunk(graph, x[i:i + chunk], keep) for i in range(0, max(len(x), 1), chunk)]
     if len(parts) == 1:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from integer_ref import arith
 from integer_ref import kernels as K
-from integer_ref.executor import ACC_OPS, ExecResult
+from integer_ref.executor import ACC_OPS, ExecResult, check_value_ranges
 from integer_ref.ir import Graph, Node
 
 MAX_FLOAT32_DIGITS = 3  # beyond this many float32 passes one float64 pass is cheaper
@@ -321,6 +321,7 @@ def run(graph: Graph, x: torch.Tensor, keep: str = "outputs", prepared: Prepared
     """Run the program on float NCHW images; int64 torch tensors, same names as integer_ref."""
     if keep not in ("all", "outputs"):
         raise ValueError(f"keep must be 'all' or 'outputs', got {keep!r}")
+    check_value_ranges(graph)
     x = torch.as_tensor(x)
     prep = prepared if prepared is not None and prepared.device == x.device else Prepared(graph, x.device)
     last = {name: i for i, n in enumerate(graph.nodes) for name in n.inputs}

@@ -197,3 +197,13 @@ def test_emulated_model_dequantizes_output():
     model = E.EmulatedModel(g, out_dtype=torch.float64)
     got = model(torch.as_tensor(x))
     assert got.dtype == torch.float64 and np.array_equal(got.numpy(), want)
+
+
+def test_narrower_pass_through_range_is_rejected():
+    """Both executors size exact GEMMs from declared ranges, so a lowering bug there must not pass."""
+    g, x = build_program(np.random.default_rng(3))
+    g["sl"].out = qp(4, False)
+    with pytest.raises(ValueError, match="'sl'"):
+        executor.run(g, x)
+    with pytest.raises(ValueError, match="'sl'"):
+        E.run(g, torch.as_tensor(x))
