@@ -10,7 +10,7 @@ Out dir:
                    (an interrupted sweep keeps what it finished; --resume skips those)
   pareto.png/.svg  top-1 against energy, the frontier, FP32 and W8A8 reference lines
   widths_<label>.csv, width_map_<label>.png/.svg   per layer widths beside energy shares
-  fp32_top5.npy    the FP32 predictions (reused on --resume)
+  state/           FP32 predictions and the sensitivity cache (reused on --resume)
 """
 from __future__ import annotations
 
@@ -84,6 +84,8 @@ def sweep_points(granularity: str, budgets: list[float], uniform: bool = True) -
             for w, a in UNIFORM:
                 pts.append(Point(f"W{w}A{a}-{GRAN_TAG[gran]}", "uniform", gran, w, a))
     pts.append(Point("mixed-thr", "mixed-threshold", granularity))
+    # the budget policy at the threshold plan's achieved energy (budget filled in at run time)
+    pts.append(Point("mixed-at-thr", "mixed-budget", granularity))
     for b in budgets:
         pts.append(Point(f"mixed-{b:g}", "mixed-budget", granularity, budget=b))
     return pts
@@ -208,8 +210,8 @@ def run(args) -> pd.DataFrame:
     x = torch.stack([eval_ds[i][0] for i in range(n_check)])
     toggle_x = x[:args.toggle_images]
 
-    fp32_file = out / "fp32_top5.npy"
-    labels_file = out / "labels.npy"
+    fp32_file = out / "state" / "fp32_top5.npy"
+    labels_file = out / "state" / "labels.npy"
     if args.resume and fp32_file.exists() and labels_file.exists() and len(np.load(fp32_file)) == len(eval_ds):
         fp32_top5, labels = np.load(fp32_file), np.load(labels_file)
     else:
@@ -256,7 +258,15 @@ def run(args) -> pd.DataFrame:
             if tables is None:
                 tables = mixed_tables(prep, base, accel, calib, toggle_x, candidates, args.sensitivity_at,
                                       args.sensitivity_weighting, args.mac_form,
-                                      args.sensitivity_cache or out / "cache", progress)
+                                      args.sensitivity_cache or out / "state", progress)
+            if p.label == "mixed-at-thr":
+                thr = [r for r in rows if r["label"] == "mixed-thr"]
+                ratio = pd.to_numeric(pd.Series([thr[0].get("energy_ratio_w8a8") if thr else None]), errors="coerce")[0]
+                if not np.isfinite(ratio):
+                    row.update(note="no threshold point to match")
+                    finish(row)
+                    continue
+                p.budget = row["budget"] = float(ratio)
             try:
                 plan = plan_mixed(prep, base, accel, calib, toggle_x, candidates,
                                   policy="threshold" if p.policy == "mixed-threshold" else "budget",

@@ -57,7 +57,7 @@ def test_sweep_writes_points_and_resume_skips_them(tiny, tmp_path, capsys):
     assert pareto.main(_argv(out, "--budgets", "0.8,0.1")) == 0
     pts = pd.read_csv(out / "points.csv")
     labels = ["FP32"] + [f"W{w}A{a}-{g}" for g in ("pt", "pc") for w, a in pareto.UNIFORM] + [
-        "mixed-thr", "mixed-0.1", "mixed-0.8"]
+        "mixed-thr", "mixed-at-thr", "mixed-0.1", "mixed-0.8"]
     assert list(pts["label"]) == labels
     for col in pareto.POINT_COLUMNS[:12]:
         assert col in pts.columns
@@ -70,7 +70,11 @@ def test_sweep_writes_points_and_resume_skips_them(tiny, tmp_path, capsys):
     assert m["energy_ratio_w8a8"] <= 0.8 and m["planned_energy_ratio"] <= 0.8
     for f in ("pareto.png", "pareto.svg", "width_map_mixed-0.8.png", "widths_mixed-thr.csv", "sweep.json"):
         assert (out / f).exists(), f
-    assert len(tiny) == 10  # every quantized point evaluated once; FP32 from its own pass
+    at = pts.set_index("label").loc["mixed-at-thr"]
+    thr = pts.set_index("label").loc["mixed-thr"]
+    assert at["budget"] == thr["energy_ratio_w8a8"] and at["energy_ratio_w8a8"] <= at["budget"]
+    assert at["total_sensitivity"] <= thr["total_sensitivity"] + 1e-12
+    assert len(tiny) == 11  # every quantized point evaluated once; FP32 from its own pass
 
     # resume: a sentinel in a finished row survives, only the new budget is computed
     pts.loc[pts["label"] == "W8A8-pc", "top1"] = 123.0
@@ -98,7 +102,7 @@ def test_interrupted_sweep_keeps_finished_points(tiny, tmp_path, monkeypatch):
     assert list(pd.read_csv(out / "points.csv")["label"]) == ["FP32", "W8A8-pt", "W6A6-pt"]
     monkeypatch.setattr(pareto, "quantized_predictions", real)
     assert pareto.main(_argv(out, "--budgets", "0.8", "--resume")) == 0
-    assert len(pd.read_csv(out / "points.csv")) == 11  # FP32, 8 uniform, threshold, one budget
+    assert len(pd.read_csv(out / "points.csv")) == 12  # FP32, 8 uniform, threshold, budget at its energy, one budget
 
 
 @pytest.mark.parametrize("extra,pattern", [
@@ -123,7 +127,7 @@ def test_real_resnet20_mixed_points(tmp_path):
             "--out", str(out), "--no-progress"]
     assert pareto.main(argv) == 0
     pts = pd.read_csv(out / "points.csv").set_index("label")
-    assert list(pts.index) == ["FP32", "mixed-thr", "mixed-0.6"]
+    assert list(pts.index) == ["FP32", "mixed-thr", "mixed-at-thr", "mixed-0.6"]
     assert pts.loc["FP32", "top1"] > 50
     assert pts.loc["mixed-0.6", "energy_ratio_w8a8"] <= 0.6
     for lab in ("mixed-thr", "mixed-0.6"):  # achieved vs planned energy on a real network: within 2% (1.2% measured at 0.6)

@@ -1,0 +1,180 @@
+"""Mixed-precision PTQ of CIFAR ResNet-20: quantsim against Sony's model-compression-toolkit.
+
+    .venv/bin/python benchmarks/mixed_vs_mct.py [--eval 1000] [--calib 256] [--target 0.5]
+
+Both tools get the same float model, the same calibration images and the same evaluation
+images, and one weight-memory target: `--target` x the model's weight bytes at 8 bits
+(0.5 = 4 bits per weight on average). Each prints top-1 on the evaluation images and its
+wall time (calibration + mixed-precision search + building the quantized model; evaluation
+not counted).
+
+- quantsim: sensitivity S_l(b) for b in {4,6,8} (one calibration pass), then the exact
+  multiple-choice knapsack (quantsim.mixed.allocate_budget) minimising sum S_l(b_l) with a
+  weight-byte table instead of an energy table, the residual-stream ties kept; the program is
+  lowered and evaluated by quantsim.emulate (the integer program, bit-exact with integer_ref).
+  Note: a quantsim width sets weights AND the layer's input activation (W_b A_b), so at equal
+  weight memory it also runs narrower activations than MCT, whose activations stay at 8 bits.
+- MCT: mct.ptq.pytorch_post_training_quantization with a MixedPrecisionQuantizationConfig and
+  ResourceUtilization(weights_memory=target bytes), its default PyTorch target platform
+  (weight candidates 2/4/8 bits, activations 8 bits), evaluated as the fake-quant torch module
+  MCT returns.
+
+MCT runs in its own venv (/work/main/.venv-mct: `python -m venv .venv-mct && .venv-mct/bin/pip
+install model-compression-toolkit torch==2.14.1 torchvision==0.29.1`), in a subprocess of this
+script (`--mct-worker`), fed a tensor file this script writes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+MCT_PY = ROOT / ".venv-mct" / "bin" / "python"
+
+
+# --------------------------------------------------------------------------- MCT side
+
+
+def mct_worker(blob: str, target_bytes: float, n_mp_images: int) -> dict:
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from quantsim.cifar_resnet import cifar_resnet20  # plain torch, no other quantsim import
+
+    import model_compression_toolkit as mct
+
+    d = torch.load(blob, weights_only=True)
+    model = cifar_resnet20()
+    model.load_state_dict(d["state_dict"])
+    model.eval()
+    calib, xe, ye = d["calib"], d["eval_x"], d["eval_y"]
+    bs = 32
+
+    def repr_gen():
+        for i in range(0, len(calib), bs):
+            yield [calib[i:i + bs]]
+
+    t0 = time.perf_counter()
+    tpc = mct.get_target_platform_capabilities("pytorch", "default")
+    mp = mct.core.MixedPrecisionQuantizationConfig(num_of_images=n_mp_images)
+    core = mct.core.CoreConfig(mixed_precision_config=mp)
+    ru = mct.core.ResourceUtilization(weights_memory=target_bytes)
+    qmodel, info = mct.ptq.pytorch_post_training_quantization(
+        model, repr_gen, target_resource_utilization=ru, core_config=core, target_platform_capabilities=tpc)
+    seconds = time.perf_counter() - t0
+    qmodel.eval()
+    dev = next(qmodel.parameters()).device if any(True for _ in qmodel.parameters()) else torch.device("cpu")
+    hits = 0
+    with torch.no_grad():
+        for i in range(0, len(xe), 100):
+            out = qmodel(xe[i:i + 100].to(dev))
+            out = out[0] if isinstance(out, (list, tuple)) else out
+            hits += int((out.argmax(1).cpu() == ye[i:i + 100]).sum())
+    bits = {}
+    for name, m in qmodel.named_modules():  # best effort: the chosen weight widths
+        q = getattr(m, "weights_quantizers", None)
+        if isinstance(q, dict):
+            for k, v in q.items():
+                nb = getattr(v, "num_bits", None)
+                if nb is not None:
+                    bits[name] = int(nb)
+    return {"tool": "mct", "version": getattr(mct, "__version__", "?"), "top1": 100.0 * hits / len(xe),
+            "seconds": seconds, "weight_bits": bits, "target_bytes": target_bytes}
+
+
+# --------------------------------------------------------------------------- quantsim side
+
+
+def run_quantsim(args) -> tuple[dict, dict]:
+    import torch
+
+    from quantsim import datasets, models, pipeline
+    from quantsim.config import QuantConfig
+    from quantsim.emulate import EmulatedModel
+    from quantsim.mixed import allocate_budget
+    from quantsim.mixed_plan import tie_groups
+    from quantsim.sensitivity import layer_sensitivity
+
+    ckpt = next(iter(sorted((SHARED / "models/cifar10-resnet").glob("resnet20-*.th"))))
+    loaded = models.load_model(str(ckpt), arch="cifar_resnet20")
+    spec = f"cifar10:{SHARED}/data/cifar10"
+    cal = datasets.deterministic_subset(datasets.build_dataset(spec, loaded.preprocess, role="calib"), args.calib, 0)
+    ev = datasets.deterministic_subset(datasets.build_dataset(spec, loaded.preprocess, role="eval"), args.eval, 1)
+    calib = [x for x, _ in datasets.make_loader(cal, 64)]
+    ex, ey = zip(*[(x, y) for x, y in datasets.make_loader(ev, 100)])
+    ex, ey = torch.cat(ex), torch.cat(ey)
+    shared = {"state_dict": loaded.model.state_dict(), "calib": torch.cat(calib), "eval_x": ex, "eval_y": ey}
+
+    t0 = time.perf_counter()
+    prep = pipeline.prepare(loaded.model, loaded.preprocess.input_size, calib, 0, progress=False)
+    cfg = QuantConfig()
+    cands = (4, 6, 8)
+    sens = layer_sensitivity(prep.fgraph, prep.stats, calib, cfg, cands, progress=False)
+    wcount = {n.name: int(n.weight.numel()) for n in prep.fgraph.mac_nodes()}
+    wbytes = {l: {b: n * b / 8 for b in cands} for l, n in wcount.items()}
+    full8 = sum(wcount.values())
+    target = args.target * full8
+    alloc = allocate_budget(sens, wbytes, target, tied=tie_groups(prep.fgraph))
+    d = cfg.to_json()
+    d["layer_bits"] = alloc.layer_bits()
+    graph = pipeline.quantize(prep, QuantConfig.from_json(d))
+    seconds = time.perf_counter() - t0
+    qm = EmulatedModel(graph)
+    with torch.no_grad():
+        hits = sum(int((qm(ex[i:i + 100]).argmax(1) == ey[i:i + 100]).sum()) for i in range(0, len(ex), 100))
+        fp = sum(int((loaded.model(ex[i:i + 100]).argmax(1) == ey[i:i + 100]).sum()) for i in range(0, len(ex), 100))
+    res = {"tool": "quantsim", "top1": 100.0 * hits / len(ex), "top1_fp32": 100.0 * fp / len(ex),
+           "seconds": seconds, "weight_bytes": sum(wbytes[l][b] for l, b in alloc.bits.items()),
+           "target_bytes": target, "weight_bytes_w8": full8, "widths": alloc.widths(), "optimal": alloc.optimal}
+    return res, shared
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--eval", type=int, default=1000)
+    p.add_argument("--calib", type=int, default=256)
+    p.add_argument("--target", type=float, default=0.5, help="weight memory as a ratio of all-8-bit weights")
+    p.add_argument("--mp-images", type=int, default=32, help="images MCT's mixed-precision search uses")
+    p.add_argument("--mct-worker", nargs=2, metavar=("BLOB", "TARGET_BYTES"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.mct_worker:
+        print(json.dumps(mct_worker(args.mct_worker[0], float(args.mct_worker[1]), args.mp_images)))
+        return 0
+    if not SHARED.exists():
+        print(f"error: {SHARED} (real data and models) is absent", file=sys.stderr)
+        return 2
+    import torch
+
+    ours, shared = run_quantsim(args)
+    print(f"quantsim: top-1 {ours['top1']:.2f} (FP32 {ours['top1_fp32']:.2f}) on {args.eval} images, "
+          f"{ours['seconds']:.1f} s, weights {ours['weight_bytes']:.0f} B of target {ours['target_bytes']:.0f} B, "
+          f"widths {ours['widths']}")
+    if not MCT_PY.exists():
+        print(f"MCT: not run: {MCT_PY} is missing (create the venv as the docstring says)")
+        return 1
+    with tempfile.TemporaryDirectory() as tmp:
+        blob = os.path.join(tmp, "r20.pt")
+        torch.save(shared, blob)
+        r = subprocess.run([str(MCT_PY), __file__, "--mp-images", str(args.mp_images), "--mct-worker", blob,
+                            repr(ours["target_bytes"])], capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = "\n".join(r.stderr.strip().splitlines()[-15:])
+        print(f"MCT: failed (exit {r.returncode}):\n{tail}")
+        return 1
+    mct = json.loads(r.stdout.strip().splitlines()[-1])
+    print(f"MCT {mct['version']}: top-1 {mct['top1']:.2f} on {args.eval} images, {mct['seconds']:.1f} s, "
+          f"weight bits {sorted(set(mct['weight_bits'].values()))}")
+    print(json.dumps({"quantsim": ours, "mct": mct, "speedup": mct["seconds"] / ours["seconds"]}, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
