@@ -52,7 +52,13 @@ def layer_table(graph: Graph, bitexact, sqnr: dict[str, float]) -> pd.DataFrame:
             row["n_params"] = int(w.size) + (int(node.params["bias"].size) if "bias" in node.params else 0)
             row["weight_bytes"] = packed_bytes(int(w.size), node.weight_q.bits)
         rows.append(row)
-    return pd.DataFrame(rows, columns=LAYER_COLUMNS + [c for c in rows[0] if c not in LAYER_COLUMNS])
+    df = pd.DataFrame(rows, columns=LAYER_COLUMNS + [c for c in rows[0] if c not in LAYER_COLUMNS])
+    # widths and counts stay integers even where a row has none (non-MAC ops have no w_bits)
+    for col in ("w_bits", "a_bits", "acc_overflows", "bitexact_mismatches"):
+        df[col] = df[col].astype("Int64")
+    for col in ("w_signed", "a_signed"):
+        df[col] = df[col].astype("boolean")
+    return df
 
 
 def write_reports(out: Path, summary: dict, layers: pd.DataFrame | None, graph: Graph | None = None,
