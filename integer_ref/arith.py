@@ -211,3 +211,123 @@ def exact_matmul(a: np.ndarray, b: np.ndarray, b_col_l1_max: int | None = None) 
     if dtype is None:
         return np.matmul(a.astype(np.int64), b.astype(np.int64))
     return np.matmul(a.astype(dtype), b.astype(dtype)).astype(np.int64)
+
+
+# --- requantization modes of real engines ------------------------------------------------
+#
+# "gemmlowp": TFLite's reference kernels (tensorflow/lite/kernels/internal/common.h and
+# gemmlowp/fixedpoint). The multiplier is a Q31 integer M (2^30 <= M < 2^31) with a power
+# of two; the IR stores the power as a right shift n (negative n: a left shift of the
+# input, as TFLite's positive `shift`). Values are int32 in the engine: inputs are wrapped
+# to int32 the way the engine's int32 arithmetic wraps.
+# "float32": ONNX Runtime / qnnpack: float32(acc) times a float32 multiplier, ties to even.
+# "float32_bias": fbgemm: the bias is added in float32 before the float32 multiplier.
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+
+def wrap_int32(x: np.ndarray) -> np.ndarray:
+    """Two's complement wrap of int64 values to int32 (what int32 arithmetic does)."""
+    x = np.asarray(x, dtype=np.int64)
+    return ((x - INT32_MIN) & 0xFFFFFFFF) + INT32_MIN
+
+
+def round_half_away(x):
+    """float -> nearest integer, ties away from zero (C++ std::round, TfLiteRound)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.sign(x) * np.floor(np.abs(x) + 0.5)
+
+
+def quantize_multiplier_q31(m: float) -> tuple[int, int]:
+    """TFLite QuantizeMultiplier: m -> (M, exponent), m ≈ M * 2^(exponent - 31).
+
+    frexp, then M = round-half-away(mantissa * 2^31); a carry to 2^31 halves M and bumps
+    the exponent; exponents below -31 flush to (0, 0). m = 0 gives (0, 0).
+    """
+    m = float(m)
+    if m == 0.0:
+        return 0, 0
+    if not (m > 0 and math.isfinite(m)):
+        raise ValueError(f"requantization multiplier must be positive and finite, got {m}")
+    mantissa, exponent = math.frexp(m)
+    q = int(round_half_away(mantissa * 2.0**31))
+    if q == 2**31:
+        q //= 2
+        exponent += 1
+    if exponent < -31:
+        return 0, 0
+    return q, exponent
+
+
+def quantize_multipliers_q31(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vector form of quantize_multiplier_q31 -> (M, right shift n = -exponent)."""
+    pairs = [quantize_multiplier_q31(float(v)) for v in np.ravel(m)]
+    mult = np.array([p[0] for p in pairs], dtype=np.int64).reshape(np.shape(m))
+    shift = np.array([-p[1] for p in pairs], dtype=np.int64).reshape(np.shape(m))
+    return mult, shift
+
+
+def saturating_rounding_doubling_high_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """gemmlowp SaturatingRoundingDoublingHighMul on int32 values (held in int64).
+
+    (a*b + nudge) / 2^31 with C's truncating division, nudge = 2^30 for a*b >= 0 else
+    1 - 2^30; the one overflow case a = b = INT32_MIN saturates to INT32_MAX.
+    """
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    ab = a * b  # |a|, |b| <= 2^31: fits int64
+    q = ab + np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
+    trunc = np.where(q >= 0, q >> 31, -((-q) >> 31))
+    return np.where((a == INT32_MIN) & (b == INT32_MIN), np.int64(INT32_MAX), trunc)
+
+
+def rounding_divide_by_pot(x: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """gemmlowp RoundingDivideByPOT: x / 2^e rounded to nearest, ties away from zero."""
+    x = np.asarray(x, dtype=np.int64)
+    e = np.asarray(exponent, dtype=np.int64)
+    mask = np.left_shift(np.int64(1), e) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (x < 0)
+    return (x >> e) + (remainder > threshold)
+
+
+def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """TFLite MultiplyByQuantizedMultiplier (double rounding), with n = shift a right shift.
+
+    x is wrapped to int32, shifted left by max(-n, 0) (int32 wrap, as in C), multiplied by
+    SaturatingRoundingDoublingHighMul, then RoundingDivideByPOT by max(n, 0).
+    """
+    n = np.asarray(shift, dtype=np.int64)
+    left = np.maximum(-n, 0)
+    right = np.maximum(n, 0)
+    xs = wrap_int32(np.left_shift(wrap_int32(x), left))
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(xs, multiplier), right)
+
+
+def divide_round_away(x: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """TFLite's integer mean: x > 0 ? (x + c/2) / c : (x - c/2) / c, C truncating division."""
+    x = np.asarray(x, dtype=np.int64)
+    c = np.asarray(count, dtype=np.int64)
+    num = np.where(x > 0, x + c // 2, x - c // 2)
+    q = np.abs(num) // c
+    return np.where(num < 0, -q, q)
+
+
+def requantize_gemmlowp(acc: np.ndarray, multiplier, shift, zero_point: int, qmin: int, qmax: int) -> np.ndarray:
+    """y = clamp(MultiplyByQuantizedMultiplier(acc, M, n) + z): TFLite's conv/FC output stage."""
+    return np.clip(multiply_by_quantized_multiplier(acc, multiplier, shift) + zero_point, qmin, qmax)
+
+
+def requantize_float32(acc: np.ndarray, scale_f32, zero_point: int, qmin: int, qmax: int,
+                       bias_f32=None) -> np.ndarray:
+    """y = clamp(rint(float32(acc) [+ bias_f32] * scale_f32) + z), every step in float32.
+
+    Without bias_f32: ONNX Runtime QLinearConv/MatMul and qnnpack (integer bias already in
+    acc). With bias_f32: fbgemm, the float bias b / float32(s_x*s_w) added in float32.
+    """
+    v = np.asarray(acc).astype(np.float32)
+    if bias_f32 is not None:
+        v = v + np.asarray(bias_f32, dtype=np.float32)
+    v = np.clip(np.rint(v * np.asarray(scale_f32, dtype=np.float32)), -(2.0**62), 2.0**62)
+    return np.clip(v.astype(np.int64) + zero_point, qmin, qmax)

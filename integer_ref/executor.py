@@ -72,8 +72,10 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
     lo, hi = K.output_range(a, out.qmin, out.qmax)
     zin = [qp[i].zero_point if i in qp else 0 for i in node.inputs]
     p = node.params
+    rq = {"requant": a.get("requant", "dyadic"), "scale": p.get("requant_scale")}
     if node.op == "quantize":
-        return K.quantize(args[0], out.scale, out.zero_point, out.qmin, out.qmax), 0
+        return K.quantize(args[0], a.get("scale", out.scale), a.get("zero_point", out.zero_point),
+                          out.qmin, out.qmax), 0
     if node.op == "conv2d":
         padding = "tf_same" if a.get("padding_mode") == "tf_same" else a.get("padding", 0)
         return K.conv2d(args[0], p["weight"], p.get("bias"), p["multiplier"], p["shift"],
@@ -81,25 +83,37 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
                         y_zero_point=out.zero_point, lo=lo, hi=hi, stride=a.get("stride", 1),
                         dilation=a.get("dilation", 1), groups=a.get("groups", 1),
                         padding=padding, acc_bits=acc_bits,
-                        x_range=(qp[node.inputs[0]].qmin, qp[node.inputs[0]].qmax))
+                        x_range=(qp[node.inputs[0]].qmin, qp[node.inputs[0]].qmax), **rq)
     if node.op == "linear":
         return K.linear(args[0], p["weight"], p.get("bias"), p["multiplier"], p["shift"],
                         x_zero_point=zin[0], w_zero_point=p.get("weight_zero_point", 0),
-                        y_zero_point=out.zero_point, lo=lo, hi=hi, acc_bits=acc_bits)
+                        y_zero_point=out.zero_point, lo=lo, hi=hi, acc_bits=acc_bits, **rq)
+    if node.op == "add" and rq["requant"] == "gemmlowp":
+        return K.add_gemmlowp(args[0], args[1], p["multiplier"], p["shift"],
+                              left_shift=a.get("left_shift", 20), a_zero_point=zin[0],
+                              b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi), 0
     if node.op == "add":
+        _dyadic_only(node, rq)
         return K.add(args[0], args[1], p["multiplier"], p["shift"], a_zero_point=zin[0],
                      b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi), 0
     if node.op == "clamp":
         return K.clamp(args[0], lo=lo, hi=hi), 0
     if node.op == "maxpool":
         return K.maxpool(args[0], a["kernel"], a.get("stride"), a.get("padding", 0)), 0
+    if node.op == "avgpool" and rq["requant"] == "round_div":
+        return K.avgpool_round_div(args[0], lo=lo, hi=hi, kernel=a["kernel"], stride=a.get("stride"),
+                                   padding=a.get("padding", 0)), 0
     if node.op == "avgpool":
         return K.avgpool(args[0], p["multiplier"], p["shift"], x_zero_point=zin[0],
                          y_zero_point=out.zero_point, lo=lo, hi=hi, kernel=a["kernel"],
-                         stride=a.get("stride"), padding=a.get("padding", 0), acc_bits=acc_bits)
+                         stride=a.get("stride"), padding=a.get("padding", 0), acc_bits=acc_bits, **rq)
     if node.op == "global_avgpool":
         return K.global_avgpool(args[0], p["multiplier"], p["shift"], x_zero_point=zin[0],
-                                y_zero_point=out.zero_point, lo=lo, hi=hi, acc_bits=acc_bits)
+                                y_zero_point=out.zero_point, lo=lo, hi=hi, acc_bits=acc_bits,
+                                divide=a.get("divide"), **rq)
+    if node.op == "requantize":
+        return K.requantize_tensor(args[0], p.get("multiplier"), p.get("shift"), x_zero_point=zin[0],
+                                   y_zero_point=out.zero_point, lo=lo, hi=hi, **rq), 0
     if node.op == "reshape":
         return K.reshape(args[0], a["shape"]), 0
     if node.op == "strided_slice":
@@ -107,6 +121,11 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
     if node.op == "pad_channels":
         return K.pad_channels(args[0], a["before"], a["after"], zin[0]), 0
     raise NotImplementedError(f"integer_ref has no kernel for op {node.op!r} (node {node.name!r})")
+
+
+def _dyadic_only(node: Node, rq: dict) -> None:
+    if rq["requant"] != "dyadic":
+        raise NotImplementedError(f"op {node.op!r} has no {rq['requant']!r} requantization (node {node.name!r})")
 
 
 def run_chunk(graph: Graph, x: np.ndarray, keep: str) -> ExecResult:

@@ -21,6 +21,22 @@ Ops and their contents (x: input tensor, NCHW for images; all tensors hold integ
 - reshape     attrs shape (with -1 for the batch axis kept as is): flatten is shape [-1, C]
 - strided_slice   attrs step [sh, sw] on the spatial axes
 - pad_channels    attrs before, after: pads with the zero point
+- requantize  params multiplier, shift (one each); attrs requant, clamp: y = requant(x - zx) + zy
+              (TFLite QUANTIZE between integer types)
+
+Requantization (attrs requant, default "dyadic"; integer_ref.arith has each rule once):
+- dyadic        params multiplier M (< 2^31), shift n >= 0: (acc·M + 2^(n-1)) >> n
+- gemmlowp      TFLite reference kernels: params multiplier (Q31), shift n (a right shift;
+                negative n is TFLite's positive left shift): MultiplyByQuantizedMultiplier.
+                global_avgpool may add attrs divide (TFLite integer MEAN); add takes
+                multiplier/shift [a, b, out] and attrs left_shift (20), as TFLite's ADD.
+- float32       params requant_scale (float32 per channel): rint(float32(acc + bias) · scale)
+- float32_bias  params requant_scale and a float32 bias: rint((float32(acc) + bias) · scale)
+- round_div     avgpool only: TFLite AVERAGE_POOL_2D, raw window sum / in-bounds count,
+                rounded half away from zero (input and output quantized alike)
+quantize may carry attrs scale, zero_point: the float input's quantization when it differs
+from the output's (imported models whose integer input is the raw pixel: scale 1/255 of a
+[0, 1] image, zero point 0, while the output keeps the model's input quantization).
 """
 from __future__ import annotations
 
@@ -35,7 +51,7 @@ from .arith import qrange
 
 OPS = {
     "quantize", "conv2d", "linear", "add", "clamp", "maxpool", "avgpool", "global_avgpool",
-    "reshape", "strided_slice", "pad_channels",
+    "reshape", "strided_slice", "pad_channels", "requantize",
 }
 # Ops whose arithmetic is a multiply-accumulate over a weight tensor.
 MAC_OPS = {"conv2d", "linear"}

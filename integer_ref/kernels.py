@@ -168,12 +168,22 @@ def _depthwise_acc(win: np.ndarray, ws: np.ndarray, groups: int) -> np.ndarray:
     return acc
 
 
+REQUANT_MODES = ("dyadic", "gemmlowp", "float32", "float32_bias")
+
+
 def requantize(acc: np.ndarray, bias, multiplier, shift, y_zero_point: int, lo: int, hi: int,
-               channel_axis: int, acc_bits: int) -> tuple[np.ndarray, int]:
+               channel_axis: int, acc_bits: int, mode: str = "dyadic", scale=None,
+               divide=None) -> tuple[np.ndarray, int]:
     """acc + bias -> (clamped output, count of accumulator values outside acc_bits).
 
     acc may be int64 or a float array holding exact integers (from an exact GEMM).
+    mode picks the output stage (arith): dyadic (M, n), gemmlowp (Q31 M, n; then an
+    optional rounded division by `divide`, TFLite's integer mean), float32 (float32
+    `scale`), float32_bias (float32 `scale`, float32 `bias` added before it).
     """
+    if mode != "dyadic":
+        return _requantize_engine(acc, bias, multiplier, shift, y_zero_point, lo, hi, channel_axis,
+                                  acc_bits, mode, scale, divide)
     shape = acc.shape
     ch = shape[channel_axis]
     acc3 = acc.reshape(int(np.prod(shape[:channel_axis])), ch, int(np.prod(shape[channel_axis + 1:])))
@@ -183,6 +193,33 @@ def requantize(acc: np.ndarray, bias, multiplier, shift, y_zero_point: int, lo: 
     overflows = _requantize_3d(acc3, *per_channel, np.int64(y_zero_point), np.int64(lo),
                                np.int64(hi), np.int64(2 ** (acc_bits - 1)), y)
     return y.reshape(shape), int(overflows)
+
+
+def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, acc_bits, mode, scale, divide):
+    """The real engines' output stages, vectorised over per-channel parameters."""
+    if mode not in REQUANT_MODES:
+        raise ValueError(f"unknown requant mode {mode!r}; known: {', '.join(REQUANT_MODES)}")
+    acc = np.asarray(acc)
+    ch = acc.shape[channel_axis] if acc.ndim else 1
+    bshape = [1] * acc.ndim
+    if acc.ndim:
+        bshape[channel_axis] = -1
+
+    def per(v, dtype):
+        return np.broadcast_to(np.asarray(v, dtype), (ch,)).reshape(bshape) if acc.ndim else np.asarray(v, dtype)
+    acc = acc.astype(np.int64)
+    if mode == "float32_bias":
+        overflows = arith.count_outside(acc, acc_bits)
+        bf = None if bias is None else per(bias, np.float32)
+        return arith.requantize_float32(acc, per(scale, np.float32), zy, lo, hi, bias_f32=bf), overflows
+    wide = acc if bias is None else acc + per(bias, np.int64)
+    overflows = arith.count_outside(wide, acc_bits)
+    if mode == "float32":
+        return arith.requantize_float32(wide, per(scale, np.float32), zy, lo, hi), overflows
+    v = arith.multiply_by_quantized_multiplier(wide, per(multiplier, np.int64), per(shift, np.int64))
+    if divide is not None:
+        v = arith.divide_round_away(v, int(divide))
+    return arith.clamp(v + zy, lo, hi), overflows
 
 
 @numba.njit(cache=True, nogil=True)
@@ -200,8 +237,10 @@ def _requantize_3d(acc, bias, multiplier, shift, zy, lo, hi, acc_lim, out):
 
 
 def conv2d(x, weight, bias, multiplier, shift, *, x_zero_point=0, w_zero_point=0, y_zero_point=0,
-           lo, hi, stride=1, dilation=1, groups=1, padding=0, acc_bits=32, x_range=None):
-    """Integer conv2d: exact accumulation, bias, dyadic requantization per output channel."""
+           lo, hi, stride=1, dilation=1, groups=1, padding=0, acc_bits=32, x_range=None,
+           requant="dyadic", scale=None):
+    """Integer conv2d: exact accumulation, bias, requantization per output channel
+    (dyadic by default; `requant` names another output stage, see requantize)."""
     # Images go through in blocks so that the kh*kw-times expanded im2col buffer stays bounded,
     # and blocks run on CONV_THREADS threads (im2col copies, BLAS and Numba release the GIL).
     col_bytes = 4 * weight[0].size * max(1, x.shape[2] * x.shape[3] // (pair(stride)[0] * pair(stride)[1]))
@@ -211,7 +250,7 @@ def conv2d(x, weight, bias, multiplier, shift, *, x_zero_point=0, w_zero_point=0
     def one_block(b0):
         acc = conv2d_acc(x[b0:b0 + block], weight, x_zero_point, w_zero_point, stride, dilation,
                          groups, padding, x_range)
-        return requantize(acc, bias, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits)
+        return requantize(acc, bias, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits, requant, scale)
     starts = range(0, n, block)
     if len(starts) > 1 and CONV_THREADS > 1:
         parts = list(_pool().map(one_block, starts))
@@ -233,13 +272,14 @@ def _pool():
 
 
 def linear(x, weight, bias, multiplier, shift, *, x_zero_point=0, w_zero_point=0, y_zero_point=0,
-           lo, hi, acc_bits=32):
+           lo, hi, acc_bits=32, requant="dyadic", scale=None):
     """Integer linear over the last axis: y = requant(sum_k (x - zx)(w - zw) + bias)."""
     xs = np.asarray(x, np.int64) - x_zero_point
     ws = np.asarray(weight, np.int64) - np.reshape(np.asarray(w_zero_point, np.int64), (-1, 1))
     acc = arith.exact_matmul(xs.reshape(-1, xs.shape[-1]), ws.T, weight_col_l1_max(ws))
     acc = acc.reshape(xs.shape[:-1] + (ws.shape[0],))
-    return requantize(acc, bias, multiplier, shift, y_zero_point, lo, hi, acc.ndim - 1, acc_bits)
+    return requantize(acc, bias, multiplier, shift, y_zero_point, lo, hi, acc.ndim - 1, acc_bits,
+                      requant, scale)
 
 
 def add(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point=0, lo, hi):
@@ -257,6 +297,19 @@ def _add_requant(a, b, za, zb, ma, mb, shift, zy, lo, hi, out):
     for i in range(a.size):
         v = arith.rounding_rshift_scalar((a[i] - za) * ma + (b[i] - zb) * mb, shift)
         out[i] = arith.clamp_scalar(v + zy, lo, hi)
+
+
+def add_gemmlowp(a, b, multiplier, shift, *, left_shift=20, a_zero_point=0, b_zero_point=0,
+                 y_zero_point=0, lo, hi):
+    """TFLite's quantized ADD (reference add.h): each input (x - z) * 2^left_shift is rescaled
+    by its own Q31 multiplier (M_a, n_a), (M_b, n_b), the sum by (M_y, n_y); shifts are right
+    shifts. multiplier and shift hold [a, b, output]."""
+    (ma, mb, my), (na, nb, ny) = (np.ravel(multiplier).tolist(), np.ravel(shift).tolist())
+    a, b = np.broadcast_arrays(np.asarray(a, np.int64), np.asarray(b, np.int64))
+    sa = arith.multiply_by_quantized_multiplier((a - a_zero_point) << left_shift, ma, na)
+    sb = arith.multiply_by_quantized_multiplier((b - b_zero_point) << left_shift, mb, nb)
+    y = arith.multiply_by_quantized_multiplier(sa + sb, my, ny)
+    return arith.clamp(y + y_zero_point, lo, hi)
 
 
 def clamp(x, *, lo, hi):
@@ -280,16 +333,39 @@ def avgpool_sum(x, x_zero_point, kernel, stride, padding):
 
 
 def avgpool(x, multiplier, shift, *, x_zero_point=0, y_zero_point=0, lo, hi, kernel, stride=None,
-            padding=0, acc_bits=32):
+            padding=0, acc_bits=32, requant="dyadic", scale=None):
     """Window sum then requantization with m = s_in / (count * s_out) (count folded into M)."""
     acc = avgpool_sum(x, x_zero_point, kernel, stride, padding)
-    return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits)
+    return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits, requant, scale)
 
 
-def global_avgpool(x, multiplier, shift, *, x_zero_point=0, y_zero_point=0, lo, hi, acc_bits=32):
-    """Sum over H, W (keepdims, (N, C, 1, 1)) then requantization."""
+def global_avgpool(x, multiplier, shift, *, x_zero_point=0, y_zero_point=0, lo, hi, acc_bits=32,
+                   requant="dyadic", scale=None, divide=None):
+    """Sum over H, W (keepdims, (N, C, 1, 1)) then requantization. gemmlowp with `divide`
+    is TFLite's integer MEAN: multiply by s_in/s_out first, then divide by H·W, rounding away."""
     acc = (np.asarray(x, np.int64) - x_zero_point).sum(axis=(2, 3), keepdims=True)
-    return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits)
+    return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits, requant, scale, divide)
+
+
+def avgpool_round_div(x, *, lo, hi, kernel, stride=None, padding=0):
+    """TFLite's quantized AVERAGE_POOL_2D (input and output share scale and zero point):
+    the raw values of each window's in-bounds positions, summed, divided by their count
+    rounding half away from zero, clamped. Padding is left out of sum and count."""
+    kernel, stride = pair(kernel), pair(stride if stride is not None else kernel)
+    x = np.asarray(x, np.int64)
+    pad = resolve_padding(padding, x.shape[2:], kernel, stride)
+    sums = _windows(_pad_hw(x, pad, 0), kernel, stride, (1, 1)).sum(axis=(4, 5))
+    ones = np.ones((1, 1) + x.shape[2:], dtype=np.int64)
+    counts = _windows(_pad_hw(ones, pad, 0), kernel, stride, (1, 1)).sum(axis=(4, 5))
+    return arith.clamp(arith.divide_round_away(sums, counts), lo, hi)
+
+
+def requantize_tensor(x, multiplier, shift, *, x_zero_point=0, y_zero_point=0, lo, hi,
+                      requant="gemmlowp", scale=None):
+    """A tensor from one quantization to another (TFLite QUANTIZE between integer types):
+    y = clamp(requant(x - zx) + zy), one multiplier for the whole tensor."""
+    acc = np.asarray(x, np.int64) - x_zero_point
+    return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 0, 64, requant, scale)[0]
 
 
 def reshape(x, shape):

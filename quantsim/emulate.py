@@ -52,14 +52,89 @@ def multiply_rshift_round(acc: torch.Tensor, multiplier: torch.Tensor, shift: to
     return torch.where(fits, direct, torch.bitwise_right_shift(hi * multiplier + low_part, shift - k))
 
 
+# --- the real engines' output stages: the torch form of arith's gemmlowp / float32 rules ----
+
+INT32_MIN, INT32_MAX = arith.INT32_MIN, arith.INT32_MAX
+
+
+def wrap_int32(x: torch.Tensor) -> torch.Tensor:
+    """arith.wrap_int32: two's complement wrap of int64 values to int32."""
+    return torch.bitwise_and(x - INT32_MIN, 0xFFFFFFFF) + INT32_MIN
+
+
+def saturating_rounding_doubling_high_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """arith.saturating_rounding_doubling_high_mul (gemmlowp), int32 values in int64."""
+    ab = a * b
+    q = ab + torch.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    trunc = torch.div(q, 2**31, rounding_mode="trunc")
+    return torch.where((a == INT32_MIN) & (b == INT32_MIN), torch.full_like(trunc, INT32_MAX), trunc)
+
+
+def rounding_divide_by_pot(x: torch.Tensor, exponent: torch.Tensor) -> torch.Tensor:
+    """arith.rounding_divide_by_pot: x / 2^e to nearest, ties away from zero."""
+    mask = _pow2(exponent) - 1
+    threshold = torch.bitwise_right_shift(mask, 1) + (x < 0).to(torch.int64)
+    return torch.bitwise_right_shift(x, exponent) + (torch.bitwise_and(x, mask) > threshold).to(torch.int64)
+
+
+def multiply_by_quantized_multiplier(x: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """arith.multiply_by_quantized_multiplier: TFLite's double-rounding Q31 rescale."""
+    xs = wrap_int32(torch.bitwise_left_shift(wrap_int32(x), (-shift).clamp_min(0)))
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(xs, multiplier), shift.clamp_min(0))
+
+
+def divide_round_away(x: torch.Tensor, count) -> torch.Tensor:
+    """arith.divide_round_away: C's (x ± c/2) / c, the sign of x choosing ±."""
+    c = torch.as_tensor(count, dtype=torch.int64, device=x.device)
+    num = torch.where(x > 0, x + c // 2, x - c // 2)
+    return torch.div(num, c, rounding_mode="trunc")
+
+
+def requantize_float32(acc: torch.Tensor, scale: torch.Tensor, zero_point: int, lo: int, hi: int,
+                       bias_f32: torch.Tensor | None = None) -> torch.Tensor:
+    """arith.requantize_float32: rint(float32(acc) [+ bias] * scale) + z, in float32."""
+    v = acc.to(torch.float32)
+    if bias_f32 is not None:
+        v = v + bias_f32
+    v = torch.round(v * scale).clamp_(-(2.0**62), 2.0**62)
+    return (v.to(torch.int64) + zero_point).clamp_(lo, hi)
+
+
+def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, acc_bits, mode, scale, divide):
+    """kernels._requantize_engine."""
+    if mode not in K.REQUANT_MODES:
+        raise ValueError(f"unknown requant mode {mode!r}; known: {', '.join(K.REQUANT_MODES)}")
+    shape = [1] * acc.dim()
+    if acc.dim():
+        shape[channel_axis] = -1
+    per = lambda v, dt: torch.as_tensor(v, dtype=dt, device=acc.device).reshape(shape)
+    acc = acc.to(torch.int64)
+    lim = 2 ** (acc_bits - 1)
+    count = lambda v: int(((v < -lim) | (v >= lim)).sum())
+    if mode == "float32_bias":
+        bf = None if bias is None else per(bias, torch.float32)
+        return requantize_float32(acc, per(scale, torch.float32), zy, lo, hi, bf), count(acc)
+    wide = acc if bias is None else acc + per(bias, torch.int64)
+    if mode == "float32":
+        return requantize_float32(wide, per(scale, torch.float32), zy, lo, hi), count(wide)
+    v = multiply_by_quantized_multiplier(wide, per(multiplier, torch.int64), per(shift, torch.int64))
+    if divide is not None:
+        v = divide_round_away(v, int(divide))
+    return (v + zy).clamp_(lo, hi), count(wide)
+
+
 def requantize(acc: torch.Tensor, bias, multiplier, shift, y_zero_point: int, lo: int, hi: int,
-               channel_axis: int, acc_bits: int, acc_abs_bound: int | None = None) -> tuple[torch.Tensor, int]:
+               channel_axis: int, acc_bits: int, acc_abs_bound: int | None = None,
+               mode: str = "dyadic", scale=None, divide=None) -> tuple[torch.Tensor, int]:
     """kernels.requantize: acc + bias -> (clamped output, accumulator overflow count).
 
     acc_abs_bound (a proven bound on |acc|, e.g. from the GEMM) lets the common case skip
     the overflow count and the wide-product split: then ((acc + b)·M + 2^(n-1)) >> n is
     computed as (acc·M + (b·M + 2^(n-1))) >> n, in place, with the same value.
     """
+    if mode != "dyadic":
+        return _requantize_engine(acc, bias, multiplier, shift, y_zero_point, lo, hi, channel_axis,
+                                  acc_bits, mode, scale, divide)
     shape = [1] * acc.dim()
     shape[channel_axis] = -1
     as_t = lambda v: torch.as_tensor(v, dtype=torch.int64, device=acc.device).reshape(shape)
@@ -225,6 +300,26 @@ def add(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point
     return acc.clamp_(lo, hi)
 
 
+def add_gemmlowp(a, b, multiplier, shift, *, left_shift=20, a_zero_point=0, b_zero_point=0,
+                 y_zero_point=0, lo, hi):
+    """kernels.add_gemmlowp: TFLite's quantized ADD."""
+    m = [torch.tensor(int(v), dtype=torch.int64, device=a.device) for v in torch.as_tensor(multiplier).reshape(-1).tolist()]
+    n = [torch.tensor(int(v), dtype=torch.int64, device=a.device) for v in torch.as_tensor(shift).reshape(-1).tolist()]
+    sa = multiply_by_quantized_multiplier(torch.bitwise_left_shift(a - a_zero_point, left_shift), m[0], n[0])
+    sb = multiply_by_quantized_multiplier(torch.bitwise_left_shift(b - b_zero_point, left_shift), m[1], n[1])
+    return (multiply_by_quantized_multiplier(sa + sb, m[2], n[2]) + y_zero_point).clamp_(lo, hi)
+
+
+def avgpool_round_div(x, *, lo, hi, kernel, stride=None, padding=0):
+    """kernels.avgpool_round_div: TFLite's AVERAGE_POOL_2D (raw sum / in-bounds count)."""
+    kernel, stride = K.pair(kernel), K.pair(stride if stride is not None else kernel)
+    t, b, l, r = K.resolve_padding(padding, tuple(x.shape[2:]), kernel, stride)
+    sums = _windows(F.pad(x, (l, r, t, b)), kernel, stride).sum(dim=(4, 5))
+    ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=torch.int64, device=x.device)
+    counts = _windows(F.pad(ones, (l, r, t, b)), kernel, stride).sum(dim=(4, 5))
+    return divide_round_away(sums, counts).clamp_(lo, hi)
+
+
 def _windows(x: torch.Tensor, kernel, stride) -> torch.Tensor:
     (kh, kw), (sh, sw) = kernel, stride
     return x.unfold(2, kh, sh).unfold(3, kw, sw)  # (N, C, Ho, Wo, kh, kw) view
@@ -267,7 +362,7 @@ class Prepared:
 
     def _node_params(self, node: Node) -> dict:
         p = node.params
-        out = {k: v for k, v in p.items() if k in ("bias", "multiplier", "shift")}
+        out = {k: v for k, v in p.items() if k in ("bias", "multiplier", "shift", "requant_scale")}
         if node.op in ("conv2d", "linear"):
             w = torch.as_tensor(p["weight"], dtype=torch.int64)
             zw = torch.as_tensor(p.get("weight_zero_point", 0), dtype=torch.int64)
@@ -284,10 +379,13 @@ def run_node(node: Node, args: list, prep: Prepared):
     zin = [qp[i].zero_point if i in qp else 0 for i in node.inputs]
     x = args[0]
     x_range = (qp[node.inputs[0]].qmin, qp[node.inputs[0]].qmax) if node.inputs[0] in qp else None
-    rq = lambda acc, axis, bound=None: requantize(acc, p.get("bias"), p["multiplier"], p["shift"],
-                                                  out.zero_point, lo, hi, axis, prep.acc_bits, bound)
+    mode = a.get("requant", "dyadic")
+    rq = lambda acc, axis, bound=None: requantize(acc, p.get("bias"), p.get("multiplier"), p.get("shift"),
+                                                  out.zero_point, lo, hi, axis, prep.acc_bits, bound,
+                                                  mode, p.get("requant_scale"), a.get("divide"))
     if node.op == "quantize":
-        return quantize(x, float(out.scale), out.zero_point, out.qmin, out.qmax), 0
+        return quantize(x, float(a.get("scale", out.scale)), a.get("zero_point", out.zero_point),
+                        out.qmin, out.qmax), 0
     if node.op == "conv2d":
         padding = "tf_same" if a.get("padding_mode") == "tf_same" else a.get("padding", 0)
         acc, bound = conv2d_acc_bounded(x, p["w_centered"], p["w_l1_max"], zin[0], a.get("stride", 1),
@@ -296,13 +394,24 @@ def run_node(node: Node, args: list, prep: Prepared):
     if node.op == "linear":
         acc, bound = linear_acc_bounded(x, p["w_centered"], p["w_l1_max"], zin[0], x_range)
         return rq(acc, x.dim() - 1, bound)
+    if node.op == "add" and mode == "gemmlowp":
+        return add_gemmlowp(x, args[1], p["multiplier"], p["shift"], left_shift=a.get("left_shift", 20),
+                            a_zero_point=zin[0], b_zero_point=zin[1], y_zero_point=out.zero_point,
+                            lo=lo, hi=hi), 0
     if node.op == "add":
+        if mode != "dyadic":
+            raise NotImplementedError(f"op 'add' has no {mode!r} requantization (node {node.name!r})")
         return add(x, args[1], p["multiplier"], p["shift"], a_zero_point=zin[0],
                    b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi), 0
     if node.op == "clamp":
         return x.clamp(lo, hi), 0
     if node.op == "maxpool":
         return maxpool(x, a["kernel"], a.get("stride"), a.get("padding", 0)), 0
+    if node.op == "avgpool" and mode == "round_div":
+        return avgpool_round_div(x, lo=lo, hi=hi, kernel=a["kernel"], stride=a.get("stride"),
+                                 padding=a.get("padding", 0)), 0
+    if node.op == "requantize":
+        return rq((x - zin[0]).reshape(1, -1), 0)[0].reshape(x.shape), 0
     if node.op == "avgpool":
         return rq(avgpool_sum(x, zin[0], a["kernel"], a.get("stride"), a.get("padding", 0)), 1)
     if node.op == "global_avgpool":

@@ -10,7 +10,8 @@ from integer_ref import arith, executor
 from integer_ref import kernels as K
 from integer_ref.ir import Graph, Node, QParams
 from quantsim import emulate as E
-from test_kernels import conv_case, qtensor_spec, rand_q, rand_requant, run_conv
+from test_kernels import (conv_case, conv_case_modes, pool_case, qtensor_spec, rand_q, rand_requant, run_conv,
+                          run_conv_mode)
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -207,3 +208,134 @@ def test_narrower_pass_through_range_is_rejected():
         executor.run(g, x)
     with pytest.raises(ValueError, match="'sl'"):
         E.run(g, torch.as_tensor(x))
+
+
+# --- the real engines' requantization modes ----------------------------------------------------
+
+def emu_conv_mode(case, acc_bits=32):
+    w = torch.as_tensor(case["weight"]) - torch.as_tensor(case["zw"]).reshape(-1, 1, 1, 1)
+    acc = E.conv2d_acc(torch.as_tensor(case["x"]), w, K.weight_col_l1_max(w.numpy()), case["zx"],
+                       case["stride"], case["dilation"], case["groups"], case["padding"])
+    return E.requantize(acc, case["bias"], case["mult"], case["shift"], case["zy"], case["lo"],
+                        case["hi"], 1, acc_bits, mode=case["mode"], scale=case["scale"])
+
+
+@SETTINGS
+@given(conv_case_modes(), st.integers(8, 32))
+def test_conv2d_engine_modes_twin(case, acc_bits):
+    y_ref, ov_ref = run_conv_mode(case, acc_bits)
+    y_emu, ov_emu = emu_conv_mode(case, acc_bits)
+    assert_same(y_emu, y_ref)
+    assert ov_emu == ov_ref
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.sampled_from(["gemmlowp", "float32", "float32_bias"]), st.booleans())
+def test_engine_requantize_twin_on_wide_accumulators(seed, mode, divide):
+    """Accumulators beyond int32 (wrapped by gemmlowp, rounded to float32 by the float modes)."""
+    rng = np.random.default_rng(seed)
+    acc = rng.integers(-(2**40), 2**40, size=(3, 4, 5))
+    acc[1] = rng.integers(-(2**20), 2**20, size=(4, 5))
+    acc[0, 0, :4] = [2**31 - 1, -(2**31), 2**31, -(2**31) - 1]
+    real = np.exp(rng.uniform(np.log(1e-4), np.log(8.0), size=4))  # > 1 too: gemmlowp left shifts
+    mult, shift = arith.quantize_multipliers_q31(real)
+    scale = real.astype(np.float32)
+    bias = rng.integers(-(2**20), 2**20, size=4)
+    if mode == "float32_bias":
+        bias = bias.astype(np.float32) * np.float32(0.37)
+    div = 49 if divide and mode == "gemmlowp" else None
+    y_ref, ov_ref = K.requantize(acc, bias, mult, shift, 5, -128, 127, 1, 32, mode, scale, div)
+    y_emu, ov_emu = E.requantize(torch.as_tensor(acc), bias, mult, shift, 5, -128, 127, 1, 32,
+                                 mode=mode, scale=scale, divide=div)
+    assert_same(y_emu, y_ref)
+    assert ov_emu == ov_ref
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.booleans())
+def test_add_gemmlowp_twin(seed, signed):
+    rng = np.random.default_rng(seed)
+    lo, hi = (-128, 127) if signed else (0, 255)
+    a, b = rng.integers(lo, hi + 1, size=(2, 3, 4, 4)), rng.integers(lo, hi + 1, size=(2, 3, 4, 4))
+    za, zb, zy = (int(v) for v in rng.integers(lo, hi + 1, size=3))
+    mult, shift = arith.quantize_multipliers_q31(rng.uniform(1e-3, 0.5, size=3))
+    kw = dict(a_zero_point=za, b_zero_point=zb, y_zero_point=zy, lo=lo, hi=hi)
+    assert_same(E.add_gemmlowp(torch.as_tensor(a), torch.as_tensor(b), mult, shift, **kw),
+                K.add_gemmlowp(a, b, mult, shift, **kw))
+
+
+@SETTINGS
+@given(pool_case())
+def test_avgpool_round_div_twin(case):
+    x, kernel, stride, pad, spec, _ = case
+    kw = dict(lo=spec[2], hi=spec[3], kernel=kernel, stride=stride, padding=pad)
+    assert_same(E.avgpool_round_div(torch.as_tensor(x), **kw), K.avgpool_round_div(x, **kw))
+
+
+def build_engine_program(rng, signed=False, n=3, c=4, h=9, modes=("gemmlowp", "float32", "float32_bias")):
+    """What an imported TFLite / ONNX Runtime model looks like: raw-pixel quantize, uint8/int8
+    asymmetric tensors, uint8 weights with a zero point, depthwise with a channel multiplier,
+    gemmlowp ADD, TFLite average pool and mean, a requantize, float32-mode linear layers."""
+    lo, hi = (-128, 127) if signed else (0, 255)
+    act = lambda zp, s=0.05: QParams(8, signed, np.float64(s), int(zp), narrow=False)
+    z = lambda: int(rng.integers(lo + 20, hi - 20))
+    q31 = lambda real: arith.quantize_multipliers_q31(np.asarray(real, dtype=np.float64))
+
+    def mac(o, fan_in, mode, wsigned):
+        w = rng.integers(-127, 128, size=(o,) + fan_in) if wsigned else rng.integers(0, 256, size=(o,) + fan_in)
+        real = np.exp(rng.uniform(np.log(1e-4), np.log(0.05), size=o))
+        p = {"weight": w, "bias": rng.integers(-(2**12), 2**12, size=o)}
+        if not wsigned:
+            p["weight_zero_point"] = np.int64(rng.integers(100, 156))
+        if mode == "gemmlowp":
+            p["multiplier"], p["shift"] = q31(real)
+        else:
+            p["multiplier"], p["shift"] = arith.quantize_multipliers(real)  # present, unused
+            p["requant_scale"] = real.astype(np.float32)
+            if mode == "float32_bias":
+                p["bias"] = (p["bias"] * 0.7).astype(np.float32)
+        return p
+    za, zb, zm = z(), z(), z()
+    m_add, s_add = q31([0.3, 0.5, 1.0 / (2**20 * 0.07)])
+    m_rq, s_rq = q31(0.05 / 0.06)
+    m_mean, s_mean = q31(0.06 / 0.04)
+    m1, m2 = modes[0], modes[1 % len(modes)]
+    nodes = [
+        Node("q", "quantize", ["x"], act(z(), 1 / 128), attrs={"scale": 1 / 255, "zero_point": lo}),
+        Node("c1", "conv2d", ["q"], act(za), attrs={"stride": [2, 2], "padding_mode": "tf_same",
+                                                     "clamp": [za, hi], "requant": "gemmlowp"},
+             params=mac(c, (3, 3, 3), "gemmlowp", signed)),
+        Node("dw", "conv2d", ["c1"], act(zb), attrs={"stride": [1, 1], "groups": c, "padding_mode": "tf_same",
+                                                      "requant": "gemmlowp"},
+             params=mac(2 * c, (1, 3, 3), "gemmlowp", signed)),
+        Node("pw", "conv2d", ["dw"], act(za), attrs={"requant": m1}, params=mac(c, (2 * c, 1, 1), m1, signed)),
+        Node("sum", "add", ["pw", "c1"], act(z(), 0.07), attrs={"requant": "gemmlowp"},
+             params={"multiplier": m_add, "shift": s_add}),
+        Node("ap", "avgpool", ["sum"], act(z(), 0.07), attrs={"kernel": [2, 2], "stride": [1, 1],
+                                                            "padding_mode": "tf_same", "requant": "round_div"}),
+        Node("rq", "requantize", ["ap"], act(zm, 0.06), attrs={"requant": "gemmlowp"},
+             params={"multiplier": m_rq, "shift": s_rq}),
+        Node("mean", "global_avgpool", ["rq"], act(z(), 0.04), attrs={"requant": "gemmlowp", "divide": 25},
+             params={"multiplier": m_mean, "shift": s_mean}),
+        Node("flat", "reshape", ["mean"], act(0), attrs={"shape": [-1, c]}),
+        Node("fc", "linear", ["flat"], act(z()), attrs={"requant": m2}, params=mac(5, (c,), m2, signed)),
+    ]
+    nodes[8].out = nodes[7].out
+    nodes[5].attrs["padding"] = [0, 1, 0, 1]
+    g = Graph(nodes, "x", (3, h, h), ["fc"], {"acc_bits": 32})
+    x = rng.integers(0, 256, size=(n, 3, h, h)).astype(np.float32) / np.float32(255)
+    return g, x
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.booleans(), st.permutations(["gemmlowp", "float32", "float32_bias"]))
+def test_engine_programs_bit_identical(seed, signed, modes):
+    g, x = build_engine_program(np.random.default_rng(seed), signed, modes=modes)
+    ref = executor.run(g, x, keep="all")
+    emu = E.run(g, torch.as_tensor(x), keep="all")
+    assert set(ref.tensors) == set(emu.tensors) == {n.name for n in g.nodes}
+    for name, want in ref.tensors.items():
+        assert_same(emu.tensors[name], want)
+    assert ref.acc_overflows == emu.acc_overflows
+    # the raw-pixel quantize: an image of pixels p / 255 gives back p (int8: p - 128)
+    assert (ref.tensors["q"] == np.rint(x * 255) + (-128 if signed else 0)).all()

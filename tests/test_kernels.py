@@ -340,3 +340,239 @@ def test_tf_same_padding_matches_tensorflow_rule():
     # TF: out = ceil(in / stride); the odd extra pad goes after (bottom/right).
     assert K.resolve_padding("tf_same", (7, 8), (3, 3), (2, 2)) == (1, 1, 0, 1)
     assert K.resolve_padding("tf_same", (5, 5), (1, 1), (1, 1)) == (0, 0, 0, 0)
+
+
+# --- real engines' requantization: gemmlowp (TFLite) and float32 (ONNX Runtime, fbgemm) -------
+
+I32 = st.integers(-(2**31), 2**31 - 1)
+
+
+def wrap32_oracle(v: int) -> int:
+    return (v + 2**31) % 2**32 - 2**31
+
+
+def c_div_oracle(a: int, b: int) -> int:
+    """C integer division: truncates toward zero."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b > 0) else -q
+
+
+def srdhm_oracle(a: int, b: int) -> int:
+    if a == b == -(2**31):
+        return 2**31 - 1
+    ab = a * b
+    return c_div_oracle(ab + (2**30 if ab >= 0 else 1 - 2**30), 2**31)
+
+
+def rdbp_oracle(x: int, e: int) -> int:
+    """x / 2^e rounded to nearest, ties away from zero (Python ints)."""
+    q, r = divmod(abs(x), 2**e)
+    q += 2 * r >= 2**e if e > 0 else 0
+    return q if x >= 0 else -q
+
+
+def mbqm_oracle(x: int, m: int, n: int) -> int:
+    """TFLite MultiplyByQuantizedMultiplier, n a right shift (negative: left)."""
+    xs = wrap32_oracle(wrap32_oracle(x) * 2 ** max(-n, 0))
+    return rdbp_oracle(srdhm_oracle(xs, m), max(n, 0))
+
+
+def gemmlowp_requant_oracle(acc, m, n, zy, lo, hi):
+    return min(max(mbqm_oracle(acc, m, n) + zy, lo), hi)
+
+
+def float32_requant_oracle(acc, scale, zy, lo, hi, bias_f32=None):
+    v = np.float32(acc)
+    if bias_f32 is not None:
+        v = np.float32(v + np.float32(bias_f32))
+    v = np.float32(v * np.float32(scale))
+    return min(max(round(float(v)) + zy, lo), hi)  # Python round: ties to even
+
+
+@SETTINGS
+@given(I32, I32)
+def test_saturating_rounding_doubling_high_mul(a, b):
+    assert int(arith.saturating_rounding_doubling_high_mul(np.array([a]), np.array([b]))[0]) == srdhm_oracle(a, b)
+
+
+def test_srdhm_saturates_and_rounds_ties_away():
+    m = -(2**31)
+    assert int(arith.saturating_rounding_doubling_high_mul(np.array([m]), np.array([m]))[0]) == 2**31 - 1
+    # a*b = ±2^30 exactly, i.e. ±0.5: the nudge and C's truncation round ties upward (+0.5 -> 1,
+    # -0.5 -> 0, -1.5 -> -1), unlike RoundingDivideByPOT, which rounds ties away from zero
+    srdhm = lambda a, b: int(arith.saturating_rounding_doubling_high_mul(np.array([a]), np.array([b]))[0])
+    assert srdhm(2**15, 2**15) == 1 and srdhm(-(2**15), 2**15) == 0 and srdhm(-3 * 2**15, 2**15) == -1
+
+
+@SETTINGS
+@given(I32, st.integers(0, 31))
+def test_rounding_divide_by_pot(x, e):
+    assert int(arith.rounding_divide_by_pot(np.array([x]), np.array([e]))[0]) == rdbp_oracle(x, e)
+
+
+@SETTINGS
+@given(st.integers(-(2**40), 2**40), st.integers(0, 2**31 - 1), st.integers(-8, 31))
+def test_multiply_by_quantized_multiplier(x, m, n):
+    got = int(arith.multiply_by_quantized_multiplier(np.array([x]), np.array([m]), np.array([n]))[0])
+    assert got == mbqm_oracle(x, m, n)
+
+
+@SETTINGS
+@given(st.floats(1e-9, 1e3))
+def test_quantize_multiplier_q31(m):
+    q, e = arith.quantize_multiplier_q31(m)
+    assert 2**30 <= q < 2**31
+    assert abs(q * 2.0 ** (e - 31) - m) <= m * 2.0**-31  # round to nearest: half an ulp of Q31
+    mult, shift = arith.quantize_multipliers_q31(np.array([m]))
+    assert (int(mult[0]), int(shift[0])) == (q, -e)
+
+
+def test_quantize_multiplier_q31_edges():
+    assert arith.quantize_multiplier_q31(0.0) == (0, 0)
+    assert arith.quantize_multiplier_q31(1.0) == (2**30, 1)
+    assert arith.quantize_multiplier_q31(2.0**-40) == (0, 0)  # flushed like TFLite
+    assert arith.quantize_multiplier_q31(1 - 2.0**-40) == (2**30, 1)  # the carry into 2^31
+
+
+@SETTINGS
+@given(st.integers(-(2**40), 2**40), st.integers(1, 5000))
+def test_divide_round_away(x, c):
+    want = c_div_oracle(x + c // 2 if x > 0 else x - c // 2, c)
+    assert int(arith.divide_round_away(np.array([x]), np.array([c]))[0]) == want
+
+
+@SETTINGS
+@given(st.integers(-(2**40), 2**40), st.floats(2.0**-20, 4.0, width=32), st.integers(-128, 127),
+       st.one_of(st.none(), st.floats(-2.0**17, 2.0**17, width=32)))
+def test_requantize_float32(acc, scale, zy, bias_f32):
+    got = int(arith.requantize_float32(np.array([acc]), np.float32(scale), zy, -128, 255, bias_f32)[0])
+    assert got == float32_requant_oracle(acc, scale, zy, -128, 255, bias_f32)
+
+
+def test_requantize_float32_ties_to_even():
+    acc = np.array([1, 3, 5, -1, -3])  # times 0.5: ties
+    assert arith.requantize_float32(acc, np.float32(0.5), 0, -10, 10).tolist() == [0, 2, 2, 0, -2]
+
+
+def add_mode(case, mode, rng):
+    """A conv/linear case in another requant mode: per-channel parameters like the engines'."""
+    o = len(case["mult"])
+    real = np.exp(rng.uniform(np.log(1e-5), np.log(1.5), size=o))
+    case = dict(case, mode=mode, scale=None)
+    if mode == "gemmlowp":
+        case["mult"], case["shift"] = arith.quantize_multipliers_q31(real)
+    elif mode in ("float32", "float32_bias"):
+        case["scale"] = real.astype(np.float32)
+        if mode == "float32_bias":
+            case["bias"] = (case["bias"] * rng.uniform(0.5, 1.5, size=o)).astype(np.float32)
+    return case
+
+
+@st.composite
+def conv_case_modes(draw, max_bits=16):
+    case = draw(conv_case(max_bits))
+    mode = draw(st.sampled_from(["gemmlowp", "float32", "float32_bias"]))
+    return add_mode(case, mode, np.random.default_rng(draw(st.integers(0, 2**32 - 1))))
+
+
+def run_conv_mode(case, acc_bits=32):
+    return K.conv2d(case["x"], case["weight"], case["bias"], case["mult"], case["shift"],
+                    x_zero_point=case["zx"], w_zero_point=case["zw"], y_zero_point=case["zy"],
+                    lo=case["lo"], hi=case["hi"], stride=case["stride"], dilation=case["dilation"],
+                    groups=case["groups"], padding=case["padding"], acc_bits=acc_bits,
+                    requant=case["mode"], scale=case["scale"])
+
+
+def requant_mode_oracle(acc, case, o):
+    """One accumulator (without bias) of output channel o, requantized in case['mode']."""
+    mode, b = case["mode"], case["bias"][o]
+    if mode == "gemmlowp":
+        return gemmlowp_requant_oracle(acc + int(b), int(case["mult"][o]), int(case["shift"][o]),
+                                       case["zy"], case["lo"], case["hi"])
+    if mode == "float32":
+        return float32_requant_oracle(acc + int(b), case["scale"][o], case["zy"], case["lo"], case["hi"])
+    return float32_requant_oracle(acc, case["scale"][o], case["zy"], case["lo"], case["hi"], b)
+
+
+@SETTINGS
+@given(conv_case_modes())
+def test_conv2d_engine_modes_match_direct_loop(case):
+    x, w = case["x"], case["weight"]
+    pad = K.resolve_padding(case["padding"], x.shape[2:], w.shape[2:], case["stride"], case["dilation"])
+    acc = conv_acc_oracle(x, w, case["zx"], case["zw"], case["stride"], case["dilation"], case["groups"], pad)
+    y, _ = run_conv_mode(case)
+    want = np.zeros(acc.shape, dtype=np.int64)
+    for idx in np.ndindex(*acc.shape):
+        want[idx] = requant_mode_oracle(int(acc[idx]), case, idx[1])
+    assert (y == want).all()
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), qtensor_spec(), st.integers(1, 40), st.integers(1, 5),
+       st.sampled_from(["gemmlowp", "float32", "float32_bias"]))
+def test_linear_engine_modes(seed, xs, k, o, mode):
+    rng = np.random.default_rng(seed)
+    x = rand_q(rng, (3, k), xs[2], xs[3])
+    w = rng.integers(0, 256, size=(o, k))  # uint8 weights with a weight zero point
+    zw = int(rng.integers(0, 256))
+    case = add_mode({"mult": np.zeros(o), "bias": rng.integers(-(2**20), 2**20, size=o),
+                     "zy": int(rng.integers(0, 256)), "lo": 0, "hi": 255}, mode, rng)
+    y, _ = K.linear(x, w, case["bias"], case["mult"], case.get("shift"), x_zero_point=xs[4], w_zero_point=zw,
+                    y_zero_point=case["zy"], lo=0, hi=255, requant=mode, scale=case["scale"])
+    for i in range(3):
+        for j in range(o):
+            acc = sum((int(x[i, t]) - xs[4]) * (int(w[j, t]) - zw) for t in range(k))
+            assert y[i, j] == requant_mode_oracle(acc, case, j)
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.booleans())
+def test_add_gemmlowp_matches_tflite_formula(seed, signed):
+    rng = np.random.default_rng(seed)
+    lo, hi = (-128, 127) if signed else (0, 255)
+    a, b = rng.integers(lo, hi + 1, size=(2, 3, 4, 4)), rng.integers(lo, hi + 1, size=(2, 3, 4, 4))
+    za, zb, zy = (int(v) for v in rng.integers(lo, hi + 1, size=3))
+    sa, sb, sy = rng.uniform(0.01, 0.5, size=3)
+    twice_max = 2 * max(sa, sb)
+    mult, shift = arith.quantize_multipliers_q31(np.array([sa / twice_max, sb / twice_max, twice_max / (2**20 * sy)]))
+    act_lo = int(rng.integers(lo, zy + 1))
+    y = K.add_gemmlowp(a, b, mult, shift, a_zero_point=za, b_zero_point=zb, y_zero_point=zy, lo=act_lo, hi=hi)
+    m, n = [int(v) for v in mult], [int(v) for v in shift]
+    for p, q, got in zip(a.ravel(), b.ravel(), y.ravel()):
+        s1 = mbqm_oracle((int(p) - za) * 2**20, m[0], n[0])
+        s2 = mbqm_oracle((int(q) - zb) * 2**20, m[1], n[1])
+        assert got == min(max(mbqm_oracle(s1 + s2, m[2], n[2]) + zy, act_lo), hi)
+
+
+@SETTINGS
+@given(pool_case())
+def test_avgpool_round_div(case):
+    x, kernel, stride, pad, spec, _ = case
+    y = K.avgpool_round_div(x, lo=spec[2], hi=spec[3], kernel=kernel, stride=stride, padding=pad)
+
+    def mean_away(vals):
+        s, c = sum(vals), len(vals)
+        return c_div_oracle(s + c // 2 if s > 0 else s - c // 2, c)
+    want = pool_oracle(x, kernel, stride, pad, mean_away, None)
+    assert y.tolist() == np.clip(want.astype(np.int64), spec[2], spec[3]).tolist()
+
+
+@SETTINGS
+@given(pool_case(), st.floats(0.2, 3.0))
+def test_global_mean_gemmlowp(case, ratio):
+    x, _, _, _, xs, _ = case
+    mult, shift = arith.quantize_multipliers_q31(np.array(ratio))
+    y, _ = K.global_avgpool(x, mult, shift, x_zero_point=xs[4], y_zero_point=3, lo=-128, hi=127,
+                            requant="gemmlowp", divide=x.shape[2] * x.shape[3])
+    c = x.shape[2] * x.shape[3]
+    for n, ch in np.ndindex(*x.shape[:2]):
+        v = mbqm_oracle(sum(int(t) - xs[4] for t in x[n, ch].ravel()), int(mult), int(shift))
+        v = c_div_oracle(v + c // 2 if v > 0 else v - c // 2, c)
+        assert y[n, ch, 0, 0] == min(max(v + 3, -128), 127)
+
+
+def test_requantize_tensor_uint8_to_int8_identity_scale():
+    x = np.arange(256).reshape(1, 1, 16, 16)
+    mult, shift = arith.quantize_multipliers_q31(np.array(1.0))
+    y = K.requantize_tensor(x, mult, shift, x_zero_point=127, y_zero_point=-1, lo=-128, hi=127)
+    assert (y == np.clip(x - 128, -128, 127)).all()
