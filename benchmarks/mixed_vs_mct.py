@@ -4,7 +4,7 @@
 
 Both tools get the same float model, the same calibration images and the same evaluation
 images, and one weight-memory target: `--target` x the model's weight bytes at 8 bits
-(0.5 = 4 bits per weight on average). Each prints top-1 on the evaluation images and its
+(0.65 = 5.2 bits per weight on average; 0.5 would force quantsim to all-4, its narrowest candidate). Each prints top-1 on the evaluation images and its
 wall time (calibration + mixed-precision search + building the quantized model; evaluation
 not counted).
 
@@ -12,10 +12,11 @@ not counted).
   multiple-choice knapsack (quantsim.mixed.allocate_budget) minimising sum S_l(b_l) with a
   weight-byte table instead of an energy table, the residual-stream ties kept; the program is
   lowered and evaluated by quantsim.emulate (the integer program, bit-exact with integer_ref).
-  Note: a quantsim width sets weights AND the layer's input activation (W_b A_b), so at equal
-  weight memory it also runs narrower activations than MCT, whose activations stay at 8 bits.
+  With --acts 8 (default) only the weights are mixed and activations stay at 8 bits, as in
+  MCT's default platform; with --acts same a width sets the weights and the layer's input
+  activation (W_b A_b), a harder setting than MCT's at equal weight memory.
 - MCT: mct.ptq.pytorch_post_training_quantization with a MixedPrecisionQuantizationConfig and
-  ResourceUtilization(weights_memory=target bytes), its default PyTorch target platform
+  ResourceUtilization(weights_memory=target bytes), its default target platform (TPC v1.0, imx500:
   (weight candidates 2/4/8 bits, activations 8 bits), evaluated as the fake-quant torch module
   MCT returns.
 
@@ -63,7 +64,7 @@ def mct_worker(blob: str, target_bytes: float, n_mp_images: int) -> dict:
             yield [calib[i:i + bs]]
 
     t0 = time.perf_counter()
-    tpc = mct.get_target_platform_capabilities("pytorch", "default")
+    tpc = mct.get_target_platform_capabilities()  # MCT 2.6 default: TPC v1.0 (imx500): weights 2/4/8, A8
     mp = mct.core.MixedPrecisionQuantizationConfig(num_of_images=n_mp_images)
     core = mct.core.CoreConfig(mixed_precision_config=mp)
     ru = mct.core.ResourceUtilization(weights_memory=target_bytes)
@@ -117,12 +118,18 @@ def run_quantsim(args) -> tuple[dict, dict]:
     prep = pipeline.prepare(loaded.model, loaded.preprocess.input_size, calib, 0, progress=False)
     cfg = QuantConfig()
     cands = (4, 6, 8)
-    sens = layer_sensitivity(prep.fgraph, prep.stats, calib, cfg, cands, progress=False)
+    # --acts 8: weight-only mixed precision with 8-bit activations, as MCT's default platform does;
+    # --acts same: a width sets weights and the layer's input activation (W_b A_b)
+    a8 = args.acts == "8"
+    sens = layer_sensitivity(prep.fgraph, prep.stats, calib, cfg, cands, progress=False, a_bits=8 if a8 else None)
     wcount = {n.name: int(n.weight.numel()) for n in prep.fgraph.mac_nodes()}
     wbytes = {l: {b: n * b / 8 for b in cands} for l, n in wcount.items()}
     full8 = sum(wcount.values())
     target = args.target * full8
-    alloc = allocate_budget(sens, wbytes, target, tied=tie_groups(prep.fgraph))
+    if a8:  # widths as (w_bits, 8) pairs; no activation ties needed: every input is 8-bit
+        sens = {l: {(b, 8): v for b, v in row.items()} for l, row in sens.items()}
+        wbytes = {l: {(b, 8): v for b, v in row.items()} for l, row in wbytes.items()}
+    alloc = allocate_budget(sens, wbytes, target, tied=None if a8 else tie_groups(prep.fgraph))
     d = cfg.to_json()
     d["layer_bits"] = alloc.layer_bits()
     graph = pipeline.quantize(prep, QuantConfig.from_json(d))
@@ -141,7 +148,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--eval", type=int, default=1000)
     p.add_argument("--calib", type=int, default=256)
-    p.add_argument("--target", type=float, default=0.5, help="weight memory as a ratio of all-8-bit weights")
+    p.add_argument("--target", type=float, default=0.65, help="weight memory as a ratio of all-8-bit weights")
+    p.add_argument("--acts", default="8", choices=["8", "same"],
+                   help="quantsim activations: 8 bits (weight-only mixed, like MCT's default) or the layer's width")
     p.add_argument("--mp-images", type=int, default=32, help="images MCT's mixed-precision search uses")
     p.add_argument("--mct-worker", nargs=2, metavar=("BLOB", "TARGET_BYTES"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -155,7 +164,7 @@ def main() -> int:
 
     ours, shared = run_quantsim(args)
     print(f"quantsim: top-1 {ours['top1']:.2f} (FP32 {ours['top1_fp32']:.2f}) on {args.eval} images, "
-          f"{ours['seconds']:.1f} s, weights {ours['weight_bytes']:.0f} B of target {ours['target_bytes']:.0f} B, "
+          f"{ours['seconds']:.1f} s, activations {args.acts}, weights {ours['weight_bytes']:.0f} B of target {ours['target_bytes']:.0f} B, "
           f"widths {ours['widths']}")
     if not MCT_PY.exists():
         print(f"MCT: not run: {MCT_PY} is missing (create the venv as the docstring says)")

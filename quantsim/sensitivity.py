@@ -40,8 +40,9 @@ def _fq_input(g: FloatGraph, n: FNode, bits: int, stats: dict[str, TensorStats],
     return lambda x: fake_quant(x, scale, qmin, qmax)
 
 
-def cache_key(g: FloatGraph, cfg: QuantConfig, candidates, at: str, weighting: str, n_images: int) -> str:
-    doc = json.dumps({"layers": [n.name for n in g.mac_nodes()], "gran": cfg.granularity,
+def cache_key(g: FloatGraph, cfg: QuantConfig, candidates, at: str, weighting: str, n_images: int,
+              a_bits: int | None = None) -> str:
+    doc = json.dumps({"a_bits": a_bits, "layers": [n.name for n in g.mac_nodes()], "gran": cfg.granularity,
                       "method": cfg.calib_method, "cand": list(candidates), "at": at, "w": weighting,
                       "n": n_images,
                       "wsum": [float(n.weight.double().abs().sum()) for n in g.mac_nodes()]})
@@ -51,19 +52,23 @@ def cache_key(g: FloatGraph, cfg: QuantConfig, candidates, at: str, weighting: s
 @torch.no_grad()
 def layer_sensitivity(g: FloatGraph, stats: dict[str, TensorStats], batches: list[torch.Tensor],
                       cfg: QuantConfig, candidates=(4, 6, 8), at: str = "layer", weighting: str = "none",
-                      progress: bool = True, cache_dir: Path | None = None) -> dict[str, dict[int, float]]:
-    """S[layer][bits] for every MAC layer, from one pass over the calibration batches."""
+                      progress: bool = True, cache_dir: Path | None = None,
+                      a_bits: int | None = None) -> dict[str, dict[int, float]]:
+    """S[layer][bits] for every MAC layer, from one pass over the calibration batches.
+
+    With ``a_bits`` the input activation is held at that width for every candidate and only
+    the weights take the candidate width (weight-only mixed precision)."""
     if at not in ("layer", "output") or weighting not in ("none", "nuclear"):
         raise ValueError(f"sensitivity at={at!r} weighting={weighting!r}")
     n_images = sum(len(b) for b in batches)
     cache = None
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"sensitivity-{cache_key(g, cfg, candidates, at, weighting, n_images)}.json"
+        cache = Path(cache_dir) / f"sensitivity-{cache_key(g, cfg, candidates, at, weighting, n_images, a_bits)}.json"
         if cache.exists():
             return {k: {int(b): v for b, v in d.items()} for k, d in json.loads(cache.read_text()).items()}
     layers = g.mac_nodes()
     fq_w = {(n.name, b): _fq_weight(n, b, cfg) for n in layers for b in candidates}
-    fq_x = {(n.name, b): _fq_input(g, n, b, stats, cfg) for n in layers for b in candidates}
+    fq_x = {(n.name, b): _fq_input(g, n, a_bits or b, stats, cfg) for n in layers for b in candidates}
     err = {(n.name, b): 0.0 for n in layers for b in candidates}
     ref_norm = {n.name: 0.0 for n in layers}
     nuclear = {n.name: 0.0 for n in layers}
