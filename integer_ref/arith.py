@@ -331,3 +331,54 @@ def requantize_float32(acc: np.ndarray, scale_f32, zero_point: int, qmin: int, q
         v = v + np.asarray(bias_f32, dtype=np.float32)
     v = np.clip(np.rint(v * np.asarray(scale_f32, dtype=np.float32)), -(2.0**62), 2.0**62)
     return np.clip(v.astype(np.int64) + zero_point, qmin, qmax)
+
+
+# --- integer primitives of the nonlinear ops (integer_ref.nonlinear) -----------------------
+# Torch twins: quantsim.nonlinear_torch (bit_length, isqrt, shift_pow2, round_div).
+
+ISQRT_ITERS = 6  # Newton steps from a power-of-two start: exact for every int64 x >= 0
+
+
+def bit_length(x: np.ndarray) -> np.ndarray:
+    """Per element: the number of bits of x >= 0 (0 for 0), like int.bit_length.
+
+    A 6-step binary search on shifts (32, 16, 8, 4, 2, 1): a leading-zero counter.
+    """
+    v = np.asarray(x, dtype=np.int64).copy()
+    n = np.zeros(v.shape, dtype=np.int64)
+    for s in (32, 16, 8, 4, 2, 1):
+        t = np.right_shift(v, s)
+        big = t > 0
+        v = np.where(big, t, v)
+        n = n + np.where(big, s, 0)
+    return n + (v > 0)
+
+
+def isqrt(x: np.ndarray) -> np.ndarray:
+    """floor(sqrt(x)) for int64 x >= 0, exactly (equals math.isqrt), in ISQRT_ITERS steps.
+
+    Start at y0 = 2^ceil(bits(x)/2), which lies in [sqrt(x), 2 sqrt(x)]; the integer Newton
+    step y <- min(y, floor((y + floor(x / y)) / 2)) never goes below isqrt(x) and, from a
+    start within a factor 2, reaches it in 6 steps for every x < 2^63 (the relative error
+    squares each step: 1, 1/4, 1/40, 3e-4, 5e-8, 1e-15 < 2^-32).
+    """
+    x = np.asarray(x, dtype=np.int64)
+    y = np.left_shift(np.int64(1), np.right_shift(bit_length(x) + 1, 1))
+    for _ in range(ISQRT_ITERS):
+        y = np.minimum(y, np.right_shift(y + np.floor_divide(x, np.maximum(y, 1)), 1))
+    return y
+
+
+def shift_pow2(x: np.ndarray, t: int) -> np.ndarray:
+    """x * 2^t: an exact left shift for t >= 0, rounding_rshift (ties up) for t < 0."""
+    x = np.asarray(x, dtype=np.int64)
+    if t >= 0:
+        return np.left_shift(x, t)
+    return rounding_rshift(x, np.int64(-t))
+
+
+def round_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """round(a / b) for int64 a and b > 0, ties up: floor((2a + b) / 2b)."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    return np.floor_divide(2 * a + b, 2 * b)
