@@ -28,7 +28,8 @@ Requantization (attrs requant, default "dyadic"; integer_ref.arith has each rule
 - dyadic        params multiplier M (< 2^31), shift n >= 0: (acc·M + 2^(n-1)) >> n
 - gemmlowp      TFLite reference kernels: params multiplier (Q31), shift n (a right shift;
                 negative n is TFLite's positive left shift): MultiplyByQuantizedMultiplier.
-                global_avgpool may add attrs divide (TFLite integer MEAN); add takes
+                global_avgpool may add attrs divide (the older TFLite integer_ops Mean: a rounded
+                division by H·W after the multiplier; current TFLite folds 1/(H·W) into M); add takes
                 multiplier/shift [a, b, out] and attrs left_shift (20), as TFLite's ADD.
 - float32       params requant_scale (float32 per channel): rint(float32(acc + bias) · scale)
 - float32_bias  params requant_scale and a float32 bias: rint((float32(acc) + bias) · scale)

@@ -341,8 +341,9 @@ def avgpool(x, multiplier, shift, *, x_zero_point=0, y_zero_point=0, lo, hi, ker
 
 def global_avgpool(x, multiplier, shift, *, x_zero_point=0, y_zero_point=0, lo, hi, acc_bits=32,
                    requant="dyadic", scale=None, divide=None):
-    """Sum over H, W (keepdims, (N, C, 1, 1)) then requantization. gemmlowp with `divide`
-    is TFLite's integer MEAN: multiply by s_in/s_out first, then divide by H·W, rounding away."""
+    """Sum over H, W (keepdims, (N, C, 1, 1)) then requantization. gemmlowp with `divide` is
+    the older TFLite integer_ops Mean: multiply by s_in/s_out, then divide by H·W rounding
+    away from zero (current TFLite folds 1/(H·W) into the multiplier: no divide)."""
     acc = (np.asarray(x, np.int64) - x_zero_point).sum(axis=(2, 3), keepdims=True)
     return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits, requant, scale, divide)
 

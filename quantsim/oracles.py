@@ -1,0 +1,97 @@
+"""Real engines as oracles: run the engine beside integer_ref and count differing elements.
+
+    res = compare_tflite(graph, "model.tflite", images)      # images: float NCHW in [0, 1]
+    res.mismatches[node]      # differing elements of that IR node vs the engine's tensor
+    res.total_mismatches      # zero is the bar
+
+TFLite runs through ai-edge-litert's Interpreter with the reference kernels
+(OpResolverType.BUILTIN_REF; the default XNNPACK kernels round differently on some
+outputs) and experimental_preserve_all_tensors, so every intermediate tensor can be read.
+It is fed exactly the integer image integer_ref's input node produced (the raw pixels).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from integer_ref import executor as int_exec
+from integer_ref.ir import Graph
+
+from .errors import QuantsimError
+
+ORACLES = ("tflite",)
+
+
+@dataclass
+class OracleResult:
+    engine: str
+    images: int
+    mismatches: dict[str, int]           # per IR node with an engine tensor
+    elements: dict[str, int]             # compared elements per node
+    engine_outputs: list[np.ndarray] = field(default_factory=list)  # the engine's final output per image
+    seconds_engine: float = 0.0
+
+    @property
+    def total_mismatches(self) -> int:
+        return int(sum(self.mismatches.values()))
+
+    @property
+    def total_elements(self) -> int:
+        return int(sum(self.elements.values()))
+
+
+def tflite_interpreter(path: str | Path, preserve_all: bool = True, num_threads: int = 1):
+    """ai-edge-litert Interpreter on TFLite's reference kernels."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError as exc:
+        raise QuantsimError("--oracle tflite needs the `ai-edge-litert` package (pip install ai-edge-litert)") from exc
+    interp = Interpreter(model_path=str(path), num_threads=num_threads,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_REF,
+                         experimental_preserve_all_tensors=preserve_all)
+    interp.allocate_tensors()
+    return interp
+
+
+def _to_nhwc(t: np.ndarray) -> np.ndarray:
+    return t.transpose(0, 2, 3, 1) if t.ndim == 4 else t
+
+
+def tflite_run(interp, pixels_nchw: np.ndarray, tensor_ids: dict[str, int] | None = None):
+    """One image (1, C, H, W integer pixels) -> (final output, {node: engine tensor (NHWC)})."""
+    inp = interp.get_input_details()[0]
+    interp.set_tensor(inp["index"], _to_nhwc(pixels_nchw).astype(inp["dtype"]))
+    interp.invoke()
+    out = interp.get_tensor(interp.get_output_details()[0]["index"]).copy()
+    tensors = {name: interp.get_tensor(tid) for name, tid in (tensor_ids or {}).items()}
+    return out, tensors
+
+
+def compare_tflite(graph: Graph, path: str | Path, images: np.ndarray,
+                   ref_tensors: dict[str, np.ndarray] | None = None) -> OracleResult:
+    """integer_ref vs TFLite's reference kernels on every mapped tensor of every image."""
+    tmap = graph.meta.get("tflite_tensors")
+    if not tmap:
+        raise QuantsimError("--oracle tflite needs a graph imported from a .tflite model")
+    if ref_tensors is None:
+        ref_tensors = int_exec.run(graph, np.asarray(images, np.float32), keep="all").tensors
+    interp = tflite_interpreter(path)
+    first = graph.nodes[0].name
+    n = len(ref_tensors[first])
+    res = OracleResult("tflite", n, {k: 0 for k in tmap}, {k: 0 for k in tmap})
+    t0 = time.perf_counter()
+    for i in range(n):
+        out, tensors = tflite_run(interp, ref_tensors[first][i:i + 1], tmap)
+        res.engine_outputs.append(out[0])
+        for name, theirs in tensors.items():
+            ours = _to_nhwc(ref_tensors[name][i:i + 1])
+            if ours.shape != theirs.shape:
+                res.mismatches[name] += int(max(ours.size, theirs.size))
+            else:
+                res.mismatches[name] += int(np.count_nonzero(ours != theirs.astype(np.int64)))
+            res.elements[name] += int(ours.size)
+    res.seconds_engine = time.perf_counter() - t0
+    return res
