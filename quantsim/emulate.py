@@ -77,10 +77,32 @@ def rounding_divide_by_pot(x: torch.Tensor, exponent: torch.Tensor) -> torch.Ten
     return torch.bitwise_right_shift(x, exponent) + (torch.bitwise_and(x, mask) > threshold).to(torch.int64)
 
 
-def multiply_by_quantized_multiplier(x: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """arith.multiply_by_quantized_multiplier: TFLite's double-rounding Q31 rescale."""
-    xs = wrap_int32(torch.bitwise_left_shift(wrap_int32(x), (-shift).clamp_min(0)))
-    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(xs, multiplier), shift.clamp_min(0))
+def _fits_int32(x: torch.Tensor) -> bool:
+    if not x.numel():
+        return True
+    lo, hi = torch.aminmax(x)
+    return int(lo) >= INT32_MIN and int(hi) <= INT32_MAX
+
+
+def multiply_by_quantized_multiplier(x: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor,
+                                     x_is_int32: bool = False) -> torch.Tensor:
+    """arith.multiply_by_quantized_multiplier: TFLite's double-rounding Q31 rescale.
+
+    Fast form for the common case (x already int32, no left shift, 0 <= M < 2^31): with
+    C's truncating division rewritten as a floor, SaturatingRoundingDoublingHighMul is
+    exactly (x·M + 2^30) >> 31, and RoundingDivideByPOT by e > 0 is
+    (v + 2^(e-1) - [v < 0]) >> e; both in place. The twin tests check it against arith.
+    """
+    right = shift.clamp_min(0)
+    if int(shift.min()) < 0 or int(multiplier.min()) < 0 or not (x_is_int32 or _fits_int32(x)):
+        xs = wrap_int32(torch.bitwise_left_shift(wrap_int32(x), (-shift).clamp_min(0)))
+        return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(xs, multiplier), right)
+    y = x * multiplier
+    y.add_(1 << 30).bitwise_right_shift_(31)
+    pos = right > 0
+    corr = (y < 0) & pos
+    half = torch.where(pos, _pow2((right - 1).clamp_min(0)), torch.zeros_like(right))
+    return y.add_(half).sub_(corr.to(torch.int64)).bitwise_right_shift_(right)
 
 
 def divide_round_away(x: torch.Tensor, count) -> torch.Tensor:
@@ -100,8 +122,9 @@ def requantize_float32(acc: torch.Tensor, scale: torch.Tensor, zero_point: int, 
     return (v.to(torch.int64) + zero_point).clamp_(lo, hi)
 
 
-def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, acc_bits, mode, scale, divide):
-    """kernels._requantize_engine."""
+def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, acc_bits, mode, scale, divide,
+                       acc_abs_bound=None):
+    """kernels._requantize_engine; acc_abs_bound (proven |acc| bound) spares the range scans."""
     if mode not in K.REQUANT_MODES:
         raise ValueError(f"unknown requant mode {mode!r}; known: {', '.join(K.REQUANT_MODES)}")
     shape = [1] * acc.dim()
@@ -110,17 +133,29 @@ def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, a
     per = lambda v, dt: torch.as_tensor(v, dtype=dt, device=acc.device).reshape(shape)
     acc = acc.to(torch.int64)
     lim = 2 ** (acc_bits - 1)
-    count = lambda v: int(((v < -lim) | (v >= lim)).sum())
+
+    bias_max = 0 if bias is None else int(torch.as_tensor(bias).abs().max().ceil())
+    total = None if acc_abs_bound is None else acc_abs_bound + bias_max
+    in_int32 = total is not None and total <= INT32_MAX
+
+    def count(v):
+        if not v.numel() or (total is not None and total < lim):
+            return 0
+        lo_hi = torch.aminmax(v)
+        if int(lo_hi[0]) >= -lim and int(lo_hi[1]) < lim:
+            return 0
+        return int(((v < -lim) | (v >= lim)).sum())
     if mode == "float32_bias":
         bf = None if bias is None else per(bias, torch.float32)
         return requantize_float32(acc, per(scale, torch.float32), zy, lo, hi, bf), count(acc)
     wide = acc if bias is None else acc + per(bias, torch.int64)
     if mode == "float32":
         return requantize_float32(wide, per(scale, torch.float32), zy, lo, hi), count(wide)
-    v = multiply_by_quantized_multiplier(wide, per(multiplier, torch.int64), per(shift, torch.int64))
+    overflows = count(wide)
+    v = multiply_by_quantized_multiplier(wide, per(multiplier, torch.int64), per(shift, torch.int64), in_int32)
     if divide is not None:
         v = divide_round_away(v, int(divide))
-    return (v + zy).clamp_(lo, hi), count(wide)
+    return v.add_(zy).clamp_(lo, hi), overflows
 
 
 def requantize(acc: torch.Tensor, bias, multiplier, shift, y_zero_point: int, lo: int, hi: int,
@@ -134,7 +169,7 @@ def requantize(acc: torch.Tensor, bias, multiplier, shift, y_zero_point: int, lo
     """
     if mode != "dyadic":
         return _requantize_engine(acc, bias, multiplier, shift, y_zero_point, lo, hi, channel_axis,
-                                  acc_bits, mode, scale, divide)
+                                  acc_bits, mode, scale, divide, acc_abs_bound)
     shape = [1] * acc.dim()
     shape[channel_axis] = -1
     as_t = lambda v: torch.as_tensor(v, dtype=torch.int64, device=acc.device).reshape(shape)
