@@ -97,3 +97,30 @@ def test_bad_files_give_one_clear_error(tmp_path):
         load_imported(bad)
     with pytest.raises(QuantsimError, match="cannot read"):
         load_imported(tmp_path / "missing.tflite")
+
+
+def test_simulate_cli_on_tflite_with_oracle(tmp_path):
+    """python -m quantsim.simulate model.tflite --oracle tflite: no calibration, hardware model,
+    energy, and the oracle fields in summary.json."""
+    import json
+
+    from quantsim import simulate
+
+    out = tmp_path / "run"
+    rc = simulate.main([str(TFLITE_DIR / "tf2_mobilenet_v2_1.0_224_ptq.tflite"), "--data", f"imagenet:{VAL}",
+                        "--eval", "8", "--batch-size", "8", "--bitexact-images", "2", "--oracle", "tflite",
+                        "--out", str(out), "--no-progress"])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["oracle"] == "tflite" and s["oracle_images"] == 2 and s["oracle_mismatches"] == 0
+    assert s["bitexact_mismatches"] == 0 and s["n_calib"] == 0 and s["n_eval"] == 8
+    assert s["e_total_pj"] > 0 and s["n_mac"] > 0 and s["top1"] is not None
+    assert (out / "layers.csv").exists()
+
+
+def test_oracle_flag_needs_an_imported_model(tmp_path):
+    from quantsim import simulate
+
+    rc = simulate.main(["cifar_resnet20", "--oracle", "tflite", "--data", f"imagenet:{VAL}",
+                        "--out", str(tmp_path / "r"), "--no-progress"])
+    assert rc == 2 and not (tmp_path / "r").exists()
