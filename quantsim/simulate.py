@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_mixed_args(p)
     p.add_argument("--out", default="runs/latest", help="report directory (written atomically)")
     p.add_argument("--save-ir", action="store_true", help="also write the integer program (ir.json + ir.npz)")
+    p.add_argument("--oracle", choices=["tflite"], default=None,
+                   help="run the real engine beside integer_ref on the bit-exact images (imported .tflite models)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("model", "bits", "top1", "top1_fp32", "agreement_fp32",
-                                              "bitexact_mismatches") if k in summary}))
+                                              "bitexact_mismatches", "oracle_mismatches") if k in summary}))
     if summary.get("bitexact_mismatches", 0) and not args.allow_mismatch:
         print(f"error: integer_ref differs from emulate in {summary['bitexact_mismatches']} elements "
               f"(see bitexact_mismatches in {args.out}/layers.csv); pass --allow-mismatch to keep going",
@@ -179,6 +181,14 @@ def run(args) -> dict:
         cfg = QuantConfig(w_bits=wa[0], a_bits=wa[1], granularity=args.granularity,
                           calib_method=args.calib_method, percentile=args.percentile, requant=args.requant)
     accel = load_accel(args.accel)
+    from .importers import is_importable
+
+    if is_importable(args.model):  # an engine's quantized model: no calibration, no lowering
+        from .importers.run import run_imported
+
+        return run_imported(args, accel)
+    if getattr(args, "oracle", None):
+        raise QuantsimError(f"--oracle {args.oracle} needs a model quantized by that engine (a .tflite file)")
     if args.toggle_images < 1:
         raise QuantsimError("--toggle-images must be at least 1")
     torch.manual_seed(args.seed)
