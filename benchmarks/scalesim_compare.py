@@ -1,5 +1,6 @@
 """Run SCALE-Sim 3.0.0 on the conv layers of ResNet-18 (224x224) and CIFAR ResNet-20 and
-compare it layer by layer with hwmodel.mapping.
+compare it layer by layer with hwmodel.mapping (dram_model="scalesim", which replays
+SCALE-Sim's read buffer; the default "reuse" model's DRAM reads are printed beside it).
 
 SCALE-Sim lives in its own venv (.venv-scalesim: `pip install scalesim==3.0.0 'numpy<2.3'`);
 this script drives it through a subprocess, so the project venv never imports it.
@@ -177,8 +178,10 @@ def compare(layers, accel, results_dir: Path) -> list[dict]:
     acc = read_report(results_dir / "DETAILED_ACCESS_REPORT.csv")
     out = []
     for (name, he, we, kh, kw, c, o, s), cr, ar in zip(topology_rows(layers), comp, acc):
-        hw = map_conv((1, c, he, we), (o, c, kh, kw), accel, stride=(s, s))
+        hw = map_conv((1, c, he, we), (o, c, kh, kw), accel, stride=(s, s), dram_model="scalesim")
+        ru = map_conv((1, c, he, we), (o, c, kh, kw), accel, stride=(s, s), dram_model="reuse")
         out.append({
+            "reuse_dram_ifmap": ru["dram_rd_ifmap"], "reuse_dram_filter": ru["dram_rd_filter"],
             "layer": name,
             "ss_cycles": cr["Total Cycles"], "hw_cycles": hw["cycles"],
             "ss_sram_ifmap": ar["SRAM IFMAP Reads"], "hw_sram_ifmap": hw["sram_rd_ifmap"],
@@ -212,6 +215,10 @@ def print_comparison(rows, title):
             cells.append(f"{d * 100:15.3f}%")
         print(f"{r['layer']:24s}" + "".join(cells))
     print(f"{'worst':24s}" + "".join(f"{worst[k] * 100:15.3f}%" for k, _ in keys))
+    ss = sum(r["ss_dram_ifmap"] + r["ss_dram_filter"] for r in rows)
+    ru = sum(r["reuse_dram_ifmap"] + r["reuse_dram_filter"] for r in rows)
+    print(f"DRAM ifmap+filter reads, whole network: SCALE-Sim {ss:,}; hwmodel dram_model='reuse' "
+          f"(the default) {ru:,} ({ru / max(ss, 1):.3f}x)")
     return worst
 
 

@@ -23,6 +23,7 @@ TOML schema (all keys required; sizes are positive integers)::
     [dram]
     bus_bits = 64                      # DRAM interface width
     burst_bytes = 64                   # bytes per DRAM transaction (burst)
+    model = "reuse"                    # optional: "reuse" (default) or "scalesim", see below
 
     [energy]                           # picojoules, each with a *_source string
     e_mac8_pj = 0.23                   # 8x8-bit multiply + add (b^2 law scales it)
@@ -32,6 +33,15 @@ TOML schema (all keys required; sizes are positive integers)::
     e_sram_bit_pj = 0.3125             # per bit read or written
     e_dram_bit_pj = 20.0               # per bit moved over the DRAM interface
     e_mac8_source = "..."              # and likewise for every constant above
+
+dram.model chooses how DRAM reads of ifmap and filter are counted (hwmodel.mapping):
+"reuse" (the default) fetches each operand tile once per reuse window given the SRAM
+sizes: an operand that fits its buffer is fetched once; one that does not is tiled into
+tiles (bands of output rows, channel slices, output-channel tiles) and re-fetched once per
+iteration of the loops outside it, in whichever tiling and loop order moves fewest bits
+(partial sums go to DRAM only where that is cheaper). "scalesim" replays SCALE-Sim 3.0.0's read buffer, which
+forgets its whole active half each time it fills: it reproduces SCALE-Sim's DRAM counts
+exactly (tests/test_hw_scalesim.py) and is pessimistic where a layer's ifmap would fit.
 
 A bad file raises ValueError with one line naming the file and the key.
 """
@@ -43,6 +53,8 @@ from pathlib import Path
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "quantsim" / "data" / "accelerators"
 DATAFLOWS = ("ws", "os", "is")
+DRAM_MODELS = ("reuse", "scalesim")
+DEFAULT_DRAM_MODEL = "reuse"
 ENERGY_KEYS = ("e_mac8_pj", "e_add32_pj", "e_fp32_mult_pj", "e_fp32_add_pj",
                "e_sram_bit_pj", "e_dram_bit_pj")
 
@@ -73,12 +85,20 @@ class Accelerator:
     energy: EnergyTable
     description: str = ""
     path: str = ""
+    dram_model: str = DEFAULT_DRAM_MODEL
 
     def with_dataflow(self, dataflow: str) -> "Accelerator":
         from dataclasses import replace
         if dataflow not in DATAFLOWS:
             raise ValueError(f"unknown dataflow {dataflow!r} (expected one of {DATAFLOWS})")
         return replace(self, dataflow=dataflow, name=f"{self.name}[{dataflow}]")
+
+    def with_dram_model(self, dram_model: str) -> "Accelerator":
+        """The same accelerator with DRAM traffic counted by another model (name kept)."""
+        from dataclasses import replace
+        if dram_model not in DRAM_MODELS:
+            raise ValueError(f"unknown DRAM model {dram_model!r} (expected one of {DRAM_MODELS})")
+        return replace(self, dram_model=dram_model)
 
 
 def list_presets() -> list[str]:
@@ -114,6 +134,12 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
     sources = {k: _get(doc, "energy", k.removesuffix("_pj") + "_source", str, where)
                for k in ENERGY_KEYS}
     acc = _get(doc, "array", "acc_bits", int, where)
+    dram_model = DEFAULT_DRAM_MODEL
+    if isinstance(doc.get("dram"), dict) and "model" in doc["dram"]:
+        dram_model = _get(doc, "dram", "model", str, where)
+        if dram_model not in DRAM_MODELS:
+            raise ValueError(f"accelerator file {where}: key dram.model must be one of "
+                             f"{', '.join(DRAM_MODELS)}, got {dram_model!r}")
     if not 8 <= acc <= 64:
         raise ValueError(f"accelerator file {where}: key array.acc_bits must be in 8..64, got {acc}")
     return Accelerator(
@@ -130,6 +156,7 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
         energy=EnergyTable(**energy, sources=sources),
         description=str(doc.get("description", "")),
         path=where,
+        dram_model=dram_model,
     )
 
 

@@ -3,13 +3,16 @@
 Seed model (DESIGN.md):  E = sum_l N_MAC(l)*E_MAC(b_l) + N_mem(l)*E_DRAM(b)
     E_MAC(b) = e_mac8 * (b/8)^2 with b = max(b_w, b_a)   ("max" form, default)
              = e_mac8 * b_w*b_a/64                        ("product" form)
-    E_DRAM per element = e_dram_bit * b (b = that tensor's bit width)
-    N_mem = compulsory DRAM traffic: the layer's input(s), weights and output, each once.
+    E_DRAM = e_dram_bit * 8 * packed bytes: ceil(n*b/8) per tensor (4-bit values two per
+             byte, 6-bit four per three bytes), i.e. e_dram_bit * b per element
+    N_mem = compulsory DRAM traffic: the layer's input(s), weights and output, each once
+            (no refetch, no bursts: the seed model is the memory floor of the layer).
 
 Detailed model:
     E_MAC   = n_mac*e_static(b) + toggles*e_toggle(b) + n_add*e_add32
     E_SRAM  = e_sram_bit * bits read and written in the SRAM buffers (hwmodel.mapping)
-    E_DRAM  = e_dram_bit * 8 * burst_bytes * DRAM bursts (real, burst-aligned transfers)
+    E_DRAM  = e_dram_bit * 8 * burst_bytes * DRAM bursts (real, burst-aligned transfers of
+              the traffic hwmodel.mapping counts under the accelerator's dram_model)
   Split of the MAC energy: a fixed share STATIC_FRACTION of the b^2 energy is data-
   independent (clock, registers, accumulator), e_static(b) = STATIC_FRACTION*e_mac8*(b/8)^2;
   the rest is switching energy, proportional to multiplier-input toggles with a per-toggle
@@ -30,6 +33,7 @@ from functools import lru_cache
 import numpy as np
 
 from .arch import Accelerator
+from .mapping import packed_bytes
 from .toggles import count_toggles
 
 STATIC_FRACTION = 0.25
@@ -80,9 +84,10 @@ def mac_energy_toggle(accel: Accelerator, n_mac: int, toggles: float, x_bits: in
 
 def seed_energy(accel: Accelerator, n_mac: int, x_bits: int, w_bits: int,
                 mem_elems: list[tuple[int, int]], form: str = "max") -> dict:
-    """Seed model for one layer; mem_elems = [(elements, bits), ...] moved to/from DRAM."""
+    """Seed model for one layer; mem_elems = [(elements, bits), ...] moved to/from DRAM,
+    each tensor as packed bytes."""
     e_mac = n_mac * e_mac_b2(accel, x_bits, w_bits, form) if n_mac else 0.0
-    e_dram = sum(n * b for n, b in mem_elems) * accel.energy.e_dram_bit_pj
+    e_dram = 8 * sum(packed_bytes(n, b) for n, b in mem_elems) * accel.energy.e_dram_bit_pj
     return {"e_seed_mac_pj": e_mac, "e_seed_dram_pj": e_dram, "e_seed_pj": e_mac + e_dram}
 
 

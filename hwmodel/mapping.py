@@ -28,7 +28,7 @@ Our own deviations, each asserted in tests/test_hw_scalesim.py:
 - Padding: SCALE-Sim has none (it is given the padded input). Here padded positions are
   zeros injected at the array edge: no SRAM read, no DRAM traffic.
 - Partial sums: SCALE-Sim writes every fold's partial ofmap (ws/is: ceil(K/R) per output)
-  to DRAM at 1 byte. Here partial sums stay in the ofmap SRAM when one column fold's
+  to DRAM at 1 byte. Our "scalesim" DRAM model keeps partial sums in the ofmap SRAM when one column fold's
   partial sums (at acc_bits) fit in its active half; otherwise they spill: written and read
   back at acc_bits. Final outputs go to DRAM once at the output's bit width.
   sram_wr_ofmap counts every fold's write like SCALE-Sim (ws/is), except that SCALE-Sim's os
@@ -41,12 +41,38 @@ write their output (layer-by-layer execution, no fusion), pass them through SRAM
 on a cols-wide vector unit, and count adds (pool sums, comparisons, residual adds), no MACs.
 reshape is free. quantize (the graph input) is free: its output is read by its consumer.
 
+Two DRAM models (Accelerator.dram_model, TOML key dram.model):
+
+- "scalesim": the read-buffer replay above, SCALE-Sim's counts (tested against its reports).
+  Pessimistic: the buffer forgets its whole active half each time it fills, so in ws the
+  im2col stream re-fetches an ifmap element almost every time it is demanded (ResNet-18
+  layer3.1.conv1: 3.6M ifmap elements from DRAM for 50k distinct ones), and partial sums
+  of a column fold that do not fit half the ofmap buffer spill to DRAM at acc_bits.
+- "reuse" (default): each operand tile is fetched once per reuse window given the SRAM
+  sizes (reuse_dram_traffic). The DRAM level is a tiled loop nest over output-row bands
+  (m; a band's input rows with their kh-1 halo), input-channel slices (k) and output-
+  channel tiles (n), tile sizes n, n/2, n/4, ... 1. An operand tile must fit half its
+  buffer (the other half prefetches the next tile) or, when it is the whole operand, the
+  whole buffer: what fits is fetched once and stays. In each of the six loop orders an
+  operand is re-fetched once per iteration of every loop outside its innermost changing
+  loop that does not index it (loop_nest_traffic; checked against an explicit walk in
+  tests/test_hw_dram.py); partial sums go to DRAM and back, at acc_bits, only when the k
+  loop sits outside the output's loops. The tiling and order moving the fewest bits win.
+  Inside the array, where one column fold's partial sums (ws: M x min(N, C); is:
+  min(M, C) x N, at acc_bits) exceed half the ofmap buffer, the streamed dimension is cut
+  into psum_blocks blocks that fit, each paying its own array fill: cycles =
+  folds * (blocks*(2R+C-2) + M) in ws (N in is), and the stationary operand is read from
+  SRAM once per block. Otherwise cycles and SRAM reads are those of the SCALE-Sim order
+  (SRAM ifmap/filter reads in closed form: padded taps are not read), and toggles follow
+  the SCALE-Sim fold order.
+
 DRAM bytes pack sub-byte values: ceil(count*bits/8) (4-bit two per byte, 6-bit four per
 three bytes); bursts = ceil(bytes / burst_bytes) per operand transfer.
 """
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -231,36 +257,161 @@ def conv_geometry(x_shape, w_shape, *, stride=(1, 1), dilation=(1, 1), padding=(
                 pt=pt, pb=pb, pl=pl, pr=pr, OH=oh, OW=ow, groups=int(groups))
 
 
+@lru_cache(maxsize=65536)
+def _touched(lo: int, hi: int, k: int, stride: int, dil: int, pad: int, size: int) -> int:
+    """Input indices in [0, size) read by output positions [lo, hi) of a window of k taps."""
+    idx = {o * stride + i * dil - pad for o in range(lo, hi) for i in range(k)}
+    return sum(1 for v in idx if 0 <= v < size)
+
+
+def _inbounds_taps(out: int, k: int, stride: int, dil: int, pad: int, size: int) -> int:
+    """(output position, tap) pairs that land inside the input along one axis."""
+    o = np.arange(out)[:, None] * stride + np.arange(k)[None, :] * dil - pad
+    return int(((o >= 0) & (o < size)).sum())
+
+
+def ifmap_footprint(geo: dict) -> int:
+    """Distinct in-bounds ifmap elements one group of the conv reads (all images)."""
+    return (geo["N"] * _touched(0, geo["OH"], geo["kh"], geo["sh"], geo["dh"], geo["pt"], geo["H"])
+            * _touched(0, geo["OW"], geo["kw"], geo["sw"], geo["dw"], geo["pl"], geo["W"]) * geo["Cg"])
+
+
+def _band_fetch(geo: dict, rows: int) -> tuple[int, int, int]:
+    """Output-row bands of `rows` rows: (bands per image, input rows fetched per image over
+    all bands -- halo rows count in every band they feed --, the largest band's input rows)."""
+    return _band_fetch_rows(geo["kh"], geo["sh"], geo["dh"], geo["pt"], geo["H"], geo["OH"], rows)
+
+
+@lru_cache(maxsize=4096)
+def _band_fetch_rows(kh, sh, dh, pt, H, OH, rows) -> tuple[int, int, int]:
+    args = (kh, sh, dh, pt, H)
+    bands = fetched = biggest = 0
+    for a in range(0, OH, rows):
+        t = _touched(a, min(OH, a + rows), *args)
+        bands += 1
+        fetched += t
+        biggest = max(biggest, t)
+    return bands, fetched, biggest
+
+
+def _splits(n: int) -> list[int]:
+    """Tile sizes tried for a dimension of extent n: n, n/2, n/4, ... 1 (rounded up)."""
+    out, d = [], 1
+    while True:
+        t = -(-n // d)
+        if not out or t != out[-1]:
+            out.append(t)
+        if t == 1:
+            return out
+        d *= 2
+
+
+LOOP_ORDERS = ("mkn", "mnk", "kmn", "knm", "nmk", "nkm")  # DRAM loop orders, outermost first
+
+
+def _refetch(order: str, trips: dict, indexed: str) -> int:
+    """How many times an operand indexed by the loops `indexed` is fetched, relative to its
+    size: each loop outside its innermost changing (trip > 1) indexing loop that does not
+    index it brings its tiles back once per iteration; loops inside reuse the tile."""
+    inner = max((i for i, l in enumerate(order) if l in indexed and trips[l] > 1), default=-1)
+    f = 1
+    for l in order[:max(inner, 0)]:
+        if l not in indexed:
+            f *= trips[l]
+    return f
+
+
+def reuse_dram_traffic(geo: dict, accel: Accelerator, x_bits: int, w_bits: int,
+                       out_bits: int) -> dict:
+    """DRAM traffic of one conv/linear (all groups) under the "reuse" model.
+
+    Tiles: bands of output rows (m; the band's input rows with their kh-1 halo), slices of
+    input channels (k: ck*kh*kw rows of W), tiles of output channels (n); sizes n, n/2,
+    n/4, ... 1 per dimension. A tile must fit half its buffer (the other half prefetches
+    the next) or, when it is the whole operand, the whole buffer; the output tile is held
+    at acc_bits. For each of the six DRAM loop orders an operand is re-fetched once per
+    iteration of each loop outside its innermost changing loop that does not index it;
+    partial sums go to DRAM and back (at acc_bits) only when the k loop sits outside the
+    output's loops. The cheapest fitting tiling and order, in bits moved, is taken (ties:
+    the fewest tiles). If nothing fits, the cheapest overall is taken (tiles_fit False)."""
+    g = geo["groups"]
+    Cg, kh, kw, OW = geo["Cg"], geo["kh"], geo["kw"], geo["OW"]
+    K, Nn, imgs = Cg * kh * kw, geo["O"] // g, geo["N"]
+    outs = imgs * geo["OH"] * OW * Nn
+    cols = _touched(0, OW, kw, geo["sw"], geo["dw"], geo["pl"], geo["W"])
+    acc = accel.acc_bits
+    caps = {"x": accel.sram_ifmap_bytes * 8, "w": accel.sram_filter_bytes * 8,
+            "o": accel.sram_ofmap_bytes * 8}
+
+    def fits(bits, whole, key):
+        return bits <= (caps[key] if whole else caps[key] // 2)
+
+    best = None
+    for r in _splits(geo["OH"]):
+        nbm, fetched_rows, big_rows = _band_fetch(geo, r)
+        fx = imgs * fetched_rows * cols * Cg
+        for ck in _splits(Cg):
+            nbk = -(-Cg // ck)
+            for tn in _splits(Nn):
+                nbn = -(-Nn // tn)
+                ok = (fits(big_rows * cols * ck * x_bits, imgs * nbm == 1 and nbk == 1, "x")
+                      and fits(ck * kh * kw * tn * w_bits, nbk == 1 and nbn == 1, "w")
+                      and fits(r * OW * tn * acc, imgs * nbm == 1 and nbn == 1, "o"))
+                tiles = imgs * nbm * nbk * nbn
+                trips = {"m": imgs * nbm, "k": nbk, "n": nbn}
+                for order in LOOP_ORDERS:
+                    x, w, ps = _nest_traffic(fx, K * Nn, outs, trips, order)
+                    bits = x * x_bits + w * w_bits + 2 * ps * acc + outs * out_bits
+                    key = (not ok, bits, tiles)
+                    if best is None or key < best[0]:
+                        best = (key, dict(dram_rd_ifmap=g * x, dram_rd_filter=g * w, psum_dram=g * ps,
+                                          dram_order=order, dram_tiles=f"m{imgs * nbm}k{nbk}n{nbn}",
+                                          tiles_fit=ok, tile=(r, ck, tn)))
+    return best[1]
+
+
+def _nest_traffic(fx: int, kn: int, outs: int, trips: dict, order: str) -> tuple[int, int, int]:
+    return (fx * _refetch(order, trips, "mk"), kn * _refetch(order, trips, "kn"),
+            outs * (_refetch(order, trips, "mn") - 1))
+
+
+def loop_nest_traffic(geo: dict, rows: int, ck: int, tn: int, order: str) -> tuple[int, int, int]:
+    """DRAM traffic of ONE group for a tiling (output-row bands of `rows` rows per image,
+    ck input channels, tn output channels) and a loop order over (m, k, n), outermost
+    first: (ifmap elements read, filter elements read, partial sums written and read
+    back). Outputs are written once more at their own width (not counted here)."""
+    Cg, Nn, imgs = geo["Cg"], geo["O"] // geo["groups"], geo["N"]
+    nbm, fetched_rows, _ = _band_fetch(geo, rows)
+    cols = _touched(0, geo["OW"], geo["kw"], geo["sw"], geo["dw"], geo["pl"], geo["W"])
+    fx = imgs * fetched_rows * cols * Cg  # one pass over the ifmap, halos included
+    trips = {"m": imgs * nbm, "k": -(-Cg // ck), "n": -(-Nn // tn)}
+    outs = imgs * geo["OH"] * geo["OW"] * Nn
+    K = Cg * geo["kh"] * geo["kw"]
+    return _nest_traffic(fx, K * Nn, outs, trips, order)
+
+
 def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int = 8,
-                   out_bits: int = 8) -> dict:
-    """Per-layer counts for a conv (geometry from conv_geometry) or a linear (H=W=kh=kw=1)."""
+                   out_bits: int = 8, dram_model: str | None = None) -> dict:
+    """Per-layer counts for a conv (geometry from conv_geometry) or a linear (H=W=kh=kw=1).
+
+    dram_model overrides accel.dram_model ("reuse" or "scalesim", see the module docstring)."""
     R, C, df = accel.rows, accel.cols, accel.dataflow
+    dm = dram_model or accel.dram_model
+    if dm not in ("reuse", "scalesim"):
+        raise ValueError(f"unknown DRAM model {dm!r} (expected 'reuse' or 'scalesim')")
     g = geo["groups"]
     M = geo["N"] * geo["OH"] * geo["OW"]
     K = geo["Cg"] * geo["kh"] * geo["kw"]
     N = geo["O"] // g
     rf, cf, per_fold = fold_counts(M, K, N, R, C, df)
     folds = rf * cf
-    cycles = g * folds * per_fold
     n_mac = g * M * K * N
-    blk_x = buffer_block_elems(accel.sram_ifmap_bytes, x_bits)
-    blk_w = buffer_block_elems(accel.sram_filter_bytes, w_bits)
-    x_space = geo["N"] * geo["H"] * geo["W"] * geo["C"]
-    sram_x = dram_x = sram_w = dram_w = 0
-    for gi in range(g):
-        ga = np.array([geo["OW"], geo["OH"] * geo["OW"], geo["H"], geo["W"], geo["C"],
-                       gi * geo["Cg"], geo["Cg"], geo["kw"], geo["sh"], geo["sw"], geo["dh"],
-                       geo["dw"], geo["pt"], geo["pl"]], dtype=np.int64)
-        s, d = _replay(DF_CODE[df], 0, M, K, N, R, C, blk_x, ga, x_space)
-        sram_x += int(s)
-        dram_x += int(d)
-        if df == "ws":  # every filter element is demanded once: no replay needed
-            sram_w += K * N
-            dram_w += K * N
-        else:
-            s, d = _replay(DF_CODE[df], 1, M, K, N, R, C, blk_w, ga, K * N)
-            sram_w += int(s)
-            dram_w += int(d)
+    # SRAM reads of ifmap and filter in SCALE-Sim's fold order (padded taps are not read)
+    inb = geo["N"] * geo["Cg"] * (
+        _inbounds_taps(geo["OH"], geo["kh"], geo["sh"], geo["dh"], geo["pt"], geo["H"])
+        * _inbounds_taps(geo["OW"], geo["kw"], geo["sw"], geo["dw"], geo["pl"], geo["W"]))
+    sram_x = g * inb * (cf if df in ("ws", "os") else 1)
+    sram_w = g * K * N * {"ws": 1, "os": rf, "is": cf}[df]
     # Partial sums: ws and is accumulate over row (K) folds in the ofmap SRAM.
     k_folds = rf if df in ("ws", "is") else 1
     outs = g * M * N
@@ -271,8 +422,43 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
         live = min(M, C) * N
     else:
         live = 0
-    spill = k_folds > 1 and live * accel.acc_bits > (accel.sram_ofmap_bytes * 8) // 2
     acc = accel.acc_bits
+    psum_cap = ((accel.sram_ofmap_bytes * 8) // 2) // acc
+    too_big = k_folds > 1 and live > psum_cap
+    extra = {"dram_order": "", "dram_tiles": "", "tiles_fit": True}
+    blocks = 1
+    if dm == "scalesim":
+        spill = too_big
+        psum_dram = psum_writes if spill else 0
+        blk_x = buffer_block_elems(accel.sram_ifmap_bytes, x_bits)
+        blk_w = buffer_block_elems(accel.sram_filter_bytes, w_bits)
+        x_space = geo["N"] * geo["H"] * geo["W"] * geo["C"]
+        dram_x = dram_w = 0
+        for gi in range(g):
+            ga = np.array([geo["OW"], geo["OH"] * geo["OW"], geo["H"], geo["W"], geo["C"],
+                           gi * geo["Cg"], geo["Cg"], geo["kw"], geo["sh"], geo["sw"], geo["dh"],
+                           geo["dw"], geo["pt"], geo["pl"]], dtype=np.int64)
+            dram_x += int(_replay(DF_CODE[df], 0, M, K, N, R, C, blk_x, ga, x_space)[1])
+            if df == "ws":  # every filter element is demanded once: no replay needed
+                dram_w += K * N
+            else:
+                dram_w += int(_replay(DF_CODE[df], 1, M, K, N, R, C, blk_w, ga, K * N)[1])
+    else:
+        r = reuse_dram_traffic(geo, accel, x_bits, w_bits, out_bits)
+        dram_x, dram_w = r["dram_rd_ifmap"], r["dram_rd_filter"]
+        psum_dram = r["psum_dram"]
+        spill = psum_dram > 0
+        extra = {k: r[k] for k in ("dram_order", "dram_tiles", "tiles_fit")}
+        if too_big:  # block the streamed dimension so each block's partial sums fit
+            blocks = -(-live // max(psum_cap, 1))
+            stream = M if df == "ws" else N
+            blocks = min(blocks, stream)
+            per_fold = blocks * (2 * R + C - 2) + stream
+            if df == "ws":
+                sram_w *= blocks
+            else:
+                sram_x *= blocks
+    cycles = g * folds * per_fold
     row = dict(
         gemm_m=M, gemm_k=K, gemm_n=N, groups=g, row_folds=rf, col_folds=cf, folds=g * folds,
         cycles=cycles, utilization=n_mac / (cycles * R * C), n_mac=n_mac, n_add=0,
@@ -283,18 +469,19 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
         sram_rd_ofmap_bytes=packed_bytes(psum_writes, acc),
         sram_wr_ofmap_bytes=packed_bytes(psum_writes, acc) + packed_bytes(outs, out_bits),
         dram_rd_ifmap=dram_x, dram_rd_filter=dram_w,
-        dram_rd_ofmap=psum_writes if spill else 0,
-        dram_wr_ofmap=outs + (psum_writes if spill else 0),
-        psum_spill=bool(spill),
+        dram_rd_ofmap=psum_dram,
+        dram_wr_ofmap=outs + psum_dram,
+        psum_spill=bool(spill), psum_blocks=blocks, dram_model=dm,
         x_bits=x_bits, w_bits=w_bits, out_bits=out_bits,
         # SCALE-Sim's own bookkeeping, for the comparison (see module docstring)
         ss_sram_wr_ofmap=(outs + g * folds * (R + C)) if df == "os" else k_folds * outs,
         ss_dram_wr_ofmap=k_folds * outs,
+        **extra,
     )
     row["dram_rd_ifmap_bytes"] = packed_bytes(dram_x, x_bits)
     row["dram_rd_filter_bytes"] = packed_bytes(dram_w, w_bits)
     row["dram_rd_ofmap_bytes"] = packed_bytes(row["dram_rd_ofmap"], acc)
-    row["dram_wr_ofmap_bytes"] = packed_bytes(outs, out_bits) + (packed_bytes(psum_writes, acc) if spill else 0)
+    row["dram_wr_ofmap_bytes"] = packed_bytes(outs, out_bits) + packed_bytes(psum_dram, acc)
     _add_bursts(row, accel)
     return row
 
@@ -308,19 +495,21 @@ def _add_bursts(row: dict, accel: Accelerator) -> None:
 
 
 def map_conv(x_shape, w_shape, accel: Accelerator, *, stride=(1, 1), dilation=(1, 1),
-             padding=(0, 0, 0, 0), groups=1, padding_mode=None, x_bits=8, w_bits=8, out_bits=8) -> dict:
+             padding=(0, 0, 0, 0), groups=1, padding_mode=None, x_bits=8, w_bits=8, out_bits=8,
+             dram_model: str | None = None) -> dict:
     geo = conv_geometry(x_shape, w_shape, stride=stride, dilation=dilation, padding=padding,
                         groups=groups, padding_mode=padding_mode)
-    return map_gemm_layer(geo, accel, x_bits, w_bits, out_bits)
+    return map_gemm_layer(geo, accel, x_bits, w_bits, out_bits, dram_model)
 
 
-def map_linear(x_shape, w_shape, accel: Accelerator, *, x_bits=8, w_bits=8, out_bits=8) -> dict:
+def map_linear(x_shape, w_shape, accel: Accelerator, *, x_bits=8, w_bits=8, out_bits=8,
+               dram_model: str | None = None) -> dict:
     x_shape = tuple(int(v) for v in x_shape)
     batch = int(np.prod(x_shape[:-1])) if len(x_shape) > 1 else 1
     o, k = (int(v) for v in w_shape)
     geo = dict(N=batch, C=k, H=1, W=1, O=o, Cg=k, kh=1, kw=1, sh=1, sw=1, dh=1, dw=1,
                pt=0, pb=0, pl=0, pr=0, OH=1, OW=1, groups=1)
-    return map_gemm_layer(geo, accel, x_bits, w_bits, out_bits)
+    return map_gemm_layer(geo, accel, x_bits, w_bits, out_bits, dram_model)
 
 
 # --------------------------------------------------------------------------------------
@@ -330,7 +519,8 @@ _ZERO_GEMM = dict(gemm_m=0, gemm_k=0, gemm_n=0, groups=0, row_folds=0, col_folds
                   n_mac=0, psum_spill=False, ss_sram_wr_ofmap=0, ss_dram_wr_ofmap=0,
                   sram_rd_filter=0, sram_rd_filter_bytes=0, dram_rd_filter=0,
                   dram_rd_filter_bytes=0, sram_rd_ofmap=0, sram_rd_ofmap_bytes=0,
-                  dram_rd_ofmap=0, dram_rd_ofmap_bytes=0, w_bits=0)
+                  dram_rd_ofmap=0, dram_rd_ofmap_bytes=0, w_bits=0, psum_blocks=0,
+                  dram_order="", dram_tiles="", tiles_fit=True)
 
 
 def map_eltwise(op: str, in_shapes: list, out_shape, accel: Accelerator, *, in_bits: list[int],

@@ -17,8 +17,8 @@ import numpy as np
 
 from .arch import Accelerator
 from .energy import detailed_energy, fp32_energy, seed_energy
-from .mapping import conv_geometry, input_qparams, map_node
-from .toggles import count_toggles, im2col, weight_gemm
+from .mapping import conv_geometry, input_qparams, map_node, packed_bytes
+from .toggles import count_toggles, count_toggles_grouped, grouped_gemm_operands, im2col, weight_gemm
 
 ROW_COLUMNS = [
     "layer", "op", "gemm_m", "gemm_k", "gemm_n", "groups", "folds", "cycles", "utilization",
@@ -27,7 +27,7 @@ ROW_COLUMNS = [
     "sram_rd_ifmap_bytes", "sram_rd_filter_bytes", "sram_rd_ofmap_bytes", "sram_wr_ofmap_bytes",
     "dram_rd_ifmap", "dram_rd_filter", "dram_rd_ofmap", "dram_wr_ofmap",
     "dram_rd_ifmap_bytes", "dram_rd_filter_bytes", "dram_rd_ofmap_bytes", "dram_wr_ofmap_bytes",
-    "dram_bursts", "psum_spill",
+    "dram_bursts", "psum_spill", "psum_blocks", "dram_tiles", "dram_order",
     "mult_toggles", "mult_toggles_signmag", "mult_toggles_offset",
     "e_mac_pj", "e_sram_pj", "e_dram_pj", "e_total_pj", "e_seed_pj", "e_seed_mac_pj",
     "e_seed_dram_pj", "e_fp32_pj",
@@ -73,11 +73,17 @@ def node_toggles(graph, node, taps: dict, accel: Accelerator, images: int) -> di
                                 dilation=a.get("dilation", (1, 1)),
                                 padding=a.get("padding", (0, 0, 0, 0)), groups=g,
                                 padding_mode=a.get("padding_mode"))
-            pad = (geo["pt"], geo["pb"], geo["pl"], geo["pr"])
-            pairs = [(im2col(x, (geo["kh"], geo["kw"]), stride=(geo["sh"], geo["sw"]),
-                             dilation=(geo["dh"], geo["dw"]), padding=pad, groups=g, group=gi,
-                             zero_point=int(xq.zero_point)),
-                      weight_gemm(w, g, gi)) for gi in range(g)]
+            conv = dict(stride=(geo["sh"], geo["sw"]), dilation=(geo["dh"], geo["dw"]),
+                        padding=(geo["pt"], geo["pb"], geo["pl"], geo["pr"]),
+                        zero_point=int(xq.zero_point))
+            if g > 1:  # all groups in a few whole-layer kernel calls
+                xg, wg = grouped_gemm_operands(x, w, (geo["kh"], geo["kw"]), g, **conv)
+                t = count_toggles_grouped(xg, wg, g, xq.bits, xq.signed, wq.bits, wq.signed,
+                                          accel.dataflow, accel.rows, accel.cols)
+                for k in acc:
+                    acc[k] += t[k]
+                continue
+            pairs = [(im2col(x, (geo["kh"], geo["kw"]), **conv), weight_gemm(w, 1, 0))]
         for xg, wg in pairs:
             t = count_toggles(xg, wg, xq.bits, xq.signed, wq.bits, wq.signed,
                               accel.dataflow, accel.rows, accel.cols)
@@ -97,15 +103,27 @@ def _seed_mem(graph, node, shapes, row) -> list[tuple[int, int]]:
 
 
 def fp32_reference(graph, shapes: dict, accel: Accelerator) -> dict:
-    """FP32 energy of the unquantized model on the same array: per layer and total (pJ)."""
-    per = {}
+    """FP32 energy of the unquantized model on the same array: per layer and total (pJ).
+
+    Detailed: every tensor at 32 bits through the same mapping (SRAM, DRAM bursts), an fp32
+    multiply + add per MAC. Seed: fp32 multiply + add per MAC, fp32 add per pool/residual
+    add, compulsory DRAM traffic of every tensor once at 32 bits."""
+    per, seed = {}, 0.0
+    en = accel.energy
     for n in graph.nodes:
-        per[n.name] = fp32_energy(accel, map_node(graph, n, shapes, accel, force_bits=32))
-    return {"layers": per, "e_fp32_pj": float(sum(per.values()))}
+        row = map_node(graph, n, shapes, accel, force_bits=32)
+        per[n.name] = fp32_energy(accel, row)
+        mem = sum(k for k, _ in _seed_mem(graph, n, shapes, row))
+        seed += (row["n_mac"] * (en.e_fp32_mult_pj + en.e_fp32_add_pj) + row["n_add"] * en.e_fp32_add_pj
+                 + 32 * mem * en.e_dram_bit_pj)
+    return {"layers": per, "e_fp32_pj": float(sum(per.values())), "e_fp32_seed_pj": float(seed)}
 
 
 def simulate_graph(graph, taps: dict, accel: Accelerator, toggle_images: int = 1,
-                   mac_form: str = "max") -> HwResult:
+                   mac_form: str = "max", dram_model: str | None = None) -> HwResult:
+    """dram_model overrides accel.dram_model ("reuse" or "scalesim"); FP32 uses the same."""
+    if dram_model is not None:
+        accel = accel.with_dram_model(dram_model)
     shapes = batch1_shapes(graph, taps)
     fp32 = fp32_reference(graph, shapes, accel)
     rows = []
@@ -123,14 +141,18 @@ def simulate_graph(graph, taps: dict, accel: Accelerator, toggle_images: int = 1
         return float(sum(r[k] for r in rows))
 
     totals = {
-        "accelerator": accel.name, "dataflow": accel.dataflow, "rows": accel.rows,
+        "accelerator": accel.name, "dataflow": accel.dataflow, "dram_model": accel.dram_model,
+        "rows": accel.rows,
         "cols": accel.cols, "mac_form": mac_form, "toggle_images": int(toggle_images),
         "cycles": int(tot("cycles")), "n_mac": int(tot("n_mac")),
         "e_seed_pj": tot("e_seed_pj"), "e_seed_mac_pj": tot("e_seed_mac_pj"),
         "e_seed_dram_pj": tot("e_seed_dram_pj"),
         "e_total_pj": tot("e_total_pj"), "e_mac_pj": tot("e_mac_pj"),
         "e_sram_pj": tot("e_sram_pj"), "e_dram_pj": tot("e_dram_pj"),
-        "e_fp32_pj": fp32["e_fp32_pj"],
+        "e_fp32_pj": fp32["e_fp32_pj"], "e_fp32_seed_pj": fp32["e_fp32_seed_pj"],
+        "seed_dram_bytes": int(sum(
+            packed_bytes(n, b) for node in graph.nodes
+            for n, b in _seed_mem(graph, node, shapes, None))),
         "dram_bytes": int(tot("dram_rd_ifmap_bytes") + tot("dram_rd_filter_bytes")
                           + tot("dram_rd_ofmap_bytes") + tot("dram_wr_ofmap_bytes")),
         "mult_toggles": tot("mult_toggles"), "mult_toggles_signmag": tot("mult_toggles_signmag"),

@@ -230,3 +230,54 @@ def weight_gemm(weight: np.ndarray, groups: int = 1, group: int = 0) -> np.ndarr
     og = w.shape[0] // groups
     wg = w[group * og:(group + 1) * og]
     return np.ascontiguousarray(wg.transpose(2, 3, 1, 0).reshape(-1, og))
+
+
+def count_toggles_grouped(x_gm: np.ndarray, w_gm: np.ndarray, groups: int, x_bits: int, x_signed: bool,
+                          w_bits: int, w_signed: bool, dataflow: str, rows: int, cols: int) -> dict:
+    """count_toggles summed over the groups of a grouped conv, in a few whole-layer calls.
+
+    x_gm (M, g*Kg): group gi's GEMM input in columns gi*Kg..(gi+1)*Kg-1; w_gm (Kg, g*Ng):
+    group gi's weights in columns gi*Ng..(gi+1)*Ng-1. Equal to the sum of count_toggles over
+    the groups, each group on its own (registers from 0): streams are independent per column
+    (ws activations, os weights) or per row (os activations, is weights), so the groups'
+    streams are laid side by side; stationary reloads are counted group by group."""
+    x = np.ascontiguousarray(np.asarray(x_gm, dtype=np.int64))
+    w = np.ascontiguousarray(np.asarray(w_gm, dtype=np.int64))
+    g = int(groups)
+    M, gK = x.shape
+    Kg, gN = w.shape
+    if gK != g * Kg or gN % g:
+        raise ValueError(f"grouped GEMM operands do not match: X {x.shape}, W {w.shape}, groups {g}")
+    Ng = gN // g
+    xs, ws_ = bool(x_signed), bool(w_signed)
+    tot = np.zeros(3, np.uint64)
+    if dataflow == "ws":
+        tot += _col_stream_toggles(x, x_bits, xs) * np.uint64(Ng)
+        for gi in range(g):
+            tot += _reload_toggles(np.ascontiguousarray(w[:, gi * Ng:(gi + 1) * Ng]), rows, cols, w_bits, ws_)
+    elif dataflow == "os":
+        tot += _row_stream_toggles(x.reshape(M * g, Kg), x_bits, xs) * np.uint64(Ng)
+        tot += _col_stream_toggles(w, w_bits, ws_) * np.uint64(M)
+    elif dataflow == "is":
+        w_rows = np.ascontiguousarray(w.reshape(Kg, g, Ng).transpose(1, 0, 2).reshape(g * Kg, Ng))
+        tot += _row_stream_toggles(w_rows, w_bits, ws_) * np.uint64(M)
+        for gi in range(g):
+            tot += _reload_toggles(np.ascontiguousarray(x[:, gi * Kg:(gi + 1) * Kg].T), rows, cols, x_bits, xs)
+    else:
+        raise ValueError(f"unknown dataflow {dataflow!r}")
+    return {"mult_toggles": int(tot[0]), "mult_toggles_signmag": int(tot[1]),
+            "mult_toggles_offset": int(tot[2]), "n_mac": M * Kg * gN}
+
+
+def grouped_gemm_operands(x: np.ndarray, weight: np.ndarray, kernel, groups: int, **conv) -> tuple:
+    """(x_gm, w_gm) for count_toggles_grouped: one im2col of all channels, columns regrouped
+    group-major in (kh, kw, c) order within each group; weights (Kg, g*Ng)."""
+    kh, kw = kernel
+    C = np.shape(x)[1]
+    cg = C // groups
+    full = im2col(x, kernel, groups=1, **conv)  # columns (kh, kw, c) over all C
+    idx = np.array([(i * kw + j) * C + gi * cg + c for gi in range(groups) for i in range(kh)
+                    for j in range(kw) for c in range(cg)], dtype=np.int64)
+    x_gm = np.ascontiguousarray(full[:, idx])
+    w_gm = np.ascontiguousarray(np.concatenate([weight_gemm(weight, groups, gi) for gi in range(groups)], axis=1))
+    return x_gm, w_gm

@@ -211,3 +211,21 @@ def test_im2col_pads_with_zero_point():
     x = np.full((1, 1, 2, 2), 9)
     X = im2col(x, (3, 3), padding=(1, 1, 1, 1), zero_point=5)
     assert X[0].tolist() == [5, 5, 5, 5, 9, 9, 5, 9, 9]
+
+
+@pytest.mark.parametrize("df", ["ws", "os", "is"])
+@pytest.mark.parametrize("groups,cin,cout", [(2, 4, 6), (4, 4, 4), (3, 6, 9)])
+def test_grouped_toggles_equal_the_sum_over_groups(df, groups, cin, cout):
+    from hwmodel.toggles import count_toggles_grouped, grouped_gemm_operands
+    rng = np.random.default_rng(groups * 100 + cin)
+    x = rng.integers(-7, 8, (1, cin, 7, 6))
+    w = rng.integers(-7, 8, (cout, cin // groups, 3, 3))
+    conv = dict(stride=(2, 1), padding=(1, 1, 0, 1))
+    ref = dict.fromkeys(("mult_toggles", "mult_toggles_signmag", "mult_toggles_offset", "n_mac"), 0)
+    for gi in range(groups):
+        t = count_toggles(im2col(x, (3, 3), groups=groups, group=gi, **conv), weight_gemm(w, groups, gi),
+                          4, True, 4, True, df, 3, 2)
+        for k in ref:
+            ref[k] += t[k]
+    xg, wg = grouped_gemm_operands(x, w, (3, 3), groups, **conv)
+    assert count_toggles_grouped(xg, wg, groups, 4, True, 4, True, df, 3, 2) == ref

@@ -46,7 +46,7 @@ def _load(preset, net):
 @pytest.mark.parametrize("preset,net", CASES)
 def test_layers_match_scalesim(preset, net):
     comp, acc = _load(preset, net)
-    accel = load_accelerator(preset)
+    accel = load_accelerator(preset).with_dram_model("scalesim")
     topo = topology_rows(NETWORKS[net])
     assert len(comp) == len(acc) == len(topo)
     for (name, he, we, kh, kw, c, o, s), cr, ar in zip(topo, comp, acc):
@@ -72,7 +72,7 @@ def test_layers_match_scalesim(preset, net):
 def test_dram_reads_exact(preset, net):
     """The read-buffer replay reproduces SCALE-Sim's DRAM read counts exactly."""
     comp, acc = _load(preset, net)
-    accel = load_accelerator(preset)
+    accel = load_accelerator(preset).with_dram_model("scalesim")
     for (name, he, we, kh, kw, c, o, s), ar in zip(topology_rows(NETWORKS[net]), acc):
         hw = map_conv((1, c, he, we), (o, c, kh, kw), accel, stride=(s, s))
         assert (hw["dram_rd_ifmap"], hw["dram_rd_filter"]) == \
