@@ -24,6 +24,20 @@ Ops and their contents (x: input tensor, NCHW for images; all tensors hold integ
 - requantize  params multiplier, shift (one each); attrs requant, clamp: y = requant(x - zx) + zy
               (TFLite QUANTIZE between integer types)
 
+Vision Transformer ops (integer_ref.kernels_vit; tokens are (N, L, C), heads (N, H, L, D)):
+- matmul      two activation inputs [a, b]; params multiplier, shift (one each); attrs transpose_b,
+              clamp: y = requant((a - za) @ (b - zb)[ᵀ]), batched over the leading axes
+- softmax     attrs SoftmaxParams.to_attrs(), mode, in_scale: over the last axis, unsigned out_bits
+              at scale 2^-out_bits
+- gelu        attrs GeluParams.to_attrs(), mode, in_scale
+- layernorm   params gamma, beta (int64; gamma_float, beta_float in float mode); attrs
+              LayerNormParams.to_attrs(), mode, in_scale, eps_float: over the last axis
+              (mode "integer": I-BERT integer kernels, bit-exact; "float": never bit-exact)
+- concat_token  params token (T, C) at the input's quantization; attrs axis: prepends the class token
+- add_const   params const (broadcast over the batch), multiplier (2,), shift; attrs clamp, const_scale:
+              add with a constant second operand (position embedding)
+- permute     attrs perm;   take   attrs axis, index (x[:, 0], unbind); reshape covers the rest
+
 Requantization (attrs requant, default "dyadic"; integer_ref.arith has each rule once):
 - dyadic        params multiplier M (< 2^31), shift n >= 0: (acc·M + 2^(n-1)) >> n
 - gemmlowp      TFLite reference kernels: params multiplier (Q31), shift n (a right shift;
@@ -53,6 +67,7 @@ from .arith import qrange
 OPS = {
     "quantize", "conv2d", "linear", "add", "clamp", "maxpool", "avgpool", "global_avgpool",
     "reshape", "strided_slice", "pad_channels", "requantize",
+    "matmul", "softmax", "gelu", "layernorm", "concat_token", "add_const", "permute", "take",
 }
 # Ops whose arithmetic is a multiply-accumulate over a weight tensor.
 MAC_OPS = {"conv2d", "linear"}

@@ -1,0 +1,164 @@
+"""Vision Transformer ops of the integer program: one plain NumPy function per op.
+
+The op set (see integer_ref.ir for the node contents):
+
+- matmul        two activation operands, batched over the leading axes (heads):
+                acc = (a - za) @ (b - zb) [transposed on its last two axes: transpose_b],
+                exact (float BLAS only where the bound K·max|a|·max|b| proves it), then one
+                dyadic requantization for the whole tensor (multiplier, shift).
+- softmax       integer_ref.nonlinear.softmax_int over the last axis; unsigned output at
+                scale 2^-out_bits. attrs: SoftmaxParams.to_attrs().
+- gelu          integer_ref.nonlinear.gelu_int, elementwise. attrs: GeluParams.to_attrs().
+- layernorm     integer_ref.nonlinear.layernorm_int over the last axis. params gamma, beta
+                (int64, from layernorm_params); attrs: LayerNormParams.to_attrs().
+                The three nonlinear ops take attrs mode "integer" (default) or "float": the
+                float-nonlinearity mode (dequantize, float32 op, quantize), which is NEVER
+                bit-exact between the executors (see integer_ref.nonlinear).
+- concat_token  prepend constant tokens (class token) along axis 1: params token (T, C),
+                quantized with the input's own quantization, so values pass through unchanged.
+- add_const     y = clamp(((x - zx)·Mx + c·Mc + 2^(n-1)) >> n + zy): the residual add with a
+                constant second operand (position embedding), params const (broadcast over
+                the batch), multiplier (2,), shift; kernels.add does the arithmetic.
+- permute       attrs perm (axis order; the batch stays axis 0).
+- take          attrs axis, index: one index along an axis, the axis dropped (x[:, 0], unbind).
+
+quantsim.emulate_vit is the torch twin; both construct the nonlinear ops' integer constants
+from the same node attrs, so the two executors compute the same numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+
+import numpy as np
+
+from . import arith
+from . import kernels as K
+from . import nonlinear as NL
+
+OPS = {"matmul", "softmax", "gelu", "layernorm", "concat_token", "add_const", "permute", "take"}
+NONLINEAR_MODES = ("integer", "float")
+
+
+# --- attrs -> the nonlinear ops' parameter objects (shared with quantsim.emulate_vit) ---------
+
+def softmax_params(attrs: dict) -> NL.SoftmaxParams:
+    return NL.SoftmaxParams(NL.ExpParams(**attrs["exp"]), int(attrs["recip_bits"]), int(attrs["out_bits"]))
+
+
+def gelu_params(attrs: dict) -> NL.GeluParams:
+    return NL.GeluParams(**{f.name: attrs[f.name] for f in fields(NL.GeluParams)})
+
+
+def layernorm_params(attrs: dict, params: dict) -> NL.LayerNormParams:
+    kw = {f.name: attrs[f.name] for f in fields(NL.LayerNormParams) if f.name not in ("gamma", "beta")}
+    return NL.LayerNormParams(**kw, gamma=np.asarray(params["gamma"], np.int64),
+                              beta=np.asarray(params["beta"], np.int64))
+
+
+def nonlinear_mode(attrs: dict) -> str:
+    mode = attrs.get("mode", "integer")
+    if mode not in NONLINEAR_MODES:
+        raise ValueError(f"unknown nonlinearity mode {mode!r}; known: {', '.join(NONLINEAR_MODES)}")
+    return mode
+
+
+def matmul_bound(k: int, a_range, a_zero_point: int, b_range, b_zero_point: int) -> int:
+    """Bound on every partial sum of (a - za) @ (b - zb) over k terms, from the declared ranges."""
+    a_mag = max(a_range[1] - a_zero_point, a_zero_point - a_range[0])
+    b_mag = max(b_range[1] - b_zero_point, b_zero_point - b_range[0])
+    return int(k) * a_mag * b_mag
+
+
+# --- ops -------------------------------------------------------------------------------------
+
+def matmul_acc(a, b, *, a_zero_point=0, b_zero_point=0, transpose_b=False, bound: int) -> np.ndarray:
+    """Exact int64 (a - za) @ (b - zb)[ᵀ] batched over the leading axes."""
+    a = np.asarray(a, np.int64) - a_zero_point
+    b = np.asarray(b, np.int64) - b_zero_point
+    if transpose_b:
+        b = np.swapaxes(b, -1, -2)
+    dtype = arith.exact_float_dtype(bound) or np.int64
+    return np.matmul(a.astype(dtype), b.astype(dtype)).astype(np.int64)
+
+
+def matmul(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point=0, lo, hi,
+           transpose_b=False, a_range, b_range, acc_bits=32):
+    """Integer matmul of two activations, one dyadic requantization -> (y, overflow count)."""
+    k = np.shape(a)[-1]
+    bound = matmul_bound(k, a_range, a_zero_point, b_range, b_zero_point)
+    acc = matmul_acc(a, b, a_zero_point=a_zero_point, b_zero_point=b_zero_point,
+                     transpose_b=transpose_b, bound=bound)
+    return K.requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, acc.ndim - 1, acc_bits)
+
+
+def softmax(x, attrs: dict):
+    if nonlinear_mode(attrs) == "float":
+        return NL.float_softmax(x, attrs["in_scale"], int(attrs["out_bits"]))[0]
+    return NL.softmax_int(x, softmax_params(attrs))
+
+
+def gelu(x, attrs: dict):
+    if nonlinear_mode(attrs) == "float":
+        return NL.float_gelu(x, attrs["in_scale"], attrs["out_scale"], int(attrs["out_bits"]))[0]
+    return NL.gelu_int(x, gelu_params(attrs))
+
+
+def layernorm(x, attrs: dict, params: dict):
+    if nonlinear_mode(attrs) == "float":
+        return NL.float_layernorm(x, attrs["in_scale"], params["gamma_float"], params["beta_float"],
+                                  attrs["eps_float"], attrs["out_scale"], int(attrs["out_bits"]))[0]
+    return NL.layernorm_int(x, layernorm_params(attrs, params))
+
+
+def concat_token(x, token, axis: int = 1):
+    """Prepend the constant tokens (T, C) to every item of x (N, L, C) along `axis`."""
+    x = np.asarray(x, np.int64)
+    tok = np.broadcast_to(np.asarray(token, np.int64), (x.shape[0],) + np.shape(token))
+    return np.concatenate([tok, x], axis=axis)
+
+
+def add_const(x, const, multiplier, shift, *, x_zero_point=0, y_zero_point=0, lo, hi):
+    """kernels.add with the constant (zero point 0) as the second operand, broadcast over the batch."""
+    return K.add(x, np.asarray(const, np.int64)[None], multiplier, shift, a_zero_point=x_zero_point,
+                 b_zero_point=0, y_zero_point=y_zero_point, lo=lo, hi=hi)
+
+
+def permute(x, perm):
+    return np.transpose(x, [int(p) for p in perm])
+
+
+def take(x, axis: int, index: int):
+    return np.take(x, int(index), axis=int(axis))
+
+
+# --- dispatch (called from integer_ref.executor.run_node) -------------------------------------
+
+def run_node(node, args: list, qp: dict, acc_bits: int):
+    """Evaluate one ViT node -> (output, accumulator overflow count)."""
+    a, out, p = node.attrs, node.out, node.params
+    lo, hi = K.output_range(a, out.qmin, out.qmax)
+    zin = [qp[i].zero_point if i in qp else 0 for i in node.inputs]
+    if node.op == "matmul":
+        qa, qb = qp[node.inputs[0]], qp[node.inputs[1]]
+        return matmul(args[0], args[1], p["multiplier"], p["shift"], a_zero_point=zin[0],
+                      b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi,
+                      transpose_b=bool(a.get("transpose_b", False)), a_range=(qa.qmin, qa.qmax),
+                      b_range=(qb.qmin, qb.qmax), acc_bits=acc_bits)
+    if node.op in ("softmax", "gelu", "layernorm") and any(zin):
+        raise ValueError(f"node {node.name!r} ({node.op}) needs a zero-point-free input")
+    if node.op == "softmax":
+        return softmax(args[0], a), 0
+    if node.op == "gelu":
+        return gelu(args[0], a), 0
+    if node.op == "layernorm":
+        return layernorm(args[0], a, p), 0
+    if node.op == "concat_token":
+        return concat_token(args[0], p["token"], a.get("axis", 1)), 0
+    if node.op == "add_const":
+        return add_const(args[0], p["const"], p["multiplier"], p["shift"], x_zero_point=zin[0],
+                         y_zero_point=out.zero_point, lo=lo, hi=hi), 0
+    if node.op == "permute":
+        return permute(args[0], a["perm"]), 0
+    if node.op == "take":
+        return take(args[0], a["axis"], a["index"]), 0
+    raise NotImplementedError(f"integer_ref has no ViT kernel for op {node.op!r} (node {node.name!r})")
