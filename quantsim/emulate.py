@@ -457,6 +457,9 @@ def run_node(node: Node, args: list, prep: Prepared):
         return strided_slice(x, a["step"], a.get("begin", (0, 0))), 0
     if node.op == "pad_channels":
         return pad_channels(x, a["before"], a["after"], zin[0]), 0
+    from . import emulate_vit  # ViT ops: the twin of integer_ref.kernels_vit
+    if node.op in emulate_vit.OPS:
+        return emulate_vit.run_node(node, args, prep)
     raise NotImplementedError(f"quantsim.emulate has no kernel for op {node.op!r} (node {node.name!r})")
 
 
