@@ -10,6 +10,7 @@ MIN_BITS, MAX_BITS = 2, 16
 GRANULARITIES = ("per-tensor", "per-channel")
 CALIB_METHODS = ("minmax", "percentile", "mse")
 REQUANT_MODES = ("dyadic",)
+NONLINEAR_MODES = ("integer", "float")
 
 
 @dataclass
@@ -23,12 +24,23 @@ class QuantConfig:
     mult_bits: int = 31  # width of the dyadic requantization multiplier M
     acc_bits: int = 32
     requant: str = "dyadic"
+    # Vision Transformers (quantsim.lower): the residual stream (patch/position embedding and
+    # residual-add outputs, LayerNorm inputs) and the inputs of softmax and GELU (q·kᵀ scores,
+    # fc1 outputs) are no MAC operands, so they are held wider; nonlinear picks integer-only
+    # (I-BERT, bit-exact) or float softmax/GELU/LayerNorm (Liu et al.; never bit-exact).
+    resid_bits: int = 16
+    nonlinear_in_bits: int = 16
+    nonlinear: str = "integer"
     # per MAC layer overrides (mixed precision): layer name -> [w_bits, a_bits]
     layer_bits: dict[str, list[int]] = field(default_factory=dict)
 
     def __post_init__(self):
         for b in (self.w_bits, self.a_bits, self.out_bits, *[x for wa in self.layer_bits.values() for x in wa]):
             check_bits(b)
+        for b in (self.resid_bits, self.nonlinear_in_bits):
+            check_bits(b)
+        if self.nonlinear not in NONLINEAR_MODES:
+            raise QuantsimError(f"nonlinear mode {self.nonlinear!r}: choose one of {', '.join(NONLINEAR_MODES)}")
         if self.granularity not in GRANULARITIES:
             raise QuantsimError(f"granularity {self.granularity!r}: choose one of {', '.join(GRANULARITIES)}")
         if self.calib_method not in CALIB_METHODS:
