@@ -185,7 +185,7 @@ def run(args) -> pd.DataFrame:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise QuantsimError(f"--out {out} exists and is not a directory")
-    accel = load_accel(args.accel)
+    accel = load_accel(args.accel, args.dram_model)
     base = QuantConfig(granularity=args.granularity, calib_method=args.calib_method,
                        percentile=args.percentile, requant=args.requant)
     points_path = out / "points.csv"

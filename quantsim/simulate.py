@@ -55,6 +55,9 @@ def add_hw_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--toggle-images", type=int, default=1, help="images whose real operands feed the toggle count")
     p.add_argument("--mac-form", default="max", choices=["max", "product"],
                    help="seed MAC energy: b=max(b_w,b_a) squared, or the product b_w*b_a")
+    p.add_argument("--dram-model", choices=["reuse", "scalesim"], default=None,
+                   help="DRAM traffic: 'reuse' (each tile fetched once per reuse window) or 'scalesim' "
+                        "(SCALE-Sim 3.0.0's read-buffer replay); default: the preset's")
 
 
 def add_mixed_args(p: argparse.ArgumentParser, budget: bool = True) -> None:
@@ -127,11 +130,12 @@ def parse_candidates(text: str) -> tuple[int, ...]:
     return cands
 
 
-def load_accel(spec: str):
+def load_accel(spec: str, dram_model: str | None = None):
     from hwmodel.arch import load_accelerator
 
     try:
-        return load_accelerator(spec)
+        accel = load_accelerator(spec)
+        return accel.with_dram_model(dram_model) if dram_model else accel
     except (ValueError, OSError) as exc:
         raise QuantsimError(f"--accel {spec}: {exc}".splitlines()[0]) from exc
 
@@ -180,7 +184,7 @@ def run(args) -> dict:
     if wa is not None:
         cfg = QuantConfig(w_bits=wa[0], a_bits=wa[1], granularity=args.granularity,
                           calib_method=args.calib_method, percentile=args.percentile, requant=args.requant)
-    accel = load_accel(args.accel)
+    accel = load_accel(args.accel, args.dram_model)
     from .importers import is_importable
 
     if is_importable(args.model):  # an engine's quantized model: no calibration, no lowering
