@@ -52,3 +52,34 @@ def resnet20_checkpoint(shared_models: Path) -> Path:
     if not found:
         pytest.skip(f"no resnet20-*.th checkpoint in {shared_models / 'cifar10-resnet'}")
     return found[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """Our checkpoint format holding a random-init CIFAR ResNet-20."""
+    import torch
+
+    from quantsim.cifar_resnet import cifar_resnet20
+    from quantsim.models import save_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "r20.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, cifar_resnet20(), "cifar_resnet20", {})
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A cifar10-style folder of a few random images (class subfolders, train and test)."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("cifar")
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("airplane", "automobile"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    return root

@@ -18,29 +18,6 @@ R20 = next(iter(sorted((SHARED / "models" / "cifar10-resnet").glob("resnet20-*.t
 needs_shared = pytest.mark.skipif(R20 is None or not CIFAR.exists(), reason="../shared (real CIFAR-10 data and ResNets) is absent")
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "r20.pt"
-    torch.manual_seed(0)
-    save_checkpoint(path, cifar_resnet20(), "cifar_resnet20", {})
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """A cifar10-style folder of a few random images (class subfolders, train and test)."""
-    from PIL import Image
-    import numpy as np
-
-    root = tmp_path_factory.mktemp("cifar")
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for cls in ("airplane", "automobile"):
-            d = root / split / cls
-            d.mkdir(parents=True)
-            for i in range(3):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
-    return root
 
 
 def _fails(capsys, argv, pattern) -> str:
