@@ -7,6 +7,23 @@ Every tensor gets one quantization, chosen here:
 - scale: from the calibration statistics (activations) or the weights themselves.
 Ops that keep their input's scale (max pool, flatten, option-A shortcut, standalone ReLU)
 share the quantization of their input tensor.
+
+Vision Transformers (config fields resid_bits, nonlinear_in_bits, nonlinear):
+- the residual stream is held at ``resid_bits`` (default 16): LayerNorm asks for it, so the
+  patch embedding, the position-embedding add and every residual add (and the attention
+  projection / fc2 outputs feeding them) are requantized to it;
+- softmax and GELU ask for ``nonlinear_in_bits`` (default 16): the q·kᵀ scores and the fc1
+  outputs; the matmuls, like linear layers, ask for a_bits on both operands;
+- softmax output: unsigned, bits = what its consumer (attn·v) asks for, scale 2^-bits
+  (not calibrated); GELU and LayerNorm outputs: signed, scale from calibration;
+- the class token is quantized with the patch tokens' own quantization (concat_token is a
+  pass-through op), whose scale is calibrated on the concatenated tensor so the token fits;
+- the position embedding is a constant operand quantized per tensor to CONST_BITS (16) bits
+  and added with the residual-add arithmetic (add_const);
+- q·kᵀ·scale: the scalar is folded into the matmul's requantization multiplier;
+- ``nonlinear='float'`` evaluates softmax, GELU and LayerNorm in float32 between integer
+  tensors (Liu et al. 2021): such a program is NEVER bit-exact between the executors
+  (graph.meta['bit_exact_contract'] is False; see float_nodes).
 """
 from __future__ import annotations
 
@@ -18,12 +35,16 @@ import torch
 from integer_ref.arith import qrange, quantize_multiplier, quantize_multipliers
 from integer_ref.ir import Graph, Node, QParams
 
+from integer_ref import nonlinear as NL
+
 from .calibrate import TensorStats, clip_value, weight_clip
 from .capture import PASSTHROUGH_OPS, FloatGraph, FNode
 from .config import QuantConfig
 from .errors import QuantsimError
 
 INPUT_NAME = "image"
+CONST_BITS = 16  # constant operands of add_const (position embedding), signed, per tensor
+NONLINEAR_OPS = ("softmax", "gelu", "layernorm")
 
 
 def _root(g: FloatGraph, name: str) -> str:
@@ -41,7 +62,14 @@ def tensor_bits(g: FloatGraph, cfg: QuantConfig) -> dict[str, int]:
     for n in reversed(g.nodes):
         if n.op in PASSTHROUGH_OPS or n.op == "input":
             continue
-        want = cfg.bits_for(n.name)[1] if n.is_mac else demand.get(n.name, cfg.a_bits)
+        if n.is_mac or n.op == "matmul":
+            want = cfg.bits_for(n.name)[1]
+        elif n.op == "layernorm":
+            want = cfg.resid_bits
+        elif n.op in ("softmax", "gelu"):
+            want = cfg.nonlinear_in_bits
+        else:
+            want = demand.get(n.name, cfg.a_bits)
         for i in n.inputs:
             r = _root(g, i)
             demand[r] = max(demand.get(r, 0), want)
@@ -136,14 +164,86 @@ def _pool_node(n: FNode, in_q: QParams, out_q: QParams, count: int, op: str, att
                 {"multiplier": np.int64(m), "shift": np.int64(s)}, n.source, in_q=in_q)
 
 
+def _merged(a: TensorStats, b: TensorStats) -> TensorStats:
+    return TensorStats(min(a.min, b.min), max(a.max, b.max), a.samples + b.samples, a.n_sampled + b.n_sampled)
+
+
+def _mag(q: QParams) -> int:
+    return max(abs(q.qmin - q.zero_point), abs(q.qmax - q.zero_point))
+
+
+def _matmul_node(n: FNode, qa: QParams, qb: QParams, out_q: QParams, k: int, cfg: QuantConfig) -> Node:
+    m = n.attrs["alpha"] * float(qa.scale) * float(qb.scale) / float(out_q.scale)
+    mult, shift = quantize_multiplier(m, _mult_bits_for(float(k * _mag(qa) * _mag(qb)), cfg))
+    return Node(n.name, "matmul", list(n.inputs), out_q, {"transpose_b": bool(n.attrs["transpose_b"]),
+                                                         "clamp": _clamp(out_q, None)},
+                {"multiplier": np.int64(mult), "shift": np.int64(shift)}, n.source, in_q=qa)
+
+
+def _nonlinear_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node:
+    s_in, s_out = float(in_q.scale), float(out_q.scale)
+    if in_q.zero_point or in_q.per_channel:
+        raise QuantsimError(f"cannot lower {n.source}: {n.op} of a tensor with a zero point or per-channel scale")
+    params: dict[str, np.ndarray] = {}
+    if n.op == "softmax":
+        attrs = NL.softmax_params(s_in, out_q.bits).to_attrs()
+    elif n.op == "gelu":
+        attrs = NL.gelu_params(s_in, s_out, out_q.bits).to_attrs()
+    else:
+        gamma, beta = n.weight.double().numpy(), n.bias.double().numpy()
+        p = NL.layernorm_params(s_in, gamma, beta, n.attrs["eps"], s_out, out_q.bits,
+                                in_bits=in_q.bits + (0 if in_q.signed else 1))
+        attrs = dict(p.to_attrs(), eps_float=float(n.attrs["eps"]))
+        params = {"gamma": p.gamma, "beta": p.beta}
+        if cfg.nonlinear == "float":
+            params.update(gamma_float=gamma.astype(np.float32), beta_float=beta.astype(np.float32))
+    attrs.update(mode=cfg.nonlinear, in_scale=s_in)
+    return Node(n.name, n.op, list(n.inputs), out_q, attrs, params, n.source, in_q=in_q)
+
+
+def _add_const_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node:
+    c = n.weight.double().numpy()
+    c_max = float(np.abs(c).max())
+    cq_max = qrange(CONST_BITS, True)[1]
+    s_c = c_max / cq_max if c_max > 0 else 1.0
+    const = np.clip(np.rint(c / s_c), -cq_max, cq_max).astype(np.int64)
+    ma, mc = float(in_q.scale) / float(out_q.scale), s_c / float(out_q.scale)
+    big, shift = quantize_multiplier(max(ma, mc), _mult_bits_for(_mag(in_q) + cq_max, cfg))
+    small = int(np.rint(min(ma, mc) * 2.0**shift))
+    mult = np.array([big, small] if ma >= mc else [small, big], dtype=np.int64)
+    return Node(n.name, "add_const", list(n.inputs), out_q, {"clamp": _clamp(out_q, n.act), "const_scale": s_c},
+                {"const": const, "multiplier": mult, "shift": np.int64(shift)}, n.source, in_q=in_q)
+
+
+def _concat_token_node(n: FNode, q: QParams) -> Node:
+    tok = np.rint(n.weight.double().numpy() / float(q.scale)) + q.zero_point
+    clamped = int(((tok < q.qmin) | (tok > q.qmax)).sum())
+    tok = np.clip(tok, q.qmin, q.qmax).astype(np.int64)
+    return Node(n.name, "concat_token", list(n.inputs), q, {"axis": n.attrs["axis"], "clamped": clamped},
+                {"token": tok}, n.source, in_q=q)
+
+
+def float_nodes(graph: Graph) -> list[str]:
+    """Nodes evaluated in float (nonlinear='float'): never bit-exact between the executors."""
+    return [n.name for n in graph.nodes if n.op in NONLINEAR_OPS and n.attrs.get("mode") == "float"]
+
+
 def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Graph:
     bits = tensor_bits(g, cfg)
     shapes = shapes_of(g)
+    stats = dict(stats)
+    for n in g.nodes:  # the class token shares the patch tokens' quantization: calibrate on both
+        if n.op == "concat_token":
+            r = _root(g, n.inputs[0])
+            stats[r] = _merged(stats[r], stats[n.name])
     q: dict[str, QParams] = {}  # quantization of every FloatGraph tensor
     nodes: list[Node] = []
     for n in g.nodes:
         if n.op in PASSTHROUGH_OPS:
             q[n.name] = q[n.inputs[0]]
+        elif n.op == "softmax":
+            b = bits.get(n.name, cfg.a_bits)
+            q[n.name] = QParams(b, False, np.float64(2.0**-b))
         else:
             q[n.name] = _act_qparams(g, n.name, bits.get(n.name, cfg.a_bits), stats[n.name], cfg)
         out_q = q[n.name]
@@ -177,7 +277,20 @@ def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Gra
         elif n.op in ("relu", "relu6"):
             nodes.append(Node(n.name, "clamp", list(n.inputs), out_q, {"clamp": _clamp(out_q, n.op)}, {},
                               n.source, in_q=out_q))
+        elif n.op == "matmul":
+            nodes.append(_matmul_node(n, q[n.inputs[0]], q[n.inputs[1]], out_q, shapes[n.inputs[0]][-1], cfg))
+        elif n.op in NONLINEAR_OPS:
+            nodes.append(_nonlinear_node(n, q[n.inputs[0]], out_q, cfg))
+        elif n.op == "add_const":
+            nodes.append(_add_const_node(n, q[n.inputs[0]], out_q, cfg))
+        elif n.op == "concat_token":
+            nodes.append(_concat_token_node(n, out_q))
+        elif n.op in ("reshape", "permute", "take"):
+            nodes.append(Node(n.name, n.op, list(n.inputs), out_q, dict(n.attrs), {}, n.source, in_q=out_q))
         else:
             raise QuantsimError(f"cannot lower {n.source}: op {n.op!r} has no integer form")
     meta = {"acc_bits": cfg.acc_bits, "config": cfg.to_json()}
-    return Graph(nodes, INPUT_NAME, tuple(g.input_shape), [g.output], meta)
+    graph = Graph(nodes, INPUT_NAME, tuple(g.input_shape), [g.output], meta)
+    if float_nodes(graph):
+        graph.meta["bit_exact_contract"] = False  # float nonlinearities: see float_nodes
+    return graph
