@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -131,17 +130,11 @@ program; every point was also run through integer_ref on 8 images, every layer
 
 def write_section(outs: list[Path], notes: str = "") -> None:
     path = ROOT / "docs" / "results.md"
-    text = path.read_text() if path.exists() else "# Results\n"
     body = SECTION + "\n\n" + INTRO + ("\n" + notes.strip() + "\n" if notes.strip() else "") + "\n" + "\n".join(
         model_section(o) for o in outs if (o / "points.csv").exists())
-    pat = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pat.search(text):
-        text = pat.sub(lambda _: body.rstrip() + "\n\n", text)
-    else:
-        text = text.rstrip() + "\n\n" + body
-    from reports.io import write_text_atomic
+    from common import replace_section
 
-    write_text_atomic(path, text.rstrip() + "\n")
+    replace_section(path, "pareto", body)
     print(f"wrote {SECTION!r} in {path}")
 
 
@@ -154,7 +147,7 @@ def main() -> int:
     p.add_argument("--accel", default="scalesim-32x32-os")
     p.add_argument("--budgets", default="0.4,0.5,0.6,0.7,0.8")
     p.add_argument("--report-only", action="store_true")
-    p.add_argument("--notes", default="", help="text (or @file) added under the section intro")
+    p.add_argument("--notes", default=f"@{ROOT / 'docs' / 'pareto' / 'notes.md'}", help="text (or @file) added under the section intro")
     args = p.parse_args()
     keys = [k.strip() for k in args.models.split(",") if k.strip()]
     unknown = [k for k in keys if k not in MODELS]
