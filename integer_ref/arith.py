@@ -333,6 +333,41 @@ def requantize_float32(acc: np.ndarray, scale_f32, zero_point: int, qmin: int, q
     return np.clip(v.astype(np.int64) + zero_point, qmin, qmax)
 
 
+def fma_float32(x: np.ndarray, r, c) -> np.ndarray:
+    """float32 fused multiply-add round32(x·r + c) with one rounding, exactly: x an integer
+    array below 2^29 in magnitude (so x·r is exact in float64), r and c float32. The float64
+    sum is rounded to odd (its TwoSum error nudges an inexact even result one ulp toward the
+    true value), which makes the second rounding to float32 correct (53 >= 24 + 2 bits)."""
+    p = np.asarray(x, np.float64) * np.asarray(r, np.float32).astype(np.float64)
+    c = np.asarray(c, np.float32).astype(np.float64)
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)
+    even = (s.view(np.int64) & 1) == 0 if s.ndim else (np.asarray(s).view(np.int64) & 1) == 0
+    s = np.where((err != 0) & even, np.nextafter(s, s + err), s)
+    return s.astype(np.float32)
+
+
+def add_float32(a: np.ndarray, b: np.ndarray, scale3, qmin: int, qmax: int) -> np.ndarray:
+    """ONNX Runtime's QLinearAdd on x86-64 (MLAS AVX2 kernel). scale3 = float32 [r_a, r_b, f]:
+    r_a = s_a/s_y, r_b = s_b/s_y, f = z_y - (r_a·z_a + r_b·z_b) (all float32, the zero points
+    are folded into f). Per element, on the raw inputs: t = fma(b, r_b, f); t = fma(a, r_a, t);
+    y = clamp(rint_half_even(t))."""
+    ra, rb, f = (np.float32(v) for v in np.ravel(np.asarray(scale3, np.float32)))
+    t = fma_float32(b, rb, np.full(np.shape(b), f, np.float32))
+    t = fma_float32(a, ra, t)
+    return np.clip(np.rint(t).astype(np.int64), qmin, qmax)
+
+
+def dequant_quant_float32(x: np.ndarray, x_zero_point: int, s_in, s_out, zero_point: int,
+                          qmin: int, qmax: int) -> np.ndarray:
+    """ONNX Runtime's DequantizeLinear then QuantizeLinear (float data movement between them is
+    exact): v = float32(x - z_x) · float32(s_in); y = clamp(rint_half_even(v / float32(s_out)) + z_y)."""
+    v = (np.asarray(x, np.int64) - x_zero_point).astype(np.float32) * np.float32(s_in)
+    q = np.rint(v / np.float32(s_out))
+    return np.clip(np.clip(q, -(2.0**62), 2.0**62).astype(np.int64) + zero_point, qmin, qmax)
+
+
 # --- integer primitives of the nonlinear ops (integer_ref.nonlinear) -----------------------
 # Torch twins: quantsim.nonlinear_torch (bit_length, isqrt, shift_pow2, round_div).
 

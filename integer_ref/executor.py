@@ -92,6 +92,8 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
         return K.add_gemmlowp(args[0], args[1], p["multiplier"], p["shift"],
                               left_shift=a.get("left_shift", 20), a_zero_point=zin[0],
                               b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi), 0
+    if node.op == "add" and rq["requant"] == "float32":
+        return K.add_float32(args[0], args[1], rq["scale"], lo=lo, hi=hi), 0
     if node.op == "add":
         _dyadic_only(node, rq)
         return K.add(args[0], args[1], p["multiplier"], p["shift"], a_zero_point=zin[0],

@@ -47,6 +47,10 @@ Requantization (attrs requant, default "dyadic"; integer_ref.arith has each rule
                 multiplier/shift [a, b, out] and attrs left_shift (20), as TFLite's ADD.
 - float32       params requant_scale (float32 per channel): rint(float32(acc + bias) · scale)
 - float32_bias  params requant_scale and a float32 bias: rint((float32(acc) + bias) · scale)
+- float32 add   ONNX Runtime QLinearAdd: params requant_scale float32 [s_a/s_y, s_b/s_y,
+                z_y - (r_a·z_a + r_b·z_b)]: y = rint(fma(a, r_a, fma(b, r_b, f))) on the raw inputs
+- float32_dq    requantize only: ONNX Runtime DequantizeLinear -> QuantizeLinear, params
+                requant_scale [s_in, s_out]: rint(float32(x - z_x)·s_in / s_out) + z_y
 - round_div     avgpool only: TFLite AVERAGE_POOL_2D, raw window sum / in-bounds count,
                 rounded half away from zero (input and output quantized alike)
 quantize may carry attrs scale, zero_point: the float input's quantization when it differs

@@ -312,6 +312,13 @@ def add_gemmlowp(a, b, multiplier, shift, *, left_shift=20, a_zero_point=0, b_ze
     return arith.clamp(y + y_zero_point, lo, hi)
 
 
+def add_float32(a, b, scale, *, lo, hi):
+    """ONNX Runtime's QLinearAdd (x86-64 MLAS): arith.add_float32 with scale = float32
+    [s_a/s_y, s_b/s_y, z_y - (r_a·z_a + r_b·z_b)] (the zero points live in the third entry)."""
+    a, b = np.broadcast_arrays(np.asarray(a, np.int64), np.asarray(b, np.int64))
+    return arith.add_float32(a, b, scale, lo, hi)
+
+
 def clamp(x, *, lo, hi):
     return arith.clamp(np.asarray(x, np.int64), lo, hi)
 
@@ -365,6 +372,9 @@ def requantize_tensor(x, multiplier, shift, *, x_zero_point=0, y_zero_point=0, l
                       requant="gemmlowp", scale=None):
     """A tensor from one quantization to another (TFLite QUANTIZE between integer types):
     y = clamp(requant(x - zx) + zy), one multiplier for the whole tensor."""
+    if requant == "float32_dq":  # ONNX Runtime DequantizeLinear -> QuantizeLinear; scale [s_in, s_out]
+        s_in, s_out = np.ravel(np.asarray(scale, np.float32))
+        return arith.dequant_quant_float32(x, x_zero_point, s_in, s_out, y_zero_point, lo, hi)
     acc = np.asarray(x, np.int64) - x_zero_point
     return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 0, 64, requant, scale)[0]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -345,6 +346,34 @@ def add_gemmlowp(a, b, multiplier, shift, *, left_shift=20, a_zero_point=0, b_ze
     return (multiply_by_quantized_multiplier(sa + sb, m[2], n[2]) + y_zero_point).clamp_(lo, hi)
 
 
+def fma_float32(x: torch.Tensor, r: float, c: torch.Tensor) -> torch.Tensor:
+    """arith.fma_float32: one-rounding float32 x·r + c via a round-to-odd float64 sum."""
+    p = x.to(torch.float64) * float(np.float32(r))
+    c = c.to(torch.float64)
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)
+    even = (s.view(torch.int64) & 1) == 0
+    return torch.where((err != 0) & even, torch.nextafter(s, s + err), s).to(torch.float32)
+
+
+def add_float32(a, b, scale, *, lo, hi):
+    """kernels.add_float32: ONNX Runtime's QLinearAdd (x86-64 MLAS)."""
+    ra, rb, f = (float(v) for v in np.ravel(np.asarray(scale, np.float32)))
+    a, b = torch.broadcast_tensors(a, b)
+    t = fma_float32(b, rb, torch.full(b.shape, f, dtype=torch.float32, device=b.device))
+    t = fma_float32(a, ra, t)
+    return torch.round(t).to(torch.int64).clamp_(lo, hi)
+
+
+def dequant_quant_float32(x, x_zero_point, s_in, s_out, zero_point, lo, hi):
+    """arith.dequant_quant_float32: DequantizeLinear then QuantizeLinear in float32."""
+    f32 = lambda v: torch.tensor(float(np.float32(v)), dtype=torch.float32, device=x.device)
+    v = (x - x_zero_point).to(torch.float32) * f32(s_in)
+    q = torch.round(v / f32(s_out)).clamp_(-(2.0**62), 2.0**62)
+    return (q.to(torch.int64) + zero_point).clamp_(lo, hi)
+
+
 def avgpool_round_div(x, *, lo, hi, kernel, stride=None, padding=0):
     """kernels.avgpool_round_div: TFLite's AVERAGE_POOL_2D (raw sum / in-bounds count)."""
     kernel, stride = K.pair(kernel), K.pair(stride if stride is not None else kernel)
@@ -433,6 +462,8 @@ def run_node(node: Node, args: list, prep: Prepared):
         return add_gemmlowp(x, args[1], p["multiplier"], p["shift"], left_shift=a.get("left_shift", 20),
                             a_zero_point=zin[0], b_zero_point=zin[1], y_zero_point=out.zero_point,
                             lo=lo, hi=hi), 0
+    if node.op == "add" and mode == "float32":
+        return add_float32(x, args[1], p["requant_scale"], lo=lo, hi=hi), 0
     if node.op == "add":
         if mode != "dyadic":
             raise NotImplementedError(f"op 'add' has no {mode!r} requantization (node {node.name!r})")
@@ -445,6 +476,9 @@ def run_node(node: Node, args: list, prep: Prepared):
     if node.op == "avgpool" and mode == "round_div":
         return avgpool_round_div(x, lo=lo, hi=hi, kernel=a["kernel"], stride=a.get("stride"),
                                  padding=a.get("padding", 0)), 0
+    if node.op == "requantize" and mode == "float32_dq":
+        s_in, s_out = np.ravel(np.asarray(p["requant_scale"], np.float32))
+        return dequant_quant_float32(x, zin[0], s_in, s_out, out.zero_point, lo, hi), 0
     if node.op == "requantize":
         return rq((x - zin[0]).reshape(1, -1), 0)[0].reshape(x.shape), 0
     if node.op == "avgpool":

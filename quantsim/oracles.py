@@ -8,6 +8,13 @@ TFLite runs through ai-edge-litert's Interpreter with the reference kernels
 (OpResolverType.BUILTIN_REF; the default XNNPACK kernels round differently on some
 outputs) and experimental_preserve_all_tensors, so every intermediate tensor can be read.
 It is fed exactly the integer image integer_ref's input node produced (the raw pixels).
+
+    res = compare_onnxruntime(graph, "model_q.onnx", images)  # images: the float tensors the model takes
+
+ONNX Runtime (CPU provider, one thread) runs the imported model twice: as it is, for the
+final output (the model's float logits against integer_ref's dequantized in float32), and
+with every mapped integer tensor added as a graph output, for the per-layer comparison.
+Both runs get the same float images integer_ref's quantize node read.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ from integer_ref.ir import Graph
 
 from .errors import QuantsimError
 
-ORACLES = ("tflite",)
+ORACLES = ("tflite", "onnxruntime")
 
 
 @dataclass
@@ -93,5 +100,75 @@ def compare_tflite(graph: Graph, path: str | Path, images: np.ndarray,
             else:
                 res.mismatches[name] += int(np.count_nonzero(ours != theirs.astype(np.int64)))
             res.elements[name] += int(ours.size)
+    res.seconds_engine = time.perf_counter() - t0
+    return res
+
+
+def ort_session(model_or_path, num_threads: int = 1):
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise QuantsimError("--oracle onnxruntime needs the `onnxruntime` package (pip install onnxruntime)") from exc
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = num_threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    src = model_or_path if isinstance(model_or_path, (bytes, str)) else str(model_or_path)
+    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def _with_outputs(path: str | Path, graph: Graph, tmap: dict[str, str]) -> bytes:
+    """The model with every mapped integer tensor as an extra graph output."""
+    import onnx
+
+    model = onnx.load(str(path))
+    have = {o.name for o in model.graph.output}
+    for name, tensor in tmap.items():
+        if tensor in have:
+            continue
+        elem = onnx.TensorProto.INT8 if graph[name].out.signed else onnx.TensorProto.UINT8
+        model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, elem, None))
+        have.add(tensor)
+    return model.SerializeToString()
+
+
+def compare_onnxruntime(graph: Graph, path: str | Path, images: np.ndarray,
+                        ref_tensors: dict[str, np.ndarray] | None = None) -> OracleResult:
+    """integer_ref vs ONNX Runtime on every mapped tensor and the final output of every image."""
+    tmap = graph.meta.get("onnx_tensors")
+    if not tmap:
+        raise QuantsimError("--oracle onnxruntime needs a graph imported from an .onnx model")
+    images = np.asarray(images, np.float32)
+    if ref_tensors is None:
+        ref_tensors = int_exec.run(graph, images, keep="all").tensors
+    plain = ort_session(path)
+    inst = ort_session(_with_outputs(path, graph, tmap))
+    in_name = plain.get_inputs()[0].name
+    fixed = plain.get_inputs()[0].shape[0]
+    step = 1 if isinstance(fixed, int) else len(images)
+    out_names = [o.name for o in inst.get_outputs()]
+    n = len(images)
+    res = OracleResult("onnxruntime", n, {k: 0 for k in tmap}, {k: 0 for k in tmap})
+    out_node = graph[graph.outputs[0]]
+    res.mismatches["<graph output>"] = res.elements["<graph output>"] = 0
+    t0 = time.perf_counter()
+    for i in range(0, n, step):
+        x = images[i:i + step]
+        final = plain.run(None, {in_name: x})[0]
+        ours = ref_tensors[out_node.name][i:i + step]
+        if final.dtype == np.float32:  # DequantizeLinear: float32(q - z) * s
+            ours = (ours - out_node.out.zero_point).astype(np.float32) * np.float32(out_node.out.scale)
+        res.engine_outputs.extend(list(final))
+        res.mismatches["<graph output>"] += int(np.count_nonzero(ours != final)) if ours.shape == final.shape \
+            else int(max(ours.size, final.size))
+        res.elements["<graph output>"] += int(ours.size)
+        got = dict(zip(out_names, inst.run(out_names, {in_name: x})))
+        for name, tensor in tmap.items():
+            theirs, mine = got[tensor], ref_tensors[name][i:i + step]
+            if mine.shape != theirs.shape:
+                res.mismatches[name] += int(max(mine.size, theirs.size))
+            else:
+                res.mismatches[name] += int(np.count_nonzero(mine != theirs.astype(np.int64)))
+            res.elements[name] += int(mine.size)
     res.seconds_engine = time.perf_counter() - t0
     return res

@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_mixed_args(p)
     p.add_argument("--out", default="runs/latest", help="report directory (written atomically)")
     p.add_argument("--save-ir", action="store_true", help="also write the integer program (ir.json + ir.npz)")
-    p.add_argument("--oracle", choices=["tflite"], default=None,
-                   help="run the real engine beside integer_ref on the bit-exact images (imported .tflite models)")
+    p.add_argument("--oracle", choices=["tflite", "onnxruntime"], default=None,
+                   help="run the real engine beside integer_ref on the bit-exact images (imported .tflite / .onnx models)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -192,7 +192,7 @@ def run(args) -> dict:
 
         return run_imported(args, accel)
     if getattr(args, "oracle", None):
-        raise QuantsimError(f"--oracle {args.oracle} needs a model quantized by that engine (a .tflite file)")
+        raise QuantsimError(f"--oracle {args.oracle} needs a model quantized by that engine (a .tflite or .onnx file)")
     if args.toggle_images < 1:
         raise QuantsimError("--toggle-images must be at least 1")
     torch.manual_seed(args.seed)

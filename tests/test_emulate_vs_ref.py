@@ -339,3 +339,20 @@ def test_engine_programs_bit_identical(seed, signed, modes):
     assert ref.acc_overflows == emu.acc_overflows
     # the raw-pixel quantize: an image of pixels p / 255 gives back p (int8: p - 128)
     assert (ref.tensors["q"] == np.rint(x * 255) + (-128 if signed else 0)).all()
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.booleans())
+def test_add_float32_and_dequant_quant_twins(seed, signed):
+    """ONNX Runtime's QLinearAdd and DequantizeLinear -> QuantizeLinear: torch == NumPy."""
+    rng = np.random.default_rng(seed)
+    lo, hi = (-128, 127) if signed else (0, 255)
+    a, b = rng.integers(lo, hi + 1, size=(2, 2, 3, 5, 5))
+    scale = np.array([np.exp(rng.uniform(-8, 3)), np.exp(rng.uniform(-8, 3)), rng.uniform(-300, 300)], np.float32)
+    assert_same(E.add_float32(torch.as_tensor(a), torch.as_tensor(b), scale, lo=lo, hi=hi),
+                K.add_float32(a, b, scale, lo=lo, hi=hi))
+    s = np.exp(rng.uniform(-8, 1, size=2)).astype(np.float32)
+    zx, zy = (int(v) for v in rng.integers(lo, hi + 1, size=2))
+    assert_same(E.dequant_quant_float32(torch.as_tensor(a), zx, s[0], s[1], zy, lo, hi),
+                K.requantize_tensor(a, None, None, x_zero_point=zx, y_zero_point=zy, lo=lo, hi=hi,
+                                    requant="float32_dq", scale=s))

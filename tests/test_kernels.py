@@ -576,3 +576,55 @@ def test_requantize_tensor_uint8_to_int8_identity_scale():
     mult, shift = arith.quantize_multipliers_q31(np.array(1.0))
     y = K.requantize_tensor(x, mult, shift, x_zero_point=127, y_zero_point=-1, lo=-128, hi=127)
     assert (y == np.clip(x - 128, -128, 127)).all()
+
+
+# --- ONNX Runtime's QLinearAdd (float32 FMAs) and DequantizeLinear -> QuantizeLinear ----------
+
+def fma_oracle(x: int, r, c) -> np.float32:
+    """round-to-nearest-even float32 of the exact rational x·r + c."""
+    from fractions import Fraction
+
+    exact = Fraction(int(x)) * Fraction(float(np.float32(r))) + Fraction(float(np.float32(c)))
+    lo = np.float32(float(exact))  # float() rounds correctly to float64; step to the float32 neighbours
+    cands = {lo, np.nextafter(lo, np.float32(np.inf)), np.nextafter(lo, np.float32(-np.inf))}
+    best = min(cands, key=lambda v: (abs(Fraction(float(v)) - exact),
+                                     int(np.array(v, np.float32).view(np.int32)) & 1))
+    return np.float32(best)
+
+
+@SETTINGS
+@given(st.integers(-255, 255), st.floats(2.0**-20, 256.0, width=32), st.floats(-600.0, 600.0, width=32))
+def test_fma_float32_is_one_rounding(x, r, c):
+    assert arith.fma_float32(np.array([x]), np.float32(r), np.array([c], np.float32))[0] == fma_oracle(x, r, c)
+
+
+def test_fma_float32_differs_from_two_roundings_where_it_should():
+    # 3·(1 + 2^-23) + (-3): two roundings lose the low bits, one rounding keeps them
+    r = np.float32(1 + 2.0**-23)
+    got = arith.fma_float32(np.array([3]), r, np.array([-3.0], np.float32))[0]
+    assert got == np.float32(3 * 2.0**-23) and np.float32(np.float32(3 * r) - 3) != got
+
+
+@SETTINGS
+@given(st.integers(0, 2**32 - 1), st.booleans())
+def test_add_float32_matches_scalar_oracle(seed, signed):
+    rng = np.random.default_rng(seed)
+    lo, hi = (-128, 127) if signed else (0, 255)
+    a, b = rng.integers(lo, hi + 1, size=(2, 40))
+    ra, rb = (np.float32(np.exp(rng.uniform(-8, 3))) for _ in range(2))
+    f = np.float32(rng.uniform(-300, 300))
+    got = K.add_float32(a, b, np.array([ra, rb, f], np.float32), lo=lo, hi=hi)
+    for i in range(a.size):
+        t = fma_oracle(a[i], ra, fma_oracle(b[i], rb, f))
+        assert got[i] == min(max(int(np.rint(t)), lo), hi)
+
+
+@SETTINGS
+@given(st.integers(0, 255), st.integers(0, 255), st.floats(2.0**-12, 4.0, width=32),
+       st.floats(2.0**-12, 4.0, width=32), st.integers(0, 255))
+def test_dequant_quant_float32_matches_float32_steps(x, zx, s_in, s_out, zy):
+    v = np.float32(np.float32(x - zx) * np.float32(s_in))
+    want = min(max(int(np.rint(np.float32(v / np.float32(s_out)))) + zy, 0), 255)
+    got = K.requantize_tensor(np.array([[x]]), None, None, x_zero_point=zx, y_zero_point=zy, lo=0, hi=255,
+                              requant="float32_dq", scale=np.array([s_in, s_out], np.float32))
+    assert int(got[0, 0]) == want

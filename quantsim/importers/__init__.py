@@ -6,7 +6,7 @@
     imp.preprocess       # how the model wants its images (see quantsim.preprocess)
 
 The imported graph reproduces the engine's own integer arithmetic (requant modes
-"gemmlowp" for TFLite), so the real engine is an oracle for it (quantsim.oracles).
+"gemmlowp" for TFLite, "float32" for ONNX Runtime), so the real engine is an oracle for it (quantsim.oracles).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from integer_ref.ir import Graph
 
 from ..preprocess import Preprocess
 
-IMPORT_SUFFIXES = (".tflite",)
+IMPORT_SUFFIXES = (".tflite", ".onnx")
 
 
 @dataclass
@@ -41,4 +41,8 @@ def load_imported(path: str | Path) -> ImportedModel:
         from .tflite import load_tflite
 
         return load_tflite(path)
+    if path.suffix.lower() == ".onnx":
+        from .onnx import load_onnx
+
+        return load_onnx(path)
     raise ValueError(f"{path}: no importer for {path.suffix!r} files (known: {', '.join(IMPORT_SUFFIXES)})")

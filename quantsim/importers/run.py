@@ -1,9 +1,9 @@
-"""`python -m quantsim.simulate model.tflite ...`: a run on an imported integer program.
+"""`python -m quantsim.simulate model.tflite|model.onnx ...`: a run on an imported integer program.
 
 An imported graph is already quantized: calibration and lowering are skipped. Accuracy
 comes from the emulated program (quantsim.emulate) on the evaluation data, the bit-exact
 check compares integer_ref with it on every layer, the hardware model and energy run on
-integer_ref's operands, and `--oracle tflite` runs the real engine beside integer_ref on
+integer_ref's operands, and `--oracle tflite|onnxruntime` runs the real engine beside integer_ref on
 the bit-exact images (summary: oracle, oracle_images, oracle_mismatches).
 """
 from __future__ import annotations
@@ -71,12 +71,15 @@ def run_imported(args, accel) -> dict:
     if oracle:
         from .. import oracles
 
-        if oracle != "tflite" or graph.meta.get("source_format") != "tflite":
-            raise QuantsimError(f"--oracle {oracle}: available for .tflite models only (oracles: tflite)")
+        fmt = {"tflite": "tflite", "onnxruntime": "onnx"}.get(oracle)
+        if graph.meta.get("source_format") != fmt:
+            raise QuantsimError(f"--oracle {oracle}: needs a .{fmt} model (this one is "
+                                f"{graph.meta.get('source_format')})")
         n_or = min(max(args.bitexact_images, 1), n_check)
-        res = oracles.compare_tflite(graph, imp.source, x[:n_or].numpy().astype(np.float32),
-                                     {k: v[:n_or] for k, v in bitexact.ref_tensors.items()})
-        summary_oracle = {"oracle": "tflite", "oracle_images": res.images,
+        compare = oracles.compare_tflite if oracle == "tflite" else oracles.compare_onnxruntime
+        res = compare(graph, imp.source, x[:n_or].numpy().astype(np.float32),
+                      {k: v[:n_or] for k, v in bitexact.ref_tensors.items()})
+        summary_oracle = {"oracle": oracle, "oracle_images": res.images,
                           "oracle_mismatches": res.total_mismatches,
                           "oracle_elements": res.total_elements}
     hw = hardware.simulate(graph, bitexact.ref_tensors, accel, args.toggle_images, args.mac_form)

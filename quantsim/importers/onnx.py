@@ -1,0 +1,370 @@
+"""Import an ONNX model quantized by ONNX Runtime (`quantize_static`, QOperator format) into
+the integer IR, reproducing ONNX Runtime's CPU kernels (MLAS, x86-64) bit for bit.
+
+The model is read with the `onnx` package. U8S8 (uint8 activations with zero points, int8
+weights, per-tensor or per-channel) and S8S8 both import. Ops and the IR they become:
+
+  QuantizeLinear (graph input) -> quantize: rint(x / s) + z in float32 (MLAS QuantizeLinear)
+  QLinearConv       -> conv2d, requant float32, scale float32(float32(s_x·s_w[c]) / s_y)
+  QGemm (transA 0), QLinearMatMul (constant B) -> linear, requant float32, scale
+                       float32(float32(float32(alpha·s_a)·s_b[c]) / s_y) (alpha 1 for MatMul)
+  QLinearAdd        -> add, requant float32: MLAS's AVX2 kernel, two float32 FMAs on the raw
+                       inputs (arith.add_float32); the zero points are folded into one constant
+  QLinearGlobalAveragePool (channels_last 0) -> global_avgpool, requant float32,
+                       scale float32(s_x / float32(s_y·float32(H·W)))
+  Flatten, Reshape (to N×K) -> reshape
+  DequantizeLinear -> float Slice / Pad (constant 0) / Reshape ... -> QuantizeLinear:
+                       the data movement runs on the integers (strided_slice, pad_channels with
+                       the zero point, reshape), then requantize in mode float32_dq
+                       (float32(x - z)·s_in / s_out, rounded half to even)
+  DequantizeLinear of a graph output -> the integer graph stops there: graph.outputs is its
+                       input (the quantized logits)
+
+Relu and Clip do not appear: ONNX Runtime's quantizer folds them into the producer's output
+range. The graph input is the float tensor the ONNX model takes (already normalised): the
+preprocessing comes from the model's metadata_props entry `quantsim_preprocess` (JSON of
+quantsim.preprocess.Preprocess, written by quantsim.export_onnx and by the tests), else mean
+0 / std 1 at the model's input size, with a note. graph.meta['onnx_tensors'] maps IR nodes
+to the ONNX tensors holding the same integers (the oracle adds them as graph outputs).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from integer_ref import arith
+from integer_ref.ir import Graph, Node, QParams
+
+from ..errors import QuantsimError
+from ..preprocess import Preprocess
+from . import ImportedModel
+
+PREPROCESS_KEY = "quantsim_preprocess"
+
+
+def _onnx():
+    try:
+        import onnx  # noqa: F401
+        from onnx import numpy_helper  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - dependency note
+        raise QuantsimError("importing .onnx models needs the `onnx` package (pip install onnx)") from exc
+    return onnx
+
+
+def f32(v) -> np.float32:
+    return np.float32(v)
+
+
+def add_constant(ra: np.float32, rb: np.float32, za: int, zb: int, zy: int) -> np.float32:
+    """The zero-point constant of MLAS's AVX2 QLinearAdd: float32(z_y) - (r_a·z_a + r_b·z_b),
+    as compiled (the inner sum contracted to one FMA: fma(r_a, z_a, r_b·z_b))."""
+    inner = arith.fma_float32(np.array(za), ra, f32(rb * f32(zb)))
+    return f32(f32(zy) - f32(inner))
+
+
+class _Importer:
+    def __init__(self, model, path: Path):
+        onnx = _onnx()
+        from onnx import numpy_helper
+
+        self.onnx, self.nh, self.path = onnx, numpy_helper, path
+        self.model = model
+        self.g = model.graph
+        self.consts: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in self.g.initializer}
+        self.nodes: list[Node] = []
+        self.ints: dict[str, str] = {}       # ONNX tensor holding integers -> IR node
+        self.fviews: dict[str, str] = {}     # ONNX float tensor = dequantized IR node (exact data movement)
+        self.shapes: dict[str, tuple] = {}   # IR node -> shape (N = 1)
+        self.tmap: dict[str, str] = {}       # IR node -> ONNX tensor with the same integers
+        self.outputs: list[str] = []
+        self.notes: list[str] = []
+        self.k = 0
+
+    # -- helpers ---------------------------------------------------------------------------
+    def const(self, name: str, where: str) -> np.ndarray:
+        if name not in self.consts:
+            raise QuantsimError(f"{where}: input {name!r} is not a constant")
+        return self.consts[name]
+
+    def qp(self, name: str) -> QParams:
+        return next(n.out for n in reversed(self.nodes) if n.name == name)
+
+    def act_q(self, s_name: str, z_name: str, where: str) -> QParams:
+        s = self.const(s_name, where).astype(np.float32).ravel()
+        z = self.const(z_name, where)
+        if s.size != 1 or z.size != 1:
+            raise QuantsimError(f"{where}: per-channel activation quantization is not supported")
+        if z.dtype not in (np.uint8, np.int8):
+            raise QuantsimError(f"{where}: {z.dtype} activations (only uint8 / int8 import)")
+        return QParams(8, z.dtype == np.int8, np.float64(s[0]), int(z.ravel()[0]), narrow=False)
+
+    def int_input(self, name: str, where: str, s_name: str | None = None, z_name: str | None = None) -> str:
+        if name not in self.ints:
+            raise QuantsimError(f"{where}: input {name!r} is not produced by the integer graph")
+        ir = self.ints[name]
+        if s_name is not None:
+            q = self.act_q(s_name, z_name, where)
+            have = self.qp(ir)
+            if f32(q.scale) != f32(have.scale) or q.zero_point != have.zero_point or q.signed != have.signed:
+                raise QuantsimError(f"{where}: input {name!r} quantized as ({float(q.scale)}, {q.zero_point}) "
+                                    f"here but ({float(have.scale)}, {have.zero_point}) where produced")
+        return ir
+
+    def add(self, node: Node, shape: tuple, onnx_out: str | None, domain: str = "int") -> str:
+        self.nodes.append(node)
+        self.shapes[node.name] = tuple(int(v) for v in shape)
+        if onnx_out is not None:
+            (self.ints if domain == "int" else self.fviews)[onnx_out] = node.name
+            if domain == "int":
+                self.tmap[node.name] = onnx_out
+        return node.name
+
+    def name(self, op: str) -> str:
+        self.k += 1
+        return f"n{self.k:03d}_{op.lower()}"
+
+    # -- ops --------------------------------------------------------------------------------
+    def run(self) -> None:
+        graph_inputs = [i for i in self.g.input if i.name not in self.consts]
+        if len(graph_inputs) != 1:
+            raise QuantsimError(f"{self.path}: {len(graph_inputs)} inputs; only single-image models import")
+        self.input = graph_inputs[0]
+        dims = self.input.type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        if len(shape) != 4 or None in shape[1:]:
+            raise QuantsimError(f"{self.path}: input shape {shape} is not N×C×H×W with fixed C, H, W")
+        self.input_shape = tuple(shape[1:])
+        self.batch_fixed = shape[0]
+        self.graph_outputs = {o.name for o in self.g.output}
+        for node in self.g.node:
+            self.op(node)
+
+    def op(self, nd) -> None:  # noqa: C901 - one branch per ONNX op
+        onnx = self.onnx
+        kind = nd.op_type
+        ins, out = list(nd.input), nd.output[0]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in nd.attribute}
+        where = f"{self.path.name}: {kind} {nd.name or out!r}"
+        if kind == "Constant":
+            self.consts[out] = self.nh.to_array(attrs["value"])
+            return
+        if kind == "QuantizeLinear":
+            y_q = self.act_q(ins[1], ins[2], where)
+            if ins[0] == self.input.name:
+                n = Node("input", "quantize", ["image"], y_q, source=nd.name or out)
+                self.add(n, (1,) + self.input_shape, out)
+                return
+            if ins[0] not in self.fviews:
+                raise QuantsimError(f"{where}: quantizes a float tensor the integer graph does not hold")
+            src = self.fviews[ins[0]]
+            x_q = self.qp(src)
+            n = Node(self.name("requantize"), "requantize", [src], y_q, attrs={"requant": "float32_dq"},
+                     params={"requant_scale": np.array([f32(x_q.scale), f32(y_q.scale)], np.float32)},
+                     source=nd.name or out, in_q=x_q)
+            self.add(n, self.shapes[src], out)
+            return
+        if kind == "DequantizeLinear":
+            src = self.int_input(ins[0], where, ins[1], ins[2] if len(ins) > 2 else None)
+            if out in self.graph_outputs:
+                self.outputs.append(src)
+                self.notes.append(f"integer graph stops before DequantizeLinear {out!r}: "
+                                  f"graph output = its quantized input {ins[0]!r}")
+            else:
+                self.fviews[out] = src
+            return
+        if kind in ("Slice", "Pad", "Flatten", "Reshape"):
+            self.movement(nd, kind, ins, out, attrs, where)
+            return
+        if kind == "QLinearConv":
+            self.conv(nd, ins, out, attrs, where)
+            return
+        if kind in ("QGemm", "QLinearMatMul"):
+            self.gemm(nd, kind, ins, out, attrs, where)
+            return
+        if kind == "QLinearAdd":
+            a = self.int_input(ins[0], where, ins[1], ins[2])
+            b = self.int_input(ins[3], where, ins[4], ins[5])
+            qa, qb = self.qp(a), self.qp(b)
+            y_q = self.act_q(ins[6], ins[7], where)
+            if self.shapes[a] != self.shapes[b]:
+                raise QuantsimError(f"{where}: broadcasting add {self.shapes[a]} + {self.shapes[b]} is not supported")
+            ra, rb = f32(f32(qa.scale) / f32(y_q.scale)), f32(f32(qb.scale) / f32(y_q.scale))
+            c = add_constant(ra, rb, qa.zero_point, qb.zero_point, y_q.zero_point)
+            n = Node(self.name("add"), "add", [a, b], y_q, attrs={"requant": "float32"},
+                     params={"requant_scale": np.array([ra, rb, c], np.float32)}, source=nd.name or out, in_q=qa)
+            self.add(n, self.shapes[a], out)
+            return
+        if kind == "QLinearGlobalAveragePool":
+            if attrs.get("channels_last", 0):
+                raise QuantsimError(f"{where}: channels_last=1 is not supported")
+            x = self.int_input(ins[0], where, ins[1], ins[2])
+            x_q, y_q = self.qp(x), self.act_q(ins[3], ins[4], where)
+            _, c, h, w = self.shapes[x]
+            scale = f32(f32(x_q.scale) / f32(f32(y_q.scale) * f32(h * w)))
+            m, s = arith.quantize_multipliers(np.array([float(scale)]))
+            n = Node(self.name("gap"), "global_avgpool", [x], y_q, attrs={"requant": "float32", "count": h * w},
+                     params={"requant_scale": np.array([scale], np.float32), "multiplier": m, "shift": s},
+                     source=nd.name or out, in_q=x_q)
+            self.add(n, (1, c, 1, 1), out)
+            return
+        raise QuantsimError(f"{where}: unsupported ONNX op {nd.domain + '.' if nd.domain else ''}{kind}")
+
+    def movement(self, nd, kind, ins, out, attrs, where) -> None:
+        """Exact data movement, on integers (QOperator) or on a dequantized view (DQ -> ... -> Q)."""
+        if ins[0] in self.ints:
+            domain, src = "int", self.ints[ins[0]]
+        elif ins[0] in self.fviews:
+            domain, src = "float", self.fviews[ins[0]]
+        else:
+            raise QuantsimError(f"{where}: input {ins[0]!r} is not produced by the integer graph")
+        shape, x_q = self.shapes[src], self.qp(src)
+        if kind in ("Flatten", "Reshape"):
+            if kind == "Flatten" and attrs.get("axis", 1) != 1:
+                raise QuantsimError(f"{where}: Flatten axis {attrs.get('axis')} (only 1)")
+            if kind == "Reshape":
+                target = [int(v) for v in self.const(ins[1], where)]
+                if len(target) != 2:
+                    raise QuantsimError(f"{where}: reshape to {target} (only N×K imports)")
+            k = int(np.prod(shape[1:]))
+            n = Node(self.name("reshape"), "reshape", [src], x_q, attrs={"shape": [-1, k]}, source=nd.name or out)
+            self.add(n, (1, k), out, domain)
+            return
+        if kind == "Slice":
+            starts, ends = (self.const(i, where).astype(np.int64) for i in ins[1:3])
+            axes = (self.const(ins[3], where).astype(np.int64) if len(ins) > 3 and ins[3]
+                    else np.arange(len(starts)))
+            steps = (self.const(ins[4], where).astype(np.int64) if len(ins) > 4 and ins[4]
+                     else np.ones(len(starts), np.int64))
+            step, begin = [1, 1], [0, 0]
+            new = list(shape)
+            for a, s0, e, st in zip(axes, starts, ends, steps):
+                a = int(a) % len(shape)
+                size = shape[a]
+                s0 = int(s0) + size if s0 < 0 else int(s0)
+                if st <= 0 or min(int(e), size) < size or (a < 2 and (s0 != 0 or st != 1)) or a > 3:
+                    raise QuantsimError(f"{where}: only Slices keeping whole spatial axes with a step import")
+                step[a - 2], begin[a - 2] = int(st), s0
+                new[a] = len(range(s0, size, int(st)))
+            n = Node(self.name("slice"), "strided_slice", [src], x_q, attrs={"step": step, "begin": begin},
+                     source=nd.name or out)
+            self.add(n, tuple(new), out, domain)
+            return
+        # Pad
+        if attrs.get("mode", b"constant") not in (b"constant", "constant"):
+            raise QuantsimError(f"{where}: Pad mode {attrs.get('mode')!r}")
+        pads = [int(v) for v in self.const(ins[1], where)]
+        value = self.const(ins[2], where).ravel()[0] if len(ins) > 2 and ins[2] else 0
+        expect = 0 if domain == "float" else x_q.zero_point
+        if float(value) != float(expect):
+            raise QuantsimError(f"{where}: pads with {value}, not the zero (point) {expect}")
+        r = len(pads) // 2
+        before, after = pads[:r], pads[r:]
+        if r != 4 or before[0] or after[0] or any(before[2:]) or any(after[2:]):
+            raise QuantsimError(f"{where}: pads {pads} (only channel padding imports)")
+        n = Node(self.name("pad"), "pad_channels", [src], x_q, attrs={"before": before[1], "after": after[1]},
+                 source=nd.name or out)
+        self.add(n, (shape[0], shape[1] + before[1] + after[1]) + tuple(shape[2:]), out, domain)
+
+    def weight_q(self, ws: np.ndarray, wz: np.ndarray, n_out: int) -> QParams:
+        per = ws.size > 1
+        return QParams(8, wz.dtype == np.int8, ws.astype(np.float64) if per else np.float64(ws[0]),
+                       0 if per else int(wz.ravel()[0]), narrow=False, axis=0 if per else None)
+
+    def mac_params(self, weight, ws, wz, bias, x_q, y_q, alpha: float = 1.0) -> dict:
+        n_out = weight.shape[0]
+        ws = np.broadcast_to(ws.astype(np.float32).ravel(), (n_out,))
+        sx, sy = f32(x_q.scale), f32(y_q.scale)
+        lead = f32(f32(alpha) * sx) if alpha != 1.0 else sx
+        scale = ((lead * ws).astype(np.float32) / sy).astype(np.float32)
+        m, s = arith.quantize_multipliers(scale.astype(np.float64))
+        p = {"weight": weight.astype(np.int64), "requant_scale": scale, "multiplier": m, "shift": s}
+        if bias is not None:
+            p["bias"] = bias.astype(np.int64).ravel()
+        wz = wz.astype(np.int64).ravel()
+        if np.any(wz != 0):
+            p["weight_zero_point"] = np.int64(wz[0]) if np.all(wz == wz[0]) else np.broadcast_to(wz, (n_out,)).copy()
+        return p
+
+    def conv(self, nd, ins, out, attrs, where) -> None:
+        x = self.int_input(ins[0], where, ins[1], ins[2])
+        x_q, y_q = self.qp(x), self.act_q(ins[6], ins[7], where)
+        w = self.const(ins[3], where)
+        ws, wz = self.const(ins[4], where), self.const(ins[5], where)
+        bias = self.const(ins[8], where) if len(ins) > 8 and ins[8] else None
+        if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            raise QuantsimError(f"{where}: auto_pad {attrs['auto_pad']!r} (only explicit pads import)")
+        kh, kw = w.shape[2:]
+        stride = list(attrs.get("strides", [1, 1]))
+        dil = list(attrs.get("dilations", [1, 1]))
+        t, l, b, r = attrs.get("pads", [0, 0, 0, 0])
+        groups = int(attrs.get("group", 1))
+        _, c, h, wd = self.shapes[x]
+        ho = arith.conv_output_size(h, kh, stride[0], t, b, dil[0])
+        wo = arith.conv_output_size(wd, kw, stride[1], l, r, dil[1])
+        params = self.mac_params(w, ws, wz, bias, x_q, y_q)
+        n = Node(self.name("conv"), "conv2d", [x], y_q,
+                 attrs={"requant": "float32", "stride": stride, "dilation": dil, "groups": groups,
+                        "padding": [int(t), int(b), int(l), int(r)]},
+                 params=params, source=nd.name or out, weight_q=self.weight_q(ws.ravel(), wz, w.shape[0]), in_q=x_q)
+        self.add(n, (1, w.shape[0], ho, wo), out)
+
+    def gemm(self, nd, kind, ins, out, attrs, where) -> None:
+        x = self.int_input(ins[0], where, ins[1], ins[2])
+        x_q = self.qp(x)
+        if len(self.shapes[x]) != 2:
+            raise QuantsimError(f"{where}: input shape {self.shapes[x]} (only N×K imports)")
+        if kind == "QGemm":
+            if attrs.get("transA", 0):
+                raise QuantsimError(f"{where}: transA=1 is not supported")
+            if len(ins) < 9 or not ins[7]:
+                raise QuantsimError(f"{where}: float output (no y_scale) is not supported")
+            w = self.const(ins[3], where)
+            w = w if attrs.get("transB", 0) else w.T
+            ws, wz = self.const(ins[4], where), self.const(ins[5], where)
+            bias = self.const(ins[6], where) if ins[6] else None
+            y_q, alpha = self.act_q(ins[7], ins[8], where), float(attrs.get("alpha", 1.0))
+        else:
+            w = self.const(ins[3], where).T
+            ws, wz = self.const(ins[4], where), self.const(ins[5], where)
+            bias, y_q, alpha = None, self.act_q(ins[6], ins[7], where), 1.0
+        params = self.mac_params(np.ascontiguousarray(w), ws, wz, bias, x_q, y_q, alpha)
+        n = Node(self.name("linear"), "linear", [x], y_q, attrs={"requant": "float32"}, params=params,
+                 source=nd.name or out, weight_q=self.weight_q(ws.ravel(), wz, w.shape[0]), in_q=x_q)
+        self.add(n, (1, w.shape[0]), out)
+
+
+def read_preprocess(model, input_shape) -> tuple[Preprocess, str | None]:
+    meta = {p.key: p.value for p in model.metadata_props}
+    if PREPROCESS_KEY in meta:
+        return Preprocess.from_json(json.loads(meta[PREPROCESS_KEY])), None
+    c, h, w = input_shape
+    note = (f"no '{PREPROCESS_KEY}' in the model's metadata: images are fed as [0, 1] floats "
+            "(mean 0, std 1); set it for models trained on normalised inputs")
+    return Preprocess((c, h, w), (0.0,) * c, (1.0,) * c, resize=None if h <= 64 else int(round(h / 0.875))), note
+
+
+def load_onnx(path: str | Path) -> ImportedModel:
+    path = Path(path)
+    onnx = _onnx()
+    if not path.is_file():
+        raise QuantsimError(f"{path}: cannot read (no such file)")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is one clear message
+        raise QuantsimError(f"{path}: not a readable ONNX model ({exc})") from None
+    imp = _Importer(model, path)
+    imp.run()
+    outputs = imp.outputs or [imp.ints[o.name] for o in model.graph.output if o.name in imp.ints]
+    if not outputs:
+        raise QuantsimError(f"{path}: no integer output found")
+    pre, note = read_preprocess(model, imp.input_shape)
+    notes = imp.notes + ([note] if note else [])
+    meta = {"acc_bits": 32, "source_format": "onnx", "source": str(path), "onnx_tensors": imp.tmap,
+            "onnx_input": imp.input.name, "requant": "float32", "notes": notes}
+    graph = Graph(imp.nodes, "image", imp.input_shape, outputs, meta)
+    n_cls = int(np.prod(imp.shapes[outputs[0]][1:]))
+    label_offset = 1 if n_cls == 1001 else 0
+    graph.meta["label_offset"] = label_offset
+    return ImportedModel(graph, pre, f"onnx:{path.stem}", str(path), n_cls, label_offset, notes)
