@@ -2,6 +2,7 @@
 
     python benchmarks/oracles.py                       # 32 images every layer + top-1 on all imagenet-val
     python benchmarks/oracles.py --models mobilenet_v1_0.25_128_quant --top1-images 200
+    python benchmarks/oracles.py --onnx-resnet20       # ResNet-20 quantized by ONNX Runtime vs ONNX Runtime
 
 Per model (../shared/models/tflite): import into the IR; on --images imagenet-val images,
 integer_ref against TFLite (OpResolverType.BUILTIN_REF, every intermediate tensor kept)
@@ -124,8 +125,37 @@ def write_section(rows: list[dict], args) -> None:
     replace_section(ROOT / "docs" / "results.md", "oracles", "\n".join(lines))
 
 
+def run_onnx_resnet20(n_images: int, n_calib: int = 32) -> dict:
+    """CIFAR ResNet-20 quantized by ONNX Runtime (quantize_static, QOperator, per-channel U8S8,
+    n_calib cifar10 train images), imported; integer_ref vs ONNX Runtime on every mapped tensor
+    and the float graph output of n_images cifar10 test images."""
+    import tempfile
+
+    from quantsim import models
+    from quantsim.export_onnx import ort_quantize_static
+
+    lm = models.load_model("cifar_resnet20", weights=str(SHARED / "models" / "cifar10-resnet" / "resnet20-12fca82f.th"))
+    data = f"cifar10:{SHARED / 'data' / 'cifar10'}"
+    take = lambda role, n: np.stack([ds[i][0].numpy() for ds in [datasets.build_dataset(data, lm.preprocess, role=role)]
+                                     for i in range(n)]).astype(np.float32)
+    with tempfile.TemporaryDirectory() as d:
+        q = ort_quantize_static(lm.model, lm.preprocess, take("calib", n_calib), d)
+        imp = load_imported(q)
+        x = take("eval", n_images)
+        t0 = time.perf_counter()
+        ref = executor.run(imp.graph, x, keep="all")
+        t_ref = time.perf_counter() - t0
+        res = oracles.compare_onnxruntime(imp.graph, q, x, ref.tensors)
+    return {"model": "onnx:cifar_resnet20", "engine": "onnxruntime", "images": res.images,
+            "layers": len(imp.graph.meta["onnx_tensors"]), "elements": res.total_elements,
+            "mismatches": res.total_mismatches, "seconds_ref": round(t_ref, 2),
+            "seconds_engine": round(res.seconds_engine, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--onnx-resnet20", action="store_true",
+                    help="only: ResNet-20 quantized by ONNX Runtime vs ONNX Runtime on --images cifar10 images")
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     ap.add_argument("--images", type=int, default=32, help="images compared on every layer")
     ap.add_argument("--top1-images", type=int, default=None, help="images for top-1 (default all)")
@@ -133,6 +163,9 @@ def main() -> None:
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--from-json", default=None, help="only rewrite the docs section from rows saved by --json")
     args = ap.parse_args()
+    if args.onnx_resnet20:
+        print(json.dumps(run_onnx_resnet20(args.images)), flush=True)
+        return
     if args.from_json:
         with open(args.from_json) as f:
             write_section(json.load(f), args)

@@ -25,8 +25,9 @@ from integer_ref import executor  # noqa: E402
 from integer_ref import kernels as K  # noqa: E402
 from quantsim import emulate, oracles  # noqa: E402
 from quantsim.errors import QuantsimError  # noqa: E402
+from quantsim.export_onnx import ort_quantize_static  # noqa: E402
 from quantsim.importers import is_importable, load_imported  # noqa: E402
-from quantsim.importers.onnx import PREPROCESS_KEY, add_constant  # noqa: E402
+from quantsim.importers.onnx import add_constant  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CKPT = SHARED / "models" / "cifar10-resnet" / "resnet20-12fca82f.th"
@@ -136,35 +137,6 @@ def _images(pre, role, n):
     return np.stack([ds[i][0].numpy() for i in range(n)]).astype(np.float32)
 
 
-def quantize_with_onnxruntime(model: torch.nn.Module, pre, calib: np.ndarray, out_dir: Path) -> Path:
-    """torch.onnx.export (opset 17) -> quant_pre_process -> quantize_static (QOperator, U8S8,
-    per-channel, MinMax), the preprocessing written into the model's metadata."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    fp = out_dir / "fp32.onnx"
-    torch.onnx.export(model.eval(), (torch.as_tensor(calib[:1]),), str(fp), opset_version=17, dynamo=False,
-                      input_names=["input"], output_names=["logits"],
-                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
-    pp = out_dir / "fp32_pre.onnx"
-    quant_pre_process(str(fp), str(pp))
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    q = out_dir / "int8.onnx"
-    quantize_static(str(pp), str(q), Reader(), quant_format=QuantFormat.QOperator, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    m = onnx.load(str(q))
-    m.metadata_props.add(key=PREPROCESS_KEY, value=json.dumps(pre.to_json()))
-    onnx.save(m, str(q))
-    return q
-
-
 @pytest.fixture(scope="module")
 def resnet20_onnx(tmp_path_factory):
     if not (CKPT.is_file() and CIFAR.is_dir()):
@@ -173,7 +145,7 @@ def resnet20_onnx(tmp_path_factory):
 
     lm = models.load_model("cifar_resnet20", weights=str(CKPT))
     calib = _images(lm.preprocess, "calib", N_CALIB)
-    return quantize_with_onnxruntime(lm.model, lm.preprocess, calib, tmp_path_factory.mktemp("r20onnx"))
+    return ort_quantize_static(lm.model, lm.preprocess, calib, tmp_path_factory.mktemp("r20onnx"))
 
 
 @needs_shared

@@ -1,0 +1,58 @@
+"""ONNX round trips with ONNX Runtime's own quantizer.
+
+    q = ort_quantize_static(model, preprocess, calib_images, out_dir)   # -> out_dir/int8.onnx
+
+torch.onnx.export (opset 17, TorchScript exporter) -> quant_pre_process (shape inference and
+constant folding) -> quantize_static (QOperator, per-channel, U8S8: uint8 asymmetric
+activations, int8 symmetric weights, MinMax calibration on the given images). The model's
+preprocessing is written into its metadata (quantsim.importers.onnx.PREPROCESS_KEY) so that
+`python -m quantsim.simulate int8.onnx` feeds it the images it was calibrated on.
+
+Exporting our own W8A8 IR to ONNX QOperator (issue 6, scope 4) is not written yet.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import QuantsimError
+from .preprocess import Preprocess
+
+
+def ort_quantize_static(model: torch.nn.Module, pre: Preprocess, calib: np.ndarray, out_dir: str | Path,
+                        opset: int = 17) -> Path:
+    try:
+        import onnx
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as exc:
+        raise QuantsimError("needs the `onnx` and `onnxruntime` packages (pip install 'quantsim[onnx]')") from exc
+    from .importers.onnx import PREPROCESS_KEY
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    calib = np.asarray(calib, np.float32)
+    fp = out_dir / "fp32.onnx"
+    torch.onnx.export(model.eval(), (torch.as_tensor(calib[:1]),), str(fp), opset_version=opset, dynamo=False,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
+    pp = out_dir / "fp32_pre.onnx"
+    quant_pre_process(str(fp), str(pp))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{"input": calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    q = out_dir / "int8.onnx"
+    quantize_static(str(pp), str(q), Reader(), quant_format=QuantFormat.QOperator, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    m = onnx.load(str(q))
+    m.metadata_props.add(key=PREPROCESS_KEY, value=json.dumps(pre.to_json()))
+    onnx.save(m, str(q))
+    return q
