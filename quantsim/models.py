@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from quantsim import cifar_resnet
+from quantsim import cifar_resnet, vit
 from quantsim.errors import QuantsimError
 from quantsim.preprocess import (CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess,
                                  imagenet_preprocess)
@@ -114,6 +114,7 @@ ARCHS: dict[str, ArchSpec] = {
     "cifar_resnet44": ArchSpec(cifar_resnet.cifar_resnet44, _CIFAR10_PRE, "cifar10"),
     "cifar_resnet56": ArchSpec(cifar_resnet.cifar_resnet56, _CIFAR10_PRE, "cifar10"),
     "tf_efficientnet_lite0": ArchSpec(_timm_factory("tf_efficientnet_lite0"), _LITE0_PRE, "imagenet"),
+    "vit_tiny_patch4_32": ArchSpec(vit.vit_tiny_patch4_32, vit.CIFAR10_VIT_PRE, "cifar10"),
 }
 
 
