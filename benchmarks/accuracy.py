@@ -28,7 +28,7 @@ READING = """Reading: W8A8 per-channel stays within 0.1 point of FP32 on all thr
 ours 81.03, 83.29, 82.46 — ResNet-20 is 17 images below ORT's asymmetric uint8 activations).
 Plain min-max PTQ at 4 bits collapses on EfficientNet-Lite0 (depthwise filters: one 4-bit scale per
 3x3 filter is not enough) and at W4A4 on the ResNets; per-tensor weights already fail Lite0 at 6 bits.
-These are the baselines that `--calib-method mse|percentile` and mixed precision improve on."""
+These are min-max baselines; `--calib-method mse|percentile` and mixed precision are the tools for them (not measured in this table)."""
 
 
 def run_model(name: str, n_eval: int | None, n_bitexact: int, calib_method: str) -> list[dict]:
