@@ -30,7 +30,6 @@ from __future__ import annotations
 import importlib.resources
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -566,6 +565,14 @@ def _load_pretrained(name: str, model: nn.Module, arch_kwargs: dict, pre: Prepro
     return _finish(model, name, arch_kwargs, pre, source, hint, name)
 
 
+def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file beside `path`, then rename: no half-written checkpoint."""
+    from reports.io import atomic_target
+
+    with atomic_target(path) as tmp:
+        torch.save(obj, tmp)
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str, arch_kwargs: dict | None = None) -> None:
     """Write our checkpoint format atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
@@ -576,17 +583,4 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str, arch_k
                                 f"int/float/str/bool/None")
     sd = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "arch_kwargs": arch_kwargs, "state_dict": sd}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    save_torch_atomic(payload, path)

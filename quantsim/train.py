@@ -37,10 +37,8 @@ import argparse
 import copy
 import json
 import math
-import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from quantsim.datasets import build_dataset, deterministic_subset
 from quantsim.errors import QuantsimError
+from reports.io import write_text_atomic
 from quantsim.preprocess import Preprocess
 
 STATE_FORMAT = "quantsim-train-state/1"
@@ -159,30 +158,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- files
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
 
 class JsonLog:
     def __init__(self, path: Path):
@@ -331,11 +306,11 @@ def train(args: argparse.Namespace) -> int:
               f"{hp['epochs']} epochs, device {device}", file=sys.stderr)
 
     def save() -> None:
-        from quantsim.models import save_checkpoint
+        from quantsim.models import save_checkpoint, save_torch_atomic
         save_checkpoint(ckpt_path, model, args.arch, arch_kwargs)
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-        _atomic_torch_save({"format": STATE_FORMAT, "arch": args.arch, "arch_kwargs": arch_kwargs,
+        save_torch_atomic({"format": STATE_FORMAT, "arch": args.arch, "arch_kwargs": arch_kwargs,
                             "hyper": hp, "progress": vars(prog), "model": _cpu_state_dict(model),
                             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng},
                            state_path)
@@ -447,7 +422,7 @@ def _finish(out: Path, args, hp, arch_kwargs, model, prog, test_loader, device, 
               "params": sum(p.numel() for p in model.parameters()), "torch": torch.__version__,
               "python": platform.python_version(), "device": str(device),
               "command": "python -m quantsim.train " + " ".join(args.argv)}
-    _atomic_write_text(out / "recipe.json", json.dumps(recipe, indent=1) + "\n")
+    write_text_atomic(out / "recipe.json", json.dumps(recipe, indent=1) + "\n")
     log.write(event="done", test_acc=test_acc, test_loss=test_loss, weights=str(out / "model.pt"))
     if not args.quiet:
         print(f"done: test accuracy {test_acc:.2f}% -> {out / 'model.pt'}", file=sys.stderr)

@@ -57,6 +57,9 @@ def _atomic_target(path: str | os.PathLike) -> Iterator[str]:
         raise
 
 
+atomic_target = _atomic_target  # public: for writers of other formats (torch.save, np.savez)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     with _atomic_target(path) as tmp:
         with open(tmp, "wb") as f:
