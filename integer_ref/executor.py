@@ -9,7 +9,7 @@ Images go through in batch chunks so that memory stays bounded on large evaluati
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -133,14 +133,14 @@ def _dyadic_only(node: Node, rq: dict) -> None:
         raise NotImplementedError(f"op {node.op!r} has no {rq['requant']!r} requantization (node {node.name!r})")
 
 
-def run_chunk(graph: Graph, x: np.ndarray, keep: str) -> ExecResult:
-    qp = tensor_qparams(graph)
-    acc_bits = int(graph.meta.get("acc_bits", 32))
+def interpret(graph: Graph, x, keep: str, eval_node: Callable[[Any, list], tuple[Any, int]]) -> ExecResult:
+    """Walk the program in order with `eval_node(node, inputs) -> (output, overflows)`,
+    freeing tensors no later node reads. Shared by integer_ref and its torch twin."""
     last = last_uses(graph)
     live: dict[str, Any] = {graph.input_name: x}
     res = ExecResult({}, {})
     for i, node in enumerate(graph.nodes):
-        y, overflows = run_node(node, [live[n] for n in node.inputs], qp, acc_bits)
+        y, overflows = eval_node(node, [live[n] for n in node.inputs])
         live[node.name] = y
         if node.op in ACC_OPS:
             res.acc_overflows[node.name] = int(overflows)
@@ -150,6 +150,12 @@ def run_chunk(graph: Graph, x: np.ndarray, keep: str) -> ExecResult:
             if last.get(name) == i and name not in graph.outputs:
                 live.pop(name, None)
     return res
+
+
+def run_chunk(graph: Graph, x: np.ndarray, keep: str) -> ExecResult:
+    qp = tensor_qparams(graph)
+    acc_bits = int(graph.meta.get("acc_bits", 32))
+    return interpret(graph, x, keep, lambda node, args: run_node(node, args, qp, acc_bits))
 
 
 def run(graph: Graph, x: np.ndarray, keep: str = "all", chunk: int = 256) -> ExecResult:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from integer_ref import arith
 from integer_ref import kernels as K
-from integer_ref.executor import ACC_OPS, ExecResult, check_value_ranges
+from integer_ref.executor import ExecResult, check_value_ranges, interpret
 from integer_ref.ir import Graph, Node
 
 MAX_FLOAT32_DIGITS = 3  # beyond this many float32 passes one float64 pass is cheaper
@@ -505,20 +505,7 @@ def run(graph: Graph, x: torch.Tensor, keep: str = "outputs", prepared: Prepared
     check_value_ranges(graph)
     x = torch.as_tensor(x)
     prep = prepared if prepared is not None and prepared.device == x.device else Prepared(graph, x.device)
-    last = {name: i for i, n in enumerate(graph.nodes) for name in n.inputs}
-    live = {graph.input_name: x}
-    res = ExecResult({}, {})
-    for i, node in enumerate(graph.nodes):
-        y, overflows = run_node(node, [live[n] for n in node.inputs], prep)
-        live[node.name] = y
-        if node.op in ACC_OPS:
-            res.acc_overflows[node.name] = int(overflows)
-        if keep == "all" or node.name in graph.outputs:
-            res.tensors[node.name] = y
-        for name in node.inputs:  # free what no later node reads
-            if last.get(name) == i and name not in graph.outputs:
-                live.pop(name, None)
-    return res
+    return interpret(graph, x, keep, lambda node, args: run_node(node, args, prep))
 
 
 class EmulatedModel(torch.nn.Module):
