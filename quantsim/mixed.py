@@ -127,7 +127,7 @@ def _check_table(name: str, table: Table) -> dict[Hashable, dict[Width, float]]:
     return out
 
 
-def _groups(layers: Sequence[Hashable], tied: Iterable[Iterable[Hashable]] | None) -> list[list[Hashable]]:
+def merge_groups(layers: Sequence[Hashable], tied: Iterable[Iterable[Hashable]] | None) -> list[list[Hashable]]:
     """Partition the layers into allocation items: tied groups merged where they overlap
     (union-find), every other layer alone. Items follow the layers' order."""
     parent = {l: l for l in layers}
@@ -318,7 +318,7 @@ def allocate_threshold(
             bits[l] = ws[k - 1 - g]
         how = f"rank groups of {k} ({'tertiles' if k == 3 else 'quantiles'})"
 
-    items = _groups(list(sens), tied)
+    items = merge_groups(list(sens), tied)
     for g in items:
         if len(g) > 1:
             common = _common_widths(g, sens)
@@ -357,7 +357,7 @@ def _items(sens, ens, tied):
         if missing:
             raise ValueError(f"energy[{l!r}] has no entry for widths {missing!r}")
     out = []
-    for g in _groups(layers, tied):
+    for g in merge_groups(layers, tied):
         ws = _common_widths(g, sens) if len(g) > 1 else sorted(sens[g[0]], key=width_order)
         cost = np.array([math.fsum(sens[l][b] for l in g) for b in ws])
         en = np.array([math.fsum(ens[l][b] for l in g) for b in ws])

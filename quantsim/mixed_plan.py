@@ -49,13 +49,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .capture import PASSTHROUGH_OPS, FloatGraph
 from .config import QuantConfig
 from .errors import QuantsimError
-from .mixed import Allocation, InfeasibleBudget, allocate_budget, allocate_threshold
+from .mixed import Allocation, InfeasibleBudget, allocate_budget, allocate_threshold, merge_groups
 
 FIXED = "<fixed>"  # owner of energy no MAC layer's width decides
 MAX_REFINEMENTS = 4
@@ -102,22 +101,8 @@ def tie_groups(g: FloatGraph) -> list[list[str]]:
     """MAC layers that must share a width (see the module doc), each group in graph order;
     groups overlap-merged; single layers are left out."""
     layers = [n.name for n in g.mac_nodes()]
-    parent = {l: l for l in layers}
-
-    def find(x):
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for ds in width_deciders(g).values():
-        ds = sorted(ds, key=layers.index)
-        for a, b in zip(ds, ds[1:]):
-            parent[find(b)] = find(a)
-    groups: dict[str, list[str]] = {}
-    for l in layers:
-        groups.setdefault(find(l), []).append(l)
-    return [m for m in groups.values() if len(m) > 1]
+    groups = merge_groups(layers, [sorted(ds, key=layers.index) for ds in width_deciders(g).values()])
+    return [m for m in groups if len(m) > 1]
 
 
 def energy_owners(g: FloatGraph, ir_names: list[str], tied: list[list[str]]) -> dict[str, str]:
