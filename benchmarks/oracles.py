@@ -132,7 +132,7 @@ def run_onnx_resnet20(n_images: int, n_calib: int = 32) -> dict:
     import tempfile
 
     from quantsim import models
-    from quantsim.export_onnx import ort_quantize_static
+    from quantsim.ort_quantize import ort_quantize_static
 
     lm = models.load_model("cifar_resnet20", weights=str(SHARED / "models" / "cifar10-resnet" / "resnet20-12fca82f.th"))
     data = f"cifar10:{SHARED / 'data' / 'cifar10'}"

@@ -25,7 +25,7 @@ from integer_ref import executor  # noqa: E402
 from integer_ref import kernels as K  # noqa: E402
 from quantsim import emulate, oracles  # noqa: E402
 from quantsim.errors import QuantsimError  # noqa: E402
-from quantsim.export_onnx import ort_quantize_static  # noqa: E402
+from quantsim.ort_quantize import ort_quantize_static  # noqa: E402
 from quantsim.importers import is_importable, load_imported  # noqa: E402
 from quantsim.importers.onnx import add_constant  # noqa: E402
 

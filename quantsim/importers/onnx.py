@@ -23,7 +23,7 @@ weights, per-tensor or per-channel) and S8S8 both import. Ops and the IR they be
 Relu and Clip do not appear: ONNX Runtime's quantizer folds them into the producer's output
 range. The graph input is the float tensor the ONNX model takes (already normalised): the
 preprocessing comes from the model's metadata_props entry `quantsim_preprocess` (JSON of
-quantsim.preprocess.Preprocess, written by quantsim.export_onnx and by the tests), else mean
+quantsim.preprocess.Preprocess, written by quantsim.ort_quantize, quantsim.export_onnx and by the tests), else mean
 0 / std 1 at the model's input size, with a note. graph.meta['onnx_tensors'] maps IR nodes
 to the ONNX tensors holding the same integers (the oracle adds them as graph outputs).
 """

@@ -1,4 +1,4 @@
-"""ONNX round trips with ONNX Runtime's own quantizer.
+"""ONNX Runtime's own quantizer on a torch model (the reference our W8A8 is compared with).
 
     q = ort_quantize_static(model, preprocess, calib_images, out_dir)   # -> out_dir/int8.onnx
 
@@ -8,7 +8,7 @@ activations, int8 symmetric weights, MinMax calibration on the given images). Th
 preprocessing is written into its metadata (quantsim.importers.onnx.PREPROCESS_KEY) so that
 `python -m quantsim.simulate int8.onnx` feeds it the images it was calibrated on.
 
-Exporting our own W8A8 IR to ONNX QOperator (issue 6, scope 4) is not written yet.
+Exporting our own quantized IR to ONNX is quantsim.export_onnx.
 """
 from __future__ import annotations
 
