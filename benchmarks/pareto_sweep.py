@@ -44,7 +44,8 @@ def sweep(key: str, args) -> Path:
     name, argv = MODELS[key]
     out = ROOT / "docs" / "pareto" / name
     argv = argv + ["--calib", str(args.calib), "--accel", args.accel, "--budgets", args.budgets,
-                   "--out", str(out), "--resume", "--batch-size", str(args.batch_size)]
+                   "--out", str(out), "--resume", "--batch-size", str(args.batch_size),
+                   "--sensitivity-at", args.sensitivity_at]
     if args.eval:
         argv += ["--eval", str(args.eval)]
     print(f"== {name}: python -m quantsim.pareto {' '.join(argv)}", flush=True)
@@ -146,6 +147,9 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--accel", default="scalesim-32x32-os")
     p.add_argument("--budgets", default="0.4,0.5,0.6,0.7,0.8")
+    p.add_argument("--sensitivity-at", default="output", choices=["layer", "output"],
+                   help="where S_l is measured (output: the network's output, which the budget policy's "
+                   "additive objective tracks far better than each layer's own output; see docs/pareto/notes.md)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--notes", default=f"@{ROOT / 'docs' / 'pareto' / 'notes.md'}", help="text (or @file) added under the section intro")
     args = p.parse_args()

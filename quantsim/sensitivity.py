@@ -3,7 +3,8 @@
 Only layer l is quantized (its weights at b bits and its input activation at b bits), all
 else stays float. `at='layer'` measures at the layer's own output (cheap: one float pass,
 then one op per layer and width); `at='output'` at the network's output (one partial
-forward per layer and width). `weighting='nuclear'` multiplies by the nuclear norm of the
+forward per layer and width: only the nodes downstream of layer l are recomputed, the rest
+reuse the float pass). `weighting='nuclear'` multiplies by the nuclear norm of the
 layer's float output (the output-perturbation weighting of Liu et al. 2021).
 """
 from __future__ import annotations
@@ -40,6 +41,21 @@ def _fq_input(g: FloatGraph, n: FNode, bits: int, stats: dict[str, TensorStats],
     return lambda x: fake_quant(x, scale, qmin, qmax)
 
 
+def downstream(g: FloatGraph) -> dict[str, list[FNode]]:
+    """For each MAC layer, the nodes (in graph order) whose value depends on it."""
+    order = {n.name: i for i, n in enumerate(g.nodes)}
+    res = {}
+    for layer in g.mac_nodes():
+        dirty = {layer.name}
+        after = []
+        for n in g.nodes[order[layer.name] + 1:]:
+            if any(i in dirty for i in n.inputs):
+                dirty.add(n.name)
+                after.append(n)
+        res[layer.name] = after
+    return res
+
+
 def cache_key(g: FloatGraph, cfg: QuantConfig, candidates, at: str, weighting: str, n_images: int,
               a_bits: int | None = None) -> str:
     doc = json.dumps({"a_bits": a_bits, "layers": [n.name for n in g.mac_nodes()], "gran": cfg.granularity,
@@ -73,6 +89,7 @@ def layer_sensitivity(g: FloatGraph, stats: dict[str, TensorStats], batches: lis
     ref_norm = {n.name: 0.0 for n in layers}
     nuclear = {n.name: 0.0 for n in layers}
     out_norm = 0.0
+    after = downstream(g) if at == "output" else {}
     for x in tqdm(batches, desc="sensitivity", unit="batch", disable=not progress, leave=False):
         values: dict[str, torch.Tensor] = {}
         y_out = run_float(g, x, observe=lambda n, y: values.__setitem__(n.name, y))
@@ -89,9 +106,11 @@ def layer_sensitivity(g: FloatGraph, stats: dict[str, TensorStats], batches: lis
                     yq = run_node(n, [xq], weight=fq_w[(n.name, b)])
                     err[(n.name, b)] += float(((yq.double() - y.double()) ** 2).sum())
                 else:
-                    def probe(node, xs, target=n, xq=xq, w=fq_w[(n.name, b)]):
-                        return run_node(node, [xq], weight=w) if node is target else None
-                    yq = run_float(g, x, transform=probe)
+                    vals = dict(values)
+                    vals[n.name] = run_node(n, [xq], weight=fq_w[(n.name, b)])
+                    for m in after[n.name]:
+                        vals[m.name] = run_node(m, [vals[i] for i in m.inputs])
+                    yq = vals[g.output]
                     err[(n.name, b)] += float(((yq.double() - y_out.double()) ** 2).sum())
     result: dict[str, dict[int, float]] = {}
     for n in layers:
