@@ -9,7 +9,10 @@ Seed model (DESIGN.md):  E = sum_l N_MAC(l)*E_MAC(b_l) + N_mem(l)*E_DRAM(b)
             (no refetch, no bursts: the seed model is the memory floor of the layer).
 
 Detailed model:
-    E_MAC   = n_mac*e_static(b) + toggles*e_toggle(b) + n_add*e_add32
+    E_MAC   = n_mac*e_static(b) + toggles*e_toggle(b) + n_add*e_add32 + E_vec
+    E_vec   = the integer nonlinearities' vector-unit operations (softmax, GELU, LayerNorm),
+              each step priced from e_add32 / e_mac8 at its datapath width (hwmodel.vector_ops);
+              reported on its own as e_vec_pj and included in e_mac_pj (all compute energy)
     E_SRAM  = e_sram_bit * bits read and written in the SRAM buffers (hwmodel.mapping)
     E_DRAM  = e_dram_bit * 8 * burst_bytes * DRAM bursts (real, burst-aligned transfers of
               the traffic hwmodel.mapping counts under the accelerator's dram_model)
@@ -24,7 +27,11 @@ Detailed model:
   b^2 law on random data and departs from it where real operands toggle less (or more).
 
 FP32 reference: the unquantized model on the same array, fp32 mult + add per MAC
-(e_fp32_add per pool/residual add), 32-bit SRAM and DRAM traffic from the same mapping.
+(e_fp32_add per pool/residual add, the nonlinearities' steps at fp32 add/mult energies),
+32-bit SRAM and DRAM traffic from the same mapping.
+
+The seed model has no vector-unit term (as it has none for pool and residual adds): it is
+MACs (attention matmuls included) plus compulsory DRAM traffic.
 """
 from __future__ import annotations
 
@@ -35,6 +42,7 @@ import numpy as np
 from .arch import Accelerator
 from .mapping import packed_bytes
 from .toggles import count_toggles
+from .vector_ops import stages_energy, stages_energy_fp32
 
 STATIC_FRACTION = 0.25
 CALIBRATION_SEED = 20140201
@@ -107,9 +115,11 @@ def detailed_energy(accel: Accelerator, row: dict, toggles: float | None) -> dic
     else:
         e_mac = 0.0
     e_mac += row["n_add"] * en.e_add32_pj
+    e_vec = stages_energy(accel, row.get("vec_stages", ()))
+    e_mac += e_vec
     e_sram = sram_bits(row) * en.e_sram_bit_pj
     e_dram = row["dram_bursts"] * accel.burst_bytes * 8 * en.e_dram_bit_pj
-    return {"e_mac_pj": e_mac, "e_sram_pj": e_sram, "e_dram_pj": e_dram,
+    return {"e_mac_pj": e_mac, "e_vec_pj": e_vec, "e_sram_pj": e_sram, "e_dram_pj": e_dram,
             "e_total_pj": e_mac + e_sram + e_dram}
 
 
@@ -117,6 +127,7 @@ def fp32_energy(accel: Accelerator, row32: dict) -> float:
     """FP32 energy of a layer mapped with 32-bit operands (row32 from hwmodel.mapping)."""
     en = accel.energy
     e = row32["n_mac"] * (en.e_fp32_mult_pj + en.e_fp32_add_pj) + row32["n_add"] * en.e_fp32_add_pj
+    e += stages_energy_fp32(accel, row32.get("vec_stages", ()))
     e += sram_bits(row32) * en.e_sram_bit_pj
     e += row32["dram_bursts"] * accel.burst_bytes * 8 * en.e_dram_bit_pj
     return e

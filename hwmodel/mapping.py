@@ -41,6 +41,17 @@ write their output (layer-by-layer execution, no fusion), pass them through SRAM
 on a cols-wide vector unit, and count adds (pool sums, comparisons, residual adds), no MACs.
 reshape is free. quantize (the graph input) is free: its output is read by its consumer.
 
+Vision Transformer ops:
+- matmul (q @ k^T, attn @ v; both operands activations) is one GEMM per head, mapped as a
+  grouped linear layer whose weights are the second operand, held in the filter buffer at
+  its own activation width (matmul_geometry): same folds, cycles, SRAM and DRAM rules.
+- softmax, gelu, layernorm run on the vector unit: read the input, write the output (at
+  their declared widths), plus the integer operations of their I-BERT kernels counted and
+  priced by hwmodel.vector_ops; cycles cover the larger of the movement and the arithmetic.
+- layernorm's gamma/beta, add_const's position embedding and concat_token's class token are
+  read once through the filter buffer (constant_operands). add_const counts one add per
+  output like add. take reads only the slice it keeps; permute moves every element once.
+
 Two DRAM models (Accelerator.dram_model, TOML key dram.model):
 
 - "scalesim": the read-buffer replay above, SCALE-Sim's counts (tested against its reports).
@@ -80,6 +91,7 @@ from numba import njit
 from integer_ref.arith import conv_output_size, tf_same_padding
 
 from .arch import Accelerator
+from .vector_ops import KINDS, VECTOR_OPS, op_counts, vector_stages
 
 DF_CODE = {"ws": 0, "os": 1, "is": 2}
 ACTIVE_SETS = 50  # SCALE-Sim: active_buf_frac 0.5 of 100 sets
@@ -524,29 +536,100 @@ _ZERO_GEMM = dict(gemm_m=0, gemm_k=0, gemm_n=0, groups=0, row_folds=0, col_folds
 
 
 def map_eltwise(op: str, in_shapes: list, out_shape, accel: Accelerator, *, in_bits: list[int],
-                out_bits: int, n_add: int = 0) -> dict:
-    """Memory traffic of an element-wise op: read every input once, write the output once."""
-    n_in = [int(np.prod(s)) for s in in_shapes]
+                out_bits: int, n_add: int = 0, params: list[tuple[int, int]] = (),
+                vec_steps: int = 0, in_elems: list[int] | None = None) -> dict:
+    """Memory traffic of an element-wise op: read every input once, write the output once.
+
+    params: constant operands [(elements, bits)] (LayerNorm gamma/beta, position embedding,
+    class token), read once from DRAM through the filter buffer. vec_steps: vector-unit lane
+    steps of the op's arithmetic (hwmodel.vector_ops); cycles cover the larger of the data
+    movement and the arithmetic. in_elems: elements actually read per input where an op reads
+    only part of it (take), default all."""
+    n_in = [int(np.prod(s)) for s in in_shapes] if in_elems is None else [int(v) for v in in_elems]
     n_out = int(np.prod(out_shape))
     if op in ("reshape", "quantize"):
         n_in, n_out = [0 for _ in n_in], 0
     rd = sum(n_in)
     rd_bytes = sum(packed_bytes(n, b) for n, b in zip(n_in, in_bits))
     wr_bytes = packed_bytes(n_out, out_bits)
-    work = max(rd, n_out)
+    work = max(rd, n_out, int(vec_steps))
     cycles = -(-work // accel.cols) if work else 0
+    n_par = sum(int(n) for n, _ in params)
+    par_bytes = sum(packed_bytes(n, b) for n, b in params)
     row = dict(_ZERO_GEMM, cycles=cycles, utilization=0.0, n_add=int(n_add) if work else 0,
                sram_rd_ifmap=rd, sram_rd_ifmap_bytes=rd_bytes, sram_wr_ofmap=n_out,
                sram_wr_ofmap_bytes=wr_bytes, dram_rd_ifmap=rd, dram_rd_ifmap_bytes=rd_bytes,
                dram_wr_ofmap=n_out, dram_wr_ofmap_bytes=wr_bytes,
                x_bits=max(in_bits) if in_bits else 0, out_bits=out_bits)
+    if n_par:
+        row.update(sram_rd_filter=n_par, sram_rd_filter_bytes=par_bytes, dram_rd_filter=n_par,
+                   dram_rd_filter_bytes=par_bytes, w_bits=max(b for _, b in params))
     _add_bursts(row, accel)
     return row
 
 
 # --------------------------------------------------------------------------------------
+# Activation x activation matmul (attention: q @ k^T, attn @ v)
+# --------------------------------------------------------------------------------------
+def matmul_geometry(a_shape, b_shape, transpose_b: bool = False) -> dict:
+    """y = a @ b[^T] over the last two axes, batched over the leading ones, as the GEMM
+    geometry of a grouped linear layer: one group per head (every leading index, the batch
+    axis included), M = rows of a, K = its columns, N = columns of b (rows when transposed).
+
+    The second operand plays the weight: a grouped linear with groups = heads has exactly
+    the counts of `heads` independent (M, K, N) GEMMs (each group reads its own K-slice of
+    the ifmap and its own K x N weights), so folds, cycles, SRAM and DRAM traffic follow the
+    same mapping rules as conv/linear."""
+    a_shape, b_shape = tuple(int(v) for v in a_shape), tuple(int(v) for v in b_shape)
+    m, k = a_shape[-2:]
+    kb, n = (b_shape[-1], b_shape[-2]) if transpose_b else b_shape[-2:]
+    heads = int(np.prod(a_shape[:-2]))
+    if kb != k or int(np.prod(b_shape[:-2])) != heads:
+        raise ValueError(f"matmul operands do not match: a {a_shape}, b {b_shape}, transpose_b={transpose_b}")
+    return dict(N=m, C=heads * k, H=1, W=1, O=heads * n, Cg=k, kh=1, kw=1, sh=1, sw=1, dh=1, dw=1,
+                pt=0, pb=0, pl=0, pr=0, OH=1, OW=1, groups=heads)
+
+
+def map_matmul(a_shape, b_shape, accel: Accelerator, *, transpose_b: bool = False, a_bits: int = 8,
+               b_bits: int = 8, out_bits: int = 8, dram_model: str | None = None) -> dict:
+    """Counts of an activation x activation matmul: the first operand streams as the ifmap,
+    the second is held like weights (filter buffer, at its own activation width)."""
+    return map_gemm_layer(matmul_geometry(a_shape, b_shape, transpose_b), accel, a_bits, b_bits,
+                          out_bits, dram_model)
+
+
+def signed_width(values) -> int:
+    """Bits of the narrowest signed integer holding every value (at least 2)."""
+    v = np.asarray(values, dtype=np.int64)
+    return max(2, int(np.abs(v).max(initial=0)).bit_length() + 1)
+
+
+def constant_operands(node, force_bits: int | None = None) -> list[tuple[int, int]]:
+    """Constant tensors a ViT op reads besides its input, [(elements, bits)]: LayerNorm gamma
+    (LN_GAMMA_BITS) and beta, add_const's constant, concat_token's token (at the output's
+    quantization). Widths not declared in the IR are the narrowest signed width of the values."""
+    from integer_ref.nonlinear import LN_GAMMA_BITS
+
+    p = node.params
+    if node.op == "layernorm" and node.attrs.get("mode", "integer") == "integer":
+        out = [(p["gamma"].size, LN_GAMMA_BITS), (p["beta"].size, signed_width(p["beta"]))]
+    elif node.op == "layernorm":
+        out = [(p["gamma_float"].size, 32), (p["beta_float"].size, 32)]
+    elif node.op == "add_const":
+        out = [(p["const"].size, signed_width(p["const"]))]
+    elif node.op == "concat_token":
+        out = [(p["token"].size, node.out.bits)]
+    else:
+        out = []
+    return [(int(n), force_bits or int(b)) for n, b in out]
+
+
+# --------------------------------------------------------------------------------------
 # IR dispatch
 # --------------------------------------------------------------------------------------
+VECTOR_DEFAULTS = {**{f"ops_{k}": 0 for k in KINDS}, "n_vec_ops": 0, "n_vec_steps": 0}
+
+
 def input_qparams(graph, node):
     """QParams of a node's first input: the producer's .out, else node.in_q."""
     src = node.inputs[0]
@@ -576,6 +659,11 @@ def map_node(graph, node, shapes: dict, accel: Accelerator, force_bits: int | No
         row = map_linear(shapes[node.inputs[0]], node.params["weight"].shape, accel,
                          x_bits=fb or xq.bits, w_bits=fb or node.weight_q.bits,
                          out_bits=out_bits)
+    elif node.op == "matmul":
+        qa, qb = (graph[i].out for i in node.inputs)
+        row = map_matmul(shapes[node.inputs[0]], shapes[node.inputs[1]], accel,
+                         transpose_b=bool(node.attrs.get("transpose_b", False)),
+                         a_bits=fb or qa.bits, b_bits=fb or qb.bits, out_bits=out_bits)
     else:
         ins = [tuple(shapes[i]) for i in node.inputs] if node.op != "quantize" else []
         in_bits = ([fb or graph[i].out.bits for i in node.inputs]
@@ -589,9 +677,19 @@ def map_node(graph, node, shapes: dict, accel: Accelerator, force_bits: int | No
             n_add = n_out * (int(kk[0]) * int(kk[1]) - 1)
         elif node.op == "global_avgpool":
             n_add = int(np.prod(ins[0]))
+        elif node.op == "add_const":  # the residual add's arithmetic, constant second operand
+            n_add = n_out
         else:
             n_add = 0
+        # Vector-unit arithmetic of the integer nonlinearities, at the node's real widths
+        # (also for the FP32 reference, which prices the same steps at fp32 energies).
+        stages = (vector_stages(node.op, ins[0], graph[node.inputs[0]].out.bits, node.attrs)
+                  if node.op in VECTOR_OPS else [])
         row = map_eltwise(node.op, ins, out_shape, accel, in_bits=in_bits, out_bits=out_bits,
-                          n_add=n_add)
-    row = {"layer": node.name, "op": node.op, **row}
+                          n_add=n_add, params=constant_operands(node, fb),
+                          vec_steps=op_counts(stages)["n_vec_steps"],
+                          in_elems=[n_out] if node.op == "take" else None)
+        row.update(op_counts(stages), vec_stages=stages)
+    row = {"layer": node.name, "op": node.op, **VECTOR_DEFAULTS, "vec_stages": [], **row}
+    row["n_elem"] = 0 if node.op in ("reshape", "quantize") else int(np.prod(out_shape))
     return row

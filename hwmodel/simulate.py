@@ -17,19 +17,20 @@ import numpy as np
 
 from .arch import Accelerator
 from .energy import detailed_energy, fp32_energy, seed_energy
-from .mapping import conv_geometry, input_qparams, map_node, packed_bytes
+from .mapping import constant_operands, conv_geometry, input_qparams, map_node, packed_bytes
 from .toggles import count_toggles, count_toggles_grouped, grouped_gemm_operands, im2col, weight_gemm
 
 ROW_COLUMNS = [
     "layer", "op", "gemm_m", "gemm_k", "gemm_n", "groups", "folds", "cycles", "utilization",
-    "n_mac", "n_add", "x_bits", "w_bits", "out_bits",
+    "n_mac", "n_add", "n_elem", "ops_add", "ops_shift", "ops_mul", "ops_div", "ops_sqrt", "n_vec_ops",
+    "n_vec_steps", "x_bits", "w_bits", "out_bits",
     "sram_rd_ifmap", "sram_rd_filter", "sram_rd_ofmap", "sram_wr_ofmap",
     "sram_rd_ifmap_bytes", "sram_rd_filter_bytes", "sram_rd_ofmap_bytes", "sram_wr_ofmap_bytes",
     "dram_rd_ifmap", "dram_rd_filter", "dram_rd_ofmap", "dram_wr_ofmap",
     "dram_rd_ifmap_bytes", "dram_rd_filter_bytes", "dram_rd_ofmap_bytes", "dram_wr_ofmap_bytes",
     "dram_bursts", "psum_spill", "psum_blocks", "dram_tiles", "dram_order",
     "mult_toggles", "mult_toggles_signmag", "mult_toggles_offset",
-    "e_mac_pj", "e_sram_pj", "e_dram_pj", "e_total_pj", "e_seed_pj", "e_seed_mac_pj",
+    "e_mac_pj", "e_vec_pj", "e_sram_pj", "e_dram_pj", "e_total_pj", "e_seed_pj", "e_seed_mac_pj",
     "e_seed_dram_pj", "e_fp32_pj",
 ]
 
@@ -52,8 +53,37 @@ def batch1_shapes(graph, taps: dict) -> dict:
     return shapes
 
 
+def matmul_toggles(a: np.ndarray, b: np.ndarray, a_q, b_q, transpose_b: bool, accel: Accelerator) -> dict:
+    """Multiplier-input toggles of one image's activation x activation matmul: a (..., M, K)
+    streams as the ifmap, b (..., K, N) (or (..., N, K) with transpose_b) is held as the
+    weights, one GEMM per head (every leading index), each operand in its own declared width
+    and signedness (a_q, b_q: QParams). The heads are laid side by side as the groups of
+    count_toggles_grouped, which equals the sum of count_toggles over the heads."""
+    a = np.asarray(a, dtype=np.int64)
+    b = np.asarray(b, dtype=np.int64)
+    if transpose_b:
+        b = np.swapaxes(b, -1, -2)
+    M, K = a.shape[-2:]
+    N = b.shape[-1]
+    heads = int(np.prod(a.shape[:-2]))
+    x_gm = a.reshape(heads, M, K).transpose(1, 0, 2).reshape(M, heads * K)
+    w_gm = b.reshape(heads, K, N).transpose(1, 0, 2).reshape(K, heads * N)
+    return count_toggles_grouped(x_gm, w_gm, heads, a_q.bits, a_q.signed, b_q.bits, b_q.signed,
+                                 accel.dataflow, accel.rows, accel.cols)
+
+
 def node_toggles(graph, node, taps: dict, accel: Accelerator, images: int) -> dict | None:
-    """Average multiplier-input toggles per image for a conv2d/linear node."""
+    """Average multiplier-input toggles per image for a conv2d/linear/matmul node."""
+    if node.op == "matmul":
+        a_all, b_all = (np.asarray(taps[i]) for i in node.inputs)
+        qa, qb = (graph[i].out for i in node.inputs)
+        images = max(1, min(int(images), a_all.shape[0]))
+        acc = {"mult_toggles": 0.0, "mult_toggles_signmag": 0.0, "mult_toggles_offset": 0.0}
+        for img in range(images):
+            t = matmul_toggles(a_all[img], b_all[img], qa, qb, bool(node.attrs.get("transpose_b", False)), accel)
+            for k in acc:
+                acc[k] += t[k]
+        return {k: v / images for k, v in acc.items()}
     if node.op not in ("conv2d", "linear"):
         return None
     x_all = np.asarray(taps[node.inputs[0]])
@@ -98,6 +128,7 @@ def _seed_mem(graph, node, shapes, row) -> list[tuple[int, int]]:
     mem = [(int(np.prod(shapes[i])), graph[i].out.bits) for i in node.inputs if i in graph._index]
     if "weight" in node.params:
         mem.append((int(np.prod(node.params["weight"].shape)), node.weight_q.bits))
+    mem += constant_operands(node)
     mem.append((int(np.prod(shapes[node.name])), node.out.bits))
     return mem
 
@@ -135,6 +166,7 @@ def simulate_graph(graph, taps: dict, accel: Accelerator, toggle_images: int = 1
                                _seed_mem(graph, node, shapes, row), form=mac_form))
         row.update(detailed_energy(accel, row, tg["mult_toggles"] if tg else None))
         row["e_fp32_pj"] = fp32["layers"][node.name]
+        row.pop("vec_stages", None)  # the stage list priced above; the counts stay as columns
         rows.append(row)
 
     def tot(k):
@@ -147,7 +179,8 @@ def simulate_graph(graph, taps: dict, accel: Accelerator, toggle_images: int = 1
         "cycles": int(tot("cycles")), "n_mac": int(tot("n_mac")),
         "e_seed_pj": tot("e_seed_pj"), "e_seed_mac_pj": tot("e_seed_mac_pj"),
         "e_seed_dram_pj": tot("e_seed_dram_pj"),
-        "e_total_pj": tot("e_total_pj"), "e_mac_pj": tot("e_mac_pj"),
+        "e_total_pj": tot("e_total_pj"), "e_mac_pj": tot("e_mac_pj"), "e_vec_pj": tot("e_vec_pj"),
+        "n_vec_ops": int(tot("n_vec_ops")),
         "e_sram_pj": tot("e_sram_pj"), "e_dram_pj": tot("e_dram_pj"),
         "e_fp32_pj": fp32["e_fp32_pj"], "e_fp32_seed_pj": fp32["e_fp32_seed_pj"],
         "seed_dram_bytes": int(sum(

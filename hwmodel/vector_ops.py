@@ -1,0 +1,203 @@
+"""Integer operations of the ViT nonlinearities on the vector unit, and their energy.
+
+softmax, GELU and LayerNorm run integer-only (I-BERT kernels, integer_ref.nonlinear) on a
+vector unit beside the MAC array (`cols` lanes, one operation step per lane per cycle).
+For each op this module lists the kernel's integer operations stage by stage, in the order
+integer_ref.nonlinear's ``softmax_int``, ``gelu_int`` and ``layernorm_int`` execute them, as
+``Stage(kind, count, bits, steps)``: `count` operations of `kind` on a `bits`-wide datapath,
+each taking `steps` lane steps (1 except for division and square root). Widths come from the
+node's declared input/output widths and its lowering-time constants (attrs), i.e. the width
+the intermediate values can reach, not integer_ref's int64 container.
+
+Kinds and energy per operation at width b (pJ), from the accelerator's energy table
+(hwmodel.arch; Horowitz, ISSCC 2014, 45 nm, the figures the presets cite):
+
+    add    add, subtract, compare, min/max, negate, the +2^(n-1) of a rounding shift:
+           e_add32 * b/32. Adder energy grows about linearly with width: Horowitz gives 0.03 pJ
+           at 8 bits and 0.1 pJ at 32 bits (0.1 * 8/32 = 0.025).
+    shift  a shift (by a constant or by a per-element amount): priced as an add of the same
+           width, e_add32 * b/32 (a b-bit barrel shifter / register stage; an upper estimate for
+           shifts by constants, which are wiring).
+    mul    multiply: e_mac8 * (b/8)^2, the MAC array's own b^2 law (energy.e_mac_b2, "max" form
+           with b the wider operand): Horowitz 8b mult 0.2 pJ, 32b mult 3.1 pJ = 0.2 * (32/8)^2
+           within 4 %; e_mac8 includes the MAC's add, so this slightly over-prices a bare multiply.
+    div    integer division, restoring: one b-bit subtract per quotient bit, steps = quotient
+           bits, each step priced as an add of width b.
+    sqrt   integer square root of a b-bit radicand, digit by digit (non-restoring): b/2 result
+           bits, one b-bit subtract each, priced as adds. integer_ref computes the same
+           floor(sqrt(x)) by Newton steps (arith.isqrt); hardware would use the digit recurrence.
+
+FP32 reference (the unquantized model's nonlinearities): the same stage list priced per step
+at e_fp32_mult (mul) or e_fp32_add (everything else): a rough stand-in for a float
+exp/erf/rsqrt sequence of similar length, stated as such.
+
+A division by a lowering-time constant (exp's floor(d / x0), LayerNorm's mean) is counted as
+a division of its few quotient bits, not as a reciprocal multiply.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from integer_ref.nonlinear import EXP_CLIP_LN2, LN_FRAC_BITS, LN_GAMMA_BITS, LN_ROW_BITS
+
+KINDS = ("add", "shift", "mul", "div", "sqrt")
+VECTOR_OPS = ("softmax", "gelu", "layernorm")
+
+
+@dataclass(frozen=True)
+class Stage:
+    kind: str
+    count: int
+    bits: int
+    steps: int = 1
+    what: str = ""
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown vector op kind {self.kind!r}")
+
+
+def _bl(v) -> int:
+    return int(abs(int(v))).bit_length()
+
+
+def _clog2(n: int) -> int:
+    return max(0, math.ceil(math.log2(max(int(n), 1))))
+
+
+def _requant_stages(n: int, acc_bits: int, out_bits: int, what: str) -> list[Stage]:
+    """arith.multiply_rshift_round then clamp: acc*M (M < 2^31), + 2^(n-1), >> n, two compares."""
+    wide = acc_bits + 31
+    return [Stage("mul", n, max(acc_bits, 31), what=f"{what}: acc*M"),
+            Stage("add", n, wide, what=f"{what}: +2^(n-1)"), Stage("shift", n, wide, what=f"{what}: >>n"),
+            Stage("add", 2 * n, out_bits + 1, what=f"{what}: clamp")]
+
+
+def softmax_stages(n: int, row: int, in_bits: int, attrs: dict) -> list[Stage]:
+    """integer_ref.nonlinear.softmax_int over rows of `row` elements (n elements in all)."""
+    e = attrs["exp"]
+    rows = n // row
+    t, x0, b, c = int(e["shift"]), int(e["x0"]), int(e["b"]), int(e["c"])
+    P, ob = int(attrs["recip_bits"]), int(attrs["out_bits"])
+    bd = _bl(EXP_CLIP_LN2 * x0) + 1          # d after the grid shift and the clip: >= 30*x0
+    brb = _bl(abs(x0) + abs(b)) + 1          # r + b with x0 < r <= 0
+    bz = _bl(c) + 1                          # 0 < z <= c (r(r+b) <= 0)
+    bsum = bz + _clog2(row)                  # sum of a row of e
+    qf = max(1, P - _bl(c) + 1)              # f = 2^P / sum < 2^P / c
+    st = [
+        Stage("add", rows * (row - 1), in_bits, what="row max"),
+        Stage("add", n, in_bits + 1, what="x - max"),
+        Stage("add", n, in_bits + 1, what="exp: clip at -pre_clip"),
+        Stage("shift", n, bd, what="exp: onto the fine grid"),
+    ]
+    if t < 0:
+        st.append(Stage("add", n, bd, what="exp: rounding of the grid shift"))
+    st += [
+        Stage("add", n, bd, what="exp: clip at 30*x0"),
+        Stage("div", n, bd, steps=_bl(EXP_CLIP_LN2), what="exp: q = d // x0"),
+        Stage("mul", n, bd, what="exp: x0*q"), Stage("add", n, bd, what="exp: r = d - x0*q"),
+        Stage("add", n, brb, what="exp: r + b"), Stage("mul", n, brb, what="exp: r(r + b)"),
+        Stage("add", n, bz, what="exp: + c"), Stage("shift", n, bz, what="exp: >> q"),
+        Stage("add", rows * (row - 1), bsum, what="row sum"),
+        Stage("div", rows, bsum, steps=qf, what="f = 2^P // sum"),
+        Stage("mul", n, max(bz, qf), what="e*f"),
+        Stage("add", n, P + 1, what="+2^(P-out-1)"), Stage("shift", n, P + 1, what=">> (P-out)"),
+        Stage("add", 2 * n, ob + 1, what="clamp"),
+    ]
+    return st
+
+
+def gelu_stages(n: int, in_bits: int, attrs: dict) -> list[Stage]:
+    """integer_ref.nonlinear.gelu_int, elementwise."""
+    t, pre, clip, one = int(attrs["shift"]), int(attrs["pre_clip"]), int(attrs["clip"]), int(attrs["one"])
+    bu = _bl(pre << max(t, 0)) + 1           # |x| clipped, on the grid
+    bone = _bl(one) + 2                      # c1 + E in [0, 2*c1]
+    bacc = in_bits + bone
+    st = [Stage("add", n, in_bits, what="|x|"), Stage("add", n, in_bits, what="min(|x|, pre_clip)"),
+          Stage("shift", n, bu, what="onto the grid")]
+    if t < 0:
+        st.append(Stage("add", n, bu, what="rounding of the grid shift"))
+    st += [
+        Stage("add", n, bu, what="min(u, B)"), Stage("add", n, bu, what="u - B"),
+        Stage("mul", n, bu, what="(u - B)^2"), Stage("add", n, bone, what="c1 - (u - B)^2"),
+        Stage("add", n, bone, what="sign(x) * (.)"), Stage("add", n, bone, what="c1 + E"),
+        Stage("mul", n, max(in_bits, bone), what="x (c1 + E)"),
+    ]
+    return st + _requant_stages(n, bacc, int(attrs["out_bits"]), "requant")
+
+
+def layernorm_stages(n: int, row: int, in_bits: int, attrs: dict) -> list[Stage]:
+    """integer_ref.nonlinear.layernorm_int over rows of `row` (= channels) elements."""
+    rows = n // row
+    h, k, Q = int(attrs["mean_shift"]), int(attrs["sqrt_shift"]), int(attrs["recip_bits"])
+    bsx = in_bits + _clog2(row) + h + 1          # (sum x) << h, doubled for round_div
+    by = in_bits + h + 1                          # y = x*2^h - mean
+    bv = min(LN_ROW_BITS, 2 * by + _clog2(row))  # v = sum y^2 + eps
+    binv = max(1, Q - k + 1)                      # inv = 2^Q // r with r >= 2^k
+    bu = LN_FRAC_BITS + 2                         # u = z/sqrt(C) * 2^15 with |z| <= sqrt(C)
+    bacc = max(bu, LN_GAMMA_BITS) + bu + 1        # u*gamma + beta
+    return [
+        Stage("add", rows * (row - 1), bsx, what="sum x"),
+        Stage("shift", rows, bsx, what="(sum x) << h"),
+        Stage("add", rows, bsx, what="2a + C (round_div)"),
+        Stage("div", rows, bsx, steps=by, what="mean = round((sum x << h) / C)"),
+        Stage("shift", n, by, what="x << h"), Stage("add", n, by, what="y = x*2^h - mean"),
+        Stage("mul", n, by, what="y^2"), Stage("add", n, bv, what="sum y^2 + eps"),
+        Stage("shift", rows, LN_ROW_BITS, what="v << 2k"),
+        Stage("sqrt", rows, LN_ROW_BITS, steps=LN_ROW_BITS // 2, what="r = isqrt(v << 2k)"),
+        Stage("add", rows, LN_ROW_BITS // 2 + 1, what="max(r, 1)"),
+        Stage("div", rows, LN_ROW_BITS // 2 + 1, steps=binv, what="inv = 2^Q // r"),
+        Stage("mul", n, max(by, binv), what="y*inv"),
+        Stage("add", n, by + binv, what="+2^(s-1)"), Stage("shift", n, by + binv, what=">> s"),
+        Stage("mul", n, max(bu, LN_GAMMA_BITS), what="u*gamma"), Stage("add", n, bacc, what="+ beta"),
+    ] + _requant_stages(n, bacc, int(attrs["out_bits"]), "requant")
+
+
+def vector_stages(op: str, in_shape, in_bits: int, attrs: dict) -> list[Stage]:
+    """The integer stages of one softmax/gelu/layernorm node on an input of `in_shape`.
+
+    Float-mode nodes (attrs mode "float") get no stages: their float arithmetic is not modelled
+    (their memory traffic is)."""
+    if attrs.get("mode", "integer") != "integer":
+        return []
+    n = int(np.prod(in_shape))
+    row = int(in_shape[-1])
+    if op == "softmax":
+        return softmax_stages(n, row, in_bits, attrs)
+    if op == "gelu":
+        return gelu_stages(n, in_bits, attrs)
+    if op == "layernorm":
+        return layernorm_stages(n, row, in_bits, attrs)
+    raise ValueError(f"no vector-unit op list for {op!r}")
+
+
+def op_counts(stages: list[Stage]) -> dict:
+    """Operations per kind (ops_add, ...; division and square root counted once each) and lane
+    steps in all (n_vec_steps: what the vector unit's cycles are made of)."""
+    out = {f"ops_{k}": 0 for k in KINDS}
+    for s in stages:
+        out[f"ops_{s.kind}"] += s.count
+    out["n_vec_ops"] = sum(out[f"ops_{k}"] for k in KINDS)
+    out["n_vec_steps"] = sum(s.count * s.steps for s in stages)
+    return out
+
+
+def e_op(accel, kind: str, bits: int) -> float:
+    """Energy of one step of an operation of `kind` at width `bits` (pJ), see the module docstring."""
+    en = accel.energy
+    if kind == "mul":
+        return en.e_mac8_pj * (bits / 8) ** 2
+    return en.e_add32_pj * bits / 32
+
+
+def stages_energy(accel, stages: list[Stage]) -> float:
+    return float(sum(s.count * s.steps * e_op(accel, s.kind, s.bits) for s in stages))
+
+
+def stages_energy_fp32(accel, stages: list[Stage]) -> float:
+    en = accel.energy
+    return float(sum(s.count * s.steps * (en.e_fp32_mult_pj if s.kind == "mul" else en.e_fp32_add_pj)
+                     for s in stages))
