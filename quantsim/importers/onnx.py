@@ -13,6 +13,14 @@ weights, per-tensor or per-channel) and S8S8 both import. Ops and the IR they be
   QLinearGlobalAveragePool (channels_last 0) -> global_avgpool, requant float32,
                        scale float32(s_x / float32(s_y·float32(H·W)))
   Flatten, Reshape (to N×K) -> reshape
+  Pad (spatial, constant = the zero point; TF-"SAME" padding of a strided conv, asymmetric)
+                    -> folded into the padding of every QLinearConv that reads it: padding with
+                       z_x is what QLinearConv's own padding does (x - z_x = 0), so the
+                       accumulators are identical. A float Pad (value 0) on the graph input
+                       before its QuantizeLinear folds the same way (quantize(0) = z).
+                       ONNX Runtime's optimizer already fuses a Pad whose constant_value is
+                       given into a single consuming Conv; F.pad without a value, or a Pad with
+                       two consumers, reaches the quantized model as a Pad.
   DequantizeLinear -> float Slice / Pad (constant 0) / Reshape ... -> QuantizeLinear:
                        the data movement runs on the integers (strided_slice, pad_channels with
                        the zero point, reshape), then requantize in mode float32_dq
@@ -79,6 +87,8 @@ class _Importer:
         self.shapes: dict[str, tuple] = {}   # IR node -> shape (N = 1)
         self.tmap: dict[str, str] = {}       # IR node -> ONNX tensor with the same integers
         self.outputs: list[str] = []
+        self.padded: dict[str, tuple[str, list[int]]] = {}  # ONNX tensor -> (IR node, [t, b, l, r]) to fold
+        self.fpadded: dict[str, list[int]] = {}              # padded float graph input -> [t, b, l, r]
         self.notes: list[str] = []
         self.k = 0
 
@@ -101,16 +111,22 @@ class _Importer:
         return QParams(8, z.dtype == np.int8, np.float64(s[0]), int(z.ravel()[0]), narrow=False)
 
     def int_input(self, name: str, where: str, s_name: str | None = None, z_name: str | None = None) -> str:
+        if name in self.padded:
+            raise QuantsimError(f"{where}: reads the spatially padded {name!r}; such Pads import only "
+                                "in front of QLinearConv (folded into its padding)")
         if name not in self.ints:
             raise QuantsimError(f"{where}: input {name!r} is not produced by the integer graph")
         ir = self.ints[name]
         if s_name is not None:
-            q = self.act_q(s_name, z_name, where)
-            have = self.qp(ir)
-            if f32(q.scale) != f32(have.scale) or q.zero_point != have.zero_point or q.signed != have.signed:
-                raise QuantsimError(f"{where}: input {name!r} quantized as ({float(q.scale)}, {q.zero_point}) "
-                                    f"here but ({float(have.scale)}, {have.zero_point}) where produced")
+            self.check_q(ir, name, s_name, z_name, where)
         return ir
+
+    def check_q(self, ir: str, name: str, s_name: str, z_name: str | None, where: str) -> None:
+        q = self.act_q(s_name, z_name, where)
+        have = self.qp(ir)
+        if f32(q.scale) != f32(have.scale) or q.zero_point != have.zero_point or q.signed != have.signed:
+            raise QuantsimError(f"{where}: input {name!r} quantized as ({float(q.scale)}, {q.zero_point}) "
+                                f"here but ({float(have.scale)}, {have.zero_point}) where produced")
 
     def add(self, node: Node, shape: tuple, onnx_out: str | None, domain: str = "int") -> str:
         self.nodes.append(node)
@@ -152,9 +168,13 @@ class _Importer:
             return
         if kind == "QuantizeLinear":
             y_q = self.act_q(ins[1], ins[2], where)
-            if ins[0] == self.input.name:
+            if ins[0] == self.input.name or ins[0] in self.fpadded:
                 n = Node("input", "quantize", ["image"], y_q, source=nd.name or out)
-                self.add(n, (1,) + self.input_shape, out)
+                if ins[0] in self.fpadded:  # quantize(pad(x, 0)) = pad(quantize(x), z): rint(0 / s) + z = z
+                    self.add(n, (1,) + self.input_shape, None)
+                    self.padded[out] = ("input", self.fpadded[ins[0]])
+                else:
+                    self.add(n, (1,) + self.input_shape, out)
                 return
             if ins[0] not in self.fviews:
                 raise QuantsimError(f"{where}: quantizes a float tensor the integer graph does not hold")
@@ -173,6 +193,9 @@ class _Importer:
                                   f"graph output = its quantized input {ins[0]!r}")
             else:
                 self.fviews[out] = src
+            return
+        if kind == "Pad" and ins[0] == self.input.name:
+            self.input_pad(nd, ins, out, attrs, where)
             return
         if kind in ("Slice", "Pad", "Flatten", "Reshape"):
             self.movement(nd, kind, ins, out, attrs, where)
@@ -252,20 +275,38 @@ class _Importer:
             self.add(n, tuple(new), out, domain)
             return
         # Pad
-        if attrs.get("mode", b"constant") not in (b"constant", "constant"):
-            raise QuantsimError(f"{where}: Pad mode {attrs.get('mode')!r}")
-        pads = [int(v) for v in self.const(ins[1], where)]
-        value = self.const(ins[2], where).ravel()[0] if len(ins) > 2 and ins[2] else 0
         expect = 0 if domain == "float" else x_q.zero_point
-        if float(value) != float(expect):
-            raise QuantsimError(f"{where}: pads with {value}, not the zero (point) {expect}")
-        r = len(pads) // 2
-        before, after = pads[:r], pads[r:]
-        if r != 4 or before[0] or after[0] or any(before[2:]) or any(after[2:]):
-            raise QuantsimError(f"{where}: pads {pads} (only channel padding imports)")
+        before, after = self.pad_amounts(ins, attrs, expect, where)
+        if any(before[2:]) or any(after[2:]):
+            if before[1] or after[1] or domain == "float":
+                raise QuantsimError(f"{where}: pads {before + after} (spatial padding imports only on "
+                                    "integers and without channel padding)")
+            self.padded[out] = (src, [before[2], after[2], before[3], after[3]])
+            return
         n = Node(self.name("pad"), "pad_channels", [src], x_q, attrs={"before": before[1], "after": after[1]},
                  source=nd.name or out)
         self.add(n, (shape[0], shape[1] + before[1] + after[1]) + tuple(shape[2:]), out, domain)
+
+    def pad_amounts(self, ins, attrs, expect, where) -> tuple[list[int], list[int]]:
+        """A constant-mode Pad's (before, after) on N, C, H, W; its value must be `expect`."""
+        if attrs.get("mode", b"constant") not in (b"constant", "constant"):
+            raise QuantsimError(f"{where}: Pad mode {attrs.get('mode')!r}")
+        if len(ins) > 3 and ins[3]:
+            raise QuantsimError(f"{where}: Pad with an axes input is not supported")
+        pads = [int(v) for v in self.const(ins[1], where)]
+        value = self.const(ins[2], where).ravel()[0] if len(ins) > 2 and ins[2] else 0
+        if float(value) != float(expect):
+            raise QuantsimError(f"{where}: pads with {value}, not the zero (point) {expect}")
+        if len(pads) != 8 or pads[0] or pads[4] or min(pads) < 0:
+            raise QuantsimError(f"{where}: pads {pads} (only non-negative C, H, W padding of N×C×H×W imports)")
+        return pads[:4], pads[4:]
+
+    def input_pad(self, nd, ins, out, attrs, where) -> None:
+        """Float Pad (value 0) of the graph input, quantized next: folded into the conv that reads it."""
+        before, after = self.pad_amounts(ins, attrs, 0, where)
+        if before[1] or after[1]:
+            raise QuantsimError(f"{where}: channel padding of the graph input is not supported")
+        self.fpadded[out] = [before[2], after[2], before[3], after[3]]
 
     def weight_q(self, ws: np.ndarray, wz: np.ndarray, n_out: int) -> QParams:
         per = ws.size > 1
@@ -288,7 +329,12 @@ class _Importer:
         return p
 
     def conv(self, nd, ins, out, attrs, where) -> None:
-        x = self.int_input(ins[0], where, ins[1], ins[2])
+        extra = [0, 0, 0, 0]
+        if ins[0] in self.padded:  # a Pad with the zero point: QLinearConv's own padding does the same
+            x, extra = self.padded[ins[0]]
+            self.check_q(x, ins[0], ins[1], ins[2], where)
+        else:
+            x = self.int_input(ins[0], where, ins[1], ins[2])
         x_q, y_q = self.qp(x), self.act_q(ins[6], ins[7], where)
         w = self.const(ins[3], where)
         ws, wz = self.const(ins[4], where), self.const(ins[5], where)
@@ -299,6 +345,7 @@ class _Importer:
         stride = list(attrs.get("strides", [1, 1]))
         dil = list(attrs.get("dilations", [1, 1]))
         t, l, b, r = attrs.get("pads", [0, 0, 0, 0])
+        t, b, l, r = t + extra[0], b + extra[1], l + extra[2], r + extra[3]
         groups = int(attrs.get("group", 1))
         _, c, h, wd = self.shapes[x]
         ho = arith.conv_output_size(h, kh, stride[0], t, b, dil[0])
