@@ -31,8 +31,9 @@ FP32 reference (the unquantized model's nonlinearities): the same stage list pri
 at e_fp32_mult (mul) or e_fp32_add (everything else): a rough stand-in for a float
 exp/erf/rsqrt sequence of similar length, stated as such.
 
-A division by a lowering-time constant (exp's floor(d / x0), LayerNorm's mean) is counted as
-a division of its few quotient bits, not as a reciprocal multiply.
+A division by a lowering-time constant (exp's floor(d / x0): 5 quotient bits; LayerNorm's
+mean) is counted as a division, one subtract per quotient bit, not as a reciprocal multiply.
+Counts are exact functions of the shape (per element or per row), never of the data.
 """
 from __future__ import annotations
 
