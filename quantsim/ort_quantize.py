@@ -2,7 +2,8 @@
 
     q = ort_quantize_static(model, preprocess, calib_images, out_dir)   # -> out_dir/int8.onnx
 
-torch.onnx.export (opset 17, TorchScript exporter) -> quant_pre_process (shape inference and
+timm's TF-SAME convs made static (quantsim.tf_same, on a copy: ORT cannot quantize their
+dynamic padding) -> torch.onnx.export (opset 17, TorchScript exporter) -> quant_pre_process (shape inference and
 constant folding) -> quantize_static (QOperator, per-channel, U8S8: uint8 asymmetric
 activations, int8 symmetric weights, MinMax calibration on the given images). The model's
 preprocessing is written into its metadata (quantsim.importers.onnx.PREPROCESS_KEY) so that
@@ -12,6 +13,7 @@ Exporting our own quantized IR to ONNX is quantsim.export_onnx.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import torch
 
 from .errors import QuantsimError
 from .preprocess import Preprocess
+from .tf_same import static_same_padding
 
 
 def ort_quantize_static(model: torch.nn.Module, pre: Preprocess, calib: np.ndarray, out_dir: str | Path,
@@ -36,7 +39,9 @@ def ort_quantize_static(model: torch.nn.Module, pre: Preprocess, calib: np.ndarr
     out_dir.mkdir(parents=True, exist_ok=True)
     calib = np.asarray(calib, np.float32)
     fp = out_dir / "fp32.onnx"
-    torch.onnx.export(model.eval(), (torch.as_tensor(calib[:1]),), str(fp), opset_version=opset, dynamo=False,
+    # a copy: the caller's model keeps its Conv2dSame (our own capture handles it)
+    model = static_same_padding(copy.deepcopy(model).eval(), torch.as_tensor(calib[:1]))
+    torch.onnx.export(model, (torch.as_tensor(calib[:1]),), str(fp), opset_version=opset, dynamo=False,
                       input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
     pp = out_dir / "fp32_pre.onnx"
