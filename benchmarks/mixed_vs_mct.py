@@ -116,12 +116,13 @@ def run_quantsim(args) -> tuple[dict, dict]:
 
     t0 = time.perf_counter()
     prep = pipeline.prepare(loaded.model, loaded.preprocess.input_size, calib, 0, progress=False)
-    cfg = QuantConfig()
+    cfg = QuantConfig(calib_method=args.calib_method)
     cands = (4, 6, 8)
     # --acts 8: weight-only mixed precision with 8-bit activations, as MCT's default platform does;
     # --acts same: a width sets weights and the layer's input activation (W_b A_b)
     a8 = args.acts == "8"
-    sens = layer_sensitivity(prep.fgraph, prep.stats, calib, cfg, cands, progress=False, a_bits=8 if a8 else None)
+    sens = layer_sensitivity(prep.fgraph, prep.stats, calib, cfg, cands, at=args.sensitivity_at, progress=False,
+                             a_bits=8 if a8 else None)
     wcount = {n.name: int(n.weight.numel()) for n in prep.fgraph.mac_nodes()}
     wbytes = {l: {b: n * b / 8 for b in cands} for l, n in wcount.items()}
     full8 = sum(wcount.values())
@@ -152,6 +153,11 @@ def main() -> int:
     p.add_argument("--acts", default="8", choices=["8", "same"],
                    help="quantsim activations: 8 bits (weight-only mixed, like MCT's default) or the layer's width")
     p.add_argument("--mp-images", type=int, default=32, help="images MCT's mixed-precision search uses")
+    p.add_argument("--sensitivity-at", default="output", choices=["layer", "output"],
+                   help="quantsim: S_l at the layer's own output or at the network output")
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"],
+                   help="quantsim: how weight and activation ranges are chosen")
+    p.add_argument("--no-mct", action="store_true", help="run only the quantsim side")
     p.add_argument("--mct-worker", nargs=2, metavar=("BLOB", "TARGET_BYTES"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.mct_worker:
@@ -166,6 +172,8 @@ def main() -> int:
     print(f"quantsim: top-1 {ours['top1']:.2f} (FP32 {ours['top1_fp32']:.2f}) on {args.eval} images, "
           f"{ours['seconds']:.1f} s, activations {args.acts}, weights {ours['weight_bytes']:.0f} B of target {ours['target_bytes']:.0f} B, "
           f"widths {ours['widths']}")
+    if args.no_mct:
+        return 0
     if not MCT_PY.exists():
         print(f"MCT: not run: {MCT_PY} is missing (create the venv as the docstring says)")
         return 1
