@@ -9,7 +9,9 @@ from .errors import QuantsimError
 MIN_BITS, MAX_BITS = 2, 16
 GRANULARITIES = ("per-tensor", "per-channel")
 CALIB_METHODS = ("minmax", "percentile", "mse")
-REQUANT_MODES = ("dyadic",)
+# dyadic: integer multiplier and shift (hardware-like); float32: ONNX Runtime's float32 multipliers
+# computed from float32 scales, so that quantsim.export_onnx gives a model ORT runs bit-exactly
+REQUANT_MODES = ("dyadic", "float32")
 NONLINEAR_MODES = ("integer", "float")
 
 

@@ -43,8 +43,10 @@ from .config import QuantConfig
 from .errors import QuantsimError
 
 INPUT_NAME = "image"
+F32_BIAS_LIMIT = 2**30  # float32 mode: |bias| at the accumulator scale, leaving int32 room for the sum
 CONST_BITS = 16  # constant operands of add_const (position embedding), signed, per tensor
 NONLINEAR_OPS = ("softmax", "gelu", "layernorm")
+FLOAT32_UNSUPPORTED = NONLINEAR_OPS + ("matmul", "add_const", "concat_token")
 
 
 def _root(g: FloatGraph, name: str) -> str:
@@ -91,7 +93,35 @@ def _act_qparams(g: FloatGraph, name: str, bits: int, stats: TensorStats, cfg: Q
     if not math.isfinite(clip):
         raise QuantsimError(f"{g[name].source}: calibration saw NaN or Inf activations")
     clip = max(clip, 1e-8)  # an all-zero tensor still needs a valid scale
-    return QParams(bits, signed, np.float64(clip / qmax))
+    if cfg.requant != "float32":
+        return QParams(bits, signed, np.float64(clip / qmax))
+    # unsigned storage throughout (see the module doc); a signed tensor's grid -2^(b-1)..2^(b-1)-1
+    # is held as 0..2^b-1 with zero point 2^(b-1): the same real values, ORT's saturation points
+    scale = np.float64(f32(clip / qmax))
+    return QParams(bits, False, scale, 2 ** (bits - 1) if signed else 0)
+
+
+def f32(v) -> np.float32:
+    return np.float32(v)
+
+
+def f32_mac_scale(s_x, s_w, s_y) -> np.ndarray:
+    """ONNX Runtime's QLinearConv / QGemm (alpha 1) multiplier: float32(float32(s_x·s_w[c]) / s_y)."""
+    s_w = np.atleast_1d(np.asarray(s_w, np.float64)).astype(np.float32)
+    return ((f32(s_x) * s_w).astype(np.float32) / f32(s_y)).astype(np.float32)
+
+
+def f32_gap_scale(s_x, s_y, count: int) -> np.float32:
+    """ONNX Runtime's QLinearGlobalAveragePool multiplier: float32(s_x / float32(s_y·float32(H·W)))."""
+    return f32(f32(s_x) / f32(f32(s_y) * f32(count)))
+
+
+def f32_add_scale(qa: QParams, qb: QParams, qy: QParams) -> np.ndarray:
+    """MLAS QLinearAdd's [r_a, r_b, constant] with the zero points folded into the constant."""
+    from .importers.onnx import add_constant
+
+    ra, rb = f32(f32(qa.scale) / f32(qy.scale)), f32(f32(qb.scale) / f32(qy.scale))
+    return np.array([ra, rb, add_constant(ra, rb, qa.zero_point, qb.zero_point, qy.zero_point)], np.float32)
 
 
 def _clamp(q: QParams, act: str | None) -> list[int]:
@@ -108,11 +138,16 @@ def _mult_bits_for(acc_bound: float, cfg: QuantConfig) -> int:
     return max(8, min(cfg.mult_bits, 62 - int(math.ceil(math.log2(acc_bound + 2)))))
 
 
-def _quantize_weight(n: FNode, w_bits: int, cfg: QuantConfig) -> tuple[np.ndarray, QParams]:
+def _quantize_weight(n: FNode, w_bits: int, cfg: QuantConfig,
+                     min_scale: torch.Tensor | None = None) -> tuple[np.ndarray, QParams]:
     _, qmax = qrange(w_bits, True)
     per_channel = cfg.granularity == "per-channel"
     clip = weight_clip(n.weight, per_channel, "mse" if cfg.calib_method == "mse" else "minmax", qmax)
     scale = (clip.double() / qmax).clamp(min=1e-12)  # all-zero channels: any scale works
+    if min_scale is not None:
+        scale = torch.maximum(scale, min_scale if per_channel else min_scale.max())
+    if cfg.requant == "float32":  # ONNX holds float32 scales: quantize with the value written
+        scale = scale.float().double()
     shape = (-1,) + (1,) * (n.weight.dim() - 1)
     s = scale.reshape(shape) if per_channel else scale
     q = torch.clamp(torch.round(n.weight.double() / s), -qmax, qmax).to(torch.int64)
@@ -122,7 +157,12 @@ def _quantize_weight(n: FNode, w_bits: int, cfg: QuantConfig) -> tuple[np.ndarra
 
 def _mac_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node:
     w_bits, _ = cfg.bits_for(n.name)
-    wq, w_qp = _quantize_weight(n, w_bits, cfg)
+    min_scale = None
+    if cfg.requant == "float32" and n.bias is not None:
+        # ORT holds the bias as int32 at scale s_x·s_w: widen s_w where it would not fit (dead
+        # channels, weights ~0 after BN folding, output ~ bias), as ORT's own quantizer does
+        min_scale = n.bias.double().abs() / (float(in_q.scale) * F32_BIAS_LIMIT)
+    wq, w_qp = _quantize_weight(n, w_bits, cfg, min_scale)
     out_ch = wq.shape[0]
     acc_scale = float(in_q.scale) * np.broadcast_to(w_qp.scale, (out_ch,))
     params: dict[str, np.ndarray] = {"weight": wq}
@@ -135,6 +175,9 @@ def _mac_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node
     mult, shift = quantize_multipliers(acc_scale / float(out_q.scale), _mult_bits_for(acc_bound, cfg))
     params["multiplier"], params["shift"] = mult, shift
     attrs: dict = {"clamp": _clamp(out_q, n.act)}
+    if cfg.requant == "float32":
+        attrs["requant"] = "float32"
+        params["requant_scale"] = np.broadcast_to(f32_mac_scale(in_q.scale, w_qp.scale, out_q.scale), (out_ch,)).copy()
     op = "linear"
     if n.op == "conv":
         op = "conv2d"
@@ -152,16 +195,23 @@ def _add_node(n: FNode, qa: QParams, qb: QParams, out_q: QParams, cfg: QuantConf
     big, shift = quantize_multiplier(max(ma, mb), _mult_bits_for(mag, cfg))
     small = int(np.rint(min(ma, mb) * 2.0**shift))
     mult = np.array([big, small] if ma >= mb else [small, big], dtype=np.int64)
-    return Node(n.name, "add", list(n.inputs), out_q, {"clamp": _clamp(out_q, n.act)},
-                {"multiplier": mult, "shift": np.int64(shift)}, n.source, in_q=qa)
+    attrs: dict = {"clamp": _clamp(out_q, n.act)}
+    params = {"multiplier": mult, "shift": np.int64(shift)}
+    if cfg.requant == "float32":
+        attrs["requant"] = "float32"
+        params["requant_scale"] = f32_add_scale(qa, qb, out_q)
+    return Node(n.name, "add", list(n.inputs), out_q, attrs, params, n.source, in_q=qa)
 
 
 def _pool_node(n: FNode, in_q: QParams, out_q: QParams, count: int, op: str, attrs: dict, cfg: QuantConfig) -> Node:
     mag = max(abs(in_q.qmin), in_q.qmax) * count
     m, s = quantize_multiplier(float(in_q.scale) / (count * float(out_q.scale)), _mult_bits_for(mag, cfg))
     attrs = dict(attrs, count=count, clamp=_clamp(out_q, n.act))
-    return Node(n.name, op, list(n.inputs), out_q, attrs,
-                {"multiplier": np.int64(m), "shift": np.int64(s)}, n.source, in_q=in_q)
+    params = {"multiplier": np.int64(m), "shift": np.int64(s)}
+    if cfg.requant == "float32":  # QLinearGlobalAveragePool's rule (avgpool: ours, not exportable)
+        attrs["requant"] = "float32"
+        params["requant_scale"] = np.array([f32_gap_scale(in_q.scale, out_q.scale, count)], np.float32)
+    return Node(n.name, op, list(n.inputs), out_q, attrs, params, n.source, in_q=in_q)
 
 
 def _merged(a: TensorStats, b: TensorStats) -> TensorStats:
@@ -231,6 +281,11 @@ def float_nodes(graph: Graph) -> list[str]:
 def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Graph:
     bits = tensor_bits(g, cfg)
     shapes = shapes_of(g)
+    if cfg.requant == "float32":
+        vit = sorted({n.op for n in g.nodes if n.op in FLOAT32_UNSUPPORTED})
+        if vit:
+            raise QuantsimError(f"requant mode float32 does not cover the transformer ops {', '.join(vit)}: "
+                                "use --requant dyadic")
     stats = dict(stats)
     for n in g.nodes:  # the class token shares the patch tokens' quantization: calibrate on both
         if n.op == "concat_token":

@@ -46,7 +46,9 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--percentile", type=float, default=99.99)
     p.add_argument("--bitexact-images", type=int, default=8, help="images checked integer_ref vs emulate, every layer")
     p.add_argument("--allow-mismatch", action="store_true", help="report bit-exact mismatches without failing")
-    p.add_argument("--requant", default="dyadic", choices=["dyadic"])
+    p.add_argument("--requant", default="dyadic", choices=["dyadic", "float32"],
+                   help="dyadic: integer multiplier and shift; float32: ONNX Runtime's float32 multipliers "
+                        "(needed by --export-onnx)")
 
 
 def add_hw_args(p: argparse.ArgumentParser) -> None:
@@ -84,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_mixed_args(p)
     p.add_argument("--out", default="runs/latest", help="report directory (written atomically)")
     p.add_argument("--save-ir", action="store_true", help="also write the integer program (ir.json + ir.npz)")
+    p.add_argument("--export-onnx", metavar="FILE", default=None,
+                   help="also write the quantized program as a QOperator ONNX model that ONNX Runtime runs "
+                        "with our integers (needs --requant float32 and 8 bits; the logits are then 8-bit too)")
     p.add_argument("--oracle", choices=["tflite", "onnxruntime"], default=None,
                    help="run the real engine beside integer_ref on the bit-exact images (imported .tflite / .onnx models)")
     p.add_argument("--no-progress", action="store_true")
@@ -98,13 +103,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({k: summary[k] for k in ("model", "bits", "top1", "top1_fp32", "agreement_fp32",
-                                              "bitexact_mismatches", "oracle_mismatches") if k in summary}))
+                                              "bitexact_mismatches", "oracle_mismatches", "onnx_export") if k in summary}))
     if summary.get("bitexact_mismatches", 0) and not args.allow_mismatch:
         print(f"error: integer_ref differs from emulate in {summary['bitexact_mismatches']} elements "
               f"(see bitexact_mismatches in {args.out}/layers.csv); pass --allow-mismatch to keep going",
               file=sys.stderr)
         return 3
     return 0
+
+
+def check_export_args(args, wa, mixed: bool) -> None:
+    """--export-onnx: refused up front (before any calibration) where the program cannot export."""
+    if args.requant != "float32":
+        raise QuantsimError("--export-onnx needs --requant float32 (ONNX Runtime's float32 multipliers)")
+    if mixed or wa != (8, 8):
+        raise QuantsimError(f"--export-onnx needs --bits 8 (ONNX QLinear ops hold 8-bit tensors), got {args.bits}")
+    path = Path(args.export_onnx)
+    if path.is_dir():
+        raise QuantsimError(f"--export-onnx {path} is a directory")
+    if not path.parent.is_dir():
+        raise QuantsimError(f"--export-onnx {path}: directory {path.parent} does not exist")
+    from .importers import is_importable
+
+    if is_importable(args.model):
+        raise QuantsimError("--export-onnx exports models quantsim quantizes itself, not imported .tflite/.onnx files")
 
 
 def check_mixed_args(args, mixed: bool) -> tuple[int, ...] | None:
@@ -181,9 +203,14 @@ def run(args) -> dict:
     if out.exists() and not out.is_dir():
         raise QuantsimError(f"--out {out} exists and is not a directory")
     cfg = None
+    export = getattr(args, "export_onnx", None)
+    if export:
+        check_export_args(args, wa, mixed)
     if wa is not None:
         cfg = QuantConfig(w_bits=wa[0], a_bits=wa[1], granularity=args.granularity,
-                          calib_method=args.calib_method, percentile=args.percentile, requant=args.requant)
+                          calib_method=args.calib_method, percentile=args.percentile, requant=args.requant,
+                          # ONNX QLinear ops hold 8-bit tensors only: the exported logits are 8-bit
+                          **({"out_bits": 8} if export else {}))
     accel = load_accel(args.accel, args.dram_model)
     from .importers import is_importable
 
@@ -251,6 +278,10 @@ def run(args) -> dict:
     }
     if note:
         summary["note"] = note
+    if export:
+        from .export_onnx import export_onnx
+
+        summary["onnx_export"] = str(export_onnx(graph, loaded.preprocess, export).path)
     layers = hardware.merge_rows(layer_table(graph, bitexact, sqnr), hw) if cfg else None
     if plan:
         from .mixed_plan import layer_columns
