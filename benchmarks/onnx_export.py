@@ -152,7 +152,7 @@ def section(rows: list[dict], cmd: str) -> str:
     for r in rows:
         lines.append(f"| {r['model']} | {r['n_eval']:,} | {r['top1_fp32']:.2f}% | {r['top1_dyadic']:.2f}% | "
                      f"{r['top1_float32-out16']:.2f}% | {r['top1_float32']:.2f}% | {r['top1_ort']:.2f}% |")
-    lines += ["", "Seconds per model (2 shared cores): " + "; ".join(
+    lines += ["", "Seconds per model (2 cores shared with other jobs, so only roughly comparable): " + "; ".join(
         f"{r['model']}: ORT over the whole set {r['sec_ort']:.1f} s, emulate (float32) {r['sec_float32']:.1f} s, "
         f"all steps {r['seconds']:.0f} s" for r in rows) + "."]
     return "\n".join(lines)
