@@ -2,7 +2,9 @@
 
 Activations are observed on the float model (FloatGraph) over the calibration set; the
 clipping value is chosen by `minmax`, `percentile` (of |x|) or `mse` (the clip that
-minimises the quantization mean-square error on the observed values).
+minimises the quantization mean-square error on the observed values). `similarity` and
+`ranking` (quantsim.scale_search) set `clip_override` on the tensors they search; a tensor
+they do not search (no MAC or matmul operand) keeps the min-max clip.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ class TensorStats:
     max: float = float("-inf")
     samples: list[torch.Tensor] = field(default_factory=list)
     n_sampled: int = 0
+    clip_override: float | None = None  # a searched clip (quantsim.scale_search): wins over the method
 
     def update(self, t: torch.Tensor, gen: torch.Generator) -> None:
         t = t.detach().float()
@@ -62,7 +65,9 @@ def fake_quant(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> to
 
 def clip_value(stats: TensorStats, method: str, qmin: int, qmax: int, percentile: float = 99.99) -> float:
     """The real value mapped to qmax for an activation tensor."""
-    if method == "minmax":
+    if stats.clip_override is not None:
+        return stats.clip_override
+    if method in ("minmax", "similarity", "ranking"):
         return stats.max if qmin == 0 else stats.absmax
     x = stats.sample()
     mag = x.clamp(min=0) if qmin == 0 else x.abs()

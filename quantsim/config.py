@@ -8,7 +8,9 @@ from .errors import QuantsimError
 
 MIN_BITS, MAX_BITS = 2, 16
 GRANULARITIES = ("per-tensor", "per-channel")
-CALIB_METHODS = ("minmax", "percentile", "mse")
+# similarity / ranking: Liu et al.'s per-layer search of weight and input scales (quantsim.scale_search)
+SEARCH_METHODS = ("similarity", "ranking")
+CALIB_METHODS = ("minmax", "percentile", "mse") + SEARCH_METHODS
 # dyadic: integer multiplier and shift (hardware-like); float32: ONNX Runtime's float32 multipliers
 # computed from float32 scales, so that quantsim.export_onnx gives a model ORT runs bit-exactly
 REQUANT_MODES = ("dyadic", "float32")
@@ -35,6 +37,10 @@ class QuantConfig:
     nonlinear: str = "integer"
     # per MAC layer overrides (mixed precision): layer name -> [w_bits, a_bits]
     layer_bits: dict[str, list[int]] = field(default_factory=dict)
+    # similarity / ranking: points of the interval [0.5, 1.2] x max searched (Liu et al.: 100)
+    search_steps: int = 100
+    # b' = b - mean quantization error of the layer output on the calibration images
+    bias_correction: bool = False
 
     def __post_init__(self):
         for b in (self.w_bits, self.a_bits, self.out_bits, *[x for wa in self.layer_bits.values() for x in wa]):
@@ -47,6 +53,8 @@ class QuantConfig:
             raise QuantsimError(f"granularity {self.granularity!r}: choose one of {', '.join(GRANULARITIES)}")
         if self.calib_method not in CALIB_METHODS:
             raise QuantsimError(f"calibration method {self.calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
+        if not isinstance(self.search_steps, int) or self.search_steps < 2:
+            raise QuantsimError(f"search steps {self.search_steps}: use an integer >= 2")
         if self.requant not in REQUANT_MODES:
             raise QuantsimError(f"requant mode {self.requant!r}: choose one of {', '.join(REQUANT_MODES)}")
         if not 0 < self.percentile <= 100:

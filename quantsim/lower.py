@@ -143,6 +143,7 @@ def _quantize_weight(n: FNode, w_bits: int, cfg: QuantConfig,
     _, qmax = qrange(w_bits, True)
     per_channel = cfg.granularity == "per-channel"
     clip = weight_clip(n.weight, per_channel, "mse" if cfg.calib_method == "mse" else "minmax", qmax)
+    clip = clip * n.attrs.get("weight_clip_alpha", 1.0)  # searched factor (quantsim.scale_search)
     scale = (clip.double() / qmax).clamp(min=1e-12)  # all-zero channels: any scale works
     if min_scale is not None:
         scale = torch.maximum(scale, min_scale if per_channel else min_scale.max())

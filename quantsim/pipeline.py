@@ -32,6 +32,10 @@ class Prepared:
     fgraph: FloatGraph
     stats: dict[str, TensorStats]
     calib_seconds: float
+    # the calibration batches (the scale search and bias correction run on them) and the
+    # searched (graph, stats, config) per config, so that e.g. both nonlinear modes share a search
+    calib: list[torch.Tensor] = field(default_factory=list, repr=False)
+    searched: dict = field(default_factory=dict, repr=False)
 
 
 def prepare(model: torch.nn.Module, input_shape, calib_batches: list[torch.Tensor], seed: int = 0,
@@ -40,7 +44,7 @@ def prepare(model: torch.nn.Module, input_shape, calib_batches: list[torch.Tenso
     g = capture(model, tuple(input_shape))
     check_capture(model, g, calib_batches[0][:4])
     stats = collect_stats(g, calib_batches, seed=seed, progress=progress)
-    return Prepared(g, stats, time.perf_counter() - t0)
+    return Prepared(g, stats, time.perf_counter() - t0, list(calib_batches))
 
 
 @torch.no_grad()
@@ -54,6 +58,11 @@ def check_capture(model: torch.nn.Module, g: FloatGraph, x: torch.Tensor) -> Non
 
 
 def quantize(prep: Prepared, cfg: QuantConfig) -> Graph:
+    from . import scale_search
+
+    if scale_search.needs_search(cfg):  # similarity / ranking search, bias correction
+        g, stats, cfg = scale_search.searched(prep.fgraph, prep.stats, prep.calib, cfg, prep.searched)
+        return lower(g, stats, cfg)
     return lower(prep.fgraph, prep.stats, cfg)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import QuantConfig, check_bits, parse_bits
+from .config import CALIB_METHODS, QuantConfig, check_bits, parse_bits
 from .errors import QuantsimError
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
@@ -42,7 +42,9 @@ def add_model_data_args(p: argparse.ArgumentParser) -> None:
 def add_quant_args(p: argparse.ArgumentParser) -> None:
     """Calibration and requantization options (everything but --bits)."""
     p.add_argument("--granularity", default="per-channel", choices=["per-tensor", "per-channel"])
-    p.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"])
+    p.add_argument("--calib-method", default="minmax", choices=list(CALIB_METHODS),
+                   help="activation (and weight) scales: minmax, percentile, mse; similarity / ranking search "
+                        "each layer's weight and input scale (Liu et al. 2021, quantsim.scale_search)")
     p.add_argument("--percentile", type=float, default=99.99)
     p.add_argument("--bitexact-images", type=int, default=8, help="images checked integer_ref vs emulate, every layer")
     p.add_argument("--allow-mismatch", action="store_true", help="report bit-exact mismatches without failing")
@@ -86,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_mixed_args(p)
     p.add_argument("--out", default="runs/latest", help="report directory (written atomically)")
     p.add_argument("--save-ir", action="store_true", help="also write the integer program (ir.json + ir.npz)")
+    p.add_argument("--search-steps", type=int, default=100,
+                   help="similarity / ranking: points searched in [0.5, 1.2] x max (default 100)")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="correct each layer's bias by the mean quantization error of its output (calibration images)")
     p.add_argument("--export-onnx", metavar="FILE", default=None,
                    help="also write the quantized program as a QOperator ONNX model that ONNX Runtime runs "
                         "with our integers (needs --requant float32 and 8 bits; the logits are then 8-bit too)")
@@ -209,6 +215,8 @@ def run(args) -> dict:
     if wa is not None:
         cfg = QuantConfig(w_bits=wa[0], a_bits=wa[1], granularity=args.granularity,
                           calib_method=args.calib_method, percentile=args.percentile, requant=args.requant,
+                          search_steps=getattr(args, "search_steps", 100),
+                          bias_correction=getattr(args, "bias_correction", False),
                           # ONNX QLinear ops hold 8-bit tensors only: the exported logits are 8-bit
                           **({"out_bits": 8} if export else {}))
     accel = load_accel(args.accel, args.dram_model)
