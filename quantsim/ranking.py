@@ -25,6 +25,10 @@ Pieces (torch tensors in, plain floats or tensors out; CPU or GPU):
   scores; ``rank_on='probs'`` ranks softmax(scores) instead), γ = 0.1, θ = 0.2.
 - ``bias_correction``: b' = b - E[X̂Ŵᵀ - XWᵀ] over the calibration rows, per output channel.
 
+quantsim.scale_search runs these pieces over a whole captured graph with the lowering's exact
+quantizers (calib_method 'similarity' / 'ranking', bias correction) and measures the attention
+Kendall τ of a lowered program; search_linear / search_matmul here are the per-layer forms.
+
 Quantizers are symmetric and uniform with the project's narrow signed range
 [-(2^(b-1)-1), 2^(b-1)-1] or unsigned [0, 2^b - 1], rounding half to even.
 """
