@@ -70,9 +70,25 @@ def _root(g: FloatGraph, name: str) -> str:
     return n.name
 
 
-def width_deciders(g: FloatGraph) -> dict[str, frozenset]:
+def fixed_demand(n, cfg: QuantConfig | None) -> int | None:
+    """The input width a non-MAC reader asks for whatever the allocation (lower.tensor_bits):
+    LayerNorm reads the residual stream at resid_bits, softmax and GELU read at
+    nonlinear_in_bits, and the attention matmuls (not allocated: no weights) at the base
+    a_bits. None for ops that pass their readers' demand on (adds, pools)."""
+    if n.op == "layernorm":
+        return cfg.resid_bits if cfg else 16
+    if n.op in ("softmax", "gelu"):
+        return cfg.nonlinear_in_bits if cfg else 16
+    if n.op == "matmul":
+        return cfg.a_bits if cfg else 8
+    return None
+
+
+def width_deciders(g: FloatGraph, cfg: QuantConfig | None = None, widest: int = 8) -> dict[str, frozenset]:
     """For each requantizing tensor (a root, in lower's sense): the MAC layers whose a_bits
-    decide its width (empty when only out_bits decides it: the network output)."""
+    decide its width (empty when only out_bits decides it: the network output; or when a
+    reader with a fixed demand of at least ``widest``, the widest candidate, holds it wider
+    than any allocation could: a ViT's residual stream read by LayerNorm at 16 bits)."""
     readers: dict[str, list[str]] = {}
     for n in g.nodes:
         if n.op in PASSTHROUGH_OPS or n.op == "input":
@@ -87,28 +103,34 @@ def width_deciders(g: FloatGraph) -> dict[str, frozenset]:
             return memo[root]
         memo[root] = frozenset()  # (graphs are acyclic; guard anyway)
         s: set = set()
+        pinned = False
         for r in readers.get(root, []):
-            s |= {r} if g[r].is_mac else deciders(r)
-        if root == out_root:
-            s = set()  # held at out_bits (wider than any candidate), whoever reads it
+            fixed = None if g[r].is_mac else fixed_demand(g[r], cfg)
+            if fixed is not None:
+                pinned |= fixed >= widest
+            else:
+                s |= {r} if g[r].is_mac else deciders(r)
+        if root == out_root or pinned:
+            s = set()  # held at out_bits or a fixed width (wider than any candidate), whoever reads it
         memo[root] = frozenset(s)
         return memo[root]
 
     return {n.name: deciders(n.name) for n in g.nodes if n.op not in PASSTHROUGH_OPS}
 
 
-def tie_groups(g: FloatGraph) -> list[list[str]]:
+def tie_groups(g: FloatGraph, cfg: QuantConfig | None = None, widest: int = 8) -> list[list[str]]:
     """MAC layers that must share a width (see the module doc), each group in graph order;
     groups overlap-merged; single layers are left out."""
     layers = [n.name for n in g.mac_nodes()]
-    groups = merge_groups(layers, [sorted(ds, key=layers.index) for ds in width_deciders(g).values()])
+    groups = merge_groups(layers, [sorted(ds, key=layers.index) for ds in width_deciders(g, cfg, widest).values()])
     return [m for m in groups if len(m) > 1]
 
 
-def energy_owners(g: FloatGraph, ir_names: list[str], tied: list[list[str]]) -> dict[str, str]:
+def energy_owners(g: FloatGraph, ir_names: list[str], tied: list[list[str]], cfg: QuantConfig | None = None,
+                  widest: int = 8) -> dict[str, str]:
     """IR node -> the MAC layer its energy is attributed to (or FIXED). A non-MAC node goes
     to the first layer of the deciding group of the tensor it writes."""
-    deciders = width_deciders(g)
+    deciders = width_deciders(g, cfg, widest)
     lead = {l: grp[0] for grp in tied for l in grp}
     order = {n.name: i for i, n in enumerate(g.nodes)}
     owners = {}
@@ -189,14 +211,14 @@ def mixed_tables(prep, base_cfg: QuantConfig, accel, calib_batches: list[torch.T
     sens = layer_sensitivity(g, prep.stats, calib_batches, base_cfg, cands, at=sens_at, weighting=weighting,
                              progress=progress, cache_dir=cache_dir)
     t1 = time.perf_counter()
-    tied = tie_groups(g) if tie else []
+    tied = tie_groups(g, base_cfg, max(cands)) if tie else []
     widths = sorted(set(cands) | {8})
     hw = {}
     for b in widths:
         _, hw[b] = _hw_for(prep, _uniform_cfg(base_cfg, b), accel, toggle_x, mac_form)
     t2 = time.perf_counter()
     ir_names = [r["layer"] for r in hw[widths[0]].rows]
-    owners = energy_owners(g, ir_names, tied)
+    owners = energy_owners(g, ir_names, tied, base_cfg, max(cands))
     energy = {l: {} for l in layers}
     seed = {l: {} for l in layers}
     own = {l: {} for l in layers}

@@ -201,3 +201,28 @@ def test_cli_mixed_real_resnet20(tmp_path):
     s = _check_mixed_report(out, "budget", 0.7)
     assert s["binding"] and s["top1"] > 50
     assert s["achieved_energy_ratio"] == pytest.approx(s["planned_energy_ratio"], rel=0.02)
+
+
+def test_vit_layers_are_not_tied_through_fixed_width_readers():
+    """LayerNorm reads the residual stream at resid_bits, GELU/softmax at nonlinear_in_bits,
+    the attention matmuls at the base a_bits: none of those tensors is decided by an
+    allocated layer, so a ViT's linear layers are all free, and the mixed program keeps the
+    widths the allocator chose (and runs bit-exactly)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=16, patch_size=8, embed_dim=16, depth=2, num_heads=2, num_classes=5).eval()
+    batches = [torch.randn(4, 3, 16, 16) for _ in range(2)]
+    prep = pipeline.prepare(model, (3, 16, 16), batches, 0, False)
+    g = prep.fgraph
+    assert tie_groups(g, QuantConfig(), 8) == []
+    accel = load_accel("scalesim-32x32-os")
+    plan = plan_mixed(prep, QuantConfig(), accel, batches, batches[0][:1], policy="budget", budget=0.9,
+                      progress=False)
+    layers = [n.name for n in g.mac_nodes()]
+    assert set(plan.widths) - {8}, "budget 0.9 must narrow some layer"
+    by_name = {n.name: n for n in plan.graph.nodes}
+    for layer, b in zip(layers, plan.widths):
+        node = by_name[layer]
+        assert node.weight_q.bits == b and node.in_q.bits == b, layer
+    assert pipeline.check_bitexact(plan.graph, batches[1][:2]).total_mismatches == 0
