@@ -126,6 +126,17 @@ def tie_groups(g: FloatGraph, cfg: QuantConfig | None = None, widest: int = 8) -
     return [m for m in groups if len(m) > 1]
 
 
+def module_groups(g: FloatGraph) -> list[list[str]]:
+    """MAC layers grouped by the module that holds them (the name less its last part):
+    a ViT block's MSA (qkv, proj) and MLP (fc1, fc2), a ResNet's residual block. With
+    ``unit='module'`` each group takes one width: per-module mixed precision (Liu et al. 2021
+    allocate per MSA/MLP module by their nuclear-norm-weighted sensitivity)."""
+    groups: dict[str, list[str]] = {}
+    for n in g.mac_nodes():
+        groups.setdefault(n.name.rpartition(".")[0] or n.name, []).append(n.name)
+    return [v for v in groups.values() if len(v) > 1]
+
+
 def energy_owners(g: FloatGraph, ir_names: list[str], tied: list[list[str]], cfg: QuantConfig | None = None,
                   widest: int = 8) -> dict[str, str]:
     """IR node -> the MAC layer its energy is attributed to (or FIXED). A non-MAC node goes
@@ -177,6 +188,7 @@ class MixedTables:
     weighting: str
     mac_form: str
     seconds: dict[str, float] = field(default_factory=dict)
+    unit: str = "layer"                        # layer | module (one width per module)
 
 
 def _hw_for(prep, cfg: QuantConfig, accel, toggle_x: torch.Tensor, mac_form: str):
@@ -195,7 +207,8 @@ def _uniform_cfg(base: QuantConfig, b: int) -> QuantConfig:
 
 def mixed_tables(prep, base_cfg: QuantConfig, accel, calib_batches: list[torch.Tensor], toggle_x: torch.Tensor,
                  candidates=(4, 6, 8), sens_at: str = "layer", weighting: str = "none", mac_form: str = "max",
-                 cache_dir: Path | None = None, progress: bool = True, tie: bool = True) -> MixedTables:
+                 cache_dir: Path | None = None, progress: bool = True, tie: bool = True,
+                 unit: str = "layer") -> MixedTables:
     import time
 
     from .sensitivity import layer_sensitivity
@@ -211,7 +224,12 @@ def mixed_tables(prep, base_cfg: QuantConfig, accel, calib_batches: list[torch.T
     sens = layer_sensitivity(g, prep.stats, calib_batches, base_cfg, cands, at=sens_at, weighting=weighting,
                              progress=progress, cache_dir=cache_dir)
     t1 = time.perf_counter()
+    if unit not in ("layer", "module"):
+        raise QuantsimError(f"--mixed-unit {unit!r}: choose layer or module")
     tied = tie_groups(g, base_cfg, max(cands)) if tie else []
+    if unit == "module":  # one width per module, merged with the hardware ties
+        layers_all = [n.name for n in g.mac_nodes()]
+        tied = [m for m in merge_groups(layers_all, tied + module_groups(g)) if len(m) > 1]
     widths = sorted(set(cands) | {8})
     hw = {}
     for b in widths:
@@ -241,7 +259,7 @@ def mixed_tables(prep, base_cfg: QuantConfig, accel, calib_batches: list[torch.T
         w8a8_pj=float(hw[8].totals["e_total_pj"]), w8a8_seed_pj=float(hw[8].totals["e_seed_pj"]),
         uniform_pj={b: float(hw[b].totals["e_total_pj"]) for b in widths}, tied=tied, owners=owners,
         sens_at=sens_at, weighting=weighting, mac_form=mac_form,
-        seconds={"sensitivity": t1 - t0, "energy_tables": t2 - t1})
+        seconds={"sensitivity": t1 - t0, "energy_tables": t2 - t1}, unit=unit)
 
 
 # --------------------------------------------------------------------------- plan
@@ -293,6 +311,7 @@ class MixedPlan:
             "candidates": list(self.tables.candidates),
             "sensitivity_at": self.tables.sens_at,
             "sensitivity_weighting": self.tables.weighting,
+            "mixed_unit": self.tables.unit,
             "planned_energy_pj": self.planned_pj,
             "planned_energy_ratio": self.planned_ratio,
             "achieved_energy_pj": self.achieved_pj,
@@ -333,7 +352,7 @@ def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torc
                policy: str = "threshold", budget: float | None = None, sens_at: str = "layer",
                weighting: str = "none", mac_form: str = "max", cache_dir: Path | None = None,
                progress: bool = True, tables: MixedTables | None = None, thresholds=None,
-               verify: bool = True, tie: bool = True) -> MixedPlan:
+               verify: bool = True, tie: bool = True, unit: str = "layer") -> MixedPlan:
     """Choose a width per MAC layer (threshold rule, or least Σ S_l under an energy budget
     given as a ratio of W8A8 energy), then lower and simulate the choice (``verify``)."""
     if policy not in ("threshold", "budget"):
@@ -343,7 +362,7 @@ def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torc
             raise QuantsimError(f"--energy-budget {budget!r}: give a positive ratio of W8A8 energy, e.g. 0.6")
     if tables is None:
         tables = mixed_tables(prep, base_cfg, accel, calib_batches, toggle_x, candidates, sens_at, weighting,
-                              mac_form, cache_dir, progress, tie)
+                              mac_form, cache_dir, progress, tie, unit)
     t = tables
     target = None if policy == "threshold" else budget * t.w8a8_pj
     knap = None if target is None else target - t.fixed_pj

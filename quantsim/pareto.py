@@ -258,7 +258,7 @@ def run(args) -> pd.DataFrame:
             if tables is None:
                 tables = mixed_tables(prep, base, accel, calib, toggle_x, candidates, args.sensitivity_at,
                                       args.sensitivity_weighting, args.mac_form,
-                                      args.sensitivity_cache or out / "state", progress)
+                                      args.sensitivity_cache or out / "state", progress, unit=args.mixed_unit)
             if p.label == "mixed-at-thr":
                 thr = [r for r in rows if r["label"] == "mixed-thr"]
                 ratio = pd.to_numeric(pd.Series([thr[0].get("energy_ratio_w8a8") if thr else None]), errors="coerce")[0]
@@ -299,6 +299,7 @@ def run(args) -> pd.DataFrame:
     meta = {"model": loaded.arch, "accelerator": accel.name, "n_eval": len(eval_ds), "n_calib": len(calib_ds),
             "granularity": args.granularity, "candidates": list(candidates), "budgets": budgets,
             "sensitivity_at": args.sensitivity_at, "sensitivity_weighting": args.sensitivity_weighting,
+            "mixed_unit": args.mixed_unit,
             "mac_form": args.mac_form, "w8a8_pj": w8_pj, "seconds": round(time.perf_counter() - t_start, 1)}
     if tables is not None:
         meta.update(tied=tables.tied, fixed_energy_pj=tables.fixed_pj,

@@ -226,3 +226,11 @@ def test_vit_layers_are_not_tied_through_fixed_width_readers():
         node = by_name[layer]
         assert node.weight_q.bits == b and node.in_q.bits == b, layer
     assert pipeline.check_bitexact(plan.graph, batches[1][:2]).total_mismatches == 0
+    # one width per module: a block's MSA (qkv, proj) and MLP (fc1, fc2) each take one width
+    mod = plan_mixed(prep, QuantConfig(), accel, batches, batches[0][:1], policy="budget", budget=0.8,
+                     progress=False, unit="module")
+    w = dict(zip(layers, mod.widths))
+    for i in range(2):
+        assert w[f"blocks.{i}.attn.qkv"] == w[f"blocks.{i}.attn.proj"]
+        assert w[f"blocks.{i}.mlp.fc1"] == w[f"blocks.{i}.mlp.fc2"]
+    assert mod.summary()["mixed_unit"] == "module" and mod.achieved_ratio <= 0.8 * (1 + 1e-9)
