@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         f"between float and quantized attention scores (softmax inputs) over every block, head and query row of "
         f"{min(args.tau_images, len(x))} images. diff: elements differing between integer_ref and emulate on "
         f"{args.bitexact_images} images (integer-only programs; float nonlinearities are never bit-exact). "
-        "s: seconds to search/lower and evaluate on the 2-core CPU machine.",
+        "s: seconds to search/lower and evaluate on the 2-core CPU machine (shared with other jobs: indicative only).",
         "",
         "| bits | weights | method | nonlinear | top-1 % | agree FP32 % | Kendall τ | diff | s quant | s all |",
         "|---|---|---|---|---|---|---|---|---|---|",
