@@ -369,13 +369,15 @@ def _feasible(e: float, budget: float) -> bool:
     return e <= budget + _RTOL * max(abs(budget), 1e-300)
 
 
-def _solve_dp(items, budget):
+def _solve_dp(items, budget, n_best: int = 1):
     """Exact multiple-choice knapsack by Pareto lists.
 
     After item i, keep every partial choice that is not dominated (no other partial choice
     with energy <= and cost <=, one strictly) and that can still meet the budget with the
     cheapest widths for the remaining items. The optimum's prefix is never dominated,
-    so the optimum survives. Returns (choice index per item, number of states at most).
+    so the optimum survives. Returns (choice index per item, number of states at most);
+    with ``n_best`` > 1, a list of up to ``n_best`` feasible choices, least cost first (the
+    proxy-best allocations: the budget end of the final Pareto list).
     """
     min_rest = np.concatenate([np.cumsum([it[3].min() for it in items][::-1])[::-1][1:], [0.0]])
     limit = budget + _RTOL * max(abs(budget), 1e-300)
@@ -402,6 +404,7 @@ def _solve_dp(items, budget):
             raise InfeasibleBudget("no allocation meets the energy budget")
     # The last list is sorted by energy with strictly decreasing cost: the best is last
     # among those that really meet the budget once summed exactly.
+    found = []
     for j in range(len(E) - 1, -1, -1):
         choice = [0] * len(items)
         idx = j
@@ -411,8 +414,30 @@ def _solve_dp(items, budget):
             idx = int(p[idx])
         e = math.fsum(items[i][3][c] for i, c in enumerate(choice))
         if _feasible(e, budget):
-            return choice, peak
+            if n_best == 1:
+                return choice, peak
+            found.append(choice)
+            if len(found) == n_best:
+                break
+    if found:
+        return found, peak
     raise InfeasibleBudget("no allocation meets the energy budget")
+
+
+def budget_frontier(sensitivity: Table, energy: Table, budget_pj: float, tied=None, k: int = 8) -> list[dict]:
+    """Up to ``k`` allocations (layer -> width) meeting the budget, least total sensitivity
+    first: the exact optimum, then the next points of the Pareto list below the budget
+    (each of less energy and more total sensitivity). The candidates a measured re-ranking
+    chooses among (quantsim.mixed_plan)."""
+    sens = _check_table("sensitivity", sensitivity)
+    ens = _check_table("energy", energy)
+    items = _items(sens, ens, tied)
+    choices, _ = _solve_dp(items, float(budget_pj), n_best=max(2, int(k)))
+    out = []
+    for choice in choices[:k]:
+        by_layer = {l: ws[c] for (g, ws, _, _), c in zip(items, choice) for l in g}
+        out.append({l: by_layer[l] for l in sens})
+    return out
 
 
 def _solve_milp(items, budget, time_limit):

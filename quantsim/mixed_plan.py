@@ -28,7 +28,8 @@ is exact except at boundaries between widths: a layer's output is written at its
 width, not its own, and operand toggles change with the widths. ``plan_mixed`` therefore
 lowers and simulates the chosen program and reports the achieved energy beside the
 planned one; with the budget policy it re-solves with the budget tightened by the
-overshoot when the achieved energy exceeds the budget (``refinements``).
+overshoot when the achieved energy exceeds the budget, and loosened by the slack when it leaves
+more than 0.5% of the budget unused (``refinements``; the last plan that met the budget is kept).
 
 Ties
 ----
@@ -46,7 +47,7 @@ tied layers share weight widths too; untying the weight width is left for later.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -58,6 +59,7 @@ from .mixed import Allocation, InfeasibleBudget, allocate_budget, allocate_thres
 
 FIXED = "<fixed>"  # owner of energy no MAC layer's width decides
 MAX_REFINEMENTS = 4
+LOOSEN_RTOL = 0.005  # budget left unused above this share of it makes the policy re-solve
 
 
 # --------------------------------------------------------------------------- structure
@@ -189,6 +191,7 @@ class MixedTables:
     mac_form: str
     seconds: dict[str, float] = field(default_factory=dict)
     unit: str = "layer"                        # layer | module (one width per module)
+    joint: object = field(default=None, repr=False)  # sensitivity.JointError, made on first re-ranking
 
 
 def _hw_for(prep, cfg: QuantConfig, accel, toggle_x: torch.Tensor, mac_form: str):
@@ -278,6 +281,7 @@ class MixedPlan:
     refinements: int = 0
     graph: object = None
     hw: object = None
+    rerank: dict | None = None    # the measured re-ranking of the budget policy's candidates
 
     @property
     def sensitivity(self):
@@ -326,6 +330,7 @@ class MixedPlan:
             "optimal": a.optimal,
             "solver_status": a.status,
             "refinements": self.refinements,
+            "rerank": self.rerank,
             "total_sensitivity": a.total_sensitivity,
             "tied": self.tables.tied,
             "chosen_widths": self.widths,
@@ -348,18 +353,67 @@ def _allocate(t: MixedTables, policy: str, budget_pj: float | None, thresholds) 
             f"{(lowest + t.fixed_pj) / t.w8a8_pj:.4f} of W8A8") from exc
 
 
+def _rerank(prep, base_cfg: QuantConfig, t: MixedTables, alloc: Allocation, budget_pj: float, k: int,
+            calib_batches) -> tuple[Allocation, dict]:
+    """Choose among the allocations that meet the budget by their measured network-output
+    error, all layers quantized at once (sensitivity.JointError on the calibration images).
+
+    Σ S_l is an additive proxy: per-layer errors do interact (a 4-bit stem feeds a 4-bit
+    block). So the candidates are the k proxy-best allocations of the exact knapsack (its
+    optimum first), the threshold rule's allocation and every uniform width, each only if
+    its planned energy meets the budget; the one of least joint error is kept. The
+    knapsack's own optimum is the choice whenever it measures best."""
+    from .mixed import budget_frontier
+    from .sensitivity import JointError
+
+    pool: list[tuple[str, dict]] = [(f"knapsack #{i + 1}", bits) for i, bits in
+                                    enumerate(budget_frontier(t.sensitivity, t.energy, budget_pj, t.tied, k))]
+    extra = [("threshold rule", allocate_threshold(t.sensitivity, widths=t.candidates, energy=t.energy,
+                                                   tied=t.tied).bits)]
+    extra += [(f"uniform W{b}A{b}", {l: b for l in t.layers}) for b in t.candidates]
+    for src, bits in extra:
+        if math.fsum(t.energy[l][b] for l, b in bits.items()) <= budget_pj * (1 + 1e-12):
+            pool.append((src, bits))
+    seen, uniq = set(), []
+    for src, bits in pool:
+        key = tuple(bits[l] for l in t.layers)
+        if key not in seen:
+            seen.add(key)
+            uniq.append((src, bits))
+    if t.joint is None:
+        t.joint = JointError(prep.fgraph, prep.stats, calib_batches, base_cfg)
+    errs = [t.joint(bits) for _, bits in uniq]
+    best = min(range(len(uniq)), key=errs.__getitem__)
+    src, bits = uniq[best]
+    info = {"candidates": len(uniq), "chosen": src, "joint_error": errs[best],
+            "knapsack_optimum_joint_error": errs[0],
+            "all": [{"source": s_, "joint_error": e_, "widths": [bits_[l] for l in t.layers]}
+                    for (s_, bits_), e_ in zip(uniq, errs)]}
+    if best == 0:
+        return alloc, info
+    total_s = math.fsum(t.sensitivity[l][b] for l, b in bits.items())
+    total_e = math.fsum(t.energy[l][b] for l, b in bits.items())
+    return replace(alloc, bits=dict(bits), total_sensitivity=total_s, total_energy=total_e,
+                   status=alloc.status + f"; re-ranked by measured output error: {src}"), info
+
+
 def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torch.Tensor, candidates=(4, 6, 8),
                policy: str = "threshold", budget: float | None = None, sens_at: str = "layer",
                weighting: str = "none", mac_form: str = "max", cache_dir: Path | None = None,
                progress: bool = True, tables: MixedTables | None = None, thresholds=None,
-               verify: bool = True, tie: bool = True, unit: str = "layer") -> MixedPlan:
+               verify: bool = True, tie: bool = True, unit: str = "layer", rerank: int = 0) -> MixedPlan:
     """Choose a width per MAC layer (threshold rule, or least Σ S_l under an energy budget
-    given as a ratio of W8A8 energy), then lower and simulate the choice (``verify``)."""
+    given as a ratio of W8A8 energy; with ``rerank`` k > 0 the budget policy then keeps, of
+    the k proxy-best allocations and the threshold/uniform ones within the budget, the one
+    of least measured output error: see _rerank), then lower and simulate the choice
+    (``verify``)."""
     if policy not in ("threshold", "budget"):
         raise QuantsimError(f"mixed policy {policy!r}: choose threshold or budget")
     if policy == "budget":
         if budget is None or not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
             raise QuantsimError(f"--energy-budget {budget!r}: give a positive ratio of W8A8 energy, e.g. 0.6")
+    if not isinstance(rerank, int) or rerank < 0:
+        raise QuantsimError(f"--rerank {rerank!r}: give a count of candidates (0 keeps the knapsack optimum)")
     if tables is None:
         tables = mixed_tables(prep, base_cfg, accel, calib_batches, toggle_x, candidates, sens_at, weighting,
                               mac_form, cache_dir, progress, tie, unit)
@@ -367,28 +421,43 @@ def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torc
     target = None if policy == "threshold" else budget * t.w8a8_pj
     knap = None if target is None else target - t.fixed_pj
     refinements = 0
+    best_fit = None  # the last verified plan that met the budget (loosening may overshoot)
     while True:
         alloc = _allocate(t, policy, knap, thresholds)
+        info = None
+        if policy == "budget" and rerank > 0:
+            alloc, info = _rerank(prep, base_cfg, t, alloc, knap, rerank, calib_batches)
         planned = math.fsum(t.energy[l][b] for l, b in alloc.bits.items()) + t.fixed_pj
         d = base_cfg.to_json()
         d["layer_bits"] = alloc.layer_bits()
         cfg = QuantConfig.from_json(d)
-        plan = MixedPlan(cfg, alloc, t, policy, budget, planned, None, None, refinements)
+        plan = MixedPlan(cfg, alloc, t, policy, budget, planned, None, None, refinements, rerank=info)
         if not verify:
             return plan
         plan.graph, plan.hw = _hw_for(prep, cfg, accel, toggle_x, mac_form)
         plan.achieved_pj = float(plan.hw.totals["e_total_pj"])
         plan.achieved_seed_pj = float(plan.hw.totals["e_seed_pj"])
         over = plan.achieved_pj - target if target is not None else 0.0
-        if over <= 1e-9 * abs(target or 1.0) or refinements >= MAX_REFINEMENTS:
+        fits = over <= 1e-9 * abs(target or 1.0)
+        if target is None:
             return plan
-        # the mixed program costs more than planned (width boundaries): tighten and re-solve
-        tighter = knap - over * 1.0001
+        if fits:
+            if best_fit is not None and plan.allocation.bits == best_fit.allocation.bits:
+                return best_fit
+            best_fit = plan
+        elif best_fit is not None:
+            return best_fit  # loosening overshot: keep the last plan that met the budget
+        if refinements >= MAX_REFINEMENTS or (fits and -over <= LOOSEN_RTOL * target):
+            return plan
+        # planned and achieved energy differ at width boundaries: the program costs more than
+        # planned (tighten by the overshoot) or leaves budget unused (loosen by the slack,
+        # so the allocation spends what it is given); re-solve and verify again
+        moved = knap - over * (1.0001 if over > 0 else 0.9999)
         try:
-            _allocate(t, policy, tighter, thresholds)
+            _allocate(t, policy, moved, thresholds)
         except QuantsimError:
             return plan  # nothing cheaper exists: report the overshoot (budget_met false)
-        knap = tighter
+        knap = moved
         refinements += 1
 
 

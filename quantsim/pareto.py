@@ -270,7 +270,7 @@ def run(args) -> pd.DataFrame:
             try:
                 plan = plan_mixed(prep, base, accel, calib, toggle_x, candidates,
                                   policy="threshold" if p.policy == "mixed-threshold" else "budget",
-                                  budget=p.budget, tables=tables, progress=progress)
+                                  budget=p.budget, tables=tables, progress=progress, rerank=args.rerank)
             except QuantsimError as exc:  # an infeasible budget: record it, keep going
                 row.update(note=str(exc), seconds=round(time.perf_counter() - t0, 2))
                 tqdm.write(f"{p.label}: {exc}", file=sys.stderr)
@@ -281,7 +281,10 @@ def run(args) -> pd.DataFrame:
             row.update(planned_energy_ratio=s["planned_energy_ratio"], binding=s["binding"],
                        optimal=s["optimal"], total_sensitivity=s["total_sensitivity"],
                        widths="-".join(map(str, s["chosen_widths"])),
-                       note=f"refinements={s['refinements']}" if s["refinements"] else None)
+                       note="; ".join(x for x in (
+                           f"refinements={s['refinements']}" if s["refinements"] else "",
+                           f"re-ranked: {s['rerank']['chosen']} of {s['rerank']['candidates']}" if s["rerank"] else "")
+                           if x) or None)
         top5 = quantized_predictions(graph, ev, progress, p.label)
         row.update(accuracy(top5, labels, fp32_top5[:, 0]))
         bx = pipeline.check_bitexact(graph, x) if args.bitexact_images > 0 else None
@@ -299,7 +302,7 @@ def run(args) -> pd.DataFrame:
     meta = {"model": loaded.arch, "accelerator": accel.name, "n_eval": len(eval_ds), "n_calib": len(calib_ds),
             "granularity": args.granularity, "candidates": list(candidates), "budgets": budgets,
             "sensitivity_at": args.sensitivity_at, "sensitivity_weighting": args.sensitivity_weighting,
-            "mixed_unit": args.mixed_unit,
+            "mixed_unit": args.mixed_unit, "rerank": args.rerank,
             "mac_form": args.mac_form, "w8a8_pj": w8_pj, "seconds": round(time.perf_counter() - t_start, 1)}
     if tables is not None:
         meta.update(tied=tables.tied, fixed_energy_pj=tables.fixed_pj,

@@ -76,6 +76,10 @@ def add_mixed_args(p: argparse.ArgumentParser, budget: bool = True) -> None:
     mx.add_argument("--sensitivity-weighting", default="none", choices=["none", "nuclear"],
                     help="nuclear: weight S_l by the nuclear norm of the layer output (Liu et al. 2021)")
     mx.add_argument("--sensitivity-cache", default=None, help="directory caching sensitivity tables (JSON)")
+    mx.add_argument("--rerank", type=int, default=0,
+                    help="budget policy: measure the network-output error of the K best allocations of the "
+                    "knapsack (and the threshold/uniform ones within the budget) with all layers quantized at "
+                    "once, keep the least (0: the knapsack optimum as it is)")
     mx.add_argument("--mixed-unit", default="layer", choices=["layer", "module"],
                     help="one width per layer, or per module (a ViT block's MSA and MLP, a ResNet block)")
 
@@ -250,7 +254,8 @@ def run(args) -> dict:
                           policy="threshold" if args.energy_budget is None else "budget",
                           budget=args.energy_budget, sens_at=args.sensitivity_at,
                           weighting=args.sensitivity_weighting, mac_form=args.mac_form,
-                          cache_dir=args.sensitivity_cache, progress=progress, unit=args.mixed_unit)
+                          cache_dir=args.sensitivity_cache, progress=progress, unit=args.mixed_unit,
+                          rerank=args.rerank)
         cfg = plan.cfg
     # FP32 runs still lower a W8A8 program: its shapes give the FP32 energy on the same array
     structure_cfg = cfg or QuantConfig(granularity=args.granularity)

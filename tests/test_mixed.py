@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from quantsim.errors import QuantsimError
 from quantsim.mixed import (
+    budget_frontier,
     Allocation,
     InfeasibleBudget,
     allocate_budget,
@@ -98,6 +99,30 @@ def test_knapsack_equals_brute_force(solver, inst):
 @given(inst=instances(with_ties=True))
 def test_knapsack_with_ties_equals_brute_force(solver, inst):
     _check_against_brute(*inst, solver)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inst=instances(with_ties=True), k=st.integers(1, 5))
+def test_budget_frontier_is_the_optimum_then_nondominated_alternatives(inst, k):
+    sens, energy, budget, tied = inst
+    best = brute_force(sens, energy, budget, tied)
+    if best is None:
+        with pytest.raises(ValueError):
+            budget_frontier(sens, energy, budget, tied, k)
+        return
+    front = budget_frontier(sens, energy, budget, tied, k)
+    assert 1 <= len(front) <= k
+    cost = [math.fsum(sens[l][b] for l, b in bits.items()) for bits in front]
+    en = [math.fsum(energy[l][b] for l, b in bits.items()) for bits in front]
+    assert cost[0] == pytest.approx(best, abs=1e-9)
+    assert cost == sorted(cost) and all(e <= budget for e in en)
+    for bits in front:
+        assert set(bits) == set(sens)
+        for g in tied or ():
+            assert len({bits[l] for l in g}) == 1
+    # each alternative spends less energy than the cheaper-in-sensitivity ones before it
+    # (else it would be dominated and the Pareto list would have dropped it)
+    assert all(en[i + 1] < en[i] for i in range(len(en) - 1))
 
 
 def _monotone_tables(n=7, widths=(4, 6, 8), seed=0):
