@@ -3,6 +3,7 @@
     python benchmarks/oracles.py                       # 32 images every layer + top-1 on all imagenet-val
     python benchmarks/oracles.py --models mobilenet_v1_0.25_128_quant --top1-images 200
     python benchmarks/oracles.py --onnx resnet20 lite0  # quantized by ONNX Runtime vs ONNX Runtime
+    python benchmarks/oracles.py --onnx resnet20 lite0 --onnx-format qoperator qdq
 
 Per model (../shared/models/tflite): import into the IR; on --images imagenet-val images,
 integer_ref against TFLite (OpResolverType.BUILTIN_REF, every intermediate tensor kept)
@@ -14,7 +15,7 @@ uint8 softmax output (ties there can move the argmax), and accuracy against the 
 summary next to it with --json.
 
 --onnx: CIFAR ResNet-20 and EfficientNet-Lite0 quantized by ONNX Runtime's quantize_static
-(QOperator, per-channel U8S8, MinMax) and imported; integer_ref against ONNX Runtime on every
+(--onnx-format: QOperator and/or QDQ, per-channel U8S8, MinMax) and imported; integer_ref against ONNX Runtime on every
 mapped tensor and the graph output of --images evaluation images. Writes the onnx-oracle
 section of docs/results.md.
 """
@@ -141,8 +142,8 @@ ONNX_MODELS = {
 
 
 def run_onnx(key: str, n_images: int, n_calib: int | None = None, out_dir: str | None = None,
-             chunk: int = 8) -> dict:
-    """One model quantized by ONNX Runtime (quantize_static, QOperator, per-channel U8S8, MinMax
+             chunk: int = 8, fmt: str = "qoperator") -> dict:
+    """One model quantized by ONNX Runtime (quantize_static, fmt qoperator or qdq, per-channel U8S8, MinMax
     on the first n_calib calibration images), imported; integer_ref vs ONNX Runtime on every
     mapped tensor and the float graph output of the first n_images evaluation images, `chunk`
     images at a time (keep="all" of 32 Lite0 images would hold about 2 GB)."""
@@ -163,9 +164,9 @@ def run_onnx(key: str, n_images: int, n_calib: int | None = None, out_dir: str |
     calib = take(calib_data, "calib", n_calib)
     model = static_same_padding(lm.model.eval(), torch.as_tensor(calib[:1]))  # Lite0's TF-"SAME" convs
     with tempfile.TemporaryDirectory() as tmp:
-        d = Path(out_dir) / key if out_dir else Path(tmp)
+        d = Path(out_dir) / f"{key}_{fmt}" if out_dir else Path(tmp)
         t0 = time.perf_counter()
-        q = ort_quantize_static(model, lm.preprocess, calib, d)
+        q = ort_quantize_static(model, lm.preprocess, calib, d, fmt=fmt)
         t_quant = time.perf_counter() - t0
         imp = load_imported(q)
         g = imp.graph
@@ -185,7 +186,7 @@ def run_onnx(key: str, n_images: int, n_calib: int | None = None, out_dir: str |
                 if v:
                     bad[k] = bad.get(k, 0) + v
     ops = [n.op for n in g.nodes]
-    return {"model": key, "arch": arch, "engine": f"onnxruntime {ort_version()}", "calib_images": len(calib),
+    return {"model": key, "arch": arch, "format": fmt, "engine": f"onnxruntime {ort_version()}", "calib_images": len(calib),
             "images": len(x), "layers": len(g.meta["onnx_tensors"]), "convs": ops.count("conv2d"),
             "asym_pads": sum(n.op == "conv2d" and (n.attrs["padding"][0] != n.attrs["padding"][1]
                                                    or n.attrs["padding"][2] != n.attrs["padding"][3])
@@ -205,10 +206,14 @@ def write_onnx_section(rows: list[dict]) -> None:
     lines = [
         "## Real engines as oracles: models quantized by ONNX Runtime, bit for bit",
         "",
-        "`python benchmarks/oracles.py --onnx resnet20 lite0` — each model is exported to ONNX and "
-        "quantized by ONNX Runtime's own `quantize_static` (QOperator, per-channel, U8S8: uint8 "
+        "`python benchmarks/oracles.py --onnx resnet20 lite0 --onnx-format qoperator qdq` — each model is exported to ONNX and "
+        "quantized by ONNX Runtime's own `quantize_static` (per-channel, U8S8: uint8 "
         "asymmetric activations, int8 symmetric weights, MinMax on the first calibration images: "
-        "cifar10 train / imagenet-calib), imported (`quantsim.importers.onnx`, requant mode "
+        "cifar10 train / imagenet-calib) in both formats (`--onnx-format qoperator qdq`): QOperator "
+        "(QLinearConv, QLinearAdd, QGemm, ...) and QDQ (DequantizeLinear -> float Conv/Add/Gemm/"
+        "GlobalAveragePool -> QuantizeLinear node units, which ONNX Runtime fuses into the same "
+        "QLinear kernels when it loads the model; the importer matches each unit onto the same IR "
+        "nodes and float32 requant formulas), imported (`quantsim.importers.onnx`, requant mode "
         "`float32`), and run by integer_ref beside ONNX Runtime (CPU provider, MLAS, x86-64, one "
         "thread) on the first images of cifar10 test / imagenet-val. Every IR node with an ONNX "
         "tensor holding the same integers is compared element for element, plus the float graph "
@@ -216,17 +221,20 @@ def write_onnx_section(rows: list[dict]) -> None:
         "pad asymmetrically (`quantsim.tf_same` makes timm's padding static for export; ONNX "
         "Runtime fuses the Pad into the conv, a Pad left over is folded into the conv on import).",
         "",
-        "| model | engine | calibration images | images | mapped tensors | convs (asymmetric pads) "
+        "| model | format | engine | calibration images | images | mapped tensors | convs (asymmetric pads) "
         "| elements compared | differing | s quantize | s integer_ref | s ONNX Runtime |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['arch']} | {r['engine']} | {r['calib_images']} | {r['images']} | {r['layers']} | "
+        lines.append(f"| {r['arch']} | {r.get('format', 'qoperator')} | {r['engine']} | {r['calib_images']} | {r['images']} | {r['layers']} | "
                      f"{r['convs']} ({r['asym_pads']}) | {r['elements']:,} | {r['mismatches']} | "
                      f"{r['seconds_quantize']} | {r['seconds_ref']} | {r['seconds_engine']} |")
     lines += ["", "Seconds on the 2 shared cores (other jobs running); integer_ref keeps every tensor "
               "(`keep=\"all\"`), ONNX Runtime runs each image twice (plain, and with every mapped tensor "
-              "as an output)."]
+              "as an output). The two formats are different quantized models (QDQ gives the outputs of Slice and "
+              "Pad their input's scale, QOperator calibrates them separately), so their outputs can differ (ResNet-20: "
+              "the shortcut's Pad); the convs, adds, pool and linear get the same parameters, and each model "
+              "matches ONNX Runtime on its own."]
     replace_section(ROOT / "docs" / "results.md", "onnx-oracle", "\n".join(lines))
 
 
@@ -236,6 +244,8 @@ def main() -> None:
                     help="only: these models quantized by ONNX Runtime vs ONNX Runtime on --images images")
     ap.add_argument("--onnx-calib", type=int, default=None,
                     help="calibration images for --onnx (default: 256 cifar10 / 250 imagenet-calib)")
+    ap.add_argument("--onnx-format", nargs="+", choices=["qoperator", "qdq"], default=["qoperator"],
+                    help="quantize_static formats for --onnx (default qoperator)")
     ap.add_argument("--onnx-dir", default=None, help="keep the --onnx models here (else a temporary dir)")
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
     ap.add_argument("--images", type=int, default=32, help="images compared on every layer")
@@ -247,8 +257,9 @@ def main() -> None:
     if args.onnx:
         rows = []
         for key in args.onnx:
-            rows.append(run_onnx(key, args.images, args.onnx_calib, args.onnx_dir))
-            print(json.dumps(rows[-1]), flush=True)
+            for fmt in args.onnx_format:
+                rows.append(run_onnx(key, args.images, args.onnx_calib, args.onnx_dir, fmt=fmt))
+                print(json.dumps(rows[-1]), flush=True)
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)

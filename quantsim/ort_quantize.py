@@ -4,7 +4,9 @@
 
 timm's TF-SAME convs made static (quantsim.tf_same, on a copy: ORT cannot quantize their
 dynamic padding) -> torch.onnx.export (opset 17, TorchScript exporter) -> quant_pre_process (shape inference and
-constant folding) -> quantize_static (QOperator, per-channel, U8S8: uint8 asymmetric
+constant folding) -> quantize_static (fmt "qoperator" (QLinearConv, QLinearAdd, ...) or "qdq"
+(DequantizeLinear -> float op -> QuantizeLinear node units; ONNX Runtime fuses them back into
+the QOperator kernels when it loads the model), per-channel, U8S8: uint8 asymmetric
 activations, int8 symmetric weights, MinMax calibration on the given images). The model's
 preprocessing is written into its metadata (quantsim.importers.onnx.PREPROCESS_KEY) so that
 `python -m quantsim.simulate int8.onnx` feeds it the images it was calibrated on.
@@ -26,7 +28,9 @@ from .tf_same import static_same_padding
 
 
 def ort_quantize_static(model: torch.nn.Module, pre: Preprocess, calib: np.ndarray, out_dir: str | Path,
-                        opset: int = 17) -> Path:
+                        opset: int = 17, fmt: str = "qoperator", extra_options: dict | None = None) -> Path:
+    if fmt not in ("qoperator", "qdq"):
+        raise QuantsimError(f"fmt {fmt!r}: only 'qoperator' or 'qdq'")
     try:
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -55,8 +59,9 @@ def ort_quantize_static(model: torch.nn.Module, pre: Preprocess, calib: np.ndarr
             return next(self.it, None)
 
     q = out_dir / "int8.onnx"
-    quantize_static(str(pp), str(q), Reader(), quant_format=QuantFormat.QOperator, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    qf = QuantFormat.QDQ if fmt == "qdq" else QuantFormat.QOperator
+    quantize_static(str(pp), str(q), Reader(), quant_format=qf, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, extra_options=extra_options)
     m = onnx.load(str(q))
     m.metadata_props.add(key=PREPROCESS_KEY, value=json.dumps(pre.to_json()))
     onnx.save(m, str(q))

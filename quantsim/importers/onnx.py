@@ -28,6 +28,18 @@ weights, per-tensor or per-channel) and S8S8 both import. Ops and the IR they be
   DequantizeLinear of a graph output -> the integer graph stops there: graph.outputs is its
                        input (the quantized logits)
 
+QDQ format (quantize_static(quant_format=QDQ)): weights and int32 biases are constants behind
+DequantizeLinear (per-channel axis 0, or the output axis of Gemm/MatMul), and each
+DequantizeLinear -> Conv/Gemm/MatMul/Add/GlobalAveragePool -> QuantizeLinear node unit is what
+ONNX Runtime's CPU optimizer (default level) fuses into QLinearConv/QGemm/QLinearMatMul/
+QLinearAdd/QLinearGlobalAveragePool: the importer builds the same IR nodes with the same float32
+formulas from the unit's DQ/Q parameters. A Relu/Clip between the op (or a DequantizeLinear)
+and its QuantizeLinear (QDQKeepRemovableActivations) is dropped when ORT drops it
+(ReluQuantFusion: zero point = q_min; ClipQuantFusion: the QuantizeLinear's QuantizeDomain
+lies inside [min, max]) and refused otherwise (ORT then runs the op in float). DQ -> Slice/Pad/
+Flatten -> Q with the input's own parameters is plain data movement (no requantize). A unit
+whose float output is not (only) quantized is refused: ORT would run it in float.
+
 Relu and Clip do not appear: ONNX Runtime's quantizer folds them into the producer's output
 range. The graph input is the float tensor the ONNX model takes (already normalised): the
 preprocessing comes from the model's metadata_props entry `quantsim_preprocess` (JSON of
@@ -50,6 +62,7 @@ from ..preprocess import Preprocess
 from . import ImportedModel
 
 PREPROCESS_KEY = "quantsim_preprocess"
+MOVEMENT = ("reshape", "strided_slice", "pad_channels")
 
 
 def _onnx():
@@ -91,6 +104,12 @@ class _Importer:
         self.fpadded: dict[str, list[int]] = {}              # padded float graph input -> [t, b, l, r]
         self.notes: list[str] = []
         self.k = 0
+        # QDQ format
+        self.wdq: dict[str, tuple] = {}      # float tensor = DequantizeLinear(constant) -> (q, scale, zp, axis)
+        self.units: dict[str, tuple] = {}    # float output of a QDQ node unit -> (kind, node, Relu/Clip seen)
+        self.fpad_view: dict[str, tuple[str, list[int]]] = {}  # float Pad (0) of a dequantized view
+        self.padded_dq: dict[str, tuple[str, list[int]]] = {}  # DequantizeLinear of a padded tensor
+        self.consumers: dict[str, list] = {}
 
     # -- helpers ---------------------------------------------------------------------------
     def const(self, name: str, where: str) -> np.ndarray:
@@ -128,6 +147,10 @@ class _Importer:
             raise QuantsimError(f"{where}: input {name!r} quantized as ({float(q.scale)}, {q.zero_point}) "
                                 f"here but ({float(have.scale)}, {have.zero_point}) where produced")
 
+    @staticmethod
+    def qp_equal(a: QParams, b: QParams) -> bool:
+        return f32(a.scale) == f32(b.scale) and a.zero_point == b.zero_point and a.signed == b.signed
+
     def add(self, node: Node, shape: tuple, onnx_out: str | None, domain: str = "int") -> str:
         self.nodes.append(node)
         self.shapes[node.name] = tuple(int(v) for v in shape)
@@ -155,7 +178,13 @@ class _Importer:
         self.batch_fixed = shape[0]
         self.graph_outputs = {o.name for o in self.g.output}
         for node in self.g.node:
+            for i in node.input:
+                self.consumers.setdefault(i, []).append(node)
+        for node in self.g.node:
             self.op(node)
+        if self.units:
+            raise QuantsimError(f"{self.path.name}: float output(s) {sorted(self.units)} of DequantizeLinear -> op "
+                                "units are not quantized (ONNX Runtime would run them in float)")
 
     def op(self, nd) -> None:  # noqa: C901 - one branch per ONNX op
         onnx = self.onnx
@@ -176,16 +205,41 @@ class _Importer:
                 else:
                     self.add(n, (1,) + self.input_shape, out)
                 return
+            if ins[0] in self.units:
+                self.qdq_unit(ins[0], y_q, out, where)
+                return
+            if ins[0] in self.fpad_view:  # Q(pad(DQ(x), 0)) = pad(x, z) when Q re-uses x's (s, z)
+                src, pads = self.fpad_view.pop(ins[0])
+                self.check_q(src, ins[0], ins[1], ins[2], where)
+                self.padded[out] = (src, pads)
+                return
             if ins[0] not in self.fviews:
                 raise QuantsimError(f"{where}: quantizes a float tensor the integer graph does not hold")
             src = self.fviews[ins[0]]
             x_q = self.qp(src)
+            if (self.qp_equal(x_q, y_q) and src not in self.tmap
+                    and next(n.op for n in reversed(self.nodes) if n.name == src) in MOVEMENT):
+                # DQ -> data movement -> Q with the same (s, z) (QDQ quantizes Slice, Pad, Flatten
+                # outputs with their input's parameters): the integers pass unchanged, no requantize
+                # (ONNX Runtime drops such pairs; float32_dq would be the identity anyway)
+                self.ints[out], self.tmap[src] = src, out
+                return
             n = Node(self.name("requantize"), "requantize", [src], y_q, attrs={"requant": "float32_dq"},
                      params={"requant_scale": np.array([f32(x_q.scale), f32(y_q.scale)], np.float32)},
                      source=nd.name or out, in_q=x_q)
             self.add(n, self.shapes[src], out)
             return
         if kind == "DequantizeLinear":
+            if ins[0] in self.consts:  # QDQ weights (int8, per-channel axis) and biases (int32)
+                s_ = self.const(ins[1], where).astype(np.float32)
+                z_ = self.const(ins[2], where) if len(ins) > 2 and ins[2] else np.zeros(1, self.consts[ins[0]].dtype)
+                self.wdq[out] = (self.consts[ins[0]], s_, z_, int(attrs.get("axis", 1)))
+                return
+            if ins[0] in self.padded:
+                x, pads = self.padded[ins[0]]
+                self.check_q(x, ins[0], ins[1], ins[2], where)
+                self.padded_dq[out] = (x, pads)
+                return
             src = self.int_input(ins[0], where, ins[1], ins[2] if len(ins) > 2 else None)
             if out in self.graph_outputs:
                 self.outputs.append(src)
@@ -203,36 +257,46 @@ class _Importer:
         if kind == "QLinearConv":
             self.conv(nd, ins, out, attrs, where)
             return
+        if kind in ("Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "Relu", "Clip") and not nd.domain:
+            self.qdq_op(nd, kind, ins, out, attrs, where)
+            return
         if kind in ("QGemm", "QLinearMatMul"):
             self.gemm(nd, kind, ins, out, attrs, where)
             return
         if kind == "QLinearAdd":
             a = self.int_input(ins[0], where, ins[1], ins[2])
             b = self.int_input(ins[3], where, ins[4], ins[5])
-            qa, qb = self.qp(a), self.qp(b)
-            y_q = self.act_q(ins[6], ins[7], where)
-            if self.shapes[a] != self.shapes[b]:
-                raise QuantsimError(f"{where}: broadcasting add {self.shapes[a]} + {self.shapes[b]} is not supported")
-            ra, rb = f32(f32(qa.scale) / f32(y_q.scale)), f32(f32(qb.scale) / f32(y_q.scale))
-            c = add_constant(ra, rb, qa.zero_point, qb.zero_point, y_q.zero_point)
-            n = Node(self.name("add"), "add", [a, b], y_q, attrs={"requant": "float32"},
-                     params={"requant_scale": np.array([ra, rb, c], np.float32)}, source=nd.name or out, in_q=qa)
-            self.add(n, self.shapes[a], out)
+            self.add_op(a, b, self.act_q(ins[6], ins[7], where), nd.name or out, out, where)
             return
         if kind == "QLinearGlobalAveragePool":
             if attrs.get("channels_last", 0):
                 raise QuantsimError(f"{where}: channels_last=1 is not supported")
             x = self.int_input(ins[0], where, ins[1], ins[2])
-            x_q, y_q = self.qp(x), self.act_q(ins[3], ins[4], where)
-            _, c, h, w = self.shapes[x]
-            scale = f32(f32(x_q.scale) / f32(f32(y_q.scale) * f32(h * w)))
-            m, s = arith.quantize_multipliers(np.array([float(scale)]))
-            n = Node(self.name("gap"), "global_avgpool", [x], y_q, attrs={"requant": "float32", "count": h * w},
-                     params={"requant_scale": np.array([scale], np.float32), "multiplier": m, "shift": s},
-                     source=nd.name or out, in_q=x_q)
-            self.add(n, (1, c, 1, 1), out)
+            self.gap_op(x, self.act_q(ins[3], ins[4], where), nd.name or out, out)
             return
         raise QuantsimError(f"{where}: unsupported ONNX op {nd.domain + '.' if nd.domain else ''}{kind}")
+
+    def add_op(self, a: str, b: str, y_q: QParams, source: str, out: str, where: str) -> None:
+        """QLinearAdd (MLAS AVX2): requant float32 with the zero points folded into one constant."""
+        qa, qb = self.qp(a), self.qp(b)
+        if self.shapes[a] != self.shapes[b]:
+            raise QuantsimError(f"{where}: broadcasting add {self.shapes[a]} + {self.shapes[b]} is not supported")
+        ra, rb = f32(f32(qa.scale) / f32(y_q.scale)), f32(f32(qb.scale) / f32(y_q.scale))
+        c = add_constant(ra, rb, qa.zero_point, qb.zero_point, y_q.zero_point)
+        n = Node(self.name("add"), "add", [a, b], y_q, attrs={"requant": "float32"},
+                 params={"requant_scale": np.array([ra, rb, c], np.float32)}, source=source, in_q=qa)
+        self.add(n, self.shapes[a], out)
+
+    def gap_op(self, x: str, y_q: QParams, source: str, out: str) -> None:
+        """QLinearGlobalAveragePool: requant float32, scale float32(s_x / float32(s_y·float32(H·W)))."""
+        x_q = self.qp(x)
+        _, c, h, w = self.shapes[x]
+        scale = f32(f32(x_q.scale) / f32(f32(y_q.scale) * f32(h * w)))
+        m, s = arith.quantize_multipliers(np.array([float(scale)]))
+        n = Node(self.name("gap"), "global_avgpool", [x], y_q, attrs={"requant": "float32", "count": h * w},
+                 params={"requant_scale": np.array([scale], np.float32), "multiplier": m, "shift": s},
+                 source=source, in_q=x_q)
+        self.add(n, (1, c, 1, 1), out)
 
     def movement(self, nd, kind, ins, out, attrs, where) -> None:
         """Exact data movement, on integers (QOperator) or on a dequantized view (DQ -> ... -> Q)."""
@@ -278,6 +342,10 @@ class _Importer:
         expect = 0 if domain == "float" else x_q.zero_point
         before, after = self.pad_amounts(ins, attrs, expect, where)
         if any(before[2:]) or any(after[2:]):
+            if domain == "float" and not (before[1] or after[1]):
+                # QDQ: pad(DQ(x), 0) is exact; the QuantizeLinear after it (same s, z) makes it pad(x, z)
+                self.fpad_view[out] = (src, [before[2], after[2], before[3], after[3]])
+                return
             if before[1] or after[1] or domain == "float":
                 raise QuantsimError(f"{where}: pads {before + after} (spatial padding imports only on "
                                     "integers and without channel padding)")
@@ -308,6 +376,114 @@ class _Importer:
             raise QuantsimError(f"{where}: channel padding of the graph input is not supported")
         self.fpadded[out] = [before[2], after[2], before[3], after[3]]
 
+    # -- QDQ node units -----------------------------------------------------------------------
+    def qdq_op(self, nd, kind, ins, out, attrs, where) -> None:
+        """A float op of a QDQ model. ONNX Runtime (CPU, default optimization level) fuses
+        DequantizeLinear -> Conv/Gemm/MatMul/Add/GlobalAveragePool -> QuantizeLinear into
+        QLinearConv/QGemm/QLinearMatMul/QLinearAdd/QLinearGlobalAveragePool, so the unit is
+        recorded here and built with the QOperator formulas when its QuantizeLinear arrives."""
+        uses = self.consumers.get(out, [])
+        if out in self.graph_outputs or len(uses) != 1 or uses[0].op_type not in ("QuantizeLinear", "Relu", "Clip"):
+            raise QuantsimError(f"{where}: output not (only) quantized; ONNX Runtime does not fuse this "
+                                "DequantizeLinear node unit and runs it in float, which does not import bit-exactly")
+        if kind in ("Relu", "Clip"):
+            if ins[0] not in self.units and ins[0] not in self.fviews:
+                raise QuantsimError(f"{where}: {kind} of a float tensor the integer graph does not hold")
+            if kind == "Relu":
+                act = ("Relu", 0.0, np.inf)
+            elif len(ins) > 1:  # opset 11+: min, max inputs
+                act = ("Clip", float(self.const(ins[1], where)) if ins[1] else -np.inf,
+                       float(self.const(ins[2], where)) if len(ins) > 2 and ins[2] else np.inf)
+            else:
+                act = ("Clip", float(attrs.get("min", -np.inf)), float(attrs.get("max", np.inf)))
+            if ins[0] in self.fviews:  # QDQKeepRemovableActivations: DQ -> Relu/Clip -> Q on its own
+                self.units[out] = ("Act", nd, ins, attrs, where, [act])
+                return
+            unit = self.units.pop(ins[0])
+            self.units[out] = unit[:-1] + (unit[-1] + [act],)
+            return
+        acts = [i for i in ins[:1] + (ins[1:2] if kind == "Add" else []) if i not in self.fviews
+                and not (kind == "Conv" and i in self.padded_dq)]
+        if acts:
+            raise QuantsimError(f"{where}: input {acts[0]!r} is not a DequantizeLinear of the integer graph")
+        if kind in ("Conv", "Gemm", "MatMul"):
+            for i in ins[1:]:
+                if i and i not in self.wdq:
+                    raise QuantsimError(f"{where}: {i!r} is not a DequantizeLinear of an integer constant "
+                                        "(float weights/bias: ONNX Runtime runs this op in float)")
+        self.units[out] = (kind, nd, ins, attrs, where, [])
+
+    @staticmethod
+    def q_domain(y_q: QParams) -> tuple[np.float32, np.float32]:
+        """ONNX Runtime's QDQ::QuantizeDomain (MinUpper, MaxLower): the float range whose
+        quantization fills [q_min, q_max] (round half to even at the ends)."""
+        qmin, qmax = (-128, 127) if y_q.signed else (0, 255)
+        s, z = f32(y_q.scale), y_q.zero_point
+        lo_b, hi_b = qmin - z, qmax - z
+        lo = f32(f32(lo_b) + f32(0.5))
+        if lo_b > 0 and lo_b % 2 == 1:  # C's biased % 2 == 1: positive odd only
+            lo = np.nextafter(lo, f32(lo_b))
+        hi = f32(f32(hi_b) - f32(0.5))
+        if hi_b > 0 and hi_b % 2 == 1:
+            hi = np.nextafter(hi, f32(hi_b))
+        return f32(lo * s), f32(hi * s)
+
+    def qdq_unit(self, fname: str, y_q: QParams, q_out: str, where: str) -> None:
+        kind, nd, ins, attrs, uwhere, acts = self.units.pop(fname)
+        for name, lo, hi in acts:
+            # ONNX Runtime's ReluQuantFusion / ClipQuantFusion remove the activation only when the
+            # QuantizeLinear's range already lies inside it; then it changes no integer either
+            qlo, qhi = self.q_domain(y_q)
+            qmin = -128 if y_q.signed else 0
+            ok = y_q.zero_point == qmin if name == "Relu" else (lo <= qlo and qhi <= hi)
+            if not ok:
+                raise QuantsimError(f"{uwhere}: {name} [{lo}, {hi}] is narrower than its QuantizeLinear's range "
+                                    f"({float(y_q.scale)}, {y_q.zero_point}); ONNX Runtime keeps it and runs the "
+                                    "unit in float, which does not import bit-exactly")
+        source = nd.name or fname
+        if kind == "Act":  # activation removed: DQ -> Q
+            src = self.fviews[ins[0]]
+            x_q = self.qp(src)
+            if self.qp_equal(x_q, y_q):
+                self.ints[q_out] = src
+                return
+            n = Node(self.name("requantize"), "requantize", [src], y_q, attrs={"requant": "float32_dq"},
+                     params={"requant_scale": np.array([f32(x_q.scale), f32(y_q.scale)], np.float32)},
+                     source=source, in_q=x_q)
+            self.add(n, self.shapes[src], q_out)
+            return
+        if kind == "Add":
+            self.add_op(self.fviews[ins[0]], self.fviews[ins[1]], y_q, source, q_out, uwhere)
+            return
+        if kind == "GlobalAveragePool":
+            self.gap_op(self.fviews[ins[0]], y_q, source, q_out)
+            return
+        w, ws, wz, axis = self.wdq[ins[1]]
+        bias = None
+        if len(ins) > 2 and ins[2]:
+            bias, _, _, _ = self.wdq[ins[2]]
+            if bias.dtype != np.int32:
+                raise QuantsimError(f"{uwhere}: {bias.dtype} bias (QDQ fusion takes int32 only)")
+        if w.dtype not in (np.int8, np.uint8):
+            raise QuantsimError(f"{uwhere}: {w.dtype} weights (only int8 / uint8 import)")
+        if kind == "Conv":
+            if ws.size > 1 and axis != 0:
+                raise QuantsimError(f"{uwhere}: per-channel weights on axis {axis} (only 0)")
+            x, extra = self.padded_dq.get(ins[0]) or (self.fviews[ins[0]], [0, 0, 0, 0])
+            self.conv_op(x, extra, w, ws, wz, bias, y_q, attrs, source, q_out, uwhere)
+            return
+        if kind == "Gemm":
+            if attrs.get("transA", 0):
+                raise QuantsimError(f"{uwhere}: transA=1 is not supported")
+            if bias is not None and float(attrs.get("beta", 1.0)) != 1.0:
+                raise QuantsimError(f"{uwhere}: beta {attrs.get('beta')} with a bias (only 1)")
+            trans_b, alpha = bool(attrs.get("transB", 0)), float(attrs.get("alpha", 1.0))
+        else:
+            trans_b, alpha = False, 1.0
+        if ws.size > 1 and axis % 2 != (0 if trans_b else 1):
+            raise QuantsimError(f"{uwhere}: per-channel weights on axis {axis}, not the output axis")
+        self.gemm_op(self.fviews[ins[0]], w if trans_b else w.T, ws, wz, bias, y_q, alpha, source, q_out, uwhere)
+
     def weight_q(self, ws: np.ndarray, wz: np.ndarray, n_out: int) -> QParams:
         per = ws.size > 1
         return QParams(8, wz.dtype == np.int8, ws.astype(np.float64) if per else np.float64(ws[0]),
@@ -335,10 +511,15 @@ class _Importer:
             self.check_q(x, ins[0], ins[1], ins[2], where)
         else:
             x = self.int_input(ins[0], where, ins[1], ins[2])
-        x_q, y_q = self.qp(x), self.act_q(ins[6], ins[7], where)
+        y_q = self.act_q(ins[6], ins[7], where)
         w = self.const(ins[3], where)
         ws, wz = self.const(ins[4], where), self.const(ins[5], where)
         bias = self.const(ins[8], where) if len(ins) > 8 and ins[8] else None
+        self.conv_op(x, extra, w, ws, wz, bias, y_q, attrs, nd.name or out, out, where)
+
+    def conv_op(self, x, extra, w, ws, wz, bias, y_q, attrs, source, out, where) -> None:
+        """QLinearConv: requant float32, scale float32(float32(s_x·s_w[c]) / s_y)."""
+        x_q = self.qp(x)
         if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise QuantsimError(f"{where}: auto_pad {attrs['auto_pad']!r} (only explicit pads import)")
         kh, kw = w.shape[2:]
@@ -354,14 +535,11 @@ class _Importer:
         n = Node(self.name("conv"), "conv2d", [x], y_q,
                  attrs={"requant": "float32", "stride": stride, "dilation": dil, "groups": groups,
                         "padding": [int(t), int(b), int(l), int(r)]},
-                 params=params, source=nd.name or out, weight_q=self.weight_q(ws.ravel(), wz, w.shape[0]), in_q=x_q)
+                 params=params, source=source, weight_q=self.weight_q(ws.ravel(), wz, w.shape[0]), in_q=x_q)
         self.add(n, (1, w.shape[0], ho, wo), out)
 
     def gemm(self, nd, kind, ins, out, attrs, where) -> None:
         x = self.int_input(ins[0], where, ins[1], ins[2])
-        x_q = self.qp(x)
-        if len(self.shapes[x]) != 2:
-            raise QuantsimError(f"{where}: input shape {self.shapes[x]} (only N×K imports)")
         if kind == "QGemm":
             if attrs.get("transA", 0):
                 raise QuantsimError(f"{where}: transA=1 is not supported")
@@ -376,9 +554,17 @@ class _Importer:
             w = self.const(ins[3], where).T
             ws, wz = self.const(ins[4], where), self.const(ins[5], where)
             bias, y_q, alpha = None, self.act_q(ins[6], ins[7], where), 1.0
+        self.gemm_op(x, w, ws, wz, bias, y_q, alpha, nd.name or out, out, where)
+
+    def gemm_op(self, x, w, ws, wz, bias, y_q, alpha, source, out, where) -> None:
+        """QGemm / QLinearMatMul, w as out×in: requant float32,
+        scale float32(float32(float32(alpha·s_a)·s_b[c]) / s_y)."""
+        x_q = self.qp(x)
+        if len(self.shapes[x]) != 2:
+            raise QuantsimError(f"{where}: input shape {self.shapes[x]} (only N×K imports)")
         params = self.mac_params(np.ascontiguousarray(w), ws, wz, bias, x_q, y_q, alpha)
         n = Node(self.name("linear"), "linear", [x], y_q, attrs={"requant": "float32"}, params=params,
-                 source=nd.name or out, weight_q=self.weight_q(ws.ravel(), wz, w.shape[0]), in_q=x_q)
+                 source=source, weight_q=self.weight_q(ws.ravel(), wz, w.shape[0]), in_q=x_q)
         self.add(n, (1, w.shape[0]), out)
 
 
