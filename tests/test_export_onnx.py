@@ -118,7 +118,8 @@ def test_small_resnet_onnxruntime_identical(tmp_path, granularity):
     res = export_onnx(graph, PRE16, tmp_path / "small.onnx")
     graph.meta["onnx_tensors"] = res.tensors
     # inputs beyond the calibrated range: the input quantizer saturates at both ends of int8
-    x = torch.randn(6, 3, 16, 16) * 1.6
+    # (a fixed generator: the saturation checks below depend on the draw, not on test order)
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 1.6
     be = _assert_ort_identical(graph, res.path, x)
     q_in = be.ref_tensors["input"]
     assert q_in.min() == 0 and q_in.max() == 255  # real -128·s and 127·s: ORT's saturation points

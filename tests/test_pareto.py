@@ -67,7 +67,10 @@ def test_sweep_writes_points_and_resume_skips_them(tiny, tmp_path, capsys):
     infeasible = pts.set_index("label").loc["mixed-0.1"]
     assert np.isnan(infeasible["top1"]) and "infeasible" in infeasible["note"]
     m = pts.set_index("label").loc["mixed-0.8"]
-    assert m["energy_ratio_w8a8"] <= 0.8 and m["planned_energy_ratio"] <= 0.8
+    # the verified energy meets the budget; the plan itself may pass it after a re-solve that
+    # spent budget the first plan left unused (quantsim.mixed_plan, "refinements")
+    assert m["energy_ratio_w8a8"] <= 0.8 * (1 + 1e-9)
+    assert m["planned_energy_ratio"] <= 0.8 or "refinements" in str(m["note"])
     for f in ("pareto.png", "pareto.svg", "width_map_mixed-0.8.png", "widths_mixed-thr.csv", "sweep.json"):
         assert (out / f).exists(), f
     at = pts.set_index("label").loc["mixed-at-thr"]
