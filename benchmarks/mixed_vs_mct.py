@@ -1,6 +1,6 @@
 """Mixed-precision PTQ of CIFAR ResNet-20: quantsim against Sony's model-compression-toolkit.
 
-    .venv/bin/python benchmarks/mixed_vs_mct.py [--eval 1000] [--calib 256] [--target 0.5]
+    .venv/bin/python benchmarks/mixed_vs_mct.py [--eval 10000] [--calib 256] [--target 0.65] [--calib-method mse]
 
 Both tools get the same float model, the same calibration images and the same evaluation
 images, and one weight-memory target: `--target` x the model's weight bytes at 8 bits
@@ -155,7 +155,7 @@ def main() -> int:
     p.add_argument("--mp-images", type=int, default=32, help="images MCT's mixed-precision search uses")
     p.add_argument("--sensitivity-at", default="output", choices=["layer", "output"],
                    help="quantsim: S_l at the layer's own output or at the network output")
-    p.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"],
+    p.add_argument("--calib-method", default="mse", choices=["minmax", "percentile", "mse"],
                    help="quantsim: how weight and activation ranges are chosen")
     p.add_argument("--no-mct", action="store_true", help="run only the quantsim side")
     p.add_argument("--mct-worker", nargs=2, metavar=("BLOB", "TARGET_BYTES"), help=argparse.SUPPRESS)
