@@ -55,7 +55,8 @@ import torch
 from .capture import PASSTHROUGH_OPS, FloatGraph
 from .config import QuantConfig
 from .errors import QuantsimError
-from .mixed import Allocation, InfeasibleBudget, allocate_budget, allocate_threshold, merge_groups
+from .mixed import (Allocation, InfeasibleBudget, _width_json, allocate_budget, allocate_threshold, merge_groups,
+                    split_width, width_order)
 
 FIXED = "<fixed>"  # owner of energy no MAC layer's width decides
 MAX_REFINEMENTS = 4
@@ -202,9 +203,10 @@ def _hw_for(prep, cfg: QuantConfig, accel, toggle_x: torch.Tensor, mac_form: str
     return graph, hardware.simulate(graph, taps, accel, len(toggle_x), mac_form)
 
 
-def _uniform_cfg(base: QuantConfig, b: int) -> QuantConfig:
+def _uniform_cfg(base: QuantConfig, b) -> QuantConfig:
+    w, a = split_width(b)
     d = base.to_json()
-    d.update(w_bits=b, a_bits=b, layer_bits={})
+    d.update(w_bits=w, a_bits=a, layer_bits={})
     return QuantConfig.from_json(d)
 
 
@@ -216,7 +218,8 @@ def mixed_tables(prep, base_cfg: QuantConfig, accel, calib_batches: list[torch.T
 
     from .sensitivity import layer_sensitivity
 
-    cands = tuple(sorted({int(b) for b in candidates}))
+    # a candidate is b (W_b A_b) or a (w, a) pair; a pair with w == a is the int
+    cands = tuple(sorted({w if w == a else (w, a) for w, a in map(split_width, candidates)}, key=width_order))
     if len(cands) < 1:
         raise QuantsimError("--candidates: give at least one width")
     for b in cands:
@@ -229,17 +232,17 @@ def mixed_tables(prep, base_cfg: QuantConfig, accel, calib_batches: list[torch.T
     t1 = time.perf_counter()
     if unit not in ("layer", "module"):
         raise QuantsimError(f"--mixed-unit {unit!r}: choose layer or module")
-    tied = tie_groups(g, base_cfg, max(cands)) if tie else []
+    tied = tie_groups(g, base_cfg, max(split_width(b)[1] for b in cands)) if tie else []
     if unit == "module":  # one width per module, merged with the hardware ties
         layers_all = [n.name for n in g.mac_nodes()]
         tied = [m for m in merge_groups(layers_all, tied + module_groups(g)) if len(m) > 1]
-    widths = sorted(set(cands) | {8})
+    widths = sorted(set(cands) | {8}, key=width_order)
     hw = {}
     for b in widths:
         _, hw[b] = _hw_for(prep, _uniform_cfg(base_cfg, b), accel, toggle_x, mac_form)
     t2 = time.perf_counter()
     ir_names = [r["layer"] for r in hw[widths[0]].rows]
-    owners = energy_owners(g, ir_names, tied, base_cfg, max(cands))
+    owners = energy_owners(g, ir_names, tied, base_cfg, max(split_width(b)[1] for b in cands))
     energy = {l: {} for l in layers}
     seed = {l: {} for l in layers}
     own = {l: {} for l in layers}
@@ -304,15 +307,16 @@ class MixedPlan:
         return None if self.achieved_pj is None else self.achieved_pj / self.tables.w8a8_pj
 
     @property
-    def widths(self) -> list[int]:
-        return [int(self.allocation.bits[l]) for l in self.tables.layers]
+    def widths(self) -> list:
+        """Chosen width per layer, in layer order: b, or [w, a] for a pair."""
+        return [_width_json(self.allocation.bits[l]) for l in self.tables.layers]
 
     def summary(self) -> dict:
         a = self.allocation
         return {
             "policy": self.policy,
             "budget": self.budget,
-            "candidates": list(self.tables.candidates),
+            "candidates": [_width_json(b) for b in self.tables.candidates],
             "sensitivity_at": self.tables.sens_at,
             "sensitivity_weighting": self.tables.weighting,
             "mixed_unit": self.tables.unit,
@@ -334,7 +338,7 @@ class MixedPlan:
             "total_sensitivity": a.total_sensitivity,
             "tied": self.tables.tied,
             "chosen_widths": self.widths,
-            "layer_widths": {l: int(self.allocation.bits[l]) for l in self.tables.layers},
+            "layer_widths": {l: _width_json(self.allocation.bits[l]) for l in self.tables.layers},
         }
 
 
@@ -349,7 +353,7 @@ def _allocate(t: MixedTables, policy: str, budget_pj: float | None, thresholds) 
         lowest = math.fsum(min(row.values()) for row in t.energy.values())
         raise QuantsimError(
             f"--energy-budget {(budget_pj + t.fixed_pj) / t.w8a8_pj:.4g} is infeasible: the least energy any "
-            f"allocation of widths {','.join(map(str, t.candidates))} reaches is "
+            f"allocation of widths {','.join(map(str, map(_width_json, t.candidates)))} reaches is "
             f"{(lowest + t.fixed_pj) / t.w8a8_pj:.4f} of W8A8") from exc
 
 
@@ -370,7 +374,7 @@ def _rerank(prep, base_cfg: QuantConfig, t: MixedTables, alloc: Allocation, budg
                                     enumerate(budget_frontier(t.sensitivity, t.energy, budget_pj, t.tied, k))]
     extra = [("threshold rule", allocate_threshold(t.sensitivity, widths=t.candidates, energy=t.energy,
                                                    tied=t.tied).bits)]
-    extra += [(f"uniform W{b}A{b}", {l: b for l in t.layers}) for b in t.candidates]
+    extra += [("uniform W{}A{}".format(*split_width(b)), {l: b for l in t.layers}) for b in t.candidates]
     for src, bits in extra:
         if math.fsum(t.energy[l][b] for l, b in bits.items()) <= budget_pj * (1 + 1e-12):
             pool.append((src, bits))
@@ -469,11 +473,12 @@ def layer_columns(plan: MixedPlan) -> "pandas.DataFrame":  # noqa: F821
     group_of = {l: i for i, grp in enumerate(t.tied) for l in grp}
     rows = []
     for l in t.layers:
-        b = int(plan.allocation.bits[l])
+        b = plan.allocation.bits[l]
         row = {"layer": l}
         for c in t.candidates:
-            row[f"sens_w{c}"] = t.sensitivity[l][c]
-        row.update({"chosen_bits": b, "tie_group": group_of.get(l), "planned_e_pj": t.energy[l][b]})
+            row[f"sens_w{c}" if isinstance(c, int) else f"sens_W{c[0]}A{c[1]}"] = t.sensitivity[l][c]
+        row.update({"chosen_bits": b if isinstance(b, int) else f"W{b[0]}A{b[1]}", "tie_group": group_of.get(l),
+                    "planned_e_pj": t.energy[l][b]})
         rows.append(row)
     return pd.DataFrame(rows)
 

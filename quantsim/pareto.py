@@ -280,7 +280,8 @@ def run(args) -> pd.DataFrame:
             s = plan.summary()
             row.update(planned_energy_ratio=s["planned_energy_ratio"], binding=s["binding"],
                        optimal=s["optimal"], total_sensitivity=s["total_sensitivity"],
-                       widths="-".join(map(str, s["chosen_widths"])),
+                       widths="-".join(str(b) if isinstance(b, int) else f"W{b[0]}A{b[1]}"
+                                       for b in s["chosen_widths"]),
                        note="; ".join(x for x in (
                            f"refinements={s['refinements']}" if s["refinements"] else "",
                            f"re-ranked: {s['rerank']['chosen']} of {s['rerank']['candidates']}" if s["rerank"] else "")

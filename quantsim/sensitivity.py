@@ -41,6 +41,18 @@ def _fq_input(g: FloatGraph, n: FNode, bits: int, stats: dict[str, TensorStats],
     return lambda x: fake_quant(x, scale, qmin, qmax)
 
 
+def _width_key(b) -> str:
+    """JSON key of a candidate: '4' for W4A4, 'W4A8' for a pair."""
+    return str(b) if isinstance(b, int) else f"W{b[0]}A{b[1]}"
+
+
+def _width_of(key: str):
+    if key.startswith("W"):
+        w, a = key[1:].split("A")
+        return (int(w), int(a))
+    return int(key)
+
+
 def downstream(g: FloatGraph) -> dict[str, list[FNode]]:
     """For each MAC layer, the nodes (in graph order) whose value depends on it."""
     order = {n.name: i for i, n in enumerate(g.nodes)}
@@ -59,7 +71,7 @@ def downstream(g: FloatGraph) -> dict[str, list[FNode]]:
 def cache_key(g: FloatGraph, cfg: QuantConfig, candidates, at: str, weighting: str, n_images: int,
               a_bits: int | None = None) -> str:
     doc = json.dumps({"a_bits": a_bits, "layers": [n.name for n in g.mac_nodes()], "gran": cfg.granularity,
-                      "method": cfg.calib_method, "cand": list(candidates), "at": at, "w": weighting,
+                      "method": cfg.calib_method, "cand": [_width_key(b) for b in candidates], "at": at, "w": weighting,
                       "n": n_images,
                       "wsum": [float(n.weight.double().abs().sum()) for n in g.mac_nodes()]})
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
@@ -81,10 +93,11 @@ def layer_sensitivity(g: FloatGraph, stats: dict[str, TensorStats], batches: lis
     if cache_dir is not None:
         cache = Path(cache_dir) / f"sensitivity-{cache_key(g, cfg, candidates, at, weighting, n_images, a_bits)}.json"
         if cache.exists():
-            return {k: {int(b): v for b, v in d.items()} for k, d in json.loads(cache.read_text()).items()}
+            return {k: {_width_of(b): v for b, v in d.items()} for k, d in json.loads(cache.read_text()).items()}
     layers = g.mac_nodes()
-    fq_w = {(n.name, b): _fq_weight(n, b, cfg) for n in layers for b in candidates}
-    fq_x = {(n.name, b): _fq_input(g, n, a_bits or b, stats, cfg) for n in layers for b in candidates}
+    wa = {b: (b, b) if isinstance(b, int) else (int(b[0]), int(b[1])) for b in candidates}  # (w, a) pairs
+    fq_w = {(n.name, b): _fq_weight(n, wa[b][0], cfg) for n in layers for b in candidates}
+    fq_x = {(n.name, b): _fq_input(g, n, a_bits or wa[b][1], stats, cfg) for n in layers for b in candidates}
     err = {(n.name, b): 0.0 for n in layers for b in candidates}
     ref_norm = {n.name: 0.0 for n in layers}
     nuclear = {n.name: 0.0 for n in layers}
@@ -119,7 +132,7 @@ def layer_sensitivity(g: FloatGraph, stats: dict[str, TensorStats], batches: lis
         result[n.name] = {b: scale * (err[(n.name, b)] / max(denom, 1e-30)) ** 0.5 for b in candidates}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(result))
+        cache.write_text(json.dumps({l: {_width_key(b): v for b, v in row.items()} for l, row in result.items()}))
     return result
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -70,7 +71,7 @@ def add_mixed_args(p: argparse.ArgumentParser, budget: bool = True) -> None:
         mx.add_argument("--energy-budget", type=float, default=None,
                         help="budget policy: least total sensitivity with energy <= this ratio of W8A8 energy "
                         "(e.g. 0.6); without it --bits mixed uses the threshold policy")
-    mx.add_argument("--candidates", default="4,6,8", help="candidate widths per layer (WbAb), e.g. 4,6,8")
+    mx.add_argument("--candidates", default="4,6,8", help="candidate widths per layer: b for W_b A_b, or WxAy pairs, e.g. 4,6,8,W4A8")
     mx.add_argument("--sensitivity-at", default="layer", choices=["layer", "output"],
                     help="measure S_l at the layer's own output or at the network output")
     mx.add_argument("--sensitivity-weighting", default="none", choices=["none", "nuclear"],
@@ -152,16 +153,25 @@ def check_mixed_args(args, mixed: bool) -> tuple[int, ...] | None:
     return parse_candidates(args.candidates)
 
 
-def parse_candidates(text: str) -> tuple[int, ...]:
-    try:
-        cands = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
-    except ValueError:
-        raise QuantsimError(f"--candidates {text!r}: give widths separated by commas, e.g. 4,6,8") from None
+def parse_candidates(text: str) -> tuple:
+    """'4,6,8' -> (4, 6, 8); 'WxAy' tokens give (w_bits, a_bits) pairs (weights and the layer's
+    input activation at different widths), e.g. '4,6,8,W4A8'. WbAb is the int b. Narrowest first."""
+    from .mixed import width_order
+
+    cands = set()
+    for tok in (t.strip() for t in text.split(",")):
+        if not tok or tok.lower() in ("fp32", "float", "float32", "mixed"):
+            if tok:
+                raise QuantsimError(f"--candidates {text!r}: {tok!r} is not a width")
+            continue
+        if not re.fullmatch(r"\d+|[wW]\d+[aA]\d+", tok):
+            raise QuantsimError(f"--candidates {text!r}: give widths or WxAy pairs separated by commas, "
+                                "e.g. 4,6,8,W4A8")
+        w, a = parse_bits(tok)  # out-of-range widths: its one-line error
+        cands.add(w if w == a else (w, a))
     if not cands:
         raise QuantsimError(f"--candidates {text!r}: give at least one width")
-    for b in cands:
-        check_bits(b)
-    return cands
+    return tuple(sorted(cands, key=width_order))
 
 
 def load_accel(spec: str, dram_model: str | None = None):

@@ -281,3 +281,28 @@ def test_loosening_spends_unused_budget_without_breaking_it(setup):
             more = MP._allocate(p.tables, "budget", p.planned_pj - p.tables.fixed_pj + (budget * p.w8a8_pj
                                 - p.achieved_pj), None)
             assert more.bits == p.allocation.bits or more.total_sensitivity < p.allocation.total_sensitivity
+
+
+def test_pair_candidates_set_weight_and_activation_widths_apart(setup, tmp_path):
+    """--candidates 4,6,8,W4A8: the tables hold the pair, its energy lies between W6A6 and
+    W8A8 (8-bit activations, 4-bit weights), and the lowered program runs each layer at the
+    chosen (w, a) and bit-exactly. The sensitivity cache keeps pair keys."""
+    from quantsim.simulate import parse_candidates
+
+    prep, accel, batches, x, _ = setup
+    cands = parse_candidates("8,W4A8,4,6,w6a6")
+    assert cands == (4, 6, (4, 8), 8)
+    with pytest.raises(QuantsimError, match="--candidates"):
+        parse_candidates("4,W4B8")
+    t = mixed_tables(prep, QuantConfig(), accel, batches, x, cands, progress=False, cache_dir=tmp_path)
+    again = mixed_tables(prep, QuantConfig(), accel, batches, x, cands, progress=False, cache_dir=tmp_path)
+    assert again.sensitivity == t.sensitivity and (4, 8) in t.sensitivity["stem"]
+    assert t.uniform_pj[6] < t.uniform_pj[(4, 8)] < t.uniform_pj[8]
+    for policy, budget in (("threshold", None), ("budget", 0.9)):
+        p = plan_mixed(prep, QuantConfig(), accel, batches, x, cands, policy=policy, budget=budget, tables=t,
+                       progress=False)
+        by_name = {n.name: n for n in p.graph.nodes}
+        for layer, b in zip(t.layers, p.widths):
+            w, a = (b, b) if isinstance(b, int) else b
+            assert (by_name[layer].weight_q.bits, by_name[layer].in_q.bits) == (w, a), layer
+        assert pipeline.check_bitexact(p.graph, batches[1][:2]).total_mismatches == 0
