@@ -13,23 +13,13 @@ from quantsim.cifar_resnet import cifar_resnet20
 from quantsim.config import QuantConfig, parse_bits
 from quantsim.errors import QuantsimError
 from quantsim.lower import lower, tensor_bits
-
-
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
+from bn_helpers import randomise_bn  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def r20():
     torch.manual_seed(0)
-    model = _randomise_bn(cifar_resnet20())
+    model = randomise_bn(cifar_resnet20())
     g = capture(model, (3, 32, 32))
     batches = [torch.randn(16, 3, 32, 32) for _ in range(2)]
     return model, g, collect_stats(g, batches, progress=False)
@@ -50,7 +40,7 @@ def test_capture_reproduces_model_and_folds_bn(r20):
 def test_capture_reproduces_zoo_models(name):
     from quantsim.models import create_model
 
-    model = _randomise_bn(create_model(name), seed=1)
+    model = randomise_bn(create_model(name), seed=1)
     g = capture(model, (3, 64, 64))
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():

@@ -31,6 +31,7 @@ from quantsim.importers.onnx import PREPROCESS_KEY, load_onnx  # noqa: E402
 from quantsim.lower import f32_add_scale, f32_gap_scale, f32_mac_scale, lower  # noqa: E402
 from quantsim.preprocess import Preprocess  # noqa: E402
 from quantsim.simulate import main  # noqa: E402
+from bn_helpers import randomise_bn  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CKPT = next(iter(sorted((SHARED / "models" / "cifar10-resnet").glob("resnet20-*.th"))), None) \
@@ -38,17 +39,6 @@ CKPT = next(iter(sorted((SHARED / "models" / "cifar10-resnet").glob("resnet20-*.
 CIFAR = SHARED / "data" / "cifar10"
 needs_shared = pytest.mark.skipif(CKPT is None or not CIFAR.is_dir(),
                                   reason="../shared (the CIFAR ResNet-20 checkpoint and cifar10) is absent")
-
-
-def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-    return model.eval()
 
 
 class SmallResNet(nn.Module):
@@ -90,7 +80,7 @@ class SmallMobile(nn.Module):
 
 def _lowered(model: nn.Module, cfg: QuantConfig, size: int = 16, seed: int = 0):
     torch.manual_seed(seed)
-    g = capture(_randomise_bn(model, seed), (3, size, size))
+    g = capture(randomise_bn(model, seed), (3, size, size))
     stats = collect_stats(g, [torch.randn(16, 3, size, size) for _ in range(2)], progress=False)
     return lower(g, stats, cfg)
 
