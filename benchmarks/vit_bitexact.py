@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 
 from quantsim import datasets, emulate, models  # noqa: E402
-from quantsim.config import QuantConfig  # noqa: E402
+from quantsim.config import CALIB_METHODS, QuantConfig  # noqa: E402
 from quantsim.lower import float_nodes  # noqa: E402
 from quantsim.pipeline import check_bitexact, prepare, quantize  # noqa: E402
 from quantsim.vit import CIFAR10_VIT_PRE, vit_tiny_patch4_32  # noqa: E402
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calib", type=int, default=16, help="calibration images")
     ap.add_argument("--bits", default="8", help="W and A bits, e.g. 8 or W6A8")
     ap.add_argument("--granularity", default="per-channel", choices=["per-channel", "per-tensor"])
-    ap.add_argument("--method", default="minmax", choices=["minmax", "percentile", "mse"])
+    ap.add_argument("--method", default="minmax", choices=CALIB_METHODS)
     ap.add_argument("--nonlinear", default="integer", choices=["integer", "float"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
