@@ -41,6 +41,14 @@ class OracleResult:
     engine_outputs: list[np.ndarray] = field(default_factory=list)  # the engine's final output per image
     seconds_engine: float = 0.0
 
+    def tally(self, name: str, ours: np.ndarray, theirs: np.ndarray) -> None:
+        """Count one tensor's differing elements (a shape mismatch counts as all of them)."""
+        if ours.shape != theirs.shape:
+            self.mismatches[name] += int(max(ours.size, theirs.size))
+        else:
+            self.mismatches[name] += int(np.count_nonzero(ours != theirs))
+        self.elements[name] += int(ours.size)
+
     @property
     def total_mismatches(self) -> int:
         return int(sum(self.mismatches.values()))
@@ -94,12 +102,7 @@ def compare_tflite(graph: Graph, path: str | Path, images: np.ndarray,
         out, tensors = tflite_run(interp, ref_tensors[first][i:i + 1], tmap)
         res.engine_outputs.append(out[0])
         for name, theirs in tensors.items():
-            ours = _to_nhwc(ref_tensors[name][i:i + 1])
-            if ours.shape != theirs.shape:
-                res.mismatches[name] += int(max(ours.size, theirs.size))
-            else:
-                res.mismatches[name] += int(np.count_nonzero(ours != theirs.astype(np.int64)))
-            res.elements[name] += int(ours.size)
+            res.tally(name, _to_nhwc(ref_tensors[name][i:i + 1]), theirs.astype(np.int64))
     res.seconds_engine = time.perf_counter() - t0
     return res
 
@@ -159,16 +162,9 @@ def compare_onnxruntime(graph: Graph, path: str | Path, images: np.ndarray,
         if final.dtype == np.float32:  # DequantizeLinear: float32(q - z) * s
             ours = (ours - out_node.out.zero_point).astype(np.float32) * np.float32(out_node.out.scale)
         res.engine_outputs.extend(list(final))
-        res.mismatches["<graph output>"] += int(np.count_nonzero(ours != final)) if ours.shape == final.shape \
-            else int(max(ours.size, final.size))
-        res.elements["<graph output>"] += int(ours.size)
+        res.tally("<graph output>", ours, final)
         got = dict(zip(out_names, inst.run(out_names, {in_name: x})))
         for name, tensor in tmap.items():
-            theirs, mine = got[tensor], ref_tensors[name][i:i + step]
-            if mine.shape != theirs.shape:
-                res.mismatches[name] += int(max(mine.size, theirs.size))
-            else:
-                res.mismatches[name] += int(np.count_nonzero(mine != theirs.astype(np.int64)))
-            res.elements[name] += int(mine.size)
+            res.tally(name, ref_tensors[name][i:i + step], got[tensor].astype(np.int64))
     res.seconds_engine = time.perf_counter() - t0
     return res
