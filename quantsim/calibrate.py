@@ -83,13 +83,33 @@ def mse_clip(x: torch.Tensor, top: float, qmin: int, qmax: int, steps: int = 80)
     """Grid search of the clip in [0.2, 1] * top minimising the fake-quant MSE."""
     if top <= 0:
         return top
-    best, best_err = top, float("inf")
-    for i in range(steps + 1):
-        c = top * (0.2 + 0.8 * i / steps)
-        err = float(((fake_quant(x, torch.tensor(c / qmax), qmin, qmax) - x) ** 2).mean())
-        if err < best_err:
-            best, best_err = c, err
-    return best
+    return float(mse_clip_rows(x.reshape(1, -1), torch.tensor([top], dtype=torch.float64), qmin, qmax, steps)[0])
+
+
+# elements of one (rows, grid, K) block of mse_clip_rows: bounds its memory on wide layers
+_MSE_BLOCK_ELEMENTS = 1 << 24
+
+
+def mse_clip_rows(rows: torch.Tensor, tops: torch.Tensor, qmin: int, qmax: int, steps: int = 80) -> torch.Tensor:
+    """mse_clip of every row of ``rows`` (O, K) at once: the whole grid in one tensor op.
+
+    Why: per-channel weights have hundreds of rows and the grid 81 points; one fake-quant
+    call per (row, point) made the mse weight ranges the slowest step of a mixed-precision
+    search. Grid points and their float32 scales are the scalar search's; the first minimum
+    wins, as there. Rows with top <= 0 keep their top."""
+    rows = rows.detach().to(torch.float32)
+    tops = tops.detach().to(torch.float64).reshape(-1)
+    grid = 0.2 + 0.8 * torch.arange(steps + 1, dtype=torch.float64) / steps
+    clips = tops[:, None] * grid[None, :]                      # (O, S) float64, as the scalar search
+    scales = (clips / qmax).to(torch.float32).clamp_min(torch.finfo(torch.float32).tiny)
+    best = torch.empty(rows.shape[0], dtype=torch.float64)
+    per_block = max(1, _MSE_BLOCK_ELEMENTS // max(1, (steps + 1) * rows.shape[1]))
+    for i in range(0, rows.shape[0], per_block):
+        x = rows[i:i + per_block, None, :]
+        s = scales[i:i + per_block, :, None]
+        err = ((torch.clamp(torch.round(x / s), qmin, qmax) * s - x) ** 2).mean(dim=2)
+        best[i:i + per_block] = clips[i:i + per_block].gather(1, err.argmin(dim=1, keepdim=True))[:, 0]
+    return torch.where(tops > 0, best, tops)
 
 
 def weight_clip(w: torch.Tensor, per_channel: bool, method: str, qmax: int) -> torch.Tensor:
@@ -97,5 +117,5 @@ def weight_clip(w: torch.Tensor, per_channel: bool, method: str, qmax: int) -> t
     flat = w.detach().reshape(w.shape[0], -1) if per_channel else w.detach().reshape(1, -1)
     amax = flat.abs().amax(dim=1)
     if method == "mse":
-        amax = torch.tensor([mse_clip(row, float(a), -qmax, qmax) for row, a in zip(flat, amax)])
+        amax = mse_clip_rows(flat, amax, -qmax, qmax).to(amax.dtype)
     return amax if per_channel else amax[0]
