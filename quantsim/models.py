@@ -114,6 +114,7 @@ ARCHS: dict[str, ArchSpec] = {
     "cifar_resnet56": ArchSpec(cifar_resnet.cifar_resnet56, _CIFAR10_PRE, "cifar10"),
     "tf_efficientnet_lite0": ArchSpec(_timm_factory("tf_efficientnet_lite0"), _LITE0_PRE, "imagenet"),
     "vit_tiny_patch4_32": ArchSpec(vit.vit_tiny_patch4_32, vit.CIFAR10_VIT_PRE, "cifar10"),
+    "vit_tiny_patch8_32": ArchSpec(vit.vit_tiny_patch8_32, vit.CIFAR10_VIT_PRE, "cifar10"),
 }
 
 

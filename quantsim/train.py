@@ -284,7 +284,9 @@ def train(args: argparse.Namespace) -> int:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, total_steps, warmup, hp["min_lr_ratio"]))
     amp_dtype = None
-    if device.type == "cuda" and hp["amp"] in ("auto", "bf16"):
+    # bf16 autocast: on by default on CUDA; on the CPU only when asked (--amp bf16), where
+    # it pays on CPUs with native bf16 (AVX512-BF16/AMX: 1.3x on the project machine).
+    if (device.type == "cuda" and hp["amp"] in ("auto", "bf16")) or hp["amp"] == "bf16":
         amp_dtype = torch.bfloat16
     prog = Progress()
     if saved is not None:
@@ -451,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--arch-kwargs", help="JSON object of architecture arguments (default {})")
     h.add_argument("--init", help="start from this checkpoint (fine-tuning)")
     h.add_argument("--train-limit", type=int, help="use a fixed random subset of this many training images")
-    h.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast on CUDA (auto: on)")
+    h.add_argument("--amp", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: on CUDA only; bf16: also on the CPU)")
     o = p.add_argument_group("operation")
     o.add_argument("--resume", action="store_true", help="continue the run saved in --out (fresh start if none)")
     o.add_argument("--save-every-steps", type=int, default=0, help="also checkpoint every N steps")
