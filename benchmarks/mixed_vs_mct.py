@@ -121,8 +121,14 @@ def run_quantsim(args) -> tuple[dict, dict]:
     # --acts 8: weight-only mixed precision with 8-bit activations, as MCT's default platform does;
     # --acts same: a width sets weights and the layer's input activation (W_b A_b)
     a8 = args.acts == "8"
-    sens = layer_sensitivity(prep.fgraph, prep.stats, calib, cfg, cands, at=args.sensitivity_at, progress=False,
-                             a_bits=8 if a8 else None)
+    # S_l on the first --sensitivity-images calibration images: MCT's search measures its
+    # sensitivity on --mp-images (32 by default), so the same count is the like-for-like setting
+    n_sens = args.sensitivity_images or args.mp_images
+    sens_batches = list(torch.cat(calib)[:n_sens].split(64))
+    t_sens = time.perf_counter()
+    sens = layer_sensitivity(prep.fgraph, prep.stats, sens_batches, cfg, cands, at=args.sensitivity_at,
+                             progress=False, a_bits=8 if a8 else None)
+    t_sens = time.perf_counter() - t_sens
     wcount = {n.name: int(n.weight.numel()) for n in prep.fgraph.mac_nodes()}
     wbytes = {l: {b: n * b / 8 for b in cands} for l, n in wcount.items()}
     full8 = sum(wcount.values())
@@ -140,7 +146,7 @@ def run_quantsim(args) -> tuple[dict, dict]:
         hits = sum(int((qm(ex[i:i + 100]).argmax(1) == ey[i:i + 100]).sum()) for i in range(0, len(ex), 100))
         fp = sum(int((loaded.model(ex[i:i + 100]).argmax(1) == ey[i:i + 100]).sum()) for i in range(0, len(ex), 100))
     res = {"tool": "quantsim", "top1": 100.0 * hits / len(ex), "top1_fp32": 100.0 * fp / len(ex),
-           "seconds": seconds, "weight_bytes": sum(wbytes[l][b] for l, b in alloc.bits.items()),
+           "seconds": seconds, "seconds_sensitivity": t_sens, "sensitivity_images": n_sens, "weight_bytes": sum(wbytes[l][b] for l, b in alloc.bits.items()),
            "target_bytes": target, "weight_bytes_w8": full8, "widths": alloc.widths(), "optimal": alloc.optimal}
     return res, shared
 
@@ -153,6 +159,8 @@ def main() -> int:
     p.add_argument("--acts", default="8", choices=["8", "same"],
                    help="quantsim activations: 8 bits (weight-only mixed, like MCT's default) or the layer's width")
     p.add_argument("--mp-images", type=int, default=32, help="images MCT's mixed-precision search uses")
+    p.add_argument("--sensitivity-images", type=int, default=0,
+                   help="quantsim: calibration images S_l is measured on (default: --mp-images, as MCT)")
     p.add_argument("--sensitivity-at", default="output", choices=["layer", "output"],
                    help="quantsim: S_l at the layer's own output or at the network output")
     p.add_argument("--calib-method", default="mse", choices=["minmax", "percentile", "mse"],
@@ -170,7 +178,7 @@ def main() -> int:
 
     ours, shared = run_quantsim(args)
     print(f"quantsim: top-1 {ours['top1']:.2f} (FP32 {ours['top1_fp32']:.2f}) on {args.eval} images, "
-          f"{ours['seconds']:.1f} s, activations {args.acts}, weights {ours['weight_bytes']:.0f} B of target {ours['target_bytes']:.0f} B, "
+          f"{ours['seconds']:.1f} s (S_l on {ours['sensitivity_images']} images: {ours['seconds_sensitivity']:.1f} s), activations {args.acts}, weights {ours['weight_bytes']:.0f} B of target {ours['target_bytes']:.0f} B, "
           f"widths {ours['widths']}")
     if args.no_mct:
         return 0
