@@ -30,21 +30,18 @@ from quantsim import datasets, emulate, models  # noqa: E402
 from quantsim.config import CALIB_METHODS, QuantConfig  # noqa: E402
 from quantsim.lower import float_nodes  # noqa: E402
 from quantsim.pipeline import check_bitexact, prepare, quantize  # noqa: E402
-from quantsim.vit import CIFAR10_VIT_PRE, vit_tiny_patch4_32  # noqa: E402
+from quantsim.vit import CIFAR10_VIT_PRE, CIFAR_VITS, load_cifar_vit  # noqa: E402
 
 DATA = {  # model -> (calibration spec, evaluation spec, input shape)
     "deit_tiny_patch16_224": (f"imagenet:{SHARED}/data/imagenet-calib", f"imagenet:{SHARED}/data/imagenet-val",
                               (3, 224, 224)),
-    "vit_tiny_patch4_32": (f"cifar10:{SHARED}/data/cifar10", f"cifar10:{SHARED}/data/cifar10", (3, 32, 32)),
+    **{name: (f"cifar10:{SHARED}/data/cifar10", f"cifar10:{SHARED}/data/cifar10", (3, 32, 32)) for name in CIFAR_VITS},
 }
 
 
 def load(name: str, weights: str | None):
-    if name == "vit_tiny_patch4_32":
-        model = vit_tiny_patch4_32().eval()
-        if weights:
-            models._load_state_dict_checked(model, models._load_weights_file(Path(weights)), weights)
-        return model, CIFAR10_VIT_PRE
+    if name in CIFAR_VITS:
+        return load_cifar_vit(name, weights), CIFAR10_VIT_PRE
     lm = models.load_model(name, weights=weights)
     return lm.model, lm.preprocess
 
@@ -61,7 +58,7 @@ def sqnr_db(ref: torch.Tensor, got: torch.Tensor) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(DATA), choices=list(DATA))
+    ap.add_argument("--models", nargs="+", default=["deit_tiny_patch16_224", "vit_tiny_patch4_32"], choices=list(DATA))
     ap.add_argument("--weights", help="local timm checkpoint (.pth/.safetensors) for the (single) model")
     ap.add_argument("--images", type=int, default=16, help="evaluation images checked bit for bit")
     ap.add_argument("--calib", type=int, default=16, help="calibration images")

@@ -33,25 +33,13 @@ import torch
 
 from common import ROOT, SHARED, replace_section
 
-from quantsim import datasets, emulate, models  # noqa: E402
+from quantsim import datasets, emulate  # noqa: E402
 from quantsim.config import QuantConfig, parse_bits  # noqa: E402
 from quantsim.pipeline import check_bitexact, prepare, quantize  # noqa: E402
 from quantsim.scale_search import SEARCH_IMAGES, attention_kendall  # noqa: E402
-from quantsim.vit import CIFAR10_VIT_PRE, CIFAR_VITS  # noqa: E402
+from quantsim.vit import CIFAR10_VIT_PRE, CIFAR_VITS, load_cifar_vit  # noqa: E402
 
 METHODS = ("minmax", "percentile", "similarity", "ranking")
-
-
-def load(name: str, weights: str | None):
-    """The CIFAR ViT: random init, or a checkpoint (our format from quantsim.train, or a state dict)."""
-    if not weights:
-        return CIFAR_VITS[name][0]().eval()
-    try:
-        return models.load_model(weights, arch=name).model.eval()
-    except Exception:  # a plain state dict of the same architecture
-        model = CIFAR_VITS[name][0]().eval()
-        models._load_state_dict_checked(model, models._load_weights_file(Path(weights)), weights)
-        return model
 
 
 def row_key(r: dict) -> tuple:
@@ -136,7 +124,7 @@ def main(argv=None) -> int:
     if not SHARED.exists():
         sys.exit(f"{SHARED} is absent: this benchmark needs the cifar10 images")
     torch.manual_seed(args.seed)
-    model = load(args.model, args.weights)
+    model = load_cifar_vit(args.model, args.weights)
     weights = args.weights or "random-init (no trained checkpoint)"
     x_cal, _ = images("calib", args.calib, args.seed)
     x, y = images("eval", args.eval, args.seed + 1)

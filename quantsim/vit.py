@@ -64,6 +64,17 @@ def vit_tiny_patch8_32(num_classes: int = 10, img_size: int = 32, patch_size: in
 CIFAR_VITS["vit_tiny_patch8_32"] = (vit_tiny_patch8_32, CIFAR10_VIT_PRE, "cifar10")
 
 
+def load_cifar_vit(name: str, weights: str | None = None) -> nn.Module:
+    """A project ViT in eval mode: random init, or weights from a file (our checkpoint format,
+    as quantsim.train writes it, or a plain state dict of the same architecture)."""
+    from quantsim import models
+    if name not in CIFAR_VITS:
+        raise ValueError(f"unknown CIFAR ViT {name!r} (known: {', '.join(sorted(CIFAR_VITS))})")
+    if not weights:
+        return CIFAR_VITS[name][0]().eval()
+    return models.load_model(weights, arch=name).model.eval()  # checks the checkpoint's arch
+
+
 def timm_vit_names(available_only: bool = True) -> list[str]:
     """The targeted timm ViT names (those this timm knows, unless available_only=False)."""
     if not available_only:

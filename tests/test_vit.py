@@ -295,3 +295,25 @@ def test_matmul_kernel_twins_and_oracle(a_bits, b_bits, k):
     acc_t = emulate_vit.matmul_acc(torch.as_tensor(a), torch.as_tensor(b), transpose_b=True, bound=bound)
     got, _ = emulate.requantize(acc_t, None, m, n, 0, -32767, 32767, acc_t.dim() - 1, 64, acc_abs_bound=bound)
     assert np.array_equal(got.numpy(), ref)
+
+
+def test_load_cifar_vit_checkpoint_and_state_dict(tmp_path):
+    """load_cifar_vit reads quantsim.train's checkpoint format and a plain state dict, and
+    refuses a checkpoint of another architecture."""
+    from quantsim.models import save_checkpoint
+    from quantsim.vit import load_cifar_vit, vit_tiny_patch8_32
+    torch.manual_seed(3)
+    src = vit_tiny_patch8_32().eval()
+    ck = tmp_path / "ck.pt"
+    save_checkpoint(ck, src, "vit_tiny_patch8_32", {})
+    sd = tmp_path / "sd.pth"
+    torch.save(src.state_dict(), sd)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = src(x)
+        assert torch.equal(load_cifar_vit("vit_tiny_patch8_32", str(ck))(x), want)
+        assert torch.equal(load_cifar_vit("vit_tiny_patch8_32", str(sd))(x), want)
+        assert not torch.equal(load_cifar_vit("vit_tiny_patch8_32")(x), want)  # random init
+    assert src.patch_embed.num_patches == 16
+    with pytest.raises(QuantsimError, match="vit_tiny_patch8_32"):
+        load_cifar_vit("vit_tiny_patch4_32", str(ck))
