@@ -8,7 +8,9 @@ docs/results.md.
 Each model's sweep goes to docs/pareto/<model>/ (points.csv, pareto.png/.svg, width maps) via
 `python -m quantsim.pareto`, resumable (--resume is always passed: delete the folder to start
 over). Models: CIFAR ResNet-20 and ResNet-56 on the cifar10 test split (calibration: 256
-train images), EfficientNet-Lite0 on imagenet-val (calibration: imagenet-calib).
+train images), EfficientNet-Lite0 on imagenet-val (calibration: imagenet-calib), the trained
+CIFAR ViT (`vit8`, data/zoo/vit_tiny_patch8_32_cifar10) and DeiT-Tiny's 224x224 shapes with
+seeded random weights (`deit`: energies only mean something there, top-1 is chance).
 
 The accelerator defaults to scalesim-32x32-os: on the weight-stationary presets the
 detailed model's energy is dominated by partial sums spilled to DRAM at accumulator width
@@ -27,6 +29,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 SECTION = "## Mixed precision and Pareto"
+RANDOM_DEIT = ROOT / "runs" / "deit_tiny_patch16_224-random-seed0.pth"
 
 MODELS = {
     "r20": ("cifar_resnet20", [str(next(iter(sorted((SHARED / "models/cifar10-resnet").glob("resnet20-*.th"))), "")),
@@ -35,13 +38,35 @@ MODELS = {
                                "--arch", "cifar_resnet56", "--data", f"cifar10:{SHARED}/data/cifar10"]),
     "lite0": ("tf_efficientnet_lite0", ["tf_efficientnet_lite0", "--data", f"imagenet:{SHARED}/data/imagenet-val",
                                         "--calib-data", f"imagenet:{SHARED}/data/imagenet-calib"]),
+    # the trained CIFAR ViT of the zoo (quantsim.train; recipe and log beside the checkpoint)
+    "vit8": ("vit_tiny_patch8_32", [str(ROOT / "data/zoo/vit_tiny_patch8_32_cifar10/model.pt"),
+                                    "--arch", "vit_tiny_patch8_32", "--data", f"cifar10:{SHARED}/data/cifar10"]),
+    # DeiT-Tiny's 224x224 shapes with seeded random weights (no pretrained weights offline):
+    # energies are the real model's; top-1 is chance, read agreement with FP32 instead
+    "deit": ("deit_tiny_patch16_224", ["deit_tiny_patch16_224", "--weights", str(RANDOM_DEIT),
+                                       "--data", f"imagenet:{SHARED}/data/imagenet-val",
+                                       "--calib-data", f"imagenet:{SHARED}/data/imagenet-calib"]),
 }
+
+
+def write_random_deit() -> None:
+    """The seeded random-init DeiT-Tiny state dict the 'deit' sweep loads (made once, in runs/)."""
+    if RANDOM_DEIT.exists():
+        return
+    import timm
+    import torch
+
+    torch.manual_seed(0)
+    RANDOM_DEIT.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(timm.create_model("deit_tiny_patch16_224", pretrained=False).state_dict(), RANDOM_DEIT)
 
 
 def sweep(key: str, args) -> Path:
     from quantsim import pareto
 
     name, argv = MODELS[key]
+    if key == "deit":
+        write_random_deit()
     out = ROOT / "docs" / "pareto" / name
     argv = argv + ["--calib", str(args.calib), "--accel", args.accel, "--budgets", args.budgets,
                    "--out", str(out), "--resume", "--batch-size", str(args.batch_size),
@@ -97,7 +122,7 @@ def model_section(out: Path) -> str:
     dom = dominated_by_uniform(pts)
     bad = {k: v for k, v in dom.items() if v}
     lines.append("Checks:")
-    lines.append(f"- mixed-budget points dominated by a uniform point: "
+    lines.append("- mixed-budget points dominated by a uniform point: "
                  + ("none" if not bad else "; ".join(f"{k} by {', '.join(v)}" for k, v in bad.items())) + ".")
     by = pts.set_index("label")
     if "mixed-thr" in by.index and "mixed-at-thr" in by.index and pd.notna(by.loc["mixed-at-thr", "top1"]):

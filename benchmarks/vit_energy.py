@@ -31,9 +31,10 @@ from common import ROOT, SHARED, replace_section
 from hwmodel import list_presets, load_accelerator  # noqa: E402
 from quantsim import datasets, hardware, models, pipeline  # noqa: E402
 from quantsim.config import QuantConfig  # noqa: E402
+from quantsim.vit import CIFAR_VITS  # noqa: E402
 
 MODELS = {  # name -> (calibration spec, toggle-image spec, input shape)
-    "vit_tiny_patch4_32": (f"cifar10:{SHARED}/data/cifar10", f"cifar10:{SHARED}/data/cifar10", (3, 32, 32)),
+    **{name: (f"cifar10:{SHARED}/data/cifar10", f"cifar10:{SHARED}/data/cifar10", (3, 32, 32)) for name in CIFAR_VITS},
     "deit_tiny_patch16_224": (f"imagenet:{SHARED}/data/imagenet-calib", f"imagenet:{SHARED}/data/imagenet-val",
                               (3, 224, 224)),
 }
@@ -70,7 +71,7 @@ def images(spec: str, pre, n: int, role: str, seed: int, shape) -> tuple[torch.T
 
 def load(name: str, weights: str | None, tmp: Path) -> models.LoadedModel:
     if weights:
-        return models.load_model(weights, arch=name) if name == "vit_tiny_patch4_32" else \
+        return models.load_model(weights, arch=name) if name in CIFAR_VITS else \
             models.load_model(name, weights=weights)
     torch.manual_seed(0)
     ckpt = tmp / f"{name}.pt"
@@ -81,7 +82,7 @@ def load(name: str, weights: str | None, tmp: Path) -> models.LoadedModel:
 def run_model(name: str, args, tmp: Path) -> dict:
     t0 = time.perf_counter()
     calib_spec, tog_spec, shape = MODELS[name]
-    weights = args.vit_weights if name == "vit_tiny_patch4_32" else args.deit_weights
+    weights = args.vit_weights if name in CIFAR_VITS else args.deit_weights
     lm = load(name, weights, tmp)
     x_cal, real_cal = images(calib_spec, lm.preprocess, args.calib, "calib", 0, shape)
     x, real = images(tog_spec, lm.preprocess, args.toggle_images, "eval", 1, shape)
@@ -153,9 +154,10 @@ def model_section(r: dict, presets: list[str]) -> list[str]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--models", nargs="+", default=["vit_tiny_patch4_32", "deit_tiny_patch16_224"],
+                    choices=list(MODELS))
     ap.add_argument("--presets", nargs="+", default=list_presets(), choices=list_presets())
-    ap.add_argument("--vit-weights", help="trained vit_tiny_patch4_32 checkpoint (our format or a state dict)")
+    ap.add_argument("--vit-weights", help="trained CIFAR ViT checkpoint (our format or a state dict) for the CIFAR ViT in --models")
     ap.add_argument("--deit-weights", help="local deit_tiny_patch16_224 weights file")
     ap.add_argument("--calib", type=int, default=16)
     ap.add_argument("--toggle-images", type=int, default=2)

@@ -41,10 +41,12 @@ def rounding_rshift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 
 def multiply_rshift_round(acc: torch.Tensor, multiplier: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """arith.multiply_rshift_round: exact floor((acc*M + 2^(n-1)) / 2^n) without int64 overflow."""
+    # One product suffices when no |acc·M| + 2^(n-1) can reach 2^63: the bound from the two
+    # maxima is cheaper than testing every element, and the result is the same exact floor.
+    if acc.numel() == 0 or (int(acc.abs().max()) * int(multiplier.abs().max()) < 2**62 and int(shift.max()) <= 62):
+        return rounding_rshift(acc * multiplier, shift)
     fits = (acc > -(2**31)) & (acc < 2**31)  # arith._direct_product_fits
     direct = rounding_rshift(acc * multiplier, shift)
-    if bool(fits.all()):
-        return direct
     k = shift.clamp_max(31)
     half = torch.where(shift > 0, _pow2((shift - 1).clamp_min(0)), torch.zeros_like(shift))
     lo = torch.bitwise_and(acc, _pow2(k) - 1)
