@@ -82,13 +82,14 @@ def render(meta: dict, rows: list[dict]) -> list[str]:
         "s: seconds to search/lower and evaluate on the 2-core CPU machine (shared with other jobs: indicative "
         "only).",
         "",
-        "| bits | weights | method | nonlinear | top-1 % | agree FP32 % | Kendall τ | diff | s quant | s all |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| bits | weights | method | nonlinear | images | FP32 top-1 % | top-1 % | agree FP32 % | Kendall τ | diff | s quant | s all |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     order = {v: i for i, v in enumerate(("W8A8", "W6A6", "W4A8", "per-tensor", "per-channel") + METHODS
                                         + ("integer", "float"))}
     for r in sorted(rows, key=lambda r: tuple(order.get(v, 99) for v in row_key(r))):
-        body.append(f"| {r['bits']} | {r['gran']} | {r['method']} | {r['nonlinear']} | {r['top1']:.2f} | "
+        body.append(f"| {r['bits']} | {r['gran']} | {r['method']} | {r['nonlinear']} | {r.get('images', n_eval)} | "
+                    f"{r.get('top1_fp32', meta['top1_fp32']):.2f} | {r['top1']:.2f} | "
                     f"{r['agree']:.2f} | {r['tau']:.4f} | {r['diff']} | {r['t_quant']:.0f} | {r['t_all']:.0f} |")
     return body
 
@@ -100,6 +101,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval", type=int, default=1000, help="cifar10 test images for top-1 and agreement")
     ap.add_argument("--calib", type=int, default=100, help=f"cifar10 train images (the search uses the first "
                                                              f"{SEARCH_IMAGES})")
+    ap.add_argument("--eval-float", type=int, default=0,
+                    help="evaluate float-nonlinearity rows on only the first N evaluation images (0: all)")
     ap.add_argument("--tau-images", type=int, default=32, help="evaluation images for the Kendall τ")
     ap.add_argument("--bitexact-images", type=int, default=4, help="images checked integer_ref vs emulate")
     ap.add_argument("--bits", default="W8A8,W6A6,W4A8")
@@ -156,15 +159,18 @@ def main(argv=None) -> int:
                     graph = quantize(prep, cfg)
                     t_q = time.perf_counter() - t0
                     q = emulate.EmulatedModel(graph)
+                    n_rows = args.eval_float if nl == "float" and 0 < args.eval_float < len(x) else len(x)
                     with torch.no_grad():
-                        got = torch.cat([q(b) for b in x.split(args.batch)])
+                        got = torch.cat([q(b) for b in x[:n_rows].split(args.batch)])
                     tau = attention_kendall(prep.fgraph, graph, x[:args.tau_images])["tau"]
                     exact = "float NL"
                     if nl == "integer" and args.bitexact_images > 0:
                         exact = str(check_bitexact(graph, x[:args.bitexact_images]).total_mismatches)
                     row = {"bits": cfg.label, "gran": gran, "method": method, "nonlinear": nl,
-                           "top1": 100.0 * float((got.argmax(1) == y).float().mean()),
-                           "agree": 100.0 * float((got.argmax(1) == ref.argmax(1)).float().mean()),
+                           "images": n_rows,
+                           "top1_fp32": 100.0 * float((ref[:n_rows].argmax(1) == y[:n_rows]).float().mean()),
+                           "top1": 100.0 * float((got.argmax(1) == y[:n_rows]).float().mean()),
+                           "agree": 100.0 * float((got.argmax(1) == ref[:n_rows].argmax(1)).float().mean()),
                            "tau": tau, "diff": exact, "t_quant": t_q, "t_all": time.perf_counter() - t0}
                     rows.append(row)
                     if args.rows:
