@@ -8,6 +8,8 @@ random-init model says nothing).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -317,3 +319,31 @@ def test_load_cifar_vit_checkpoint_and_state_dict(tmp_path):
     assert src.patch_embed.num_patches == 16
     with pytest.raises(QuantsimError, match="vit_tiny_patch8_32"):
         load_cifar_vit("vit_tiny_patch4_32", str(ck))
+
+
+ZOO_VIT = Path(__file__).resolve().parents[1] / "data" / "zoo" / "vit_tiny_patch8_32_cifar10" / "model.pt"
+
+
+@pytest.mark.skipif(not ZOO_VIT.exists(), reason=f"{ZOO_VIT} is not in this checkout")
+@pytest.mark.parametrize("method", ["minmax", "ranking"])
+def test_trained_cifar_vit_is_trained_and_bitexact_on_16_real_images(cifar10_dir, method):
+    """The committed CIFAR ViT: far above chance on real test images, and its integer-only
+    W8A8 program (searched scales included) equal to emulate on every node of 16 real images."""
+    from quantsim import datasets
+    from quantsim.pipeline import prepare, quantize
+    from quantsim.vit import load_cifar_vit
+
+    model = load_cifar_vit("vit_tiny_patch8_32", str(ZOO_VIT))
+    spec = f"cifar10:{cifar10_dir}"
+    ev = datasets.deterministic_subset(datasets.build_dataset(spec, CIFAR10_VIT_PRE, role="eval"), 256, 1)
+    x = torch.stack([ev[i][0] for i in range(len(ev))])
+    y = torch.tensor([ev[i][1] for i in range(len(ev))])
+    with torch.no_grad():
+        top1 = float((model(x).argmax(1) == y).float().mean())
+    assert top1 > 0.5, f"top-1 {top1:.3f} on 256 cifar10 test images: not a trained model"
+    cal = datasets.deterministic_subset(datasets.build_dataset(spec, CIFAR10_VIT_PRE, role="calib"), 16, 0)
+    xc = torch.stack([cal[i][0] for i in range(len(cal))])
+    prep = prepare(model, (3, 32, 32), list(xc.split(8)), seed=0, progress=False)
+    cfg = QuantConfig(w_bits=8, a_bits=8, granularity="per-channel", calib_method=method, nonlinear="integer",
+                      search_steps=3)
+    _assert_bitexact(quantize(prep, cfg), x[:16])
