@@ -102,13 +102,23 @@ def mse_clip_rows(rows: torch.Tensor, tops: torch.Tensor, qmin: int, qmax: int, 
     grid = 0.2 + 0.8 * torch.arange(steps + 1, dtype=torch.float64) / steps
     clips = tops[:, None] * grid[None, :]                      # (O, S) float64, as the scalar search
     scales = (clips / qmax).to(torch.float32).clamp_min(torch.finfo(torch.float32).tiny)
-    best = torch.empty(rows.shape[0], dtype=torch.float64)
-    per_block = max(1, _MSE_BLOCK_ELEMENTS // max(1, (steps + 1) * rows.shape[1]))
-    for i in range(0, rows.shape[0], per_block):
-        x = rows[i:i + per_block, None, :]
-        s = scales[i:i + per_block, :, None]
-        err = ((torch.clamp(torch.round(x / s), qmin, qmax) * s - x) ** 2).mean(dim=2)
-        best[i:i + per_block] = clips[i:i + per_block].gather(1, err.argmin(dim=1, keepdim=True))[:, 0]
+    n_rows, k = rows.shape
+    grid_per = max(1, _MSE_BLOCK_ELEMENTS // max(1, k))  # grid points per block (a long activation sample)
+    rows_per = max(1, _MSE_BLOCK_ELEMENTS // max(1, min(steps + 1, grid_per) * k))
+    best = torch.empty(n_rows, dtype=torch.float64)
+    for i in range(0, n_rows, rows_per):
+        x = rows[i:i + rows_per, None, :]
+        best_err = torch.full((x.shape[0],), float("inf"))
+        best_at = torch.zeros(x.shape[0], dtype=torch.int64)
+        for j in range(0, steps + 1, grid_per):
+            s = scales[i:i + rows_per, j:j + grid_per, None]
+            err = ((torch.clamp(torch.round(x / s), qmin, qmax) * s - x) ** 2).mean(dim=2)
+            at = err.argmin(dim=1)
+            e = err.gather(1, at[:, None])[:, 0]
+            better = e < best_err  # strict: an earlier grid point keeps a tie
+            best_err = torch.where(better, e, best_err)
+            best_at = torch.where(better, at + j, best_at)
+        best[i:i + rows_per] = clips[i:i + rows_per].gather(1, best_at[:, None])[:, 0]
     return torch.where(tops > 0, best, tops)
 
 

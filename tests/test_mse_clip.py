@@ -53,3 +53,14 @@ def test_outliers_are_clipped_and_zero_rows_kept():
     assert float(clip[1]) > 0.85
     assert float(clip[2]) == 0.0  # an all-zero channel keeps clip 0 (no search on nothing)
     assert abs(mse_clip(w[1], 1.0, -7, 7) - float(clip[1])) < 1e-6
+
+
+def test_blocked_search_equals_one_block(monkeypatch):
+    """Rows and grid cut into blocks (memory bound) choose exactly what one block chooses."""
+    import quantsim.calibrate as C
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(7, 500, generator=g) * (1 + 10 * (torch.rand(7, 500, generator=g) > 0.99))
+    tops = w.abs().amax(1)
+    whole = C.mse_clip_rows(w, tops, -7, 7)
+    monkeypatch.setattr(C, "_MSE_BLOCK_ELEMENTS", 1200)  # 2 grid points of one row per block
+    assert torch.equal(C.mse_clip_rows(w, tops, -7, 7), whole)
