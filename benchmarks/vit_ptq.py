@@ -57,7 +57,10 @@ def read_rows(paths) -> list[dict]:
 def images(role: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     spec = f"cifar10:{SHARED}/data/cifar10"
     ds = datasets.deterministic_subset(datasets.build_dataset(spec, CIFAR10_VIT_PRE, role=role), n, seed)
-    return torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor([ds[i][1] for i in range(len(ds))])
+    # in a seeded random order: the whole split comes sorted by class, and the τ, bit-exact and
+    # --eval-float images are a prefix, which must be a sample of every class, not the first ones
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed)).tolist()
+    return torch.stack([ds[i][0] for i in order]), torch.tensor([ds[i][1] for i in order])
 
 
 def render(meta: dict, rows: list[dict]) -> list[str]:
