@@ -63,7 +63,7 @@ def images(role: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([ds[i][0] for i in order]), torch.tensor([ds[i][1] for i in order])
 
 
-def render(meta: dict, rows: list[dict]) -> list[str]:
+def render(meta: dict, rows: list[dict], note: str = "") -> list[str]:
     """The docs section: one table row per (bits, granularity, method, nonlinear mode)."""
     n_eval, w = meta["eval"], meta.get("weights")
     cmd = (f"benchmarks/vit_ptq.py --model {meta['model']} --eval {n_eval} --calib {meta['calib']} "
@@ -85,6 +85,7 @@ def render(meta: dict, rows: list[dict]) -> list[str]:
         "s: seconds to search/lower and evaluate on the 2-core CPU machine (shared with other jobs: indicative "
         "only).",
         "",
+        *([note, ""] if note else []),
         "| bits | weights | method | nonlinear | images | FP32 top-1 % | top-1 % | agree FP32 % | Kendall τ | diff | s quant | s all |",
         "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
@@ -117,6 +118,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-docs", action="store_true", help="print only, leave docs/results.md alone")
     ap.add_argument("--rows", help="append finished rows to this JSON-lines file; skip rows already in it")
     ap.add_argument("--render", nargs="+", metavar="ROWS", help="only write the docs table from these row files")
+    ap.add_argument("--note", default="", help="with --render: a paragraph (or @file) put above the table")
     ap.add_argument("--batch", type=int, default=250, help="evaluation batch size")
     args = ap.parse_args(argv)
     if args.render:
@@ -124,7 +126,9 @@ def main(argv=None) -> int:
         meta = next((r for r in rows if r.get("meta")), None)
         if meta is None:
             sys.exit("no meta row in the row files: run the benchmark with --rows first")
-        replace_section(ROOT / "docs" / "results.md", "vit-ptq", "\n".join(render(meta, [r for r in rows if not r.get("meta")])))
+        note = Path(args.note[1:]).read_text().strip() if args.note.startswith("@") else args.note
+        body = render(meta, [r for r in rows if not r.get("meta")], note)
+        replace_section(ROOT / "docs" / "results.md", "vit-ptq", "\n".join(body))
         print("wrote the vit-ptq section of docs/results.md")
         return 0
     if not SHARED.exists():
