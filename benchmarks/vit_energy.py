@@ -171,8 +171,11 @@ def main(argv=None) -> int:
         for name in args.models:
             results.append(run_model(name, args, Path(d)))
             print(f"{name}: {results[-1]['seconds']:.0f} s", file=sys.stderr)
+    cmd = " ".join(["nice -n 10 .venv/bin/python benchmarks/vit_energy.py", "--models", *args.models]
+                   + (["--vit-weights", args.vit_weights] if args.vit_weights else [])
+                   + (["--deit-weights", args.deit_weights] if args.deit_weights else []))
     lines = ["## ViT energy per op kind: attention matmuls and integer nonlinearities (issue 5)", "",
-             "`nice -n 10 .venv/bin/python benchmarks/vit_energy.py` — W8A8 per-channel minmax, integer-only "
+             f"`{cmd}` — W8A8 per-channel minmax, integer-only "
              "softmax/GELU/LayerNorm (I-BERT kernels, 16-bit inputs to the nonlinearities and residual stream), "
              "calibrated on 16 images; energy per image from hwmodel's detailed model (toggle-aware MACs from the "
              "real operands, SRAM, DRAM bursts; reuse DRAM model). Attention matmuls are per-head GEMMs whose "
@@ -180,8 +183,8 @@ def main(argv=None) -> int:
              "priced per integer operation at its datapath width (hwmodel/vector_ops.py: adds, shifts, compares "
              "at e_add32·b/32, multiplies at e_mac8·(b/8)², divisions and square roots per bit step; Horowitz "
              "ISSCC 2014 45 nm). Element counts are outputs; vector ops count each division and square root "
-             "once. The trained CIFAR ViT checkpoint does not exist yet: both models are random-init, which "
-             "fixes shapes, MACs, op counts and traffic but not toggles.", ""]
+             "once. Each model's heading names its weights: random-init weights fix shapes, MACs, op counts and "
+             "traffic but not toggles.", ""]
     for r in results:
         lines += model_section(r, args.presets)
     md = "\n".join(lines)
