@@ -54,6 +54,13 @@ def read_rows(paths) -> list[dict]:
     return rows
 
 
+def append_row(path: str, row: dict) -> None:
+    """One JSON line appended to the row file (its folder made if needed)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 def images(role: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     spec = f"cifar10:{SHARED}/data/cifar10"
     ds = datasets.deterministic_subset(datasets.build_dataset(spec, CIFAR10_VIT_PRE, role=role), n, seed)
@@ -148,9 +155,7 @@ def main(argv=None) -> int:
             "top1_fp32": top1_fp32}
     done = read_rows([args.rows]) if args.rows else []
     if args.rows and not any(r.get("meta") for r in done):
-        Path(args.rows).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.rows, "a") as f:
-            f.write(json.dumps(meta) + "\n")
+        append_row(args.rows, meta)
     done_keys = {row_key(r) for r in done if not r.get("meta")}
     rows = [r for r in done if not r.get("meta")]
     for bits in args.bits.split(","):
@@ -181,8 +186,7 @@ def main(argv=None) -> int:
                            "tau": tau, "diff": exact, "t_quant": t_q, "t_all": time.perf_counter() - t0}
                     rows.append(row)
                     if args.rows:
-                        with open(args.rows, "a") as f:
-                            f.write(json.dumps(row) + "\n")
+                        append_row(args.rows, row)
                     print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
                           flush=True)
     if not args.no_docs:
