@@ -45,6 +45,16 @@ def multiply_rshift_round(acc: torch.Tensor, multiplier: torch.Tensor, shift: to
     # maxima is cheaper than testing every element, and the result is the same exact floor.
     if acc.numel() == 0 or (int(acc.abs().max()) * int(multiplier.abs().max()) < 2**62 and int(shift.max()) <= 62):
         return rounding_rshift(acc * multiplier, shift)
+    if multiplier.dim() == 0 and shift.dim() == 0:
+        # One M and n for the whole tensor (GELU, LayerNorm): the split alone gives arith's result on
+        # every element (for |acc| < 2^31 it is exact, beyond that it is arith's split), so skip the
+        # plain product and the select.
+        n = int(shift)
+        k = min(n, 31)
+        lo = torch.bitwise_and(acc, (1 << k) - 1)
+        hi = torch.bitwise_right_shift(acc, k).clamp_(-(2**32), 2**32 - 1)
+        low_part = torch.bitwise_right_shift(lo * multiplier + ((1 << (n - 1)) if n > 0 else 0), k)
+        return torch.bitwise_right_shift(hi * multiplier + low_part, n - k)
     fits = (acc > -(2**31)) & (acc < 2**31)  # arith._direct_product_fits
     direct = rounding_rshift(acc * multiplier, shift)
     k = shift.clamp_max(31)

@@ -108,7 +108,8 @@ def i_softmax(x: torch.Tensor, scale: float, out_bits: int = 8) -> tuple[torch.T
 def gelu_int(x: torch.Tensor, p: GeluParams) -> torch.Tensor:
     x = _i64(x)
     u = shift_pow2(x.abs().clamp_max(p.pre_clip), p.shift).clamp_max(p.clip)
-    e = torch.sign(x) * (p.one - (u - p.clip) ** 2)
+    d = u - p.clip
+    e = torch.sign(x) * (p.one - d * d)
     acc = x * (p.one + e)
     lo, hi = p.qrange
     y = multiply_rshift_round(acc, _scalar(p.multiplier, acc), _scalar(p.rshift, acc))

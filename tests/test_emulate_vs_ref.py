@@ -57,6 +57,19 @@ def test_requantize_twin_on_wide_accumulators(seed, big, bits, signed):
 
 
 @SETTINGS
+@given(st.integers(0, 2**32 - 1), st.integers(-(2**63), 2**63 - 1), st.integers(0, 2**31 - 1),
+       st.integers(0, 62), st.integers(20, 62))
+def test_multiply_rshift_round_one_multiplier_twin(seed, big, m, n, acc_bits):
+    """One M and n for the whole tensor (the GELU path): every element, before any clamp, equals arith."""
+    rng = np.random.default_rng(seed)
+    acc = rng.integers(-(2**acc_bits), 2**acc_bits, size=(4, 33))
+    acc[0, 0], acc[1, :5] = big, rng.integers(-(2**31), 2**31, size=5)
+    want = arith.multiply_rshift_round(acc, np.array(m), np.array(n))
+    got = E.multiply_rshift_round(torch.as_tensor(acc), torch.tensor(m), torch.tensor(n))
+    assert_same(got, want)
+
+
+@SETTINGS
 @given(st.integers(0, 2**32 - 1), st.floats(1e-4, 10.0), qtensor_spec())
 def test_quantize_twin(seed, scale, spec):
     _, _, qmin, qmax, zp = spec
