@@ -357,16 +357,37 @@ def _allocate(t: MixedTables, policy: str, budget_pj: float | None, thresholds) 
             f"{(lowest + t.fixed_pj) / t.w8a8_pj:.4f} of W8A8") from exc
 
 
+def heldout_top1(prep, base_cfg: QuantConfig, bits: dict, labelled) -> float:
+    """Top-1 (%) of the integer program of an allocation (lowered, run by emulate: what will be
+    deployed, residual stream and all) on labelled (x, y) batches."""
+    from . import pipeline
+    from .emulate import EmulatedModel
+
+    d = base_cfg.to_json()
+    d["layer_bits"] = {str(l): list(split_width(b)) for l, b in bits.items()}
+    model = EmulatedModel(pipeline.quantize(prep, QuantConfig.from_json(d)))
+    hits = total = 0
+    with torch.no_grad():
+        for x, y in labelled:
+            hits += int((model(x).argmax(1) == y).sum())
+            total += len(y)
+    return 100.0 * hits / max(total, 1)
+
+
 def _rerank(prep, base_cfg: QuantConfig, t: MixedTables, alloc: Allocation, budget_pj: float, k: int,
-            calib_batches) -> tuple[Allocation, dict]:
-    """Choose among the allocations that meet the budget by their measured network-output
-    error, all layers quantized at once (sensitivity.JointError on the calibration images).
+            calib_batches, labelled=None) -> tuple[Allocation, dict]:
+    """Choose among the allocations that meet the budget by a measurement of the whole
+    allocation: without ``labelled``, the network-output error with all layers quantized at
+    once (sensitivity.JointError on the calibration images); with ``labelled`` (x, y)
+    batches held out from calibration, the top-1 of each allocation's integer program on them.
 
     Σ S_l is an additive proxy: per-layer errors do interact (a 4-bit stem feeds a 4-bit
     block). So the candidates are the k proxy-best allocations of the exact knapsack (its
     optimum first), the threshold rule's allocation and every uniform width, each only if
-    its planned energy meets the budget; the one of least joint error is kept. The
-    knapsack's own optimum is the choice whenever it measures best."""
+    its planned energy meets the budget; the one measuring best is kept. The knapsack's own
+    optimum is the choice whenever it measures best (ties included). Held-out top-1 exists
+    because on the CIFAR ResNets every output-error measure, joint error included, prefers an
+    allocation that loses top-1 on held-out images (docs/pareto/notes.md)."""
     from .mixed import budget_frontier
     from .sensitivity import JointError
 
@@ -384,32 +405,40 @@ def _rerank(prep, base_cfg: QuantConfig, t: MixedTables, alloc: Allocation, budg
         if key not in seen:
             seen.add(key)
             uniq.append((src, bits))
-    if t.joint is None:
-        t.joint = JointError(prep.fgraph, prep.stats, calib_batches, base_cfg)
-    errs = [t.joint(bits) for _, bits in uniq]
-    best = min(range(len(uniq)), key=errs.__getitem__)
+    if labelled is not None:
+        metric = "heldout_top1"
+        scores = [heldout_top1(prep, base_cfg, bits, labelled) for _, bits in uniq]
+        best = max(range(len(uniq)), key=lambda i: (scores[i], -i))  # first of the best: the optimum on ties
+    else:
+        metric = "joint_error"
+        if t.joint is None:
+            t.joint = JointError(prep.fgraph, prep.stats, calib_batches, base_cfg)
+        scores = [t.joint(bits) for _, bits in uniq]
+        best = min(range(len(uniq)), key=scores.__getitem__)
     src, bits = uniq[best]
-    info = {"candidates": len(uniq), "chosen": src, "joint_error": errs[best],
-            "knapsack_optimum_joint_error": errs[0],
-            "all": [{"source": s_, "joint_error": e_, "widths": [bits_[l] for l in t.layers]}
-                    for (s_, bits_), e_ in zip(uniq, errs)]}
+    info = {"candidates": len(uniq), "chosen": src, "metric": metric, metric: scores[best],
+            f"knapsack_optimum_{metric}": scores[0],
+            "all": [{"source": s_, metric: e_, "widths": [bits_[l] for l in t.layers]}
+                    for (s_, bits_), e_ in zip(uniq, scores)]}
     if best == 0:
         return alloc, info
     total_s = math.fsum(t.sensitivity[l][b] for l, b in bits.items())
     total_e = math.fsum(t.energy[l][b] for l, b in bits.items())
     return replace(alloc, bits=dict(bits), total_sensitivity=total_s, total_energy=total_e,
-                   status=alloc.status + f"; re-ranked by measured output error: {src}"), info
+                   status=alloc.status + f"; re-ranked by {metric.replace('_', ' ')}: {src}"), info
 
 
 def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torch.Tensor, candidates=(4, 6, 8),
                policy: str = "threshold", budget: float | None = None, sens_at: str = "layer",
                weighting: str = "none", mac_form: str = "max", cache_dir: Path | None = None,
                progress: bool = True, tables: MixedTables | None = None, thresholds=None,
-               verify: bool = True, tie: bool = True, unit: str = "layer", rerank: int = 0) -> MixedPlan:
+               verify: bool = True, tie: bool = True, unit: str = "layer", rerank: int = 0,
+               rerank_data=None) -> MixedPlan:
     """Choose a width per MAC layer (threshold rule, or least Σ S_l under an energy budget
     given as a ratio of W8A8 energy; with ``rerank`` k > 0 the budget policy then keeps, of
     the k proxy-best allocations and the threshold/uniform ones within the budget, the one
-    of least measured output error: see _rerank), then lower and simulate the choice
+    of least measured output error, or of best top-1 on ``rerank_data``, labelled (x, y)
+    batches held out from calibration: see _rerank), then lower and simulate the choice
     (``verify``)."""
     if policy not in ("threshold", "budget"):
         raise QuantsimError(f"mixed policy {policy!r}: choose threshold or budget")
@@ -430,7 +459,7 @@ def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torc
         alloc = _allocate(t, policy, knap, thresholds)
         info = None
         if policy == "budget" and rerank > 0:
-            alloc, info = _rerank(prep, base_cfg, t, alloc, knap, rerank, calib_batches)
+            alloc, info = _rerank(prep, base_cfg, t, alloc, knap, rerank, calib_batches, rerank_data)
         planned = math.fsum(t.energy[l][b] for l, b in alloc.bits.items()) + t.fixed_pj
         d = base_cfg.to_json()
         d["layer_bits"] = alloc.layer_bits()

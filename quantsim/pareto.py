@@ -175,7 +175,7 @@ def write_points(path: Path, rows: list[dict]) -> None:
 def run(args) -> pd.DataFrame:
     from . import hardware, pipeline
     from .mixed_plan import energy_share, layer_columns, mixed_tables, plan_mixed
-    from .simulate import _batches, _load, load_accel, parse_candidates
+    from .simulate import _batches, _load, heldout_labelled, load_accel, parse_candidates
 
     t_start = time.perf_counter()
     budgets = parse_budgets(args.budgets)
@@ -206,6 +206,7 @@ def run(args) -> pd.DataFrame:
     calib = _batches(datasets, calib_ds, args.batch_size)
     prep = pipeline.prepare(loaded.model, loaded.preprocess.input_size, calib, args.seed, progress)
     ev = EvalSet(datasets, eval_ds, args.batch_size)
+    rerank_data = heldout_labelled(args, datasets, loaded.preprocess, calib_ds)
     n_check = min(max(args.bitexact_images, args.toggle_images), len(eval_ds))
     x = torch.stack([eval_ds[i][0] for i in range(n_check)])
     toggle_x = x[:args.toggle_images]
@@ -270,7 +271,8 @@ def run(args) -> pd.DataFrame:
             try:
                 plan = plan_mixed(prep, base, accel, calib, toggle_x, candidates,
                                   policy="threshold" if p.policy == "mixed-threshold" else "budget",
-                                  budget=p.budget, tables=tables, progress=progress, rerank=args.rerank)
+                                  budget=p.budget, tables=tables, progress=progress, rerank=args.rerank,
+                                  rerank_data=rerank_data)
             except QuantsimError as exc:  # an infeasible budget: record it, keep going
                 row.update(note=str(exc), seconds=round(time.perf_counter() - t0, 2))
                 tqdm.write(f"{p.label}: {exc}", file=sys.stderr)
@@ -303,7 +305,8 @@ def run(args) -> pd.DataFrame:
     meta = {"model": loaded.arch, "accelerator": accel.name, "n_eval": len(eval_ds), "n_calib": len(calib_ds),
             "granularity": args.granularity, "candidates": list(candidates), "budgets": budgets,
             "sensitivity_at": args.sensitivity_at, "sensitivity_weighting": args.sensitivity_weighting,
-            "mixed_unit": args.mixed_unit, "rerank": args.rerank,
+            "mixed_unit": args.mixed_unit, "rerank": args.rerank, "rerank_by": args.rerank_by,
+            "rerank_images": args.rerank_images if args.rerank_by == "top1" else None,
             "mac_form": args.mac_form, "w8a8_pj": w8_pj, "seconds": round(time.perf_counter() - t_start, 1)}
     if tables is not None:
         meta.update(tied=tables.tied, fixed_energy_pj=tables.fixed_pj,

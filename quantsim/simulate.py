@@ -81,6 +81,12 @@ def add_mixed_args(p: argparse.ArgumentParser, budget: bool = True) -> None:
                     help="budget policy: measure the network-output error of the K best allocations of the "
                     "knapsack (and the threshold/uniform ones within the budget) with all layers quantized at "
                     "once, keep the least (0: the knapsack optimum as it is)")
+    mx.add_argument("--rerank-by", default="joint", choices=["joint", "top1"],
+                    help="what --rerank measures: joint output error on the calibration images, or top-1 of each "
+                    "candidate's integer program on labelled images of the calibration source held out from "
+                    "calibration (--rerank-images)")
+    mx.add_argument("--rerank-images", type=int, default=2000,
+                    help="held-out labelled images for --rerank-by top1 (default 2000)")
     mx.add_argument("--mixed-unit", default="layer", choices=["layer", "module"],
                     help="one width per layer, or per module (a ViT block's MSA and MLP, a ResNet block)")
 
@@ -209,6 +215,27 @@ def _load(args):
     return loaded, datasets, calib_ds, eval_ds, note
 
 
+def heldout_labelled(args, datasets, preprocess, calib_ds) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """For --rerank-by top1: labelled images of the calibration source that calibration did not
+    use (a seeded subset of --rerank-images), as (x, y) batches; None when not asked for."""
+    if getattr(args, "rerank_by", "joint") != "top1" or not getattr(args, "rerank", 0):
+        return None
+    if not (args.calib_data or args.data):
+        raise QuantsimError("--rerank-by top1 needs labelled data: pass --data (and --calib-data) with labels")
+    if args.rerank_images < 1:
+        raise QuantsimError(f"--rerank-images {args.rerank_images}: give a positive count")
+    source = datasets.build_dataset(args.calib_data or args.data, preprocess, role="calib", download=args.download)
+    used = set(int(i) for i in calib_ds.indices)
+    rest = [i for i in range(len(source)) if i not in used]
+    if not rest:
+        raise QuantsimError("--rerank-by top1: calibration used every image of its source, none is left to hold out")
+    pick = datasets.deterministic_subset(datasets.Subset(source, rest), args.rerank_images, args.seed + 2)
+    batches = [(x, y) for x, y in datasets.make_loader(pick, batch_size=args.batch_size)]
+    if any(bool((y < 0).any()) for _, y in batches):
+        raise QuantsimError("--rerank-by top1: the held-out images carry no labels (use --rerank-by joint)")
+    return batches
+
+
 def _batches(datasets, ds, batch_size: int) -> list[torch.Tensor]:
     return [x for x, _ in datasets.make_loader(ds, batch_size=batch_size)]
 
@@ -265,7 +292,8 @@ def run(args) -> dict:
                           budget=args.energy_budget, sens_at=args.sensitivity_at,
                           weighting=args.sensitivity_weighting, mac_form=args.mac_form,
                           cache_dir=args.sensitivity_cache, progress=progress, unit=args.mixed_unit,
-                          rerank=args.rerank)
+                          rerank=args.rerank,
+                          rerank_data=heldout_labelled(args, datasets, loaded.preprocess, calib_ds))
         cfg = plan.cfg
     # FP32 runs still lower a W8A8 program: its shapes give the FP32 energy on the same array
     structure_cfg = cfg or QuantConfig(granularity=args.granularity)

@@ -266,6 +266,31 @@ def test_rerank_keeps_the_least_measured_error_within_budget(setup):
         _plan(setup, policy="budget", budget=0.75, rerank=-1)
 
 
+def test_rerank_by_heldout_top1_keeps_the_best_integer_program(setup):
+    """With labelled held-out batches the budget policy keeps, of its candidates within the
+    budget, the one whose integer program scores the best top-1 on them, and that score is
+    the deployed program's own."""
+    from quantsim.capture import run_float
+    from quantsim.emulate import EmulatedModel
+
+    prep, accel, batches, x, tables = setup
+    torch.manual_seed(1)
+    xs = [torch.randn(16, 3, 8, 8) for _ in range(2)]
+    with torch.no_grad():  # labels the float model gets right about half the time
+        labelled = [(xb, torch.where(torch.rand(16) < 0.5, run_float(prep.fgraph, xb).argmax(1), torch.randint(0, 10, (16,))))
+                    for xb in xs]
+    plan = _plan(setup, policy="budget", budget=0.75, rerank=4, rerank_data=labelled)
+    info = plan.rerank
+    assert info["metric"] == "heldout_top1" and info["candidates"] >= 2
+    assert info["heldout_top1"] == max(c["heldout_top1"] for c in info["all"])
+    chosen = next(c for c in info["all"] if c["source"] == info["chosen"])
+    assert chosen["widths"] == plan.widths and plan.summary()["budget_met"]
+    model = EmulatedModel(plan.graph)
+    with torch.no_grad():
+        hits = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in labelled)
+    assert info["heldout_top1"] == pytest.approx(100.0 * hits / 32)
+
+
 def test_loosening_spends_unused_budget_without_breaking_it(setup):
     """Where the first plan leaves budget unused (achieved < planned at width boundaries), the
     re-solve spends it: never above the budget, never more total sensitivity than without."""
