@@ -215,6 +215,14 @@ def _load(args):
     return loaded, datasets, calib_ds, eval_ds, note
 
 
+def heldout_indices(total: int, used, n: int, seed: int) -> list[int]:
+    """n indices of range(total) outside ``used`` (all of them if fewer remain), seeded, sorted."""
+    rest = np.setdiff1d(np.arange(total), np.asarray(list(used), dtype=np.int64))
+    if n < len(rest):
+        rest = np.sort(np.random.default_rng(seed).choice(rest, size=n, replace=False))
+    return [int(i) for i in rest]
+
+
 def heldout_labelled(args, datasets, preprocess, calib_ds) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
     """For --rerank-by top1: labelled images of the calibration source that calibration did not
     use (a seeded subset of --rerank-images), as (x, y) batches; None when not asked for."""
@@ -225,11 +233,10 @@ def heldout_labelled(args, datasets, preprocess, calib_ds) -> list[tuple[torch.T
     if args.rerank_images < 1:
         raise QuantsimError(f"--rerank-images {args.rerank_images}: give a positive count")
     source = datasets.build_dataset(args.calib_data or args.data, preprocess, role="calib", download=args.download)
-    used = set(int(i) for i in calib_ds.indices)
-    rest = [i for i in range(len(source)) if i not in used]
-    if not rest:
+    idx = heldout_indices(len(source), calib_ds.indices, args.rerank_images, args.seed + 2)
+    if not idx:
         raise QuantsimError("--rerank-by top1: calibration used every image of its source, none is left to hold out")
-    pick = datasets.deterministic_subset(datasets.Subset(source, rest), args.rerank_images, args.seed + 2)
+    pick = datasets.Subset(source, idx)
     batches = [(x, y) for x, y in datasets.make_loader(pick, batch_size=args.batch_size)]
     if any(bool((y < 0).any()) for _, y in batches):
         raise QuantsimError("--rerank-by top1: the held-out images carry no labels (use --rerank-by joint)")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 from torch.utils.data import TensorDataset
 
 from quantsim import pareto, simulate
@@ -138,3 +139,38 @@ def test_real_resnet20_mixed_points(tmp_path):
     assert (pts["bitexact_mismatches"] == 0).all()
     meta = json.loads((out / "sweep.json").read_text())
     assert len(meta["tied"]) == 1 and len(meta["tied"][0]) == 10  # 9 block-input convs + the linear layer
+
+
+@needs_shared
+def test_heldout_labelled_images_are_not_calibration_images():
+    """--rerank-by top1 measures on cifar10 train images that calibration did not use, with labels."""
+    from quantsim import datasets
+    from quantsim.models import load_model
+
+    pre = load_model(str(R20), arch="cifar_resnet20").preprocess
+    args = SimpleNamespace(rerank_by="top1", rerank=4, rerank_images=64, calib_data=None, data=f"cifar10:{CIFAR}",
+                           download=False, seed=0, batch_size=32)
+    calib_ds = datasets.deterministic_subset(datasets.build_dataset(args.data, pre, role="calib"), 48, 0)
+    held = simulate.heldout_labelled(args, datasets, pre, calib_ds)
+    x = torch.cat([b for b, _ in held])
+    y = torch.cat([t for _, t in held])
+    assert len(x) == 64 and int(y.min()) >= 0 and int(y.max()) <= 9 and len(set(y.tolist())) > 3
+    calib_x = torch.stack([calib_ds[i][0] for i in range(len(calib_ds))])
+    same = (x[:, None].flatten(2) == calib_x[None].flatten(2)).all(-1)
+    assert not bool(same.any())
+    args.rerank_images = 0
+    with pytest.raises(simulate.QuantsimError, match="--rerank-images"):
+        simulate.heldout_labelled(args, datasets, pre, calib_ds)
+    args.rerank_by = "joint"
+    assert simulate.heldout_labelled(args, datasets, pre, calib_ds) is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 300), st.data())
+def test_heldout_indices_avoid_calibration(total, data):
+    used = data.draw(st.sets(st.integers(0, total - 1)))
+    n = data.draw(st.integers(1, 400))
+    idx = simulate.heldout_indices(total, used, n, 7)
+    assert not set(idx) & used and len(set(idx)) == len(idx) == min(n, total - len(used))
+    assert idx == sorted(idx) and all(0 <= i < total for i in idx)
+    assert idx == simulate.heldout_indices(total, used, n, 7)
