@@ -4,6 +4,9 @@ docs/results.md.
     .venv/bin/python benchmarks/pareto_sweep.py                       # all models, full eval sets
     .venv/bin/python benchmarks/pareto_sweep.py --models r20 --eval 1000
     .venv/bin/python benchmarks/pareto_sweep.py --report-only         # rewrite the section from points.csv
+    .venv/bin/python benchmarks/pareto_sweep.py --models r20,r56 --rerank 4 --suffix -rerank
+        # budget points re-ranked by top-1 on 2,000 held-out cifar10 train images
+    .venv/bin/python benchmarks/pareto_sweep.py --models vit8 --candidates 4,6,8,W4A8 --suffix -pairs
 
 Each model's sweep goes to docs/pareto/<model>/ (points.csv, pareto.png/.svg, width maps) via
 `python -m quantsim.pareto`, resumable (--resume is always passed: delete the folder to start
@@ -67,10 +70,12 @@ def sweep(key: str, args) -> Path:
     name, argv = MODELS[key]
     if key == "deit":
         write_random_deit()
-    out = ROOT / "docs" / "pareto" / name
+    out = ROOT / "docs" / "pareto" / (name + args.suffix)
     argv = argv + ["--calib", str(args.calib), "--accel", args.accel, "--budgets", args.budgets,
                    "--out", str(out), "--resume", "--batch-size", str(args.batch_size),
-                   "--sensitivity-at", args.sensitivity_at]
+                   "--sensitivity-at", args.sensitivity_at, "--candidates", args.candidates]
+    if args.rerank:
+        argv += ["--rerank", str(args.rerank), "--rerank-by", args.rerank_by, "--rerank-images", str(args.rerank_images)]
     if args.eval:
         argv += ["--eval", str(args.eval)]
     print(f"== {name}: python -m quantsim.pareto {' '.join(argv)}", flush=True)
@@ -104,6 +109,14 @@ def model_section(out: Path) -> str:
                      f"{meta.get('granularity')}. Least reachable energy with the ties: "
                      f"{meta.get('min_energy_ratio', float('nan')):.3f} of W8A8. Tied groups: "
                      f"{[len(g) for g in meta.get('tied', [])]} layers.")
+        if meta.get("rerank"):
+            how = (f"top-1 of its integer program on {meta.get('rerank_images')} labelled images of the calibration "
+                   "source held out from calibration" if meta.get("rerank_by") == "top1"
+                   else "joint output error on the calibration images")
+            lines.append("")
+            lines.append(f"Budget points re-ranked (`--rerank {meta['rerank']} --rerank-by {meta.get('rerank_by')}`): "
+                         f"of the knapsack's {meta['rerank']} proxy-best allocations, the threshold rule's and the "
+                         f"uniform ones within the budget, the one of best {how}.")
         lines.append("")
     lines.append("| point | policy | top-1 | top-5 | agree FP32 | energy / W8A8 | planned | E (µJ) | seed E (µJ) | "
                  "bit-exact diffs | note |")
@@ -146,7 +159,8 @@ Energies are the detailed hardware model (toggle-aware MAC, SRAM, DRAM bursts) p
 the named accelerator; the seed model is beside it. `energy / W8A8` is the achieved energy of
 the lowered program, measured by hwmodel; `planned` is the allocator's sum of attributed
 per-layer energies (quantsim/mixed_plan.py explains the attribution and the ties). Mixed
-points use candidates W4A4/W6A6/W8A8 per layer; `mixed-thr` is the tertile threshold rule,
+points use the candidates named in each model's first line (4, 6, 8: W4A4/W6A6/W8A8; a pair
+such as [4, 8]: W4A8) per layer; `mixed-thr` is the tertile threshold rule,
 `mixed-at-thr` the exact budget policy (Pareto-list DP, optimal) at the threshold point's
 energy, `mixed-R` the budget policy at R x W8A8. Accuracy is top-1 of the emulated integer
 program; every point was also run through integer_ref on 8 images, every layer
@@ -175,6 +189,11 @@ def main() -> int:
     p.add_argument("--sensitivity-at", default="output", choices=["layer", "output"],
                    help="where S_l is measured (output: the network's output, which the budget policy's "
                    "additive objective tracks far better than each layer's own output; see docs/pareto/notes.md)")
+    p.add_argument("--candidates", default="4,6,8", help="per-layer candidate widths (e.g. 4,6,8,W4A8)")
+    p.add_argument("--rerank", type=int, default=0, help="re-rank the budget policy's K best allocations (0: off)")
+    p.add_argument("--rerank-by", default="top1", choices=["joint", "top1"])
+    p.add_argument("--rerank-images", type=int, default=2000)
+    p.add_argument("--suffix", default="", help="added to each model's folder name, e.g. -pairs or -rerank")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--notes", default=f"@{ROOT / 'docs' / 'pareto' / 'notes.md'}", help="text (or @file) added under the section intro")
     args = p.parse_args()
@@ -188,9 +207,10 @@ def main() -> int:
         return 2
     outs = []
     for k in keys:
-        outs.append(ROOT / "docs" / "pareto" / MODELS[k][0] if args.report_only else sweep(k, args))
+        outs.append(ROOT / "docs" / "pareto" / (MODELS[k][0] + args.suffix) if args.report_only else sweep(k, args))
     # report every model that has points, not only the ones run now
-    all_outs = [ROOT / "docs" / "pareto" / MODELS[k][0] for k in MODELS]
+    all_outs = [o for k in MODELS for o in sorted((ROOT / "docs" / "pareto").glob(MODELS[k][0] + "*"))
+                if o.name == MODELS[k][0] or o.name.startswith(MODELS[k][0] + "-")]
     notes = Path(args.notes[1:]).read_text() if args.notes.startswith("@") else args.notes
     write_section([o for o in all_outs if (o / "points.csv").exists()], notes)
     return 0
