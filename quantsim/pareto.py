@@ -298,6 +298,10 @@ def run(args) -> pd.DataFrame:
                    bitexact_mismatches=bx.total_mismatches if bx else None)
         if plan is not None:
             _write_widths(out, p.label, plan, hw, layer_columns(plan), energy_share(hw), loaded.arch)
+            if plan.rerank:  # what each re-ranked candidate measured, to audit the choice
+                from reports.io import write_json_atomic
+
+                write_json_atomic(out / "state" / f"rerank_{p.label}.json", plan.rerank)
         row["seconds"] = round(time.perf_counter() - t0, 2)
         finish(row)
     bar.close()

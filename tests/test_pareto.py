@@ -128,7 +128,7 @@ def test_real_resnet20_mixed_points(tmp_path):
     out = tmp_path / "r20"
     argv = [str(R20), "--arch", "cifar_resnet20", "--data", f"cifar10:{CIFAR}", "--calib", "32", "--eval", "32",
             "--bitexact-images", "2", "--accel", "scalesim-32x32-os", "--no-uniform", "--budgets", "0.6",
-            "--out", str(out), "--no-progress"]
+            "--rerank", "1", "--rerank-by", "top1", "--rerank-images", "24", "--out", str(out), "--no-progress"]
     assert pareto.main(argv) == 0
     pts = pd.read_csv(out / "points.csv").set_index("label")
     assert list(pts.index) == ["FP32", "mixed-thr", "mixed-at-thr", "mixed-0.6"]
@@ -139,6 +139,15 @@ def test_real_resnet20_mixed_points(tmp_path):
     assert (pts["bitexact_mismatches"] == 0).all()
     meta = json.loads((out / "sweep.json").read_text())
     assert len(meta["tied"]) == 1 and len(meta["tied"][0]) == 10  # 9 block-input convs + the linear layer
+    # the budget points were re-ranked by held-out top-1; the record says what each candidate scored
+    for lab in ("mixed-at-thr", "mixed-0.6"):
+        rr = json.loads((out / "state" / f"rerank_{lab}.json").read_text())
+        assert rr["metric"] == "heldout_top1" and rr["heldout_top1"] == max(c["heldout_top1"] for c in rr["all"])
+        chosen = next(c for c in rr["all"] if c["source"] == rr["chosen"])
+        assert "-".join(map(str, chosen["widths"])) == pts.loc[lab, "widths"]
+    # at the threshold point's energy the threshold rule's own allocation is a candidate
+    assert pts.loc["mixed-thr", "widths"] in {"-".join(map(str, c["widths"])) for c in
+                                              json.loads((out / "state" / "rerank_mixed-at-thr.json").read_text())["all"]}
 
 
 @needs_shared
