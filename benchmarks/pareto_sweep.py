@@ -4,9 +4,9 @@ docs/results.md.
     .venv/bin/python benchmarks/pareto_sweep.py                       # all models, full eval sets
     .venv/bin/python benchmarks/pareto_sweep.py --models r20 --eval 1000
     .venv/bin/python benchmarks/pareto_sweep.py --report-only         # rewrite the section from points.csv
-    .venv/bin/python benchmarks/pareto_sweep.py --models r20,r56 --rerank 4 --suffix -rerank
-        # budget points re-ranked by top-1 on 2,000 held-out cifar10 train images
-    .venv/bin/python benchmarks/pareto_sweep.py --models vit8 --candidates 4,6,8,W4A8 --suffix -pairs
+    .venv/bin/python benchmarks/pareto_sweep.py --models r20,r56 --rerank 1 --rerank-images 3000 --suffix=-rerank
+        # budget points: knapsack optimum, threshold rule or uniform, by top-1 on 3,000 held-out train images
+    .venv/bin/python benchmarks/pareto_sweep.py --models vit8 --candidates 4,6,8,W4A8 --suffix=-pairs
 
 Each model's sweep goes to docs/pareto/<model>/ (points.csv, pareto.png/.svg, width maps) via
 `python -m quantsim.pareto`, resumable (--resume is always passed: delete the folder to start
