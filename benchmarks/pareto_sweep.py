@@ -74,6 +74,8 @@ def sweep(key: str, args) -> Path:
     argv = argv + ["--calib", str(args.calib), "--accel", args.accel, "--budgets", args.budgets,
                    "--out", str(out), "--resume", "--batch-size", str(args.batch_size),
                    "--sensitivity-at", args.sensitivity_at, "--candidates", args.candidates]
+    if args.uniform_granularity:
+        argv += ["--uniform-granularity", args.uniform_granularity]
     if args.rerank:
         argv += ["--rerank", str(args.rerank), "--rerank-by", args.rerank_by, "--rerank-images", str(args.rerank_images)]
     if args.eval:
@@ -193,6 +195,7 @@ def main() -> int:
     p.add_argument("--rerank", type=int, default=0, help="re-rank the budget policy's K best allocations (0: off)")
     p.add_argument("--rerank-by", default="top1", choices=["joint", "top1"])
     p.add_argument("--rerank-images", type=int, default=2000)
+    p.add_argument("--uniform-granularity", default=None, help="granularities of the uniform points (default both)")
     p.add_argument("--suffix", default="", help="added to each model's folder name, e.g. -pairs or -rerank")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--notes", default=f"@{ROOT / 'docs' / 'pareto' / 'notes.md'}", help="text (or @file) added under the section intro")

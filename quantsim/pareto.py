@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budgets", default="0.4,0.5,0.6,0.7,0.8",
                    help="energy budgets of the mixed-budget points, as ratios of W8A8 energy")
     p.add_argument("--no-uniform", action="store_true", help="skip the uniform points")
+    p.add_argument("--uniform-granularity", default="per-tensor,per-channel",
+                   help="granularities of the uniform points (default both)")
     p.add_argument("--resume", action="store_true", help="keep the points already in OUT/points.csv")
     p.add_argument("--out", default="runs/pareto", help="output directory")
     p.add_argument("--no-progress", action="store_true")
@@ -77,10 +79,11 @@ def parse_budgets(text: str) -> list[float]:
     return sorted(set(vals))
 
 
-def sweep_points(granularity: str, budgets: list[float], uniform: bool = True) -> list[Point]:
+def sweep_points(granularity: str, budgets: list[float], uniform: bool = True,
+                 uniform_grans=("per-tensor", "per-channel")) -> list[Point]:
     pts = [Point("FP32", "fp32")]
     if uniform:
-        for gran in ("per-tensor", "per-channel"):
+        for gran in uniform_grans:
             for w, a in UNIFORM:
                 pts.append(Point(f"W{w}A{a}-{GRAN_TAG[gran]}", "uniform", gran, w, a))
     pts.append(Point("mixed-thr", "mixed-threshold", granularity))
@@ -192,7 +195,10 @@ def run(args) -> pd.DataFrame:
     done = read_points(points_path) if args.resume else pd.DataFrame(columns=POINT_COLUMNS)
     rows = [r for r in done.to_dict("records")]
     done_labels = {str(r["label"]) for r in rows}
-    points = sweep_points(args.granularity, budgets, not args.no_uniform)
+    grans = [g.strip() for g in args.uniform_granularity.split(",") if g.strip()]
+    if not grans or any(g not in GRAN_TAG for g in grans):
+        raise QuantsimError(f"--uniform-granularity {args.uniform_granularity!r}: per-tensor and/or per-channel")
+    points = sweep_points(args.granularity, budgets, not args.no_uniform, grans)
     todo = [p for p in points if p.label not in done_labels]
     progress = not args.no_progress
     if not todo:

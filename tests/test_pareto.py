@@ -91,6 +91,13 @@ def test_sweep_writes_points_and_resume_skips_them(tiny, tmp_path, capsys):
     assert tiny == ["mixed-0.9"]
 
 
+def test_uniform_points_of_one_granularity(tiny, tmp_path):
+    out = tmp_path / "pc"
+    assert pareto.main(_argv(out, "--budgets", "0.8", "--uniform-granularity", "per-channel")) == 0
+    labels = list(pd.read_csv(out / "points.csv")["label"])
+    assert labels == ["FP32"] + [f"W{w}A{a}-pc" for w, a in pareto.UNIFORM] + ["mixed-thr", "mixed-at-thr", "mixed-0.8"]
+
+
 def test_interrupted_sweep_keeps_finished_points(tiny, tmp_path, monkeypatch):
     out = tmp_path / "cut"
     real = pareto.quantized_predictions
@@ -114,6 +121,7 @@ def test_interrupted_sweep_keeps_finished_points(tiny, tmp_path, monkeypatch):
     (["--budgets", "0.5,-1"], "positive"),
     (["--candidates", "4,17"], "out of range"),
     (["--accel", "no-such-preset"], "--accel"),
+    (["--uniform-granularity", "per-row"], "--uniform-granularity"),
 ])
 def test_bad_input_one_line_exit_2(tiny, tmp_path, capsys, extra, pattern):
     out = tmp_path / "bad"
