@@ -7,6 +7,8 @@
         --eval 10000 --rows runs/vit_ptq/rows-pc.jsonl --granularity per-channel --no-docs   # one worker
     .venv/bin/python benchmarks/vit_ptq.py ... --render runs/vit_ptq/rows-pc.jsonl runs/vit_ptq/rows-pt.jsonl
 
+    .venv/bin/python benchmarks/vit_ptq.py ... --rows FILE --retau --nonlinear integer   # τ again, same rows
+
 --rows FILE appends each finished row as one JSON line and skips rows already there, so a
 long run resumes and two processes (one per granularity, say) share the 2 cores; --render
 writes the docs table from row files without computing anything.
