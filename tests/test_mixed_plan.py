@@ -291,6 +291,26 @@ def test_rerank_by_heldout_top1_keeps_the_best_integer_program(setup):
     assert info["heldout_top1"] == pytest.approx(100.0 * hits / 32)
 
 
+def test_rerank_admits_the_threshold_allocation_at_its_own_energy(setup):
+    """A budget a hair under the threshold allocation's planned energy (its achieved energy can
+    be) still admits it to the re-ranking pool; a budget clearly under it does not."""
+    from quantsim.mixed import allocate_threshold
+    from quantsim.mixed_plan import _rerank
+
+    prep, accel, batches, x, t = setup
+    thr = allocate_threshold(t.sensitivity, widths=t.candidates, energy=t.energy, tied=t.tied).bits
+    planned = math.fsum(t.energy[l][b] for l, b in thr.items())
+    knap = _plan(setup, policy="budget", budget=0.99, verify=False).allocation
+
+    def pool(budget_pj):
+        _, info = _rerank(prep, QuantConfig(), t, knap, budget_pj, 1, batches)
+        return [c["widths"] for c in info["all"]]
+
+    want = [thr[l] for l in t.layers]
+    assert want in pool(planned * (1 - 2e-5))  # R56's threshold plan: planned 1.2e-5 over achieved
+    assert want not in pool(planned * (1 - 1e-2)) or want == [knap.bits[l] for l in t.layers]
+
+
 def test_loosening_spends_unused_budget_without_breaking_it(setup):
     """Where the first plan leaves budget unused (achieved < planned at width boundaries), the
     re-solve spends it: never above the budget, never more total sensitivity than without."""
