@@ -60,12 +60,16 @@ def test_requantize_twin_on_wide_accumulators(seed, big, bits, signed):
 @given(st.integers(0, 2**32 - 1), st.integers(-(2**63), 2**63 - 1), st.integers(0, 2**31 - 1),
        st.integers(0, 62), st.integers(20, 62))
 def test_multiply_rshift_round_one_multiplier_twin(seed, big, m, n, acc_bits):
-    """One M and n for the whole tensor (the GELU path): every element, before any clamp, equals arith."""
+    """One M and n for the whole tensor (the GELU path): every element equals arith, before any
+    clamp for n >= 31; for n < 31 arith saturates products beyond 2^32 (exact ones are as good), so
+    compare after the int32 clamp every output stage applies."""
     rng = np.random.default_rng(seed)
     acc = rng.integers(-(2**acc_bits), 2**acc_bits, size=(4, 33))
     acc[0, 0], acc[1, :5] = big, rng.integers(-(2**31), 2**31, size=5)
     want = arith.multiply_rshift_round(acc, np.array(m), np.array(n))
     got = E.multiply_rshift_round(torch.as_tensor(acc), torch.tensor(m), torch.tensor(n))
+    if n < 31:
+        want, got = np.clip(want, -(2**31), 2**31 - 1), got.clamp(-(2**31), 2**31 - 1)
     assert_same(got, want)
 
 
