@@ -116,9 +116,11 @@ def model_section(out: Path) -> str:
                    "source held out from calibration" if meta.get("rerank_by") == "top1"
                    else "joint output error on the calibration images")
             lines.append("")
+            pool = ("the knapsack's optimum" if meta["rerank"] == 1
+                    else f"the knapsack's {meta['rerank']} proxy-best allocations")
             lines.append(f"Budget points re-ranked (`--rerank {meta['rerank']} --rerank-by {meta.get('rerank_by')}`): "
-                         f"of the knapsack's {meta['rerank']} proxy-best allocations, the threshold rule's and the "
-                         f"uniform ones within the budget, the one of best {how}.")
+                         f"of {pool}, the threshold rule's and the uniform ones within the budget, the one of best "
+                         f"{how}.")
         lines.append("")
     lines.append("| point | policy | top-1 | top-5 | agree FP32 | energy / W8A8 | planned | E (µJ) | seed E (µJ) | "
                  "bit-exact diffs | note |")
