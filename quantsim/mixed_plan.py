@@ -61,6 +61,7 @@ from .mixed import (Allocation, InfeasibleBudget, _width_json, allocate_budget, 
 FIXED = "<fixed>"  # owner of energy no MAC layer's width decides
 MAX_REFINEMENTS = 4
 LOOSEN_RTOL = 0.005  # budget left unused above this share of it makes the policy re-solve
+ADMIT_RTOL = 1e-4  # planned vs achieved energy differ by ~1e-5 of the total at width boundaries (measured)
 
 
 # --------------------------------------------------------------------------- structure
@@ -357,7 +358,11 @@ def _allocate(t: MixedTables, policy: str, budget_pj: float | None, thresholds) 
             f"{(lowest + t.fixed_pj) / t.w8a8_pj:.4f} of W8A8") from exc
 
 
-ADMIT_RTOL = 1e-4  # planned vs achieved energy differ by ~1e-5 of the total at width boundaries (measured)
+def config_for(base_cfg: QuantConfig, bits: dict) -> QuantConfig:
+    """The base config with one width (b or a (w, a) pair) per MAC layer."""
+    d = base_cfg.to_json()
+    d["layer_bits"] = {str(l): list(split_width(b)) for l, b in bits.items()}
+    return QuantConfig.from_json(d)
 
 
 def heldout_top1(prep, base_cfg: QuantConfig, bits: dict, labelled) -> float:
@@ -366,9 +371,7 @@ def heldout_top1(prep, base_cfg: QuantConfig, bits: dict, labelled) -> float:
     from . import pipeline
     from .emulate import EmulatedModel
 
-    d = base_cfg.to_json()
-    d["layer_bits"] = {str(l): list(split_width(b)) for l, b in bits.items()}
-    model = EmulatedModel(pipeline.quantize(prep, QuantConfig.from_json(d)))
+    model = EmulatedModel(pipeline.quantize(prep, config_for(base_cfg, bits)))
     hits = total = 0
     with torch.no_grad():
         for x, y in labelled:
@@ -378,7 +381,7 @@ def heldout_top1(prep, base_cfg: QuantConfig, bits: dict, labelled) -> float:
 
 
 def _rerank(prep, base_cfg: QuantConfig, t: MixedTables, alloc: Allocation, budget_pj: float, k: int,
-            calib_batches, labelled=None) -> tuple[Allocation, dict]:
+            calib_batches, labelled=None, scored: dict | None = None) -> tuple[Allocation, dict]:
     """Choose among the allocations that meet the budget by a measurement of the whole
     allocation: without ``labelled``, the network-output error with all layers quantized at
     once (sensitivity.JointError on the calibration images); with ``labelled`` (x, y)
@@ -413,7 +416,12 @@ def _rerank(prep, base_cfg: QuantConfig, t: MixedTables, alloc: Allocation, budg
             uniq.append((src, bits))
     if labelled is not None:
         metric = "heldout_top1"
-        scores = [heldout_top1(prep, base_cfg, bits, labelled) for _, bits in uniq]
+        scored = {} if scored is None else scored  # widths -> held-out top-1, kept across re-solves
+        for _, bits in uniq:
+            key = tuple(bits[l] for l in t.layers)
+            if key not in scored:
+                scored[key] = heldout_top1(prep, base_cfg, bits, labelled)
+        scores = [scored[tuple(bits[l] for l in t.layers)] for _, bits in uniq]
         best = max(range(len(uniq)), key=lambda i: (scores[i], -i))  # first of the best: the optimum on ties
     else:
         metric = "joint_error"
@@ -460,16 +468,15 @@ def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torc
     target = None if policy == "threshold" else budget * t.w8a8_pj
     knap = None if target is None else target - t.fixed_pj
     refinements = 0
+    scored: dict = {}  # held-out top-1 of each allocation re-ranked so far (re-solves meet them again)
     best_fit = None  # the last verified plan that met the budget (loosening may overshoot)
     while True:
         alloc = _allocate(t, policy, knap, thresholds)
         info = None
         if policy == "budget" and rerank > 0:
-            alloc, info = _rerank(prep, base_cfg, t, alloc, knap, rerank, calib_batches, rerank_data)
+            alloc, info = _rerank(prep, base_cfg, t, alloc, knap, rerank, calib_batches, rerank_data, scored)
         planned = math.fsum(t.energy[l][b] for l, b in alloc.bits.items()) + t.fixed_pj
-        d = base_cfg.to_json()
-        d["layer_bits"] = alloc.layer_bits()
-        cfg = QuantConfig.from_json(d)
+        cfg = config_for(base_cfg, alloc.bits)
         plan = MixedPlan(cfg, alloc, t, policy, budget, planned, None, None, refinements, rerank=info)
         if not verify:
             return plan
