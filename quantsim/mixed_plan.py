@@ -408,20 +408,17 @@ def _rerank(prep, base_cfg: QuantConfig, t: MixedTables, alloc: Allocation, budg
         # plan_mixed's verification of the achieved energy decide
         if math.fsum(t.energy[l][b] for l, b in bits.items()) <= budget_pj * (1 + ADMIT_RTOL):
             pool.append((src, bits))
-    seen, uniq = set(), []
+    keyed: dict[tuple, tuple[str, dict]] = {}  # widths in layer order -> (source, bits), first source kept
     for src, bits in pool:
-        key = tuple(bits[l] for l in t.layers)
-        if key not in seen:
-            seen.add(key)
-            uniq.append((src, bits))
+        keyed.setdefault(tuple(bits[l] for l in t.layers), (src, bits))
+    uniq = list(keyed.values())
     if labelled is not None:
         metric = "heldout_top1"
         scored = {} if scored is None else scored  # widths -> held-out top-1, kept across re-solves
-        for _, bits in uniq:
-            key = tuple(bits[l] for l in t.layers)
+        for key, (_, bits) in keyed.items():
             if key not in scored:
                 scored[key] = heldout_top1(prep, base_cfg, bits, labelled)
-        scores = [scored[tuple(bits[l] for l in t.layers)] for _, bits in uniq]
+        scores = [scored[key] for key in keyed]
         best = max(range(len(uniq)), key=lambda i: (scores[i], -i))  # first of the best: the optimum on ties
     else:
         metric = "joint_error"
