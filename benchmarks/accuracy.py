@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from common import ROOT, Timer, batched, load_workload, replace_section, top1
 
-from quantsim import emulate, pipeline
-from quantsim.config import QuantConfig
+from quantsim.emulate import executor as emulate
+from quantsim.run import stages as pipeline
+from quantsim.quant.config import QuantConfig
 
 CONFIGS = [(8, 8), (6, 6), (4, 8), (4, 4)]
 GRANULARITIES = ["per-tensor", "per-channel"]

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
 
-from quantsim import datasets, models  # noqa: E402
+from quantsim.zoo import datasets, models  # noqa: E402
 
 
 @dataclass

@@ -3,9 +3,9 @@ detailed models, for CIFAR ResNet-20, torchvision ResNet-18 (224x224) and Effici
 
     python benchmarks/energy.py [--models resnet20,resnet18,lite0] [--calib 32] [--no-docs]
 
-Per model: capture + calibrate once (quantsim.pipeline.prepare), lower each precision
+Per model: capture + calibrate once (quantsim.run.stages.prepare), lower each precision
 (pipeline.quantize), take integer_ref's operands on one real image (pipeline.integer_taps),
-and run quantsim.hardware.simulate on every preset. Writes the energy section of
+and run quantsim.run.hardware.simulate on every preset. Writes the energy section of
 docs/results.md and a per-layer breakdown plot per model under docs/energy/.
 
 Models and data (../shared):
@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SHARED, replace_section  # noqa: E402
 
 from hwmodel import load_accelerator  # noqa: E402
-from quantsim import datasets, hardware, models, pipeline  # noqa: E402
-from quantsim.config import QuantConfig  # noqa: E402
+from quantsim.zoo import datasets, models
+from quantsim.run import hardware, stages as pipeline  # noqa: E402
+from quantsim.quant.config import QuantConfig  # noqa: E402
 
 PRESETS = ["scalesim-32x32-ws", "scalesim-32x32-os", "edge-16x16-ws"]
 BITS = [8, 6, 4]

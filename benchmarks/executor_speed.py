@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from integer_ref import arith, executor
 from integer_ref.ir import Graph, Node, QParams
-from quantsim import emulate
+from quantsim.emulate import executor as emulate
 
 STAGES = ((16, 1), (32, 2), (64, 2))
 BLOCKS = 3
@@ -155,7 +155,7 @@ def main():
     fp32 = ResNet20().eval()
     emu = emulate.EmulatedModel(graph)
     with torch.no_grad():
-        t = best_times({"PyTorch FP32 eager": lambda: fp32(xt), "quantsim.emulate": lambda: emu(xt),
+        t = best_times({"PyTorch FP32 eager": lambda: fp32(xt), "quantsim.emulate.executor": lambda: emu(xt),
                         "integer_ref": lambda: executor.run(graph, x, keep="outputs")}, args.repeat)
 
     ref_out = executor.run(graph, x, keep="outputs").tensors["fc"]

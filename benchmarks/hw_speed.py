@@ -3,7 +3,7 @@ on the real integer operands integer_ref produces for a real image.
 
 The program: torchvision ResNet-18 (random-init weights: no ImageNet weights are stored here),
 calibrated on real ../shared/data/imagenet-calib images, W8A8, operands from integer_ref on
-one real imagenet-val image. Timed: quantsim.hardware.simulate on those taps (every layer
+one real imagenet-val image. Timed: quantsim.run.hardware.simulate on those taps (every layer
 mapped, SRAM/DRAM counted, multiplier-input toggles of every conv/linear counted from the
 real operands, energies), for the default "reuse" DRAM model and for the "scalesim" replay.
 Printed next to SCALE-Sim 3.0.0's wall time for the same network and preset (compute and
@@ -45,8 +45,9 @@ def fixture_seconds(preset: str) -> float | None:
 
 
 def resnet18_program(n_calib: int = 8):
-    from quantsim import datasets, models, pipeline
-    from quantsim.config import QuantConfig
+    from quantsim.zoo import datasets, models
+    from quantsim.run import stages as pipeline
+    from quantsim.quant.config import QuantConfig
 
     torch.manual_seed(0)
     loaded = models.load_model("resnet18")
@@ -72,7 +73,7 @@ def main():
     args = ap.parse_args()
     if not SHARED.exists():
         sys.exit(f"{SHARED} is absent: hw_speed needs real images")
-    from quantsim import hardware
+    from quantsim.run import hardware
 
     accel = load_accelerator(args.preset)
     g, taps, t_taps = resnet18_program()

@@ -9,9 +9,9 @@ wall time (calibration + mixed-precision search + building the quantized model; 
 not counted).
 
 - quantsim: sensitivity S_l(b) for b in {4,6,8} (one calibration pass), then the exact
-  multiple-choice knapsack (quantsim.mixed.allocate_budget) minimising sum S_l(b_l) with a
+  multiple-choice knapsack (quantsim.mixed.allocate.allocate_budget) minimising sum S_l(b_l) with a
   weight-byte table instead of an energy table, the residual-stream ties kept; the program is
-  lowered and evaluated by quantsim.emulate (the integer program, bit-exact with integer_ref).
+  lowered and evaluated by quantsim.emulate.executor (the integer program, bit-exact with integer_ref).
   With --acts 8 (default) only the weights are mixed and activations stay at 8 bits, as in
   MCT's default platform; with --acts same a width sets the weights and the layer's input
   activation (W_b A_b), a harder setting than MCT's at equal weight memory.
@@ -48,7 +48,7 @@ def mct_worker(blob: str, target_bytes: float, n_mp_images: int) -> dict:
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from quantsim.cifar_resnet import cifar_resnet20  # plain torch, no other quantsim import
+    from quantsim.zoo.cifar_resnet import cifar_resnet20  # plain torch, no other quantsim import
 
     import model_compression_toolkit as mct
 
@@ -97,12 +97,13 @@ def mct_worker(blob: str, target_bytes: float, n_mp_images: int) -> dict:
 def run_quantsim(args) -> tuple[dict, dict]:
     import torch
 
-    from quantsim import datasets, models, pipeline
-    from quantsim.config import QuantConfig
-    from quantsim.emulate import EmulatedModel
-    from quantsim.mixed import allocate_budget
-    from quantsim.mixed_plan import tie_groups
-    from quantsim.sensitivity import layer_sensitivity
+    from quantsim.zoo import datasets, models
+    from quantsim.run import stages as pipeline
+    from quantsim.quant.config import QuantConfig
+    from quantsim.emulate.executor import EmulatedModel
+    from quantsim.mixed.allocate import allocate_budget
+    from quantsim.mixed.plan import tie_groups
+    from quantsim.mixed.sensitivity import layer_sensitivity
 
     ckpt = next(iter(sorted((SHARED / "models/cifar10-resnet").glob("resnet20-*.th"))))
     loaded = models.load_model(str(ckpt), arch="cifar_resnet20")

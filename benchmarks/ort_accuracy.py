@@ -9,14 +9,14 @@ For each model the calibration images are drawn exactly as `python -m quantsim.s
 draws them (`--calib N`, default 256, `datasets.deterministic_subset(seed 0)` of cifar10
 train / imagenet-calib), decoded and preprocessed once; that one float32 array feeds
 both our calibration (`pipeline.prepare`, batches of 64 as the command line uses) and ONNX
-Runtime's calibration (the CalibrationDataReader of `quantsim.ort_quantize`, one image
+Runtime's calibration (the CalibrationDataReader of `quantsim.interop.ort_quantize`, one image
 per call). Rows:
 
 - FP32: the torch model, and the exported FP32 .onnx run in onnxruntime (sanity check).
 - ours: W8A8 per-channel and per-tensor min-max, per-channel percentile and mse (--ours),
-  evaluated with the emulated integer program (`quantsim.emulate`, the numbers
+  evaluated with the emulated integer program (`quantsim.emulate.executor`, the numbers
   `python -m quantsim.simulate` reports).
-- ORT: quantize_static QOperator U8S8 MinMax, per-channel (`quantsim.ort_quantize`) and
+- ORT: quantize_static QOperator U8S8 MinMax, per-channel (`quantsim.interop.ort_quantize`) and
   per-tensor (the same pre-processed FP32 model and calibration images, per_channel=False),
   evaluated by running the int8 .onnx in onnxruntime over the same evaluation tensors.
 - The ONNX Runtime figures quoted in ../shared/REFERENCES.md, labelled as quoted.
@@ -43,10 +43,12 @@ from tqdm import tqdm
 
 from common import ROOT, SHARED, WORKLOADS, Timer, replace_section, stack
 
-import quantsim.importers.onnx  # noqa: E402,F401  (imported up front: ort_quantize imports it lazily)
-from quantsim import datasets, emulate, models, pipeline  # noqa: E402
-from quantsim.config import QuantConfig  # noqa: E402
-from quantsim.ort_quantize import ort_quantize_static  # noqa: E402
+import quantsim.interop.onnx_import  # noqa: E402,F401  (imported up front: ort_quantize imports it lazily)
+from quantsim.zoo import datasets, models
+from quantsim.emulate import executor as emulate
+from quantsim.run import stages as pipeline  # noqa: E402
+from quantsim.quant.config import QuantConfig  # noqa: E402
+from quantsim.interop.ort_quantize import ort_quantize_static  # noqa: E402
 
 CALIB_BATCH = 64  # python -m quantsim.simulate --batch-size default: the grouping our observers see
 EVAL_BATCH = {"resnet20": 250, "lite0": 50}
@@ -108,7 +110,7 @@ def calib_batches(calib: np.ndarray) -> list[torch.Tensor]:
 
 class CalibReader:
     """ONNX Runtime CalibrationDataReader over the calibration array, one image per call
-    (as quantsim.ort_quantize feeds it)."""
+    (as quantsim.interop.ort_quantize feeds it)."""
 
     def __init__(self, calib: np.ndarray, input_name: str = "input"):
         self.calib, self.input_name, self.i = calib, input_name, 0
@@ -124,7 +126,7 @@ class CalibReader:
 
 
 def ort_per_tensor(pre_onnx: Path, out: Path, calib: np.ndarray) -> Path:
-    """quantize_static as quantsim.ort_quantize calls it, but per_channel=False."""
+    """quantize_static as quantsim.interop.ort_quantize calls it, but per_channel=False."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     reader = type("Reader", (CalibReader, CalibrationDataReader), {})(calib)
@@ -268,7 +270,7 @@ def to_markdown(results: list[dict], writer_argv: list[str] | None = None) -> st
              "quantsim.simulate` reports). Clipping: `minmax`, `percentile` (99.99 of |x|) or `mse`, "
              "on activations and weights.",
              "- **ONNX Runtime** (`quantize_static`, QOperator, U8S8, CalibrationMethod.MinMax, "
-             "`quantsim.ort_quantize`: torch.onnx.export opset 17 -> quant_pre_process -> quantize_static): "
+             "`quantsim.interop.ort_quantize`: torch.onnx.export opset 17 -> quant_pre_process -> quantize_static): "
              "activations asymmetric uint8 (zero point from the observed min/max), weights symmetric int8 per "
              "output channel (per-tensor row: the same pre-processed FP32 model and images, per_channel=False); "
              "run by onnxruntime's CPU kernels (float32 requantization).",

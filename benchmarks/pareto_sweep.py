@@ -41,7 +41,7 @@ MODELS = {
                                "--arch", "cifar_resnet56", "--data", f"cifar10:{SHARED}/data/cifar10"]),
     "lite0": ("tf_efficientnet_lite0", ["tf_efficientnet_lite0", "--data", f"imagenet:{SHARED}/data/imagenet-val",
                                         "--calib-data", f"imagenet:{SHARED}/data/imagenet-calib"]),
-    # the trained CIFAR ViT of the zoo (quantsim.train; recipe and log beside the checkpoint)
+    # the trained CIFAR ViT of the zoo (quantsim.zoo.train; recipe and log beside the checkpoint)
     "vit8": ("vit_tiny_patch8_32", [str(ROOT / "data/zoo/vit_tiny_patch8_32_cifar10/model.pt"),
                                     "--arch", "vit_tiny_patch8_32", "--data", f"cifar10:{SHARED}/data/cifar10"]),
     # DeiT-Tiny's 224x224 shapes with seeded random weights (no pretrained weights offline):
@@ -65,7 +65,7 @@ def write_random_deit() -> None:
 
 
 def sweep(key: str, args) -> Path:
-    from quantsim import pareto
+    from quantsim.cli import pareto
 
     name, argv = MODELS[key]
     if key == "deit":
@@ -83,7 +83,7 @@ def sweep(key: str, args) -> Path:
     print(f"== {name}: python -m quantsim.pareto {' '.join(argv)}", flush=True)
     code = pareto.main(argv)
     if code not in (0,):
-        print(f"{name}: quantsim.pareto exited {code}", file=sys.stderr)
+        print(f"{name}: quantsim.cli.pareto exited {code}", file=sys.stderr)
     return out
 
 

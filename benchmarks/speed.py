@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py [--models resnet20,lite0] [--images 256] [--threads 2]
 
-Prints images/s for PyTorch FP32 eager (the baseline), quantsim.emulate (torch, integer
+Prints images/s for PyTorch FP32 eager (the baseline), quantsim.emulate.executor (torch, integer
 exact) and integer_ref (NumPy/Numba reference), each on the same real evaluation images,
 W8A8 per-channel, and the ratios. Aim (issue 2): integer_ref within 3x of FP32.
 Also prints the hardware-simulation time of one 224x224 ResNet-18 image (issue 3) when
@@ -19,8 +19,9 @@ import torch
 from common import batched, load_workload
 
 from integer_ref import executor
-from quantsim import emulate, pipeline
-from quantsim.config import QuantConfig
+from quantsim.emulate import executor as emulate
+from quantsim.run import stages as pipeline
+from quantsim.quant.config import QuantConfig
 
 
 def best_of(fn, repeats: int) -> float:
@@ -73,7 +74,7 @@ def main():
     # issue 3: hardware simulation of one real 224x224 ResNet-18 image, toggles included
     import hw_speed
     from hwmodel.arch import load_accelerator
-    from quantsim import hardware
+    from quantsim.run import hardware
 
     accel = load_accelerator("scalesim-32x32-ws")
     graph, taps, _ = hw_speed.resnet18_program()

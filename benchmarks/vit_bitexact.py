@@ -26,11 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared"
 
-from quantsim import datasets, emulate, models  # noqa: E402
-from quantsim.config import CALIB_METHODS, QuantConfig  # noqa: E402
-from quantsim.lower import float_nodes  # noqa: E402
-from quantsim.pipeline import check_bitexact, prepare, quantize  # noqa: E402
-from quantsim.vit import CIFAR10_VIT_PRE, CIFAR_VITS, load_cifar_vit  # noqa: E402
+from quantsim.zoo import datasets, models
+from quantsim.emulate import executor as emulate  # noqa: E402
+from quantsim.quant.config import CALIB_METHODS, QuantConfig  # noqa: E402
+from quantsim.quant.lower import float_nodes  # noqa: E402
+from quantsim.run.stages import check_bitexact, prepare, quantize  # noqa: E402
+from quantsim.zoo.vit import CIFAR10_VIT_PRE, CIFAR_VITS, load_cifar_vit  # noqa: E402
 
 DATA = {  # model -> (calibration spec, evaluation spec, input shape)
     "deit_tiny_patch16_224": (f"imagenet:{SHARED}/data/imagenet-calib", f"imagenet:{SHARED}/data/imagenet-val",
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         sys.exit(f"{SHARED} is absent: this benchmark needs the real images")
     if args.weights and len(args.models) != 1:
         sys.exit("--weights goes with exactly one model in --models")
-    from quantsim.config import parse_bits
+    from quantsim.quant.config import parse_bits
     w_bits, a_bits = parse_bits(args.bits)
     torch.manual_seed(args.seed)
     worst = 0

@@ -6,7 +6,7 @@ on the accelerator presets, W8A8 with integer-only nonlinearities.
 
 Models: the CIFAR ViT `vit_tiny_patch4_32` (32x32, 65 tokens) and DeiT-Tiny
 (`deit_tiny_patch16_224`, 224x224, 197 tokens), both randomly initialised unless a weights
-file is given, and loaded from a local checkpoint written by quantsim.models.save_checkpoint
+file is given, and loaded from a local checkpoint written by quantsim.zoo.models.save_checkpoint
 (the command line's route; nothing is downloaded). Shapes, MAC and op counts and memory
 traffic do not depend on the weights; toggles do (random-init operands are not a trained
 model's). Calibration: 16 images (cifar10 train / imagenet-calib); toggles: the real
@@ -29,9 +29,10 @@ import torch
 from common import ROOT, SHARED, replace_section
 
 from hwmodel import list_presets, load_accelerator  # noqa: E402
-from quantsim import datasets, hardware, models, pipeline  # noqa: E402
-from quantsim.config import QuantConfig  # noqa: E402
-from quantsim.vit import CIFAR_VITS  # noqa: E402
+from quantsim.zoo import datasets, models
+from quantsim.run import hardware, stages as pipeline  # noqa: E402
+from quantsim.quant.config import QuantConfig  # noqa: E402
+from quantsim.zoo.vit import CIFAR_VITS  # noqa: E402
 
 MODELS = {  # name -> (calibration spec, toggle-image spec, input shape)
     **{name: (f"cifar10:{SHARED}/data/cifar10", f"cifar10:{SHARED}/data/cifar10", (3, 32, 32)) for name in CIFAR_VITS},

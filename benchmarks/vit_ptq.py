@@ -17,7 +17,7 @@ For the CIFAR ViT (vit_tiny_patch4_32, DeiT-Tiny width/depth, 4x4 patches) calib
 train images and evaluated on cifar10 test images: W8A8 / W6A6 / W4A8 x {minmax, percentile,
 similarity, ranking} x {per-tensor, per-channel} x {integer, float nonlinearities}: top-1, top-1
 agreement with FP32, mean Kendall τ between float and quantized attention scores (softmax
-inputs, every block, head and query row; quantsim.scale_search.attention_kendall), and for the
+inputs, every block, head and query row; quantsim.quant.scale_search.attention_kendall), and for the
 integer-only programs the bit-exact check integer_ref vs emulate (differing elements).
 Without --weights the model is randomly initialised: the table then shows that the path runs,
 not how accurate a quantized ViT is (random-init top-1 is chance, attention near uniform).
@@ -35,11 +35,12 @@ import torch
 
 from common import ROOT, SHARED, replace_section
 
-from quantsim import datasets, emulate  # noqa: E402
-from quantsim.config import QuantConfig, parse_bits  # noqa: E402
-from quantsim.pipeline import check_bitexact, prepare, quantize  # noqa: E402
-from quantsim.scale_search import SEARCH_IMAGES, attention_kendall  # noqa: E402
-from quantsim.vit import CIFAR10_VIT_PRE, CIFAR_VITS, load_cifar_vit  # noqa: E402
+from quantsim.zoo import datasets
+from quantsim.emulate import executor as emulate  # noqa: E402
+from quantsim.quant.config import QuantConfig, parse_bits  # noqa: E402
+from quantsim.run.stages import check_bitexact, prepare, quantize  # noqa: E402
+from quantsim.quant.scale_search import SEARCH_IMAGES, attention_kendall  # noqa: E402
+from quantsim.zoo.vit import CIFAR10_VIT_PRE, CIFAR_VITS, load_cifar_vit  # noqa: E402
 
 METHODS = ("minmax", "percentile", "similarity", "ranking")
 

@@ -1,6 +1,6 @@
 """Accelerator descriptions: a MAC array, its SRAM buffers, DRAM and energy table, from TOML.
 
-Presets live in quantsim/data/accelerators/NAME.toml; a user may pass any file of the same
+Presets live in hwmodel/presets/NAME.toml; a user may pass any file of the same
 schema. The architecture and the energy table are separate sections, and every energy
 constant carries the source it came from (``<key>_source`` next to ``<key>``).
 
@@ -51,7 +51,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "quantsim" / "data" / "accelerators"
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DATAFLOWS = ("ws", "os", "is")
 DRAM_MODELS = ("reuse", "scalesim")
 DEFAULT_DRAM_MODEL = "reuse"

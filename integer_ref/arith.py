@@ -1,6 +1,6 @@
 """The rounding and fixed-point primitives of the numeric contract, in one place.
 
-Every integer op in integer_ref (and its torch twin in quantsim.emulate) calls these;
+Every integer op in integer_ref (and its torch twin in quantsim.emulate.executor) calls these;
 nothing else in the project rounds, shifts or clamps on its own. Plain NumPy, int64.
 """
 from __future__ import annotations
@@ -369,7 +369,7 @@ def dequant_quant_float32(x: np.ndarray, x_zero_point: int, s_in, s_out, zero_po
 
 
 # --- integer primitives of the nonlinear ops (integer_ref.nonlinear) -----------------------
-# Torch twins: quantsim.nonlinear_torch (bit_length, isqrt, shift_pow2, round_div).
+# Torch twins: quantsim.emulate.nonlinear (bit_length, isqrt, shift_pow2, round_div).
 
 ISQRT_ITERS = 6  # Newton steps from a power-of-two start: exact for every int64 x >= 0
 

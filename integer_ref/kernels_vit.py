@@ -22,7 +22,7 @@ The op set (see integer_ref.ir for the node contents):
 - permute       attrs perm (axis order; the batch stays axis 0).
 - take          attrs axis, index: one index along an axis, the axis dropped (x[:, 0], unbind).
 
-quantsim.emulate_vit is the torch twin; both construct the nonlinear ops' integer constants
+quantsim.emulate.kernels_vit is the torch twin; both construct the nonlinear ops' integer constants
 from the same node attrs, so the two executors compute the same numbers.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ OPS = {"matmul", "softmax", "gelu", "layernorm", "concat_token", "add_const", "p
 NONLINEAR_MODES = ("integer", "float")
 
 
-# --- attrs -> the nonlinear ops' parameter objects (shared with quantsim.emulate_vit) ---------
+# --- attrs -> the nonlinear ops' parameter objects (shared with quantsim.emulate.kernels_vit) ---------
 
 def softmax_params(attrs: dict) -> NL.SoftmaxParams:
     return NL.SoftmaxParams(NL.ExpParams(**attrs["exp"]), int(attrs["recip_bits"]), int(attrs["out_bits"]))

@@ -3,7 +3,7 @@
 I-BERT style (Kim et al., "I-BERT: Integer-only BERT Quantization", ICML 2021): second-order
 polynomials evaluated on integers, a shift-based range reduction for exp, a polynomial erf
 for GELU, and an integer square root for LayerNorm. Written here once, in NumPy int64;
-quantsim.nonlinear_torch is the torch twin and must agree element for element.
+quantsim.emulate.nonlinear is the torch twin and must agree element for element.
 
 Every op is split in two, like the rest of integer_ref:
 - ``*_params(scale, ...)`` turns the real-valued scales into the op's integer constants

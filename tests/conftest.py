@@ -59,8 +59,8 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     """Our checkpoint format holding a random-init CIFAR ResNet-20."""
     import torch
 
-    from quantsim.cifar_resnet import cifar_resnet20
-    from quantsim.models import save_checkpoint
+    from quantsim.zoo.cifar_resnet import cifar_resnet20
+    from quantsim.zoo.models import save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "r20.pt"
     torch.manual_seed(0)

@@ -7,12 +7,12 @@ import torch
 import torch.nn as nn
 from hypothesis import given, settings, strategies as st
 
-from quantsim.calibrate import collect_stats
-from quantsim.capture import capture, run_float
-from quantsim.cifar_resnet import cifar_resnet20
-from quantsim.config import QuantConfig, parse_bits
+from quantsim.quant.calibrate import collect_stats
+from quantsim.graph.capture import capture, run_float
+from quantsim.zoo.cifar_resnet import cifar_resnet20
+from quantsim.quant.config import QuantConfig, parse_bits
 from quantsim.errors import QuantsimError
-from quantsim.lower import lower, tensor_bits
+from quantsim.quant.lower import lower, tensor_bits
 from bn_helpers import randomise_bn  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def test_capture_reproduces_model_and_folds_bn(r20):
 
 @pytest.mark.parametrize("name", ["resnet18", "tf_efficientnet_lite0"])
 def test_capture_reproduces_zoo_models(name):
-    from quantsim.models import create_model
+    from quantsim.zoo.models import create_model
 
     model = randomise_bn(create_model(name), seed=1)
     g = capture(model, (3, 64, 64))

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 import torch
 
-from quantsim.cifar_resnet import cifar_resnet20
-from quantsim.models import save_checkpoint
-from quantsim.simulate import main
+from quantsim.zoo.cifar_resnet import cifar_resnet20
+from quantsim.zoo.models import save_checkpoint
+from quantsim.cli.simulate import main
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CIFAR = SHARED / "data" / "cifar10"

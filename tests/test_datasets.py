@@ -9,10 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from quantsim.datasets import (build_dataset, deterministic_subset, embedded_photos, imagenet_synsets,
-                               make_loader)
+from quantsim.zoo.datasets import (build_dataset, deterministic_subset, embedded_photos, imagenet_synsets, make_loader)
 from quantsim.errors import QuantsimError
-from quantsim.preprocess import Preprocess
+from quantsim.zoo.preprocess import Preprocess
 
 SMALL = Preprocess((3, 32, 32), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 CROP = Preprocess((3, 64, 64), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), resize=73)

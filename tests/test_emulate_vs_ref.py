@@ -1,4 +1,4 @@
-"""quantsim.emulate (torch) against integer_ref (NumPy): zero differing elements, every op."""
+"""quantsim.emulate.executor (torch) against integer_ref (NumPy): zero differing elements, every op."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from integer_ref import arith, executor
 from integer_ref import kernels as K
 from integer_ref.ir import Graph, Node, QParams
-from quantsim import emulate as E
+from quantsim.emulate import executor as E
 from test_kernels import (conv_case, conv_case_modes, pool_case, qtensor_spec, rand_q, rand_requant, run_conv,
                           run_conv_mode)
 

@@ -1,4 +1,4 @@
-"""Our own quantized programs exported to ONNX (quantsim.export_onnx), run by ONNX Runtime:
+"""Our own quantized programs exported to ONNX (quantsim.interop.onnx_export), run by ONNX Runtime:
 zero differing elements against integer_ref in requant mode float32, on every tensor.
 
 Small synthetic CNNs (conv+ReLU, residual adds, option-A shortcut, global pool, linear; and
@@ -20,17 +20,18 @@ onnx = pytest.importorskip("onnx", reason="the `onnx` package is not installed")
 pytest.importorskip("onnxruntime", reason="onnxruntime (the oracle) is not installed")
 
 from integer_ref import executor  # noqa: E402
-from quantsim import oracles, pipeline  # noqa: E402
-from quantsim.calibrate import collect_stats  # noqa: E402
-from quantsim.capture import capture  # noqa: E402
-from quantsim.cifar_resnet import BasicBlock  # noqa: E402
-from quantsim.config import QuantConfig  # noqa: E402
+from quantsim.interop import oracles
+from quantsim.run import stages as pipeline  # noqa: E402
+from quantsim.quant.calibrate import collect_stats  # noqa: E402
+from quantsim.graph.capture import capture  # noqa: E402
+from quantsim.zoo.cifar_resnet import BasicBlock  # noqa: E402
+from quantsim.quant.config import QuantConfig  # noqa: E402
 from quantsim.errors import QuantsimError  # noqa: E402
-from quantsim.export_onnx import export_onnx  # noqa: E402
-from quantsim.importers.onnx import PREPROCESS_KEY, load_onnx  # noqa: E402
-from quantsim.lower import f32_add_scale, f32_gap_scale, f32_mac_scale, lower  # noqa: E402
-from quantsim.preprocess import Preprocess  # noqa: E402
-from quantsim.simulate import main  # noqa: E402
+from quantsim.interop.onnx_export import export_onnx  # noqa: E402
+from quantsim.interop.onnx_import import PREPROCESS_KEY, load_onnx  # noqa: E402
+from quantsim.quant.lower import f32_add_scale, f32_gap_scale, f32_mac_scale, lower  # noqa: E402
+from quantsim.zoo.preprocess import Preprocess  # noqa: E402
+from quantsim.cli.simulate import main  # noqa: E402
 from bn_helpers import randomise_bn  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -201,7 +202,7 @@ def test_export_refuses_a_multiplier_ort_would_not_compute(tmp_path):
 
 @needs_shared
 def test_real_resnet20_onnxruntime_identical(tmp_path):
-    from quantsim import datasets, models
+    from quantsim.zoo import datasets, models
 
     loaded = models.load_model(str(CKPT), arch="cifar_resnet20")
     pre = loaded.preprocess

@@ -1,6 +1,6 @@
 """Signed vs unsigned multiplier inputs on real CIFAR-10 images through the real ResNet-20.
 
-For every conv whose input is a fused-ReLU tensor (quantsim.hardware.relu_toggle_study):
+For every conv whose input is a fused-ReLU tensor (quantsim.run.hardware.relu_toggle_study):
 the layer's activation stream held unsigned post-ReLU (integer_ref's real operands) against
 the same layer's pre-ReLU tensor quantized signed at the same width (executor rules: narrow
 range, minmax scale over calibration, round half to even), on the weight- and
@@ -49,8 +49,9 @@ def study():
     import torch
 
     from hwmodel.arch import load_accelerator
-    from quantsim import datasets, hardware, models, pipeline
-    from quantsim.config import QuantConfig
+    from quantsim.zoo import datasets, models
+    from quantsim.run import hardware, stages as pipeline
+    from quantsim.quant.config import QuantConfig
 
     m = models.load_model(str(next(MODEL_DIR.glob("resnet20-*.th"))), arch="cifar_resnet20")
     spec = f"cifar10:{DATA}"

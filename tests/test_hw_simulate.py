@@ -1,5 +1,5 @@
 """simulate_graph on real lowered programs: a tiny residual CNN and CIFAR ResNet-20 (random
-weights), through quantsim.pipeline (capture, calibrate, lower) and integer_ref's taps."""
+weights), through quantsim.run.stages (capture, calibrate, lower) and integer_ref's taps."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +10,8 @@ import torch.nn as nn
 from hwmodel import load_accelerator, simulate_graph
 from hwmodel.mapping import packed_bytes
 from hwmodel.simulate import ROW_COLUMNS
-from quantsim import hardware, pipeline
-from quantsim.config import QuantConfig
+from quantsim.run import hardware, stages as pipeline
+from quantsim.quant.config import QuantConfig
 
 WS = load_accelerator("scalesim-32x32-ws")
 
@@ -141,7 +141,7 @@ def test_energy_summary_ratios(tiny):
 
 
 def test_resnet20_program_random_weights():
-    from quantsim.cifar_resnet import cifar_resnet20
+    from quantsim.zoo.cifar_resnet import cifar_resnet20
 
     torch.manual_seed(0)
     model = cifar_resnet20().eval()

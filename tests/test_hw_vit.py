@@ -15,8 +15,8 @@ from hwmodel.mapping import map_linear, map_matmul, map_node
 from hwmodel.simulate import ROW_COLUMNS, batch1_shapes, matmul_toggles
 from hwmodel.vector_ops import KINDS, e_op, op_counts, stages_energy, vector_stages
 from integer_ref.ir import QParams
-from quantsim import pipeline
-from quantsim.config import QuantConfig
+from quantsim.run import stages as pipeline
+from quantsim.quant.config import QuantConfig
 
 WS = load_accelerator("scalesim-32x32-ws")
 PRESETS = ["scalesim-32x32-ws", "scalesim-32x32-os", "edge-16x16-ws", "hbm-64x64-os"]
@@ -252,9 +252,9 @@ def test_w4a4_vit_costs_less_than_w8a8(vit):
 def test_cli_vit_report_has_every_node(tmp_path, tiny_data):
     """python -m quantsim.simulate on a small ViT checkpoint: layers.csv has one row per IR node,
     MACs on the attention matmuls, op counts and vector energy on the nonlinearities."""
-    from quantsim.models import save_checkpoint
-    from quantsim.simulate import main
-    from quantsim.vit import vit_tiny_patch4_32
+    from quantsim.zoo.models import save_checkpoint
+    from quantsim.cli.simulate import main
+    from quantsim.zoo.vit import vit_tiny_patch4_32
 
     kw = dict(embed_dim=32, depth=1, num_heads=2, patch_size=8)
     torch.manual_seed(0)

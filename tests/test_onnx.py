@@ -29,11 +29,12 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from integer_ref import executor  # noqa: E402
 from integer_ref import kernels as K  # noqa: E402
-from quantsim import emulate, oracles  # noqa: E402
+from quantsim.emulate import executor as emulate
+from quantsim.interop import oracles  # noqa: E402
 from quantsim.errors import QuantsimError  # noqa: E402
-from quantsim.ort_quantize import ort_quantize_static  # noqa: E402
-from quantsim.importers import is_importable, load_imported  # noqa: E402
-from quantsim.importers.onnx import add_constant  # noqa: E402
+from quantsim.interop.ort_quantize import ort_quantize_static  # noqa: E402
+from quantsim.interop.imported import is_importable, load_imported  # noqa: E402
+from quantsim.interop.onnx_import import add_constant  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 IMAGENET_VAL = SHARED / "data" / "imagenet-val"
@@ -139,7 +140,7 @@ def test_bad_files_give_one_clear_error(tmp_path):
 # --- CIFAR ResNet-20 quantized by ONNX Runtime ----------------------------------------------
 
 def _images(pre, role, n):
-    from quantsim import datasets
+    from quantsim.zoo import datasets
 
     ds = datasets.build_dataset(f"cifar10:{CIFAR}", pre, role=role)
     return np.stack([ds[i][0].numpy() for i in range(n)]).astype(np.float32)
@@ -149,7 +150,7 @@ def _images(pre, role, n):
 def resnet20_onnx(tmp_path_factory):
     if not (CKPT.is_file() and CIFAR.is_dir()):
         pytest.skip(f"{CKPT} or {CIFAR} is absent")
-    from quantsim import models
+    from quantsim.zoo import models
 
     lm = models.load_model("cifar_resnet20", weights=str(CKPT))
     calib = _images(lm.preprocess, "calib", N_CALIB)
@@ -182,7 +183,7 @@ def test_resnet20_every_layer_matches_onnxruntime(resnet20_onnx):
 
 @needs_shared
 def test_simulate_cli_on_onnx_with_oracle(resnet20_onnx, tmp_path):
-    from quantsim import simulate
+    from quantsim.cli import simulate
 
     out = tmp_path / "run"
     rc = simulate.main([str(resnet20_onnx), "--data", f"cifar10:{CIFAR}", "--eval", "8", "--batch-size", "8",
@@ -223,7 +224,7 @@ class _TfSame(nn.Module):
 
 
 def test_tf_same_padding_matches_onnxruntime(tmp_path):
-    from quantsim.preprocess import Preprocess
+    from quantsim.zoo.preprocess import Preprocess
 
     torch.manual_seed(0)
     model = _TfSame().eval()
@@ -249,7 +250,7 @@ def test_tf_same_padding_matches_onnxruntime(tmp_path):
 
 def test_spatial_pad_into_other_ops_is_refused(tmp_path):
     """A zero-point Pad folds only into QLinearConv; feeding an add it gets one clear error."""
-    from quantsim.preprocess import Preprocess
+    from quantsim.zoo.preprocess import Preprocess
 
     class PadAdd(nn.Module):
         def __init__(self):
@@ -272,8 +273,8 @@ def test_spatial_pad_into_other_ops_is_refused(tmp_path):
 @pytest.mark.skipif(not (IMAGENET_VAL.is_dir() and IMAGENET_CALIB.is_dir()),
                     reason=f"{IMAGENET_VAL} or {IMAGENET_CALIB} is absent")
 def test_lite0_every_layer_matches_onnxruntime(tmp_path):
-    from quantsim import datasets, models
-    from quantsim.tf_same import static_same_padding
+    from quantsim.zoo import datasets, models
+    from quantsim.interop.tf_same import static_same_padding
 
     try:
         lm = models.load_model("tf_efficientnet_lite0")
@@ -344,7 +345,7 @@ def test_qdq_small_cnn_matches_onnxruntime(tmp_path, keep_acts):
     requant scales) as the QOperator model of the same calibration, and 0 differing elements
     against ONNX Runtime on every QuantizeLinear output. keep_acts: the quantizer leaves the
     Relu/Clip (QDQKeepRemovableActivations) and ONNX Runtime removes them at load time."""
-    from quantsim.preprocess import Preprocess
+    from quantsim.zoo.preprocess import Preprocess
 
     torch.manual_seed(0)
     model = _SmallCnn().eval()
@@ -393,7 +394,7 @@ def test_resnet20_qdq_every_layer_matches_onnxruntime(resnet20_onnx, tmp_path):
     """The real ResNet-20 in QDQ: the convs and adds import exactly as in QOperator (same
     calibration, same parameters); Slice/Pad of the option-A shortcut keep their input's
     scale in QDQ, so they stay plain data movement (no requantize)."""
-    from quantsim import models
+    from quantsim.zoo import models
 
     lm = models.load_model("cifar_resnet20", weights=str(CKPT))
     q = ort_quantize_static(lm.model, lm.preprocess, _images(lm.preprocess, "calib", N_CALIB), tmp_path,

@@ -3,7 +3,7 @@
 The calibration files are those `python -m quantsim.simulate --calib N` picks, and the
 arrays that reach onnxruntime's quantize_static (captured by a stand-in that drains the
 CalibrationDataReader) are, image for image and bit for bit, the batches our observers get,
-for the per-channel path (quantsim.ort_quantize) and the per-tensor one (the benchmark).
+for the per-channel path (quantsim.interop.ort_quantize) and the per-tensor one (the benchmark).
 Skipped with a reason when onnx / onnxruntime or the shared data are absent.
 """
 from __future__ import annotations
@@ -32,8 +32,8 @@ N_CALIB = 8
 def test_ort_calibration_reader_gets_our_calibration_images(tmp_path, monkeypatch):
     import ort_accuracy as oa
 
-    from quantsim import simulate
-    from quantsim.ort_quantize import ort_quantize_static
+    from quantsim.cli import simulate
+    from quantsim.interop.ort_quantize import ort_quantize_static
 
     d = oa.load("resnet20", n_eval=4, n_calib=N_CALIB)
     # the same files as the command line's --calib N_CALIB

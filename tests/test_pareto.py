@@ -1,4 +1,4 @@
-"""quantsim.pareto: every point written as it finishes, --resume skips what is done,
+"""quantsim.cli.pareto: every point written as it finishes, --resume skips what is done,
 bad input is one line; the real ResNet-20 sweep where ../shared exists."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch.utils.data import TensorDataset
 
-from quantsim import pareto, simulate
+from quantsim.cli import pareto, simulate
 from test_mixed_plan import Tiny
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -25,7 +25,7 @@ needs_shared = pytest.mark.skipif(R20 is None or not CIFAR.exists(), reason="../
 @pytest.fixture
 def tiny(monkeypatch):
     """simulate._load replaced by a tiny residual net on random labelled images."""
-    from quantsim import datasets
+    from quantsim.zoo import datasets
 
     torch.manual_seed(0)
     model = Tiny().eval()
@@ -69,7 +69,7 @@ def test_sweep_writes_points_and_resume_skips_them(tiny, tmp_path, capsys):
     assert np.isnan(infeasible["top1"]) and "infeasible" in infeasible["note"]
     m = pts.set_index("label").loc["mixed-0.8"]
     # the verified energy meets the budget; the plan itself may pass it after a re-solve that
-    # spent budget the first plan left unused (quantsim.mixed_plan, "refinements")
+    # spent budget the first plan left unused (quantsim.mixed.plan, "refinements")
     assert m["energy_ratio_w8a8"] <= 0.8 * (1 + 1e-9)
     assert m["planned_energy_ratio"] <= 0.8 or "refinements" in str(m["note"])
     for f in ("pareto.png", "pareto.svg", "width_map_mixed-0.8.png", "widths_mixed-thr.csv", "sweep.json"):
@@ -161,8 +161,8 @@ def test_real_resnet20_mixed_points(tmp_path):
 @needs_shared
 def test_heldout_labelled_images_are_not_calibration_images():
     """--rerank-by top1 measures on cifar10 train images that calibration did not use, with labels."""
-    from quantsim import datasets
-    from quantsim.models import load_model
+    from quantsim.zoo import datasets
+    from quantsim.zoo.models import load_model
 
     pre = load_model(str(R20), arch="cifar_resnet20").preprocess
     args = SimpleNamespace(rerank_by="top1", rerank=4, rerank_images=64, calib_data=None, data=f"cifar10:{CIFAR}",

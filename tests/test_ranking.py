@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 import torch
 
-from quantsim import ranking as R
+from quantsim.quant import ranking as R
 
 
 def test_ranking_loss_zero_when_order_kept_with_margin():

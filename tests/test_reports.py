@@ -53,7 +53,7 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 
 
 def test_to_jsonable_dataclass_with_to_dict():
-    from quantsim.mixed import allocate_threshold
+    from quantsim.mixed.allocate import allocate_threshold
     a = allocate_threshold({"l0": {4: 1.0, 6: 0.5, 8: 0.1}})
     assert to_jsonable({"alloc": a})["alloc"]["policy"] == "threshold"
 

@@ -1,14 +1,14 @@
-"""quantsim.sensitivity: S_l(b) is zero where a layer is exactly representable, shrinks with
+"""quantsim.mixed.sensitivity: S_l(b) is zero where a layer is exactly representable, shrinks with
 width, and the cache returns what was measured."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from quantsim import pipeline
-from quantsim.cifar_resnet import cifar_resnet20
-from quantsim.config import QuantConfig
-from quantsim.sensitivity import layer_sensitivity
+from quantsim.run import stages as pipeline
+from quantsim.zoo.cifar_resnet import cifar_resnet20
+from quantsim.quant.config import QuantConfig
+from quantsim.mixed.sensitivity import layer_sensitivity
 
 
 def _grid_model(bits: int, seed: int = 0):

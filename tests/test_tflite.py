@@ -24,9 +24,11 @@ if not (TFLITE_DIR.is_dir() and VAL.is_dir()):
     pytest.skip(f"{TFLITE_DIR} or {VAL} is absent", allow_module_level=True)
 
 from integer_ref import executor  # noqa: E402
-from quantsim import datasets, emulate, oracles  # noqa: E402
+from quantsim.zoo import datasets
+from quantsim.emulate import executor as emulate
+from quantsim.interop import oracles  # noqa: E402
 from quantsim.errors import QuantsimError  # noqa: E402
-from quantsim.importers import is_importable, load_imported  # noqa: E402
+from quantsim.interop.imported import is_importable, load_imported  # noqa: E402
 
 
 def images(pre, n=N_IMAGES) -> np.ndarray:
@@ -104,7 +106,7 @@ def test_simulate_cli_on_tflite_with_oracle(tmp_path):
     energy, and the oracle fields in summary.json."""
     import json
 
-    from quantsim import simulate
+    from quantsim.cli import simulate
 
     out = tmp_path / "run"
     rc = simulate.main([str(TFLITE_DIR / "tf2_mobilenet_v2_1.0_224_ptq.tflite"), "--data", f"imagenet:{VAL}",
@@ -119,7 +121,7 @@ def test_simulate_cli_on_tflite_with_oracle(tmp_path):
 
 
 def test_oracle_flag_needs_an_imported_model(tmp_path):
-    from quantsim import simulate
+    from quantsim.cli import simulate
 
     rc = simulate.main(["cifar_resnet20", "--oracle", "tflite", "--data", f"imagenet:{VAL}",
                         "--out", str(tmp_path / "r"), "--no-progress"])

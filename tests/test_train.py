@@ -1,4 +1,4 @@
-"""quantsim.train: a tiny model learns on a tiny cifar10-style folder; an interrupted and
+"""quantsim.zoo.train: a tiny model learns on a tiny cifar10-style folder; an interrupted and
 resumed run ends in exactly the state of an uninterrupted one; the CIFAR ViT factory."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from quantsim import train as T
-from quantsim import vit
+from quantsim.zoo import train as T
+from quantsim.zoo import vit
 
 TINY_VIT = json.dumps({"depth": 1, "embed_dim": 32, "num_heads": 2})
 

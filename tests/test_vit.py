@@ -18,14 +18,14 @@ import torch.nn as nn
 from integer_ref import executor as int_exec
 from integer_ref import kernels_vit as KV
 from integer_ref.ir import Graph
-from quantsim import emulate, emulate_vit
-from quantsim.calibrate import collect_stats
-from quantsim.capture import capture, run_float
-from quantsim.config import QuantConfig
+from quantsim.emulate import executor as emulate, kernels_vit as emulate_vit
+from quantsim.quant.calibrate import collect_stats
+from quantsim.graph.capture import capture, run_float
+from quantsim.quant.config import QuantConfig
 from quantsim.errors import QuantsimError
-from quantsim.lower import float_nodes, lower
-from quantsim.pipeline import check_bitexact
-from quantsim.vit import CIFAR10_VIT_PRE, vit_tiny_patch4_32
+from quantsim.quant.lower import float_nodes, lower
+from quantsim.run.stages import check_bitexact
+from quantsim.zoo.vit import CIFAR10_VIT_PRE, vit_tiny_patch4_32
 
 W8A8 = QuantConfig(w_bits=8, a_bits=8, granularity="per-channel", calib_method="minmax")
 
@@ -106,7 +106,7 @@ def test_capture_leaves_fused_attention_as_it_was():
 
 
 def test_capture_deit_tiny_reproduces_timm():
-    from quantsim.models import create_model
+    from quantsim.zoo.models import create_model
 
     model = _realish(create_model("deit_tiny_patch16_224"), seed=1)
     g = capture(model, (3, 224, 224))
@@ -184,7 +184,7 @@ def test_cifar_vit_bitexact_random_images(cifar_vit, cfg):
 
 
 def test_cifar_vit_bitexact_real_images(cifar_vit, cifar10_dir):
-    from quantsim import datasets
+    from quantsim.zoo import datasets
 
     model = cifar_vit[0]
     ds = datasets.deterministic_subset(
@@ -196,7 +196,7 @@ def test_cifar_vit_bitexact_real_images(cifar_vit, cifar10_dir):
 
 
 def test_deit_tiny_bitexact_real_images_from_local_checkpoint(imagenet_val_dir, tmp_path):
-    from quantsim import datasets, models
+    from quantsim.zoo import datasets, models
 
     torch.manual_seed(0)
     ckpt = tmp_path / "deit_tiny.pth"
@@ -242,7 +242,7 @@ def fitted_vit(cifar10_dir):
     """A 2-block ViT (dim 64) fitted for 100 AdamW steps on 1024 cifar10 images: weights that
     have moved away from their init (cifar10 top-1 about 60% on its training images)."""
     from timm.models.vision_transformer import VisionTransformer
-    from quantsim import datasets
+    from quantsim.zoo import datasets
 
     ds = datasets.deterministic_subset(
         datasets.build_dataset(f"cifar10:{cifar10_dir}", CIFAR10_VIT_PRE, role="calib"), 1024, 0)
@@ -301,10 +301,10 @@ def test_matmul_kernel_twins_and_oracle(a_bits, b_bits, k):
 
 
 def test_load_cifar_vit_checkpoint_and_state_dict(tmp_path):
-    """load_cifar_vit reads quantsim.train's checkpoint format and a plain state dict, and
+    """load_cifar_vit reads quantsim.zoo.train's checkpoint format and a plain state dict, and
     refuses a checkpoint of another architecture."""
-    from quantsim.models import save_checkpoint
-    from quantsim.vit import load_cifar_vit, vit_tiny_patch8_32
+    from quantsim.zoo.models import save_checkpoint
+    from quantsim.zoo.vit import load_cifar_vit, vit_tiny_patch8_32
     torch.manual_seed(3)
     src = vit_tiny_patch8_32().eval()
     ck = tmp_path / "ck.pt"
@@ -330,9 +330,9 @@ ZOO_VIT = Path(__file__).resolve().parents[1] / "data" / "zoo" / "vit_tiny_patch
 def test_trained_cifar_vit_is_trained_and_bitexact_on_16_real_images(cifar10_dir, method):
     """The committed CIFAR ViT: far above chance on real test images, and its integer-only
     W8A8 program (searched scales included) equal to emulate on every node of 16 real images."""
-    from quantsim import datasets
-    from quantsim.pipeline import prepare, quantize
-    from quantsim.vit import load_cifar_vit
+    from quantsim.zoo import datasets
+    from quantsim.run.stages import prepare, quantize
+    from quantsim.zoo.vit import load_cifar_vit
 
     model = load_cifar_vit("vit_tiny_patch8_32", str(ZOO_VIT))
     spec = f"cifar10:{cifar10_dir}"

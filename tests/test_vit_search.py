@@ -1,4 +1,4 @@
-"""Similarity / ranking scale search (quantsim.scale_search) wired into lowering, bias correction,
+"""Similarity / ranking scale search (quantsim.quant.scale_search) wired into lowering, bias correction,
 and the attention Kendall τ: on a tiny ViT (dim 32, 2 blocks, 17 tokens) and a tiny CNN."""
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import torch
 import torch.nn as nn
 
 from integer_ref.arith import qrange
-from quantsim import ranking as R
-from quantsim import scale_search as S
-from quantsim.calibrate import TensorStats, clip_value, collect_stats
-from quantsim.capture import capture, run_float
-from quantsim.config import CALIB_METHODS, QuantConfig
-from quantsim.lower import _root, lower
-from quantsim.pipeline import check_bitexact, prepare, quantize
+from quantsim.quant import ranking as R
+from quantsim.quant import scale_search as S
+from quantsim.quant.calibrate import TensorStats, clip_value, collect_stats
+from quantsim.graph.capture import capture, run_float
+from quantsim.quant.config import CALIB_METHODS, QuantConfig
+from quantsim.quant.lower import _root, lower
+from quantsim.run.stages import check_bitexact, prepare, quantize
 
 STEPS = 8
 
@@ -221,7 +221,7 @@ def test_kendall_tau_is_one_for_the_same_model_and_drops_at_2_bits(vit):
 
 
 def test_config_and_command_lines_take_the_search_methods():
-    from quantsim import pareto, simulate
+    from quantsim.cli import pareto, simulate
 
     assert {"similarity", "ranking"} <= set(CALIB_METHODS)
     for parser in (simulate.build_parser(), pareto.build_parser()):

@@ -1,0 +1,768 @@
+"""Capture a float model as a small graph of quantizable ops (torch.fx), BN folded, activations fused.
+
+The FloatGraph is the float twin of the integer program: one node per tensor that the
+integer program will hold. It runs in torch (for calibration, sensitivity and fake
+quantization) and is what quantsim.quant.lower turns into integer_ref's IR.
+
+Vision Transformers (timm VisionTransformer and models built from its blocks): tracing
+switches every attention block's ``fused_attn`` off for the duration (and restores it), so
+q·kᵀ·scale, softmax and attn·v appear as separate ops. The captured graph then holds
+- ``layernorm`` (gamma/beta), ``gelu`` (exact erf only), ``softmax`` (last axis);
+- ``matmul`` of two activations, with ``transpose_b`` (kᵀ) and ``alpha`` (the scalar
+  ``q * scale`` folded in);
+- ``reshape``, ``permute``, ``take`` (one index along an axis: ``x[:, 0]`` and ``unbind``),
+  all keeping the batch axis first: qkv.reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+  is rewritten as take(axis 2) then permute(0, 2, 1, 3) per q, k, v;
+- ``concat_token`` (the class token, a constant, prepended along axis 1) and ``add_const``
+  (the position embedding, a constant added to every item);
+- timm ``LayerScale`` folded into the linear before it.
+Extra forward arguments with defaults (timm's attn_mask=None, is_causal=False) are traced
+at their defaults.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from quantsim.errors import QuantsimError
+
+try:  # timm's layers are leaves we understand whole
+    from timm.layers.conv2d_same import Conv2dSame
+    from timm.layers.adaptive_avgmax_pool import SelectAdaptivePool2d
+    from timm.layers import DropPath, LayerScale
+except ImportError:  # pragma: no cover - timm is a dependency, keep capture importable anyway
+    Conv2dSame = SelectAdaptivePool2d = DropPath = LayerScale = ()
+
+# Ops whose output needs a new scale (requantizing producers) vs ops that keep their
+# input's scale exactly (the integer program passes values through unchanged).
+REQUANT_OPS = {"input", "conv", "linear", "add", "avgpool", "gap",
+               "matmul", "layernorm", "gelu", "softmax", "add_const"}
+PASSTHROUGH_OPS = {"maxpool", "flatten", "shortcut_a", "relu", "relu6",
+                   "reshape", "permute", "take", "concat_token"}
+ACTIVATIONS = {"relu", "relu6"}
+
+
+@dataclass
+class FNode:
+    name: str
+    op: str
+    inputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+    act: str | None = None  # fused activation on the output: 'relu' | 'relu6'
+    source: str = ""
+
+    @property
+    def is_mac(self) -> bool:
+        return self.op in ("conv", "linear")
+
+
+@dataclass
+class FloatGraph:
+    nodes: list[FNode]
+    output: str
+    input_shape: tuple[int, int, int]
+
+    def __post_init__(self):
+        self.index = {n.name: n for n in self.nodes}
+
+    def __getitem__(self, name: str) -> FNode:
+        return self.index[name]
+
+    def consumers(self, name: str) -> list[FNode]:
+        return [n for n in self.nodes if name in n.inputs]
+
+    def mac_nodes(self) -> list[FNode]:
+        return [n for n in self.nodes if n.is_mac]
+
+    def non_negative(self, name: str) -> bool:
+        """Is this tensor provably >= 0 (so it can be held unsigned)?"""
+        n = self[name]
+        if n.act in ACTIVATIONS or n.op in ACTIVATIONS:
+            return True
+        if n.op == "softmax":
+            return True
+        if n.op in ("maxpool", "flatten", "shortcut_a", "avgpool", "gap", "reshape", "permute", "take"):
+            return self.non_negative(n.inputs[0])
+        if n.op == "add":
+            return all(self.non_negative(i) for i in n.inputs)
+        return False
+
+
+# --------------------------------------------------------------------------------------
+# Tracing
+# --------------------------------------------------------------------------------------
+def _leaf_types() -> tuple[type, ...]:
+    from quantsim.zoo import cifar_resnet  # local: the option-A shortcut is one of our own leaves
+
+    types: list[type] = [nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh,
+                         nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
+                         nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut]
+    for t in (SelectAdaptivePool2d, DropPath, LayerScale):
+        if isinstance(t, type):
+            types.append(t)
+    return tuple(types)
+
+
+class _LeafTracer(fx.Tracer):
+    def __init__(self):
+        super().__init__()
+        self.leaves = _leaf_types()
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+
+def _default_args(model: nn.Module) -> dict[str, Any]:
+    """Forward arguments after the first that have defaults: traced at those defaults."""
+    import inspect
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):  # pragma: no cover
+        return {}
+    return {p.name: p.default for p in params[1:]
+            if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    tracer = _LeafTracer()
+    # timm attention: the unfused path, so that q·kᵀ, softmax and attn·v are separate ops
+    fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    try:
+        for m, _ in fused:
+            m.fused_attn = False
+        graph = tracer.trace(model, concrete_args=_default_args(model) or None)
+    except Exception as exc:  # fx raises many kinds; the user needs one line
+        raise QuantsimError(f"cannot trace the model with torch.fx: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+    finally:
+        for m, flag in fused:
+            m.fused_attn = flag
+    return fx.GraphModule(tracer.root, graph)
+
+
+# --------------------------------------------------------------------------------------
+# fx graph -> FloatGraph (raw: BN still separate, activations separate)
+# --------------------------------------------------------------------------------------
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _conv_node(name: str, m: nn.Conv2d, inp: str, source: str) -> FNode:
+    if m.padding_mode != "zeros":
+        raise QuantsimError(f"cannot lower {source}: conv padding_mode {m.padding_mode!r} (only zero padding)")
+    attrs = {"stride": list(_pair(m.stride)), "dilation": list(_pair(m.dilation)), "groups": m.groups,
+             "kernel": list(m.weight.shape[2:])}
+    if isinstance(Conv2dSame, type) and isinstance(m, Conv2dSame):
+        attrs["padding_mode"] = "tf_same"
+    elif isinstance(m.padding, str):
+        if m.padding == "valid":
+            attrs["padding"] = [0, 0, 0, 0]
+        else:  # torch 'same' (stride 1): the extra pixel goes after, like TF
+            attrs["padding_mode"] = "tf_same"
+    else:
+        ph, pw = _pair(m.padding)
+        attrs["padding"] = [ph, ph, pw, pw]
+    bias = m.bias.detach().clone() if m.bias is not None else None
+    return FNode(name, "conv", [inp], attrs, m.weight.detach().clone(), bias, source=source)
+
+
+def _module_node(name: str, m: nn.Module, args: list[str], source: str) -> list[FNode]:
+    inp = args[0]
+    if isinstance(m, nn.Conv2d):
+        return [_conv_node(name, m, inp, source)]
+    if isinstance(m, nn.Linear):
+        bias = m.bias.detach().clone() if m.bias is not None else None
+        return [FNode(name, "linear", [inp], {}, m.weight.detach().clone(), bias, source=source)]
+    if isinstance(m, nn.BatchNorm2d):
+        bn = FNode(name, "bn", [inp], {"eps": m.eps}, source=source)
+        scale = m.weight.detach() if m.weight is not None else torch.ones_like(m.running_var)
+        shift = m.bias.detach() if m.bias is not None else torch.zeros_like(m.running_mean)
+        inv = scale / torch.sqrt(m.running_var + m.eps)
+        bn.weight, bn.bias = inv.clone(), (shift - m.running_mean * inv).clone()
+        act = getattr(m, "act", None)  # timm BatchNormAct2d carries its activation
+        drop = getattr(m, "drop", None)
+        if drop is not None and not isinstance(drop, (nn.Identity, nn.Dropout)):
+            raise QuantsimError(f"cannot lower {source}.drop: {type(drop).__name__}")
+        if act is None or isinstance(act, nn.Identity):
+            return [bn]
+        return [bn] + _module_node(name + ".act", act, [name], source + ".act")
+    if isinstance(m, nn.ReLU):
+        return [FNode(name, "relu", [inp], source=source)]
+    if isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0)):
+        return [FNode(name, "relu6", [inp], source=source)]
+    if isinstance(m, (nn.Identity, nn.Dropout)) or (isinstance(DropPath, type) and isinstance(m, DropPath)):
+        return [FNode(name, "identity", [inp], source=source)]
+    if isinstance(m, nn.MaxPool2d):
+        if m.ceil_mode or _pair(m.dilation) != (1, 1):
+            raise QuantsimError(f"cannot lower {source}: maxpool with ceil_mode or dilation")
+        p = _pair(m.padding)
+        return [FNode(name, "maxpool", [inp], {"kernel": list(_pair(m.kernel_size)),
+                                              "stride": list(_pair(m.stride or m.kernel_size)),
+                                              "padding": [p[0], p[0], p[1], p[1]]}, source=source)]
+    if isinstance(m, nn.AvgPool2d):
+        if m.ceil_mode or m.divisor_override:
+            raise QuantsimError(f"cannot lower {source}: avgpool with ceil_mode or divisor_override")
+        p = _pair(m.padding)
+        return [FNode(name, "avgpool", [inp], {"kernel": list(_pair(m.kernel_size)),
+                                              "stride": list(_pair(m.stride or m.kernel_size)),
+                                              "padding": [p[0], p[0], p[1], p[1]],
+                                              "count_include_pad": m.count_include_pad}, source=source)]
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        if _pair(m.output_size) != (1, 1):
+            raise QuantsimError(f"cannot lower {source}: adaptive average pool to {m.output_size} (only 1x1)")
+        return [FNode(name, "gap", [inp], source=source)]
+    if isinstance(SelectAdaptivePool2d, type) and isinstance(m, SelectAdaptivePool2d):
+        if m.pool_type != "avg":
+            raise QuantsimError(f"cannot lower {source}: global pool type {m.pool_type!r} (only avg)")
+        nodes = [FNode(name, "gap", [inp], source=source)]
+        if m.is_identity() or not isinstance(m.flatten, nn.Identity):
+            nodes.append(FNode(name + ".flatten", "flatten", [name], source=source))
+        return nodes
+    if isinstance(m, nn.Flatten):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise QuantsimError(f"cannot lower {source}: flatten from dim {m.start_dim}")
+        return [FNode(name, "flatten", [inp], source=source)]
+    if isinstance(m, nn.LayerNorm):
+        if len(m.normalized_shape) != 1:
+            raise QuantsimError(f"cannot lower {source}: LayerNorm over {tuple(m.normalized_shape)} (only the last axis)")
+        c = m.normalized_shape[0]
+        gamma = m.weight.detach().clone() if m.weight is not None else torch.ones(c)
+        beta = m.bias.detach().clone() if m.bias is not None else torch.zeros(c)
+        return [FNode(name, "layernorm", [inp], {"eps": float(m.eps)}, gamma, beta, source=source)]
+    if isinstance(m, nn.GELU):
+        if m.approximate != "none":
+            raise QuantsimError(f"cannot lower {source}: GELU approximate={m.approximate!r} (only the exact erf form)")
+        return [FNode(name, "gelu", [inp], source=source)]
+    if isinstance(LayerScale, type) and isinstance(m, LayerScale):
+        return [FNode(name, "layerscale", [inp], {}, m.gamma.detach().clone(), source=source)]
+    from quantsim.zoo.cifar_resnet import OptionAShortcut
+    if isinstance(m, OptionAShortcut):
+        return [FNode(name, "shortcut_a", [inp], {"stride": m.stride, "pad_before": m.pad_before,
+                                                  "pad_after": m.pad_after}, source=source)]
+    raise QuantsimError(f"cannot lower module {source} ({type(m).__name__}): unsupported layer type")
+
+
+_ADD_TARGETS = {operator.add, operator.iadd, torch.add}
+_RELU_TARGETS = {F.relu, torch.relu}
+_PASS_FUNCS = {F.dropout}
+
+
+def _function_node(name: str, node: fx.Node, args: list[str]) -> list[FNode]:
+    t = node.target
+    where = f"{node.name} ({getattr(t, '__name__', t)}) in forward, from `{node.stack_trace.strip().splitlines()[-1].strip() if node.stack_trace else node.format_node()}`"
+    if t in _ADD_TARGETS:
+        if len(args) != 2 or node.kwargs.get("alpha", 1) != 1:
+            raise QuantsimError(f"cannot lower {where}: add of a constant or with alpha")
+        return [FNode(name, "add", args, source=node.name)]
+    if t in _RELU_TARGETS:
+        return [FNode(name, "relu", args[:1], source=node.name)]
+    if t is F.relu6 or (t is F.hardtanh and tuple(node.args[1:3]) == (0.0, 6.0)):
+        return [FNode(name, "relu6", args[:1], source=node.name)]
+    if t in _PASS_FUNCS:
+        return [FNode(name, "identity", args[:1], source=node.name)]
+    if t is torch.flatten:
+        start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+        if start != 1:
+            raise QuantsimError(f"cannot lower {where}: flatten from dim {start}")
+        return [FNode(name, "flatten", args[:1], source=node.name)]
+    if t is F.adaptive_avg_pool2d and _pair(node.args[1]) == (1, 1):
+        return [FNode(name, "gap", args[:1], source=node.name)]
+    raise QuantsimError(f"cannot lower function {where}: unsupported operation")
+
+
+def _method_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, torch.Size]) -> list[FNode]:
+    if node.target in ("view", "reshape", "flatten"):
+        in_shape, out_shape = shapes[node.args[0].name], shapes[node.name]
+        if len(out_shape) == 2 and out_shape[0] == in_shape[0]:
+            return [FNode(name, "flatten", args[:1], source=node.name)]
+    if node.target in ("relu", "relu_"):
+        return [FNode(name, "relu", args[:1], source=node.name)]
+    if node.target in ("add", "add_"):
+        return [FNode(name, "add", args[:2], source=node.name)]
+    raise QuantsimError(f"cannot lower method call .{node.target}() at {node.name}: unsupported operation")
+
+
+_MATMUL_TARGETS = {operator.matmul, torch.matmul, torch.bmm}
+_MUL_TARGETS = {operator.mul, torch.mul}
+_SOFTMAX_TARGETS = {F.softmax, torch.softmax}
+
+
+def _where(node: fx.Node) -> str:
+    t = node.target
+    trace = node.stack_trace.strip().splitlines()[-1].strip() if node.stack_trace else node.format_node()
+    return f"{node.name} ({getattr(t, '__name__', t)}) in forward, from `{trace}`"
+
+
+def _last_axis(dim: int, ndim: int) -> bool:
+    return dim in (-1, ndim - 1)
+
+
+def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any], consts: dict[str, torch.Tensor],
+              unbinds: dict[str, tuple[str, int]], alias: dict[str, str]) -> list[FNode] | None:
+    """Transformer ops (see the module docstring); None when the node is not one of them."""
+    t, kind = node.target, node.op
+    fname = getattr(t, "__name__", "")
+    arg0 = node.args[0] if node.args else None
+    in_shape = shapes.get(arg0.name) if isinstance(arg0, fx.Node) else None
+    out_shape = shapes.get(node.name)
+    src = node.name
+    # softmax over the last axis
+    if (kind == "call_method" and t == "softmax") or (kind == "call_function" and t in _SOFTMAX_TARGETS):
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+        if dim is None or not _last_axis(dim, len(in_shape)):
+            raise QuantsimError(f"cannot lower {_where(node)}: softmax over axis {dim} (only the last axis)")
+        return [FNode(name, "softmax", args[:1], source=src)]
+    if kind == "call_function" and t in _MATMUL_TARGETS:
+        if len(args) != 2:
+            raise QuantsimError(f"cannot lower {_where(node)}: matmul with a constant operand")
+        return [FNode(name, "matmul", args, {"alpha": 1.0, "transpose_b": False}, source=src)]
+    if kind == "call_function" and t in _MUL_TARGETS and len(args) == 1:
+        other = [a for a in node.args if not isinstance(a, fx.Node)]
+        if len(other) == 1 and isinstance(other[0], (int, float)) and other[0] > 0:
+            return [FNode(name, "scale", args, {"value": float(other[0])}, source=src)]
+        raise QuantsimError(f"cannot lower {_where(node)}: multiplication by a tensor or a non-positive constant")
+    # the attention mask helpers of timm, traced with attn_mask=None, is_causal=False
+    if kind == "call_function" and fname == "resolve_self_attn_mask":
+        if any(a is not None and a is not False for a in node.args[2:]):
+            raise QuantsimError(f"cannot lower {_where(node)}: an attention mask")
+        return []
+    if kind == "call_function" and fname == "maybe_add_mask":
+        mask = node.args[1] if len(node.args) > 1 else None
+        if mask is not None and not (isinstance(mask, fx.Node) and mask.name not in alias and mask.name not in consts):
+            raise QuantsimError(f"cannot lower {_where(node)}: an attention mask")
+        return [FNode(name, "identity", args[:1], source=src)]
+    # class token and position embedding (constants)
+    if kind == "call_function" and t is torch.cat:
+        parts = node.args[0]
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        names = [p.name for p in parts if isinstance(p, fx.Node)]
+        if (len(parts) >= 2 and dim in (1, 1 - len(out_shape)) and len(out_shape) == 3
+                and all(n in consts for n in names[:-1]) and names[-1] in alias):
+            token = torch.cat([consts[n].reshape(-1, out_shape[-1]) for n in names[:-1]], dim=0)
+            return [FNode(name, "concat_token", [alias[names[-1]]], {"axis": 1}, token.detach().clone(), source=src)]
+        raise QuantsimError(f"cannot lower {_where(node)}: concatenation (only constant tokens prepended along axis 1)")
+    if t in _ADD_TARGETS or (kind == "call_method" and t in ("add", "add_")):
+        names = [a.name for a in node.args if isinstance(a, fx.Node)]
+        if len(args) == 1 and len(names) == 2 and any(n in consts for n in names):
+            c = consts[next(n for n in names if n in consts)].detach()
+            if c.dim() == len(out_shape) and c.shape[0] == 1:
+                c = c[0]
+            if tuple(c.shape) != tuple(out_shape[1:]):
+                raise QuantsimError(f"cannot lower {_where(node)}: constant of shape {tuple(c.shape)} added to "
+                                    f"items of shape {tuple(out_shape[1:])}")
+            return [FNode(name, "add_const", args, {}, c.clone(), source=src)]
+        return None
+    if kind != "call_method":
+        if kind == "call_function" and t is operator.getitem:
+            return _getitem_node(name, node, args, shapes, unbinds)
+        return None
+    # tensor methods: layout
+    if t == "contiguous":
+        return [FNode(name, "identity", args[:1], source=src)]
+    if t in ("transpose", "permute"):
+        nd = len(in_shape)
+        if t == "transpose":
+            d0, d1 = (d % nd for d in node.args[1:3])
+            perm = list(range(nd))
+            perm[d0], perm[d1] = perm[d1], perm[d0]
+        else:
+            dims = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (list, tuple)) else node.args[1]
+            perm = [int(d) % nd for d in dims]
+        return [FNode(name, "permute", args[:1], {"perm": perm}, source=src)]
+    if t in ("reshape", "view", "flatten"):
+        if len(out_shape) == 2 and out_shape[0] == in_shape[0]:
+            return None  # a flatten to (N, K): the CNN path
+        return [FNode(name, "reshape", args[:1], {"shape": [-1, *[int(v) for v in out_shape[1:]]]}, source=src)]
+    if t == "unbind":
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        unbinds[node.name] = (args[0], int(dim) % len(in_shape))
+        return []
+    return None
+
+
+def _getitem_node(name, node, args, shapes, unbinds) -> list[FNode] | None:
+    src, idx = node.args[0], node.args[1]
+    if src.name in unbinds:
+        inp, axis = unbinds[src.name]
+        return [FNode(name, "take", [inp], {"axis": axis, "index": int(idx)}, source=node.name)]
+    if not args:
+        return None
+    in_shape = shapes[src.name]
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    lead = 0
+    while lead < len(idx) and idx[lead] == slice(None):
+        lead += 1
+    rest = idx[lead:]
+    if lead >= 1 and len(rest) == 1 and isinstance(rest[0], int):
+        return [FNode(name, "take", args[:1], {"axis": lead, "index": int(rest[0]) % in_shape[lead]},
+                      source=node.name)]
+    raise QuantsimError(f"cannot lower {_where(node)}: indexing {idx} (only x[:, ..., i])")
+
+
+def _shape_map(gm: fx.GraphModule, example: torch.Tensor,
+               kinds: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run the traced module once, recording every node's output shape (and in `kinds`
+    whether it is a 'tensor', a tuple of 'tensors' or some 'other' value)."""
+    shapes: dict[str, Any] = {}
+    kinds = {} if kinds is None else kinds
+
+    class _Recorder(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            shapes[n.name] = out.shape if isinstance(out, torch.Tensor) else out
+            if isinstance(out, torch.Tensor):
+                kinds[n.name] = "tensor"
+            elif isinstance(out, (tuple, list)) and out and all(isinstance(o, torch.Tensor) for o in out):
+                kinds[n.name] = "tensors"
+            else:
+                kinds[n.name] = "other"
+            return out
+
+    with torch.no_grad():
+        _Recorder(gm).run(example)
+    return shapes
+
+
+def _scoped_name(node: fx.Node) -> str:
+    """A function call named after the module that made it: layer1.0.add, not add_3."""
+    stack = node.meta.get("nn_module_stack") or {}
+    scope = list(stack.values())[-1][0] if stack else ""
+    base = node.name.rstrip("0123456789").rstrip("_") or node.name
+    return f"{scope}.{base}" if scope else node.name
+
+
+def _raw_graph(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> FloatGraph:
+    modules = dict(gm.named_modules())
+    kinds: dict[str, str] = {}
+    shapes = _shape_map(gm, torch.zeros(2, *input_shape), kinds)  # batch 2: the batch axis is visible
+    alias: dict[str, str] = {}  # fx node name -> FNode name that holds its value
+    consts: dict[str, torch.Tensor] = {}  # fx node name -> parameter read directly in forward
+    unbinds: dict[str, tuple[str, int]] = {}  # fx unbind node -> (FNode name, axis)
+    nodes: list[FNode] = []
+    used: set[str] = set()
+    output = None
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            if nodes and node.args:  # an argument traced at its default (concrete_args)
+                continue
+            if nodes:
+                raise QuantsimError("cannot lower a model with more than one input")
+            nodes.append(FNode("input", "input", [], source="input"))
+            alias[node.name] = "input"
+            continue
+        if node.op == "output":
+            out = node.args[0]
+            if not isinstance(out, fx.Node):
+                raise QuantsimError("cannot lower a model whose output is not a single tensor")
+            output = alias[out.name]
+            continue
+        if node.op == "get_attr":
+            value = gm
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            if not isinstance(value, torch.Tensor):
+                raise QuantsimError(f"cannot lower {node.target}: a non-tensor attribute used in forward")
+            consts[node.name] = value.detach()
+            continue
+        if node.op != "call_module" and kinds.get(node.name) == "other":
+            continue  # shape queries, asserts, comparisons: nothing to compute
+        args = []
+        for a in node.args:
+            if isinstance(a, fx.Node) and a.name in alias:
+                args.append(alias[a.name])
+        if node.op == "call_method" and node.target == "expand" and node.args[0].name in consts:
+            consts[node.name] = consts[node.args[0].name]  # a constant broadcast over the batch
+            continue
+        if not args and any(isinstance(a, fx.Node) and a.name in consts for a in node.args):
+            raise QuantsimError(f"cannot lower {_where(node)}: computation on a parameter (only class tokens "
+                                "and position embeddings are supported)")
+        name = node.target if node.op == "call_module" else _scoped_name(node)
+        if name in used:  # a module called twice: each call is its own tensor
+            name = f"{name}#{sum(1 for u in used if u.split('#')[0] == name)}"
+        used.add(name)
+        if node.op == "call_module":
+            new = _module_node(name, modules[node.target], args, node.target)
+        else:
+            if node.op == "call_function" and node.target is getattr and not args:
+                continue
+            if node.op == "call_method" and node.target == "size":  # shape queries feed view()
+                continue
+            new = _vit_node(name, node, args, shapes, consts, unbinds, alias)
+            if new is None and node.op == "call_function":
+                new = _function_node(name, node, args)
+            elif new is None and node.op == "call_method":
+                new = _method_node(name, node, args, shapes)
+            elif new is None:  # pragma: no cover
+                raise QuantsimError(f"cannot lower fx node {node.format_node()}")
+        if not new:  # nothing to compute (an unbind, a mask that is None)
+            continue
+        nodes.extend(new)
+        alias[node.name] = new[-1].name
+    if output is None:
+        raise QuantsimError("the traced model has no output")
+    return FloatGraph(nodes, output, tuple(input_shape))
+
+
+# --------------------------------------------------------------------------------------
+# Graph rewrites: drop identities, fold BN, fuse activations
+# --------------------------------------------------------------------------------------
+def _replace_uses(g: FloatGraph, old: str, new: str) -> None:
+    for n in g.nodes:
+        n.inputs = [new if i == old else i for i in n.inputs]
+    if g.output == old:
+        g.output = new
+
+
+def _remove(g: FloatGraph, node: FNode) -> None:
+    _replace_uses(g, node.name, node.inputs[0])
+    g.nodes.remove(node)
+    g.index.pop(node.name)
+
+
+def _drop_identities(g: FloatGraph) -> None:
+    for n in [n for n in g.nodes if n.op == "identity"]:
+        _remove(g, n)
+
+
+def _fold_batchnorm(g: FloatGraph) -> None:
+    for bn in [n for n in g.nodes if n.op == "bn"]:
+        prod = g[bn.inputs[0]]
+        if prod.op != "conv" or len(g.consumers(prod.name)) != 1:
+            raise QuantsimError(f"cannot lower {bn.source}: BatchNorm that does not follow a convolution")
+        w = prod.weight
+        prod.weight = w * bn.weight.reshape(-1, *([1] * (w.dim() - 1)))
+        b0 = prod.bias if prod.bias is not None else torch.zeros(w.shape[0])
+        prod.bias = b0 * bn.weight + bn.bias
+        _remove(g, bn)
+
+
+def _fuse_activations(g: FloatGraph) -> None:
+    for act in [n for n in g.nodes if n.op in ACTIVATIONS]:
+        prod = g[act.inputs[0]]
+        if prod.op in ("conv", "linear", "add") and prod.act is None and len(g.consumers(prod.name)) == 1:
+            prod.act = act.op
+            _remove(g, act)
+            # later nodes refer to the producer now; keep the activation's name visible
+            prod.source = f"{prod.source}+{act.source}"
+
+
+def _fold_layerscale(g: FloatGraph) -> None:
+    """timm LayerScale (per-channel gamma) into the linear before it."""
+    for ls in [n for n in g.nodes if n.op == "layerscale"]:
+        prod = g[ls.inputs[0]]
+        if prod.op != "linear" or len(g.consumers(prod.name)) != 1:
+            raise QuantsimError(f"cannot lower {ls.source}: LayerScale that does not follow a linear layer")
+        prod.weight = prod.weight * ls.weight.reshape(-1, 1)
+        if prod.bias is not None:
+            prod.bias = prod.bias * ls.weight
+        _remove(g, ls)
+
+
+def _commute_take_permute(g: FloatGraph) -> None:
+    """take(permute(t, P), d, i) -> permute(take(t, P[d], i), P'): the batch axis stays first."""
+    changed = True
+    while changed:
+        changed = False
+        for tk in [n for n in g.nodes if n.op == "take"]:
+            pm = g[tk.inputs[0]]
+            if pm.op != "permute":
+                continue
+            perm, d = pm.attrs["perm"], tk.attrs["axis"]
+            src_axis = perm[d]
+            rest = [p - (p > src_axis) for j, p in enumerate(perm) if j != d]
+            take = FNode(tk.name + ".take", "take", list(pm.inputs), {"axis": src_axis, "index": tk.attrs["index"]},
+                         source=tk.source)
+            g.nodes.insert(g.nodes.index(tk), take)
+            g.index[take.name] = take
+            tk.op, tk.inputs, tk.attrs = "permute", [take.name], {"perm": rest}
+            if not g.consumers(pm.name) and g.output != pm.name:
+                g.nodes.remove(pm)
+                g.index.pop(pm.name)
+            changed = True
+
+
+def _fold_into_matmul(g: FloatGraph) -> None:
+    """kᵀ (a permute swapping the last two axes) -> transpose_b; q * c -> alpha *= c."""
+    for mm in [n for n in g.nodes if n.op == "matmul"]:
+        b = g[mm.inputs[1]]
+        perm = b.attrs.get("perm") if b.op == "permute" else None
+        if perm is not None and len(perm) >= 2 and perm == [*range(len(perm) - 2), len(perm) - 1, len(perm) - 2]:
+            mm.inputs[1] = b.inputs[0]
+            mm.attrs["transpose_b"] = not mm.attrs["transpose_b"]
+            if not g.consumers(b.name):
+                g.nodes.remove(b)
+                g.index.pop(b.name)
+        for k, i in enumerate(list(mm.inputs)):
+            sc = g[i]
+            if sc.op == "scale" and len(g.consumers(sc.name)) == 1:
+                mm.attrs["alpha"] *= sc.attrs["value"]
+                mm.inputs[k] = sc.inputs[0]
+                g.nodes.remove(sc)
+                g.index.pop(sc.name)
+                mm.source = f"{mm.source}+{sc.source}"
+
+
+def _simplify_permutes(g: FloatGraph) -> None:
+    """permute(permute(t, P1), P2) -> permute(t, P1∘P2) where the inner one has no other reader;
+    identity permutes removed."""
+    for pm in [n for n in g.nodes if n.op == "permute"]:
+        inner = g[pm.inputs[0]]
+        if inner.op == "permute" and len(g.consumers(inner.name)) == 1:
+            pm.attrs["perm"] = [inner.attrs["perm"][j] for j in pm.attrs["perm"]]
+            pm.inputs = list(inner.inputs)
+            g.nodes.remove(inner)
+            g.index.pop(inner.name)
+    for pm in [n for n in g.nodes if n.op == "permute"]:
+        if pm.attrs["perm"] == list(range(len(pm.attrs["perm"]))):
+            _remove(g, pm)
+
+
+def _check_batch_first(g: FloatGraph) -> None:
+    """Every tensor keeps the batch axis first (the executors split and join batches there)."""
+    sizes: dict[str, int] = {}
+    run_float(g, torch.zeros(2, *g.input_shape), observe=lambda n, y: sizes.__setitem__(n.name, y.shape[0]))
+    run_float(g, torch.zeros(3, *g.input_shape), observe=lambda n, y: sizes.__setitem__(n.name, (sizes[n.name], y.shape[0])))
+    for n in g.nodes:
+        if sizes[n.name] != (2, 3):
+            raise QuantsimError(f"cannot lower {n.source}: its output does not keep the batch axis first")
+    for n in g.nodes:
+        if n.op in ("scale", "layerscale"):
+            raise QuantsimError(f"cannot lower {n.source}: a multiplication by a constant that feeds no matmul")
+
+
+def capture(model: nn.Module, input_shape: tuple[int, int, int]) -> FloatGraph:
+    """Trace, fold BN, fuse activations; the result computes what the model computes."""
+    model = model.eval()
+    gm = trace(model)
+    g = _raw_graph(gm, input_shape)
+    _drop_identities(g)
+    _fold_batchnorm(g)
+    _fuse_activations(g)
+    if any(n.op in ("permute", "take", "matmul", "layerscale") for n in g.nodes):
+        _fold_layerscale(g)
+        _commute_take_permute(g)
+        _fold_into_matmul(g)
+        _simplify_permutes(g)
+        _check_batch_first(g)
+    _check_finite(g)
+    return g
+
+
+def _check_finite(g: FloatGraph) -> None:
+    for n in g.nodes:
+        for label, t in (("weight", n.weight), ("bias", n.bias)):
+            if t is not None and not torch.isfinite(t).all():
+                raise QuantsimError(f"{n.source}: {label} holds NaN or Inf values")
+
+
+# --------------------------------------------------------------------------------------
+# Float execution (with optional fake quantization and per-node observation)
+# --------------------------------------------------------------------------------------
+def _apply_act(y: torch.Tensor, act: str | None) -> torch.Tensor:
+    if act == "relu":
+        return F.relu(y)
+    if act == "relu6":
+        return F.relu6(y)
+    return y
+
+
+def conv_padding(attrs: dict, h: int, w: int) -> list[int]:
+    """[top, bottom, left, right] for a conv/pool, resolving TF 'SAME' from the input size."""
+    if attrs.get("padding_mode") == "tf_same":
+        from integer_ref.arith import tf_same_padding
+        kh, kw = attrs["kernel"]
+        sh, sw = attrs["stride"]
+        dh, dw = attrs.get("dilation", [1, 1])
+        return [*tf_same_padding(h, kh, sh, dh), *tf_same_padding(w, kw, sw, dw)]
+    return list(attrs["padding"])
+
+
+def run_node(n: FNode, xs: list[torch.Tensor], weight: torch.Tensor | None = None) -> torch.Tensor:
+    """One FloatGraph node in float. `weight` overrides n.weight (fake-quantized weights)."""
+    w = n.weight if weight is None else weight
+    x = xs[0]
+    if n.op == "conv":
+        t, b, l, r = conv_padding(n.attrs, x.shape[2], x.shape[3])
+        x = F.pad(x, (l, r, t, b))
+        y = F.conv2d(x, w, n.bias, n.attrs["stride"], 0, n.attrs["dilation"], n.attrs["groups"])
+    elif n.op == "linear":
+        y = F.linear(x, w, n.bias)
+    elif n.op == "add":
+        y = xs[0] + xs[1]
+    elif n.op == "relu":
+        y = F.relu(x)
+    elif n.op == "relu6":
+        y = F.relu6(x)
+    elif n.op == "maxpool":
+        t, b, l, r = n.attrs["padding"]
+        y = F.max_pool2d(F.pad(x, (l, r, t, b), value=float("-inf")), n.attrs["kernel"], n.attrs["stride"])
+    elif n.op == "avgpool":
+        t, b, l, r = n.attrs["padding"]
+        if t != b or l != r:
+            raise QuantsimError(f"{n.source}: asymmetric average-pool padding")
+        y = F.avg_pool2d(x, n.attrs["kernel"], n.attrs["stride"], (t, l),
+                         count_include_pad=n.attrs["count_include_pad"])
+    elif n.op == "gap":
+        y = x.mean(dim=(2, 3), keepdim=True)
+    elif n.op == "flatten":
+        y = torch.flatten(x, 1)
+    elif n.op == "shortcut_a":
+        s = n.attrs["stride"]
+        y = F.pad(x[:, :, ::s, ::s], (0, 0, 0, 0, n.attrs["pad_before"], n.attrs["pad_after"]))
+    elif n.op == "layernorm":
+        y = F.layer_norm(x, (x.shape[-1],), w, n.bias, n.attrs["eps"])
+    elif n.op == "gelu":
+        y = F.gelu(x)
+    elif n.op == "softmax":
+        y = torch.softmax(x, dim=-1)
+    elif n.op == "matmul":
+        b = xs[1].transpose(-1, -2) if n.attrs["transpose_b"] else xs[1]
+        y = torch.matmul(x, b)
+        if n.attrs["alpha"] != 1.0:
+            y = y * n.attrs["alpha"]
+    elif n.op == "scale":
+        y = x * n.attrs["value"]
+    elif n.op == "layerscale":
+        y = x * w
+    elif n.op == "reshape":
+        y = x.reshape(x.shape[0], *n.attrs["shape"][1:])
+    elif n.op == "permute":
+        y = x.permute(*n.attrs["perm"])
+    elif n.op == "take":
+        y = x.select(n.attrs["axis"], n.attrs["index"])
+    elif n.op == "concat_token":
+        tok = w.to(x.dtype)
+        y = torch.cat([tok.expand(x.shape[0], *tok.shape), x], dim=n.attrs["axis"])
+    elif n.op == "add_const":
+        y = x + w.to(x.dtype)
+    else:
+        raise QuantsimError(f"cannot run float op {n.op!r} ({n.source})")
+    return _apply_act(y, n.act)
+
+
+@torch.no_grad()
+def run_float(g: FloatGraph, x: torch.Tensor,
+              observe: Callable[[FNode, torch.Tensor], None] | None = None,
+              transform: Callable[[FNode, list[torch.Tensor]], torch.Tensor] | None = None) -> torch.Tensor:
+    """Run the FloatGraph; `observe` sees each node's output; `transform(node, inputs)`
+    may replace a node's computation (fake quantization, sensitivity probes)."""
+    values: dict[str, torch.Tensor] = {}
+    for n in g.nodes:
+        if n.op == "input":
+            y = x
+        else:
+            xs = [values[i] for i in n.inputs]
+            y = transform(n, xs) if transform is not None else None
+            if y is None:
+                y = run_node(n, xs)
+        values[n.name] = y
+        if observe is not None:
+            observe(n, y)
+    return values[g.output]

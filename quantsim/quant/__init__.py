@@ -1,0 +1,1 @@
+"""Quantization: the config, calibration statistics, scale search, and lowering to the integer program."""

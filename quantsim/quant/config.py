@@ -1,0 +1,99 @@
+"""The quantization recipe as data: printable, saveable, comparable (cf. torchao's configs)."""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from quantsim.errors import QuantsimError
+
+MIN_BITS, MAX_BITS = 2, 16
+GRANULARITIES = ("per-tensor", "per-channel")
+# similarity / ranking: Liu et al.'s per-layer search of weight and input scales (quantsim.quant.scale_search)
+SEARCH_METHODS = ("similarity", "ranking")
+CALIB_METHODS = ("minmax", "percentile", "mse") + SEARCH_METHODS
+# dyadic: integer multiplier and shift (hardware-like); float32: ONNX Runtime's float32 multipliers
+# computed from float32 scales, so that quantsim.interop.onnx_export gives a model ORT runs bit-exactly
+REQUANT_MODES = ("dyadic", "float32")
+NONLINEAR_MODES = ("integer", "float")
+
+
+@dataclass
+class QuantConfig:
+    w_bits: int = 8
+    a_bits: int = 8
+    granularity: str = "per-channel"
+    calib_method: str = "minmax"
+    percentile: float = 99.99
+    out_bits: int = 16  # the network's output (logits) tensor: kept wide so top-1 ties stay rare
+    mult_bits: int = 31  # width of the dyadic requantization multiplier M
+    acc_bits: int = 32
+    requant: str = "dyadic"
+    # Vision Transformers (quantsim.quant.lower): the residual stream (patch/position embedding and
+    # residual-add outputs, LayerNorm inputs) and the inputs of softmax and GELU (q·kᵀ scores,
+    # fc1 outputs) are no MAC operands, so they are held wider; nonlinear picks integer-only
+    # (I-BERT, bit-exact) or float softmax/GELU/LayerNorm (Liu et al.; never bit-exact).
+    resid_bits: int = 16
+    nonlinear_in_bits: int = 16
+    nonlinear: str = "integer"
+    # per MAC layer overrides (mixed precision): layer name -> [w_bits, a_bits]
+    layer_bits: dict[str, list[int]] = field(default_factory=dict)
+    # similarity / ranking: points of the interval [0.5, 1.2] x max searched (Liu et al.: 100)
+    search_steps: int = 100
+    # b' = b - mean quantization error of the layer output on the calibration images
+    bias_correction: bool = False
+
+    def __post_init__(self):
+        for b in (self.w_bits, self.a_bits, self.out_bits, *[x for wa in self.layer_bits.values() for x in wa]):
+            check_bits(b)
+        for b in (self.resid_bits, self.nonlinear_in_bits):
+            check_bits(b)
+        if self.nonlinear not in NONLINEAR_MODES:
+            raise QuantsimError(f"nonlinear mode {self.nonlinear!r}: choose one of {', '.join(NONLINEAR_MODES)}")
+        if self.granularity not in GRANULARITIES:
+            raise QuantsimError(f"granularity {self.granularity!r}: choose one of {', '.join(GRANULARITIES)}")
+        if self.calib_method not in CALIB_METHODS:
+            raise QuantsimError(f"calibration method {self.calib_method!r}: choose one of {', '.join(CALIB_METHODS)}")
+        if not isinstance(self.search_steps, int) or self.search_steps < 2:
+            raise QuantsimError(f"search steps {self.search_steps}: use an integer >= 2")
+        if self.requant not in REQUANT_MODES:
+            raise QuantsimError(f"requant mode {self.requant!r}: choose one of {', '.join(REQUANT_MODES)}")
+        if not 0 < self.percentile <= 100:
+            raise QuantsimError(f"percentile {self.percentile} must be in (0, 100]")
+
+    def bits_for(self, layer: str) -> tuple[int, int]:
+        wa = self.layer_bits.get(layer)
+        return (wa[0], wa[1]) if wa else (self.w_bits, self.a_bits)
+
+    @property
+    def label(self) -> str:
+        if self.layer_bits:
+            return "mixed"
+        return f"W{self.w_bits}A{self.a_bits}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> "QuantConfig":
+        return cls(**d)
+
+
+def check_bits(b: int) -> int:
+    if not isinstance(b, int) or not MIN_BITS <= b <= MAX_BITS:
+        raise QuantsimError(f"bit width {b} is out of range: use {MIN_BITS}..{MAX_BITS}")
+    return b
+
+
+def parse_bits(text: str) -> tuple[int, int] | None:
+    """'8' -> (8, 8); 'W4A8' -> (4, 8); 'fp32' -> None. 'mixed' is handled by the caller."""
+    t = text.strip().lower()
+    if t in ("fp32", "float", "float32"):
+        return None
+    m = re.fullmatch(r"(\d+)", t)
+    if m:
+        b = int(m.group(1))
+        return check_bits(b), b
+    m = re.fullmatch(r"w(\d+)a(\d+)", t)
+    if m:
+        return check_bits(int(m.group(1))), check_bits(int(m.group(2)))
+    raise QuantsimError(f"--bits {text!r}: use fp32, mixed, a width {MIN_BITS}..{MAX_BITS} such as 8, or WxAy such as W4A8")

@@ -1,0 +1,352 @@
+"""FloatGraph + calibration statistics + QuantConfig -> integer_ref's integer program.
+
+Every tensor gets one quantization, chosen here:
+- bits: the widest input width any consumer asks for (a MAC layer's a_bits; for an add
+  or pool, the width of its own output); the network output gets config.out_bits;
+- signed or unsigned: unsigned where the tensor is provably non-negative;
+- scale: from the calibration statistics (activations) or the weights themselves.
+Ops that keep their input's scale (max pool, flatten, option-A shortcut, standalone ReLU)
+share the quantization of their input tensor.
+
+Vision Transformers (config fields resid_bits, nonlinear_in_bits, nonlinear):
+- the residual stream is held at ``resid_bits`` (default 16): LayerNorm asks for it, so the
+  patch embedding, the position-embedding add and every residual add (and the attention
+  projection / fc2 outputs feeding them) are requantized to it;
+- softmax and GELU ask for ``nonlinear_in_bits`` (default 16): the q·kᵀ scores and the fc1
+  outputs; the matmuls, like linear layers, ask for a_bits on both operands;
+- softmax output: unsigned, bits = what its consumer (attn·v) asks for, scale 2^-bits
+  (not calibrated); GELU and LayerNorm outputs: signed, scale from calibration;
+- the class token is quantized with the patch tokens' own quantization (concat_token is a
+  pass-through op), whose scale is calibrated on the concatenated tensor so the token fits;
+- the position embedding is a constant operand quantized per tensor to CONST_BITS (16) bits
+  and added with the residual-add arithmetic (add_const);
+- q·kᵀ·scale: the scalar is folded into the matmul's requantization multiplier;
+- ``nonlinear='float'`` evaluates softmax, GELU and LayerNorm in float32 between integer
+  tensors (Liu et al. 2021): such a program is NEVER bit-exact between the executors
+  (graph.meta['bit_exact_contract'] is False; see float_nodes).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from integer_ref.arith import qrange, quantize_multiplier, quantize_multipliers
+from integer_ref.ir import Graph, Node, QParams
+
+from integer_ref import nonlinear as NL
+
+from quantsim.quant.calibrate import TensorStats, clip_value, weight_clip
+from quantsim.graph.capture import PASSTHROUGH_OPS, FloatGraph, FNode
+from quantsim.quant.config import QuantConfig
+from quantsim.errors import QuantsimError
+
+INPUT_NAME = "image"
+F32_BIAS_LIMIT = 2**30  # float32 mode: |bias| at the accumulator scale, leaving int32 room for the sum
+CONST_BITS = 16  # constant operands of add_const (position embedding), signed, per tensor
+NONLINEAR_OPS = ("softmax", "gelu", "layernorm")
+FLOAT32_UNSUPPORTED = NONLINEAR_OPS + ("matmul", "add_const", "concat_token")
+
+
+def _root(g: FloatGraph, name: str) -> str:
+    """The requantizing producer whose quantization this tensor shares."""
+    n = g[name]
+    while n.op in PASSTHROUGH_OPS:
+        n = g[n.inputs[0]]
+    return n.name
+
+
+def tensor_bits(g: FloatGraph, cfg: QuantConfig) -> dict[str, int]:
+    """Bits of each requantizing producer's output, from what its consumers ask for."""
+    demand: dict[str, int] = {}
+    demand[_root(g, g.output)] = cfg.out_bits
+    for n in reversed(g.nodes):
+        if n.op in PASSTHROUGH_OPS or n.op == "input":
+            continue
+        if n.is_mac or n.op == "matmul":
+            want = cfg.bits_for(n.name)[1]
+        elif n.op == "layernorm":
+            want = cfg.resid_bits
+        elif n.op in ("softmax", "gelu"):
+            want = cfg.nonlinear_in_bits
+        else:
+            want = demand.get(n.name, cfg.a_bits)
+        for i in n.inputs:
+            r = _root(g, i)
+            demand[r] = max(demand.get(r, 0), want)
+    return demand
+
+
+def shapes_of(g: FloatGraph) -> dict[str, tuple[int, ...]]:
+    from quantsim.graph.capture import run_float
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    run_float(g, torch.zeros(1, *g.input_shape), observe=lambda n, y: shapes.__setitem__(n.name, tuple(y.shape)))
+    return shapes
+
+
+def _act_qparams(g: FloatGraph, name: str, bits: int, stats: TensorStats, cfg: QuantConfig) -> QParams:
+    signed = not g.non_negative(name)
+    qmin, qmax = qrange(bits, signed)
+    clip = clip_value(stats, cfg.calib_method, qmin, qmax, cfg.percentile)
+    if not math.isfinite(clip):
+        raise QuantsimError(f"{g[name].source}: calibration saw NaN or Inf activations")
+    clip = max(clip, 1e-8)  # an all-zero tensor still needs a valid scale
+    if cfg.requant != "float32":
+        return QParams(bits, signed, np.float64(clip / qmax))
+    # unsigned storage throughout (see the module doc); a signed tensor's grid -2^(b-1)..2^(b-1)-1
+    # is held as 0..2^b-1 with zero point 2^(b-1): the same real values, ORT's saturation points
+    scale = np.float64(f32(clip / qmax))
+    return QParams(bits, False, scale, 2 ** (bits - 1) if signed else 0)
+
+
+def f32(v) -> np.float32:
+    return np.float32(v)
+
+
+def f32_mac_scale(s_x, s_w, s_y) -> np.ndarray:
+    """ONNX Runtime's QLinearConv / QGemm (alpha 1) multiplier: float32(float32(s_x·s_w[c]) / s_y)."""
+    s_w = np.atleast_1d(np.asarray(s_w, np.float64)).astype(np.float32)
+    return ((f32(s_x) * s_w).astype(np.float32) / f32(s_y)).astype(np.float32)
+
+
+def f32_gap_scale(s_x, s_y, count: int) -> np.float32:
+    """ONNX Runtime's QLinearGlobalAveragePool multiplier: float32(s_x / float32(s_y·float32(H·W)))."""
+    return f32(f32(s_x) / f32(f32(s_y) * f32(count)))
+
+
+def f32_add_scale(qa: QParams, qb: QParams, qy: QParams) -> np.ndarray:
+    """MLAS QLinearAdd's [r_a, r_b, constant] with the zero points folded into the constant."""
+    from quantsim.interop.onnx_import import add_constant
+
+    ra, rb = f32(f32(qa.scale) / f32(qy.scale)), f32(f32(qb.scale) / f32(qy.scale))
+    return np.array([ra, rb, add_constant(ra, rb, qa.zero_point, qb.zero_point, qy.zero_point)], np.float32)
+
+
+def _clamp(q: QParams, act: str | None) -> list[int]:
+    lo, hi = q.qmin, q.qmax
+    if act in ("relu", "relu6"):
+        lo = max(lo, q.zero_point)
+    if act == "relu6":
+        hi = min(hi, q.zero_point + int(np.rint(6.0 / float(q.scale))))
+    return [lo, hi]
+
+
+def _mult_bits_for(acc_bound: float, cfg: QuantConfig) -> int:
+    """Shrink M so that |acc| * M stays below 2^62 (int64 products never wrap)."""
+    return max(8, min(cfg.mult_bits, 62 - int(math.ceil(math.log2(acc_bound + 2)))))
+
+
+def _quantize_weight(n: FNode, w_bits: int, cfg: QuantConfig,
+                     min_scale: torch.Tensor | None = None) -> tuple[np.ndarray, QParams]:
+    _, qmax = qrange(w_bits, True)
+    per_channel = cfg.granularity == "per-channel"
+    clip = weight_clip(n.weight, per_channel, "mse" if cfg.calib_method == "mse" else "minmax", qmax)
+    clip = clip * n.attrs.get("weight_clip_alpha", 1.0)  # searched factor (quantsim.quant.scale_search)
+    scale = (clip.double() / qmax).clamp(min=1e-12)  # all-zero channels: any scale works
+    if min_scale is not None:
+        scale = torch.maximum(scale, min_scale if per_channel else min_scale.max())
+    if cfg.requant == "float32":  # ONNX holds float32 scales: quantize with the value written
+        scale = scale.float().double()
+    shape = (-1,) + (1,) * (n.weight.dim() - 1)
+    s = scale.reshape(shape) if per_channel else scale
+    q = torch.clamp(torch.round(n.weight.double() / s), -qmax, qmax).to(torch.int64)
+    qp = QParams(w_bits, True, scale.numpy(), axis=0 if per_channel else None)
+    return q.numpy(), qp
+
+
+def _mac_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node:
+    w_bits, _ = cfg.bits_for(n.name)
+    min_scale = None
+    if cfg.requant == "float32" and n.bias is not None:
+        # ORT holds the bias as int32 at scale s_x·s_w: widen s_w where it would not fit (dead
+        # channels, weights ~0 after BN folding, output ~ bias), as ORT's own quantizer does
+        min_scale = n.bias.double().abs() / (float(in_q.scale) * F32_BIAS_LIMIT)
+    wq, w_qp = _quantize_weight(n, w_bits, cfg, min_scale)
+    out_ch = wq.shape[0]
+    acc_scale = float(in_q.scale) * np.broadcast_to(w_qp.scale, (out_ch,))
+    params: dict[str, np.ndarray] = {"weight": wq}
+    bias_q = np.zeros(out_ch, dtype=np.int64)
+    if n.bias is not None:
+        bias_q = np.rint(n.bias.double().numpy() / acc_scale).astype(np.int64)
+        params["bias"] = bias_q
+    x_mag = max(abs(in_q.qmin - in_q.zero_point), abs(in_q.qmax - in_q.zero_point))
+    acc_bound = float((np.abs(wq).reshape(out_ch, -1).sum(1) * x_mag + np.abs(bias_q)).max())
+    mult, shift = quantize_multipliers(acc_scale / float(out_q.scale), _mult_bits_for(acc_bound, cfg))
+    params["multiplier"], params["shift"] = mult, shift
+    attrs: dict = {"clamp": _clamp(out_q, n.act)}
+    if cfg.requant == "float32":
+        attrs["requant"] = "float32"
+        params["requant_scale"] = np.broadcast_to(f32_mac_scale(in_q.scale, w_qp.scale, out_q.scale), (out_ch,)).copy()
+    op = "linear"
+    if n.op == "conv":
+        op = "conv2d"
+        attrs.update({k: n.attrs[k] for k in ("stride", "dilation", "groups", "kernel")})
+        if "padding_mode" in n.attrs:
+            attrs["padding_mode"] = n.attrs["padding_mode"]
+        else:
+            attrs["padding"] = n.attrs["padding"]
+    return Node(n.name, op, list(n.inputs), out_q, attrs, params, n.source, weight_q=w_qp, in_q=in_q)
+
+
+def _add_node(n: FNode, qa: QParams, qb: QParams, out_q: QParams, cfg: QuantConfig) -> Node:
+    ma, mb = float(qa.scale) / float(out_q.scale), float(qb.scale) / float(out_q.scale)
+    mag = max(abs(qa.qmin), qa.qmax) + max(abs(qb.qmin), qb.qmax)
+    big, shift = quantize_multiplier(max(ma, mb), _mult_bits_for(mag, cfg))
+    small = int(np.rint(min(ma, mb) * 2.0**shift))
+    mult = np.array([big, small] if ma >= mb else [small, big], dtype=np.int64)
+    attrs: dict = {"clamp": _clamp(out_q, n.act)}
+    params = {"multiplier": mult, "shift": np.int64(shift)}
+    if cfg.requant == "float32":
+        attrs["requant"] = "float32"
+        params["requant_scale"] = f32_add_scale(qa, qb, out_q)
+    return Node(n.name, "add", list(n.inputs), out_q, attrs, params, n.source, in_q=qa)
+
+
+def _pool_node(n: FNode, in_q: QParams, out_q: QParams, count: int, op: str, attrs: dict, cfg: QuantConfig) -> Node:
+    mag = max(abs(in_q.qmin), in_q.qmax) * count
+    m, s = quantize_multiplier(float(in_q.scale) / (count * float(out_q.scale)), _mult_bits_for(mag, cfg))
+    attrs = dict(attrs, count=count, clamp=_clamp(out_q, n.act))
+    params = {"multiplier": np.int64(m), "shift": np.int64(s)}
+    if cfg.requant == "float32":  # QLinearGlobalAveragePool's rule (avgpool: ours, not exportable)
+        attrs["requant"] = "float32"
+        params["requant_scale"] = np.array([f32_gap_scale(in_q.scale, out_q.scale, count)], np.float32)
+    return Node(n.name, op, list(n.inputs), out_q, attrs, params, n.source, in_q=in_q)
+
+
+def _merged(a: TensorStats, b: TensorStats) -> TensorStats:
+    return TensorStats(min(a.min, b.min), max(a.max, b.max), a.samples + b.samples, a.n_sampled + b.n_sampled)
+
+
+def _mag(q: QParams) -> int:
+    return max(abs(q.qmin - q.zero_point), abs(q.qmax - q.zero_point))
+
+
+def _matmul_node(n: FNode, qa: QParams, qb: QParams, out_q: QParams, k: int, cfg: QuantConfig) -> Node:
+    m = n.attrs["alpha"] * float(qa.scale) * float(qb.scale) / float(out_q.scale)
+    mult, shift = quantize_multiplier(m, _mult_bits_for(float(k * _mag(qa) * _mag(qb)), cfg))
+    return Node(n.name, "matmul", list(n.inputs), out_q, {"transpose_b": bool(n.attrs["transpose_b"]),
+                                                         "clamp": _clamp(out_q, None)},
+                {"multiplier": np.int64(mult), "shift": np.int64(shift)}, n.source, in_q=qa)
+
+
+def _nonlinear_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node:
+    s_in, s_out = float(in_q.scale), float(out_q.scale)
+    if in_q.zero_point or in_q.per_channel:
+        raise QuantsimError(f"cannot lower {n.source}: {n.op} of a tensor with a zero point or per-channel scale")
+    params: dict[str, np.ndarray] = {}
+    if n.op == "softmax":
+        attrs = NL.softmax_params(s_in, out_q.bits).to_attrs()
+    elif n.op == "gelu":
+        attrs = NL.gelu_params(s_in, s_out, out_q.bits).to_attrs()
+    else:
+        gamma, beta = n.weight.double().numpy(), n.bias.double().numpy()
+        p = NL.layernorm_params(s_in, gamma, beta, n.attrs["eps"], s_out, out_q.bits,
+                                in_bits=in_q.bits + (0 if in_q.signed else 1))
+        attrs = dict(p.to_attrs(), eps_float=float(n.attrs["eps"]))
+        params = {"gamma": p.gamma, "beta": p.beta}
+        if cfg.nonlinear == "float":
+            params.update(gamma_float=gamma.astype(np.float32), beta_float=beta.astype(np.float32))
+    attrs.update(mode=cfg.nonlinear, in_scale=s_in)
+    return Node(n.name, n.op, list(n.inputs), out_q, attrs, params, n.source, in_q=in_q)
+
+
+def _add_const_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node:
+    c = n.weight.double().numpy()
+    c_max = float(np.abs(c).max())
+    cq_max = qrange(CONST_BITS, True)[1]
+    s_c = c_max / cq_max if c_max > 0 else 1.0
+    const = np.clip(np.rint(c / s_c), -cq_max, cq_max).astype(np.int64)
+    ma, mc = float(in_q.scale) / float(out_q.scale), s_c / float(out_q.scale)
+    big, shift = quantize_multiplier(max(ma, mc), _mult_bits_for(_mag(in_q) + cq_max, cfg))
+    small = int(np.rint(min(ma, mc) * 2.0**shift))
+    mult = np.array([big, small] if ma >= mc else [small, big], dtype=np.int64)
+    return Node(n.name, "add_const", list(n.inputs), out_q, {"clamp": _clamp(out_q, n.act), "const_scale": s_c},
+                {"const": const, "multiplier": mult, "shift": np.int64(shift)}, n.source, in_q=in_q)
+
+
+def _concat_token_node(n: FNode, q: QParams) -> Node:
+    tok = np.rint(n.weight.double().numpy() / float(q.scale)) + q.zero_point
+    clamped = int(((tok < q.qmin) | (tok > q.qmax)).sum())
+    tok = np.clip(tok, q.qmin, q.qmax).astype(np.int64)
+    return Node(n.name, "concat_token", list(n.inputs), q, {"axis": n.attrs["axis"], "clamped": clamped},
+                {"token": tok}, n.source, in_q=q)
+
+
+def float_nodes(graph: Graph) -> list[str]:
+    """Nodes evaluated in float (nonlinear='float'): never bit-exact between the executors."""
+    return [n.name for n in graph.nodes if n.op in NONLINEAR_OPS and n.attrs.get("mode") == "float"]
+
+
+def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Graph:
+    bits = tensor_bits(g, cfg)
+    shapes = shapes_of(g)
+    if cfg.requant == "float32":
+        vit = sorted({n.op for n in g.nodes if n.op in FLOAT32_UNSUPPORTED})
+        if vit:
+            raise QuantsimError(f"requant mode float32 does not cover the transformer ops {', '.join(vit)}: "
+                                "use --requant dyadic")
+    stats = dict(stats)
+    for n in g.nodes:  # the class token shares the patch tokens' quantization: calibrate on both
+        if n.op == "concat_token":
+            r = _root(g, n.inputs[0])
+            stats[r] = _merged(stats[r], stats[n.name])
+    q: dict[str, QParams] = {}  # quantization of every FloatGraph tensor
+    nodes: list[Node] = []
+    for n in g.nodes:
+        if n.op in PASSTHROUGH_OPS:
+            q[n.name] = q[n.inputs[0]]
+        elif n.op == "softmax":
+            b = bits.get(n.name, cfg.a_bits)
+            q[n.name] = QParams(b, False, np.float64(2.0**-b))
+        else:
+            q[n.name] = _act_qparams(g, n.name, bits.get(n.name, cfg.a_bits), stats[n.name], cfg)
+        out_q = q[n.name]
+        if n.op == "input":
+            nodes.append(Node("input", "quantize", [INPUT_NAME], out_q, {}, {}, "input"))
+        elif n.is_mac:
+            nodes.append(_mac_node(n, q[n.inputs[0]], out_q, cfg))
+        elif n.op == "add":
+            nodes.append(_add_node(n, q[n.inputs[0]], q[n.inputs[1]], out_q, cfg))
+        elif n.op == "gap":
+            h, w = shapes[n.inputs[0]][2:]
+            nodes.append(_pool_node(n, q[n.inputs[0]], out_q, h * w, "global_avgpool", {}, cfg))
+        elif n.op == "avgpool":
+            if any(n.attrs["padding"]) and not n.attrs["count_include_pad"]:
+                raise QuantsimError(f"cannot lower {n.source}: average pool that excludes padding from its divisor")
+            kh, kw = n.attrs["kernel"]
+            attrs = {k: n.attrs[k] for k in ("kernel", "stride", "padding")}
+            nodes.append(_pool_node(n, q[n.inputs[0]], out_q, kh * kw, "avgpool", attrs, cfg))
+        elif n.op == "maxpool":
+            nodes.append(Node(n.name, "maxpool", list(n.inputs), out_q, dict(n.attrs), {}, n.source, in_q=out_q))
+        elif n.op == "flatten":
+            k = int(np.prod(shapes[n.name][1:]))
+            nodes.append(Node(n.name, "reshape", list(n.inputs), out_q, {"shape": [-1, k]}, {}, n.source, in_q=out_q))
+        elif n.op == "shortcut_a":
+            s = n.attrs["stride"]
+            nodes.append(Node(n.name + ".slice", "strided_slice", list(n.inputs), out_q, {"step": [s, s]}, {},
+                              n.source, in_q=out_q))
+            nodes.append(Node(n.name, "pad_channels", [n.name + ".slice"], out_q,
+                              {"before": n.attrs["pad_before"], "after": n.attrs["pad_after"]}, {}, n.source,
+                              in_q=out_q))
+        elif n.op in ("relu", "relu6"):
+            nodes.append(Node(n.name, "clamp", list(n.inputs), out_q, {"clamp": _clamp(out_q, n.op)}, {},
+                              n.source, in_q=out_q))
+        elif n.op == "matmul":
+            nodes.append(_matmul_node(n, q[n.inputs[0]], q[n.inputs[1]], out_q, shapes[n.inputs[0]][-1], cfg))
+        elif n.op in NONLINEAR_OPS:
+            nodes.append(_nonlinear_node(n, q[n.inputs[0]], out_q, cfg))
+        elif n.op == "add_const":
+            nodes.append(_add_const_node(n, q[n.inputs[0]], out_q, cfg))
+        elif n.op == "concat_token":
+            nodes.append(_concat_token_node(n, out_q))
+        elif n.op in ("reshape", "permute", "take"):
+            nodes.append(Node(n.name, n.op, list(n.inputs), out_q, dict(n.attrs), {}, n.source, in_q=out_q))
+        else:
+            raise QuantsimError(f"cannot lower {n.source}: op {n.op!r} has no integer form")
+    meta = {"acc_bits": cfg.acc_bits, "config": cfg.to_json()}
+    graph = Graph(nodes, INPUT_NAME, tuple(g.input_shape), [g.output], meta)
+    if float_nodes(graph):
+        graph.meta["bit_exact_contract"] = False  # float nonlinearities: see float_nodes
+    return graph

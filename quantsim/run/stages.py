@@ -1,0 +1,169 @@
+"""One quantization run as plain functions: calibrate, lower, evaluate, validate bit-exactness.
+
+simulate.py (the command line) and the benchmarks call these; nothing here parses
+arguments or writes files.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from integer_ref import executor as int_exec
+from integer_ref.ir import Graph
+
+from quantsim.emulate import executor as emulate
+from quantsim.quant.calibrate import TensorStats, collect_stats
+from quantsim.graph.capture import FloatGraph, capture, run_float
+from quantsim.quant.config import QuantConfig
+from quantsim.errors import QuantsimError
+from quantsim.quant.lower import lower
+
+CAPTURE_TOLERANCE = 1e-3  # relative: the captured graph must compute what the model computes
+
+
+@dataclass
+class Prepared:
+    """A captured model with its calibration statistics: reused across bit widths."""
+
+    fgraph: FloatGraph
+    stats: dict[str, TensorStats]
+    calib_seconds: float
+    # the calibration batches (the scale search and bias correction run on them) and the
+    # searched (graph, stats, config) per config, so that e.g. both nonlinear modes share a search
+    calib: list[torch.Tensor] = field(default_factory=list, repr=False)
+    searched: dict = field(default_factory=dict, repr=False)
+
+
+def prepare(model: torch.nn.Module, input_shape, calib_batches: list[torch.Tensor], seed: int = 0,
+            progress: bool = True) -> Prepared:
+    t0 = time.perf_counter()
+    g = capture(model, tuple(input_shape))
+    check_capture(model, g, calib_batches[0][:4])
+    stats = collect_stats(g, calib_batches, seed=seed, progress=progress)
+    return Prepared(g, stats, time.perf_counter() - t0, list(calib_batches))
+
+
+@torch.no_grad()
+def check_capture(model: torch.nn.Module, g: FloatGraph, x: torch.Tensor) -> None:
+    ref = model(x)
+    got = run_float(g, x)
+    err = float((ref - got).abs().max() / ref.abs().max().clamp(min=1e-12))
+    if not err < CAPTURE_TOLERANCE:
+        raise QuantsimError(f"the captured graph does not reproduce the model (relative error {err:.2e}): "
+                            "an op was traced in a way quantsim cannot follow")
+
+
+def quantize(prep: Prepared, cfg: QuantConfig) -> Graph:
+    from quantsim.quant import scale_search
+
+    if scale_search.needs_search(cfg):  # similarity / ranking search, bias correction
+        g, stats, cfg = scale_search.searched(prep.fgraph, prep.stats, prep.calib, cfg, prep.searched)
+        return lower(g, stats, cfg)
+    return lower(prep.fgraph, prep.stats, cfg)
+
+
+@dataclass
+class Accuracy:
+    n: int = 0
+    n_labelled: int = 0
+    top1: int = 0
+    top5: int = 0
+    top1_fp32: int = 0
+    top5_fp32: int = 0
+    agree: int = 0
+    predictions: list[np.ndarray] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        lab = max(self.n_labelled, 1)
+        has = self.n_labelled > 0
+        return {
+            "n_eval": self.n, "n_labelled": self.n_labelled,
+            "top1": 100.0 * self.top1 / lab if has else None,
+            "top5": 100.0 * self.top5 / lab if has else None,
+            "top1_fp32": 100.0 * self.top1_fp32 / lab if has else None,
+            "top5_fp32": 100.0 * self.top5_fp32 / lab if has else None,
+            "agreement_fp32": 100.0 * self.agree / max(self.n, 1),
+        }
+
+
+def _topk_hits(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return int((top == labels[:, None]).any(dim=1).sum())
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, graph: Graph | None, loader, progress: bool = True) -> Accuracy:
+    """FP32 and quantized (emulated) accuracy in one pass over the evaluation data."""
+    acc = Accuracy()
+    qmodel = emulate.EmulatedModel(graph) if graph is not None else None
+    for x, y in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        f = model(x)
+        q = qmodel(x) if qmodel is not None else f
+        pf, pq = f.argmax(1), q.argmax(1)
+        acc.n += len(x)
+        acc.agree += int((pf == pq).sum())
+        acc.predictions.append(pq.numpy())
+        mask = y >= 0
+        if mask.any():
+            acc.n_labelled += int(mask.sum())
+            acc.top1 += _topk_hits(q[mask], y[mask], 1)
+            acc.top5 += _topk_hits(q[mask], y[mask], 5)
+            acc.top1_fp32 += _topk_hits(f[mask], y[mask], 1)
+            acc.top5_fp32 += _topk_hits(f[mask], y[mask], 5)
+    return acc
+
+
+@dataclass
+class BitExact:
+    images: int
+    mismatches: dict[str, int]  # per IR node
+    acc_overflows: dict[str, int]
+    ref_tensors: dict[str, np.ndarray]  # integer_ref's outputs (operand taps for hwmodel)
+    seconds_ref: float
+
+    @property
+    def total_mismatches(self) -> int:
+        return int(sum(self.mismatches.values()))
+
+
+def check_bitexact(graph: Graph, x: torch.Tensor) -> BitExact:
+    """integer_ref against emulate on every node: zero differing elements expected."""
+    emu = emulate.run(graph, x, keep="all")
+    t0 = time.perf_counter()
+    ref = int_exec.run(graph, x.numpy().astype(np.float32), keep="all")
+    seconds = time.perf_counter() - t0
+    mismatches = {}
+    for node in graph.nodes:
+        a = ref.tensors[node.name]
+        b = emu.tensors[node.name].numpy()
+        mismatches[node.name] = int(a.size) if a.shape != b.shape else int((a != b).sum())
+    return BitExact(len(x), mismatches, dict(ref.acc_overflows), ref.tensors, seconds)
+
+
+@torch.no_grad()
+def layer_sqnr(prep: Prepared, graph: Graph, x: torch.Tensor, ref_tensors: dict[str, np.ndarray]) -> dict[str, float]:
+    """SQNR (dB) of each quantized tensor against the float model's tensor on the same images."""
+    floats: dict[str, torch.Tensor] = {}
+    run_float(prep.fgraph, x, observe=lambda n, y: floats.__setitem__(n.name, y))
+    out = {}
+    for node in graph.nodes:
+        if node.name not in floats or node.name not in ref_tensors:
+            continue
+        f = floats[node.name].double().numpy()
+        q = int_exec.dequantize(ref_tensors[node.name], node.out)
+        if f.shape != q.shape:
+            continue
+        noise = float(((f - q) ** 2).sum())
+        sig = float((f**2).sum())
+        out[node.name] = float("inf") if noise == 0 else 10.0 * np.log10(max(sig, 1e-30) / noise)
+    return out
+
+
+def integer_taps(graph: Graph, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Every node's integer output from integer_ref (the operands hwmodel sees)."""
+    return int_exec.run(graph, x.numpy().astype(np.float32), keep="all").tensors
