@@ -11,7 +11,7 @@ from quantsim.run import stages as pipeline
 from quantsim.quant.config import QuantConfig
 from quantsim.errors import QuantsimError
 from quantsim.mixed.plan import FIXED, energy_owners, mixed_tables, plan_mixed, tie_groups
-from quantsim.cli.simulate import load_accel
+from quantsim.run.inputs import load_accel
 
 # Planned energy is exact for uniform programs; at boundaries between widths a layer's
 # output is written at its reader's width and toggles change, so the verified mixed program
@@ -332,7 +332,7 @@ def test_pair_candidates_set_weight_and_activation_widths_apart(setup, tmp_path)
     """--candidates 4,6,8,W4A8: the tables hold the pair, its energy lies between W6A6 and
     W8A8 (8-bit activations, 4-bit weights), and the lowered program runs each layer at the
     chosen (w, a) and bit-exactly. The sensitivity cache keeps pair keys."""
-    from quantsim.cli.simulate import parse_candidates
+    from quantsim.run.inputs import parse_candidates
 
     prep, accel, batches, x, _ = setup
     cands = parse_candidates("8,W4A8,4,6,w6a6")

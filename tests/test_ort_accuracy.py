@@ -33,13 +33,15 @@ def test_ort_calibration_reader_gets_our_calibration_images(tmp_path, monkeypatc
     import ort_accuracy as oa
 
     from quantsim.cli import simulate
+    from quantsim.run.inputs import load_inputs
+    from quantsim.run.options import RunOptions
     from quantsim.interop.ort_quantize import ort_quantize_static
 
     d = oa.load("resnet20", n_eval=4, n_calib=N_CALIB)
     # the same files as the command line's --calib N_CALIB
     args = simulate.build_parser().parse_args([str(CKPTS[0]), "--arch", "cifar_resnet20", "--data", f"cifar10:{CIFAR}",
                                                "--calib", str(N_CALIB)])
-    _, _, calib_ds, _, _ = simulate._load(args)
+    calib_ds = load_inputs(RunOptions.from_namespace(args)).calib_ds
     assert d.calib_files == oa._files(calib_ds)
     assert len(set(d.calib_files)) == N_CALIB
     cli = torch.cat([x for x, _ in oa.datasets.make_loader(calib_ds, batch_size=args.batch_size)])

@@ -14,6 +14,9 @@ from hypothesis import given, settings, strategies as st
 from torch.utils.data import TensorDataset
 
 from quantsim.cli import pareto, simulate
+from quantsim.errors import QuantsimError
+from quantsim.run import inputs, single, sweep
+from quantsim.zoo.preprocess import Preprocess
 from test_mixed_plan import Tiny
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -24,27 +27,27 @@ needs_shared = pytest.mark.skipif(R20 is None or not CIFAR.exists(), reason="../
 
 @pytest.fixture
 def tiny(monkeypatch):
-    """simulate._load replaced by a tiny residual net on random labelled images."""
-    from quantsim.zoo import datasets
-
+    """quantsim.run.inputs.load_inputs replaced by a tiny residual net on random labelled images."""
     torch.manual_seed(0)
     model = Tiny().eval()
     x = torch.randn(12, 3, 8, 8)
     y = torch.randint(0, 10, (12,))
-    loaded = SimpleNamespace(model=model, preprocess=SimpleNamespace(input_size=(3, 8, 8)), arch="tiny")
+    loaded = SimpleNamespace(model=model, preprocess=Preprocess((3, 8, 8), (0.0,) * 3, (1.0,) * 3, resize=None),
+                             arch="tiny", source="random init")
 
     def fake_load(args):
-        return loaded, datasets, TensorDataset(x[:8], y[:8]), TensorDataset(x[8:], y[8:]), None
+        return inputs.Inputs(loaded, TensorDataset(x[:8], y[:8]), TensorDataset(x[8:], y[8:]), None)
 
-    monkeypatch.setattr(simulate, "_load", fake_load)
+    monkeypatch.setattr(sweep, "load_inputs", fake_load)
+    monkeypatch.setattr(single, "load_inputs", fake_load)
     calls = []
-    real = pareto.quantized_predictions
+    real = sweep.quantized_predictions
 
     def counting(graph, ev, progress, desc):
         calls.append(desc)
         return real(graph, ev, progress, desc)
 
-    monkeypatch.setattr(pareto, "quantized_predictions", counting)
+    monkeypatch.setattr(sweep, "quantized_predictions", counting)
     return calls
 
 
@@ -57,10 +60,10 @@ def test_sweep_writes_points_and_resume_skips_them(tiny, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert pareto.main(_argv(out, "--budgets", "0.8,0.1")) == 0
     pts = pd.read_csv(out / "points.csv")
-    labels = ["FP32"] + [f"W{w}A{a}-{g}" for g in ("pt", "pc") for w, a in pareto.UNIFORM] + [
+    labels = ["FP32"] + [f"W{w}A{a}-{g}" for g in ("pt", "pc") for w, a in sweep.UNIFORM] + [
         "mixed-thr", "mixed-at-thr", "mixed-0.1", "mixed-0.8"]
     assert list(pts["label"]) == labels
-    for col in pareto.POINT_COLUMNS[:12]:
+    for col in sweep.POINT_COLUMNS[:12]:
         assert col in pts.columns
     assert (pts["bitexact_mismatches"].fillna(0) == 0).all()
     w8 = pts.set_index("label").loc["W8A8-pc"]
@@ -95,23 +98,23 @@ def test_uniform_points_of_one_granularity(tiny, tmp_path):
     out = tmp_path / "pc"
     assert pareto.main(_argv(out, "--budgets", "0.8", "--uniform-granularity", "per-channel")) == 0
     labels = list(pd.read_csv(out / "points.csv")["label"])
-    assert labels == ["FP32"] + [f"W{w}A{a}-pc" for w, a in pareto.UNIFORM] + ["mixed-thr", "mixed-at-thr", "mixed-0.8"]
+    assert labels == ["FP32"] + [f"W{w}A{a}-pc" for w, a in sweep.UNIFORM] + ["mixed-thr", "mixed-at-thr", "mixed-0.8"]
 
 
 def test_interrupted_sweep_keeps_finished_points(tiny, tmp_path, monkeypatch):
     out = tmp_path / "cut"
-    real = pareto.quantized_predictions
+    real = sweep.quantized_predictions
 
     def dies_third(graph, ev, progress, desc):
         if len(tiny) == 2:  # two quantized points done
             raise KeyboardInterrupt
         return real(graph, ev, progress, desc)
 
-    monkeypatch.setattr(pareto, "quantized_predictions", dies_third)
+    monkeypatch.setattr(sweep, "quantized_predictions", dies_third)
     with pytest.raises(KeyboardInterrupt):
         pareto.main(_argv(out, "--budgets", "0.8"))
     assert list(pd.read_csv(out / "points.csv")["label"]) == ["FP32", "W8A8-pt", "W6A6-pt"]
-    monkeypatch.setattr(pareto, "quantized_predictions", real)
+    monkeypatch.setattr(sweep, "quantized_predictions", real)
     assert pareto.main(_argv(out, "--budgets", "0.8", "--resume")) == 0
     assert len(pd.read_csv(out / "points.csv")) == 12  # FP32, 8 uniform, threshold, budget at its energy, one budget
 
@@ -168,7 +171,7 @@ def test_heldout_labelled_images_are_not_calibration_images():
     args = SimpleNamespace(rerank_by="top1", rerank=4, rerank_images=64, calib_data=None, data=f"cifar10:{CIFAR}",
                            download=False, seed=0, batch_size=32)
     calib_ds = datasets.deterministic_subset(datasets.build_dataset(args.data, pre, role="calib"), 48, 0)
-    held = simulate.heldout_labelled(args, datasets, pre, calib_ds)
+    held = inputs.heldout_labelled(args, pre, calib_ds)
     x = torch.cat([b for b, _ in held])
     y = torch.cat([t for _, t in held])
     assert len(x) == 64 and int(y.min()) >= 0 and int(y.max()) <= 9 and len(set(y.tolist())) > 3
@@ -176,10 +179,10 @@ def test_heldout_labelled_images_are_not_calibration_images():
     same = (x[:, None].flatten(2) == calib_x[None].flatten(2)).all(-1)
     assert not bool(same.any())
     args.rerank_images = 0
-    with pytest.raises(simulate.QuantsimError, match="--rerank-images"):
-        simulate.heldout_labelled(args, datasets, pre, calib_ds)
+    with pytest.raises(QuantsimError, match="--rerank-images"):
+        inputs.heldout_labelled(args, pre, calib_ds)
     args.rerank_by = "joint"
-    assert simulate.heldout_labelled(args, datasets, pre, calib_ds) is None
+    assert inputs.heldout_labelled(args, pre, calib_ds) is None
 
 
 @settings(max_examples=50, deadline=None)
@@ -187,7 +190,47 @@ def test_heldout_labelled_images_are_not_calibration_images():
 def test_heldout_indices_avoid_calibration(total, data):
     used = data.draw(st.sets(st.integers(0, total - 1)))
     n = data.draw(st.integers(1, 400))
-    idx = simulate.heldout_indices(total, used, n, 7)
+    idx = inputs.heldout_indices(total, used, n, 7)
     assert not set(idx) & used and len(set(idx)) == len(idx) == min(n, total - len(used))
     assert idx == sorted(idx) and all(0 <= i < total for i in idx)
-    assert idx == simulate.heldout_indices(total, used, n, 7)
+    assert idx == inputs.heldout_indices(total, used, n, 7)
+
+
+def test_fp32_point_energy_equals_simulate_fp32(tiny, tmp_path):
+    """A sweep's FP32 point and `simulate --bits fp32` report the same e_total_pj and e_seed_pj
+    (the sweep once wrote the detailed model's FP32 energy into e_seed_pj)."""
+    out = tmp_path / "sweep"
+    assert pareto.main(_argv(out, "--no-uniform", "--budgets", "0.8")) == 0
+    fp32 = pd.read_csv(out / "points.csv").set_index("label").loc["FP32"]
+    run_out = tmp_path / "fp32"
+    assert simulate.main(_argv(run_out, "--bits", "fp32")) == 0
+    s = json.loads((run_out / "summary.json").read_text())
+    assert fp32["e_total_pj"] == pytest.approx(s["e_total_pj"], rel=1e-12)
+    assert fp32["e_seed_pj"] == pytest.approx(s["e_seed_pj"], rel=1e-12)
+    assert s["e_seed_pj"] != s["e_total_pj"]  # the two energy models differ, so the test can fail
+
+
+@pytest.mark.parametrize("command", ["simulate", "pareto"])
+def test_out_that_cannot_be_created_fails_before_loading(tmp_path, monkeypatch, capsys, command):
+    """--out under an existing file: one error line, exit 2, and no model or data is loaded."""
+    def must_not_load(opts):
+        raise AssertionError("loaded the model before checking --out")
+
+    monkeypatch.setattr(single, "load_inputs", must_not_load)
+    monkeypatch.setattr(sweep, "load_inputs", must_not_load)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    main = simulate.main if command == "simulate" else pareto.main
+    assert main(_argv(blocker / "sub" / "run")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --out ") and "not a directory" in err[0], err
+
+
+def test_sweep_accepts_every_quantization_option_of_a_run():
+    """By construction (shared argument groups): every flag of simulate's quantization, hardware and
+    model/data groups parses in pareto, and both fill the same option fields."""
+    run_flags = {a.dest for a in simulate.build_parser()._actions}
+    sweep_flags = {a.dest for a in pareto.build_parser()._actions}
+    only_run = run_flags - sweep_flags
+    assert only_run == {"bits", "energy_budget", "save_ir", "export_onnx", "oracle"}, only_run
+    assert {"search_steps", "bias_correction", "calib_method", "requant"} <= sweep_flags

@@ -57,19 +57,6 @@ def energy_summary(hw: HwResult, w8: HwResult, fp32: bool = False) -> dict:
     return out
 
 
-def merge_rows(layers: pd.DataFrame, hw: HwResult) -> pd.DataFrame:
-    """layers.csv: the quantization columns, then the hardware columns of the same node.
-
-    n_mac is taken from the hardware rows (the same count for conv/linear; the quantization
-    table counts weight MACs only, so the attention matmuls' MACs come from here)."""
-    hw_df = pd.DataFrame(hw.rows)
-    keep = [c for c in hw.columns if c in hw_df.columns and (c == "layer" or c not in layers.columns)]
-    out = layers.merge(hw_df[keep], on="layer", how="left")
-    if "n_mac" in layers.columns and "n_mac" in hw_df.columns:
-        out["n_mac"] = out["layer"].map(dict(zip(hw_df["layer"], hw_df["n_mac"]))).fillna(out["n_mac"]).astype("int64")
-    return out
-
-
 def plot_energy(hw: HwResult, path_stem, title: str) -> None:
     from reports.plots import energy_breakdown
 

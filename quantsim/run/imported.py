@@ -45,7 +45,7 @@ def _accuracy(graph, loader, label_offset: int, progress: bool) -> dict:
 def run_imported(args, accel) -> dict:
     from quantsim.zoo import datasets
     from quantsim.run import hardware, stages as pipeline
-    from quantsim.run.layer_table import layer_table, write_reports
+    from quantsim.run.layer_table import layer_table, merge_rows, write_reports
 
     t_start = time.perf_counter()
     try:
@@ -97,7 +97,7 @@ def run_imported(args, accel) -> dict:
         "note": "; ".join(imp.notes + ["energy ratios are against the imported program itself "
                                        "(no FP32 model to compare with)"]),
     }
-    layers = hardware.merge_rows(layer_table(graph, bitexact, {}), hw)
+    layers = merge_rows(layer_table(graph, bitexact, {}), hw)
     out = Path(args.out)
     write_reports(out, summary, layers, graph if args.save_ir else None,
                   extra=lambda rd: hardware.plot_energy(hw, rd.path("energy_breakdown"), f"{imp.arch} on {accel.name}"))

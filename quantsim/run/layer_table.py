@@ -1,4 +1,6 @@
-"""Per-layer rows and the run's report files (written through reports.io, atomically)."""
+"""layers.csv is built here and only here: the quantization columns of each IR node, then the
+hardware columns of the same node, then (mixed runs) the plan's columns; and the run's report
+files (written through reports.io, atomically)."""
 from __future__ import annotations
 
 import math
@@ -8,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from integer_ref.ir import MAC_OPS, Graph
+from reports.io import ReportDir
 
 LAYER_COLUMNS = ["layer", "op", "source", "w_bits", "a_bits", "out_bits", "w_signed", "a_signed", "out_signed",
                  "granularity", "n_mac", "n_params", "weight_bytes", "in_bytes", "out_bytes", "in_shape",
@@ -61,11 +64,22 @@ def layer_table(graph: Graph, bitexact, sqnr: dict[str, float]) -> pd.DataFrame:
     return df
 
 
+def merge_rows(layers: pd.DataFrame, hw) -> pd.DataFrame:
+    """layers.csv: the quantization columns, then the hardware columns of the same node.
+
+    n_mac is taken from the hardware rows (the same count for conv/linear; the quantization
+    table counts weight MACs only, so the attention matmuls' MACs come from here)."""
+    hw_df = pd.DataFrame(hw.rows)
+    keep = [c for c in hw.columns if c in hw_df.columns and (c == "layer" or c not in layers.columns)]
+    out = layers.merge(hw_df[keep], on="layer", how="left")
+    if "n_mac" in layers.columns and "n_mac" in hw_df.columns:
+        out["n_mac"] = out["layer"].map(dict(zip(hw_df["layer"], hw_df["n_mac"]))).fillna(out["n_mac"]).astype("int64")
+    return out
+
+
 def write_reports(out: Path, summary: dict, layers: pd.DataFrame | None, graph: Graph | None = None,
                   extra=None) -> None:
     """Everything for --out in one staged commit: a failed run leaves no files behind."""
-    from reports.io import ReportDir
-
     flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
     with ReportDir(out) as rd:
         rd.write_json("summary.json", summary)

@@ -1,0 +1,82 @@
+"""Argument groups shared by every command (simulate, pareto): one definition per flag, so a
+sweep accepts every quantization option a run accepts. Their names are RunOptions' fields."""
+from __future__ import annotations
+
+import argparse
+
+from quantsim.quant.config import CALIB_METHODS
+from quantsim.run.options import DEFAULT_ACCEL
+
+__all__ = ["add_hw_args", "add_mixed_args", "add_model_data_args", "add_quant_args"]
+
+
+def add_model_data_args(p: argparse.ArgumentParser) -> None:
+    """Model and data options (shared by every command)."""
+    p.add_argument("model", nargs="?", help="model name (resnet18, resnet18_cifar, cifar_resnet20, "
+                   "tf_efficientnet_lite0, any timm name) or a file (.pt/.pth/.th checkpoint, .pt2 export)")
+    p.add_argument("--arch", help="architecture of a plain state-dict file")
+    p.add_argument("--trust-model", action="store_true", help="allow unpickling a full module (runs code from the file)")
+    p.add_argument("--pretrained", action="store_true", help="download timm's released weights (needs internet)")
+    p.add_argument("--weights", help="local weights file (.pth/.safetensors) for a named timm model")
+    p.add_argument("--data", help="evaluation data: imagenet:DIR, cifar10:DIR, cifar100:DIR, folder:DIR")
+    p.add_argument("--calib-data", help="calibration data (default: the training split of --data, or --data itself)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR when missing")
+    p.add_argument("--calib", type=int, default=256, help="calibration images (default 256)")
+    p.add_argument("--eval", type=int, default=None, help="evaluation images (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def add_quant_args(p: argparse.ArgumentParser) -> None:
+    """Calibration and requantization options (everything but --bits)."""
+    p.add_argument("--granularity", default="per-channel", choices=["per-tensor", "per-channel"])
+    p.add_argument("--calib-method", default="minmax", choices=list(CALIB_METHODS),
+                   help="activation (and weight) scales: minmax, percentile, mse; similarity / ranking search "
+                        "each layer's weight and input scale (Liu et al. 2021, quantsim.quant.scale_search)")
+    p.add_argument("--percentile", type=float, default=99.99)
+    p.add_argument("--bitexact-images", type=int, default=8, help="images checked integer_ref vs emulate, every layer")
+    p.add_argument("--allow-mismatch", action="store_true", help="report bit-exact mismatches without failing")
+    p.add_argument("--requant", default="dyadic", choices=["dyadic", "float32"],
+                   help="dyadic: integer multiplier and shift; float32: ONNX Runtime's float32 multipliers "
+                        "(needed by --export-onnx)")
+    p.add_argument("--search-steps", type=int, default=100,
+                   help="similarity / ranking: points searched in [0.5, 1.2] x max (default 100)")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="correct each layer's bias by the mean quantization error of its output (calibration images)")
+
+
+def add_hw_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accel", default=DEFAULT_ACCEL, help="accelerator preset name or TOML file "
+                   f"(default {DEFAULT_ACCEL}; presets: see hwmodel/presets)")
+    p.add_argument("--toggle-images", type=int, default=1, help="images whose real operands feed the toggle count")
+    p.add_argument("--mac-form", default="max", choices=["max", "product"],
+                   help="seed MAC energy: b=max(b_w,b_a) squared, or the product b_w*b_a")
+    p.add_argument("--dram-model", choices=["reuse", "scalesim"], default=None,
+                   help="DRAM traffic: 'reuse' (each tile fetched once per reuse window) or 'scalesim' "
+                        "(SCALE-Sim 3.0.0's read-buffer replay); default: the preset's")
+
+
+def add_mixed_args(p: argparse.ArgumentParser, budget: bool = True) -> None:
+    mx = p.add_argument_group("mixed precision (--bits mixed)")
+    if budget:
+        mx.add_argument("--energy-budget", type=float, default=None,
+                        help="budget policy: least total sensitivity with energy <= this ratio of W8A8 energy "
+                        "(e.g. 0.6); without it --bits mixed uses the threshold policy")
+    mx.add_argument("--candidates", default="4,6,8", help="candidate widths per layer: b for W_b A_b, or WxAy pairs, e.g. 4,6,8,W4A8")
+    mx.add_argument("--sensitivity-at", default="layer", choices=["layer", "output"],
+                    help="measure S_l at the layer's own output or at the network output")
+    mx.add_argument("--sensitivity-weighting", default="none", choices=["none", "nuclear"],
+                    help="nuclear: weight S_l by the nuclear norm of the layer output (Liu et al. 2021)")
+    mx.add_argument("--sensitivity-cache", default=None, help="directory caching sensitivity tables (JSON)")
+    mx.add_argument("--rerank", type=int, default=0,
+                    help="budget policy: measure the network-output error of the K best allocations of the "
+                    "knapsack (and the threshold/uniform ones within the budget) with all layers quantized at "
+                    "once, keep the least (0: the knapsack optimum as it is)")
+    mx.add_argument("--rerank-by", default="joint", choices=["joint", "top1"],
+                    help="what --rerank measures: joint output error on the calibration images, or top-1 of each "
+                    "candidate's integer program on labelled images of the calibration source held out from "
+                    "calibration (--rerank-images)")
+    mx.add_argument("--rerank-images", type=int, default=2000,
+                    help="held-out labelled images for --rerank-by top1 (default 2000)")
+    mx.add_argument("--mixed-unit", default="layer", choices=["layer", "module"],
+                    help="one width per layer, or per module (a ViT block's MSA and MLP, a ResNet block)")

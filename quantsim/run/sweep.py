@@ -1,0 +1,323 @@
+"""The accuracy-energy Pareto sweep of one model (`python -m quantsim.pareto`).
+
+Points: FP32; uniform W8A8, W6A6, W4A8, W4A4, each per-tensor and per-channel; mixed
+precision with the threshold policy; mixed precision with the energy-budget policy at each
+of --budgets (ratios of the W8A8 energy). Calibration, the FP32 pass over the evaluation
+set, the sensitivity table and the per-layer energy tables are computed once and reused.
+
+Out dir:
+  points.csv       one row per point, rewritten atomically as each point finishes
+                   (an interrupted sweep keeps what it finished; --resume skips those)
+  pareto.png/.svg  top-1 against energy, the frontier, FP32 and W8A8 reference lines
+  widths_<label>.csv, width_map_<label>.png/.svg   per layer widths beside energy shares
+  state/           FP32 predictions and the sensitivity cache (reused on --resume)
+"""
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from quantsim.emulate.executor import EmulatedModel
+from quantsim.errors import QuantsimError
+from quantsim.mixed.plan import energy_share, layer_columns, mixed_tables, plan_mixed
+from quantsim.quant.config import QuantConfig
+from quantsim.run import hardware, stages
+from quantsim.run.inputs import (batches, check_images, check_out_dir, heldout_labelled, load_accel,
+                                 load_inputs, parse_candidates)
+from quantsim.run.options import SweepOptions
+from quantsim.run.single import base_config, fp32_energy, measure_program
+from quantsim.zoo import datasets
+from reports.io import write_bytes_atomic, write_csv_atomic, write_json_atomic
+from reports.plots import pareto as pareto_plot, width_map
+
+POINT_COLUMNS = ["label", "policy", "granularity", "w_bits", "a_bits", "top1", "top5", "agreement_fp32",
+                 "e_total_pj", "e_seed_pj", "energy_ratio_w8a8", "bitexact_mismatches",
+                 "budget", "planned_energy_ratio", "binding", "optimal", "total_sensitivity", "widths",
+                 "seconds", "note"]
+UNIFORM = ((8, 8), (6, 6), (4, 8), (4, 4))
+GRAN_TAG = {"per-tensor": "pt", "per-channel": "pc"}
+CACHE_EVAL_BYTES = 1 << 30  # keep evaluation batches in memory up to this size
+
+
+@dataclass
+class Point:
+    label: str
+    policy: str  # fp32 | uniform | mixed-threshold | mixed-budget
+    granularity: str | None = None
+    w_bits: int | None = None
+    a_bits: int | None = None
+    budget: float | None = None
+
+
+def parse_budgets(text: str) -> list[float]:
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise QuantsimError(f"--budgets {text!r}: give ratios separated by commas, e.g. 0.5,0.6") from None
+    if not vals or any(not (math.isfinite(v) and v > 0) for v in vals):
+        raise QuantsimError(f"--budgets {text!r}: every budget must be a positive ratio of W8A8 energy")
+    return sorted(set(vals))
+
+
+def sweep_points(granularity: str, budgets: list[float], uniform: bool = True,
+                 uniform_grans=("per-tensor", "per-channel")) -> list[Point]:
+    pts = [Point("FP32", "fp32")]
+    if uniform:
+        for gran in uniform_grans:
+            for w, a in UNIFORM:
+                pts.append(Point(f"W{w}A{a}-{GRAN_TAG[gran]}", "uniform", gran, w, a))
+    pts.append(Point("mixed-thr", "mixed-threshold", granularity))
+    # the budget policy at the threshold plan's achieved energy (budget filled in at run time)
+    pts.append(Point("mixed-at-thr", "mixed-budget", granularity))
+    for b in budgets:
+        pts.append(Point(f"mixed-{b:g}", "mixed-budget", granularity, budget=b))
+    return pts
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+class EvalSet:
+    """The evaluation batches, held in memory when small enough, and the FP32 top-5."""
+
+    def __init__(self, ds, batch_size: int):
+        self.loader = datasets.make_loader(ds, batch_size=batch_size)
+        self.n = len(ds)
+        c, h, w = ds[0][0].shape
+        self.cached = self.n * c * h * w * 4 <= CACHE_EVAL_BYTES
+        self._batches: list | None = None
+
+    def batches(self):
+        if self._batches is not None:
+            return self._batches
+        if not self.cached:
+            return self.loader
+        self._batches = [(x, y) for x, y in self.loader]
+        return self._batches
+
+
+@torch.no_grad()
+def fp32_predictions(model, ev: EvalSet, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Top-5 class indices per image (FP32) and the labels (-1 where none)."""
+    tops, labels = [], []
+    for x, y in tqdm(ev.batches(), desc="FP32", unit="batch", disable=not progress, leave=False):
+        f = model(x)
+        tops.append(f.topk(min(5, f.shape[1]), dim=1).indices.numpy())
+        labels.append(y.numpy())
+    return np.concatenate(tops), np.concatenate(labels)
+
+
+def accuracy(top5: np.ndarray, labels: np.ndarray, fp32_top1: np.ndarray | None) -> dict:
+    mask = labels >= 0
+    out = {"top1": None, "top5": None}
+    if mask.any():
+        out["top1"] = 100.0 * float((top5[mask, 0] == labels[mask]).mean())
+        out["top5"] = 100.0 * float((top5[mask] == labels[mask, None]).any(1).mean())
+    out["agreement_fp32"] = 100.0 if fp32_top1 is None else 100.0 * float((top5[:, 0] == fp32_top1).mean())
+    return out
+
+
+@torch.no_grad()
+def quantized_predictions(graph, ev: EvalSet, progress: bool, desc: str) -> np.ndarray:
+    qm = EmulatedModel(graph)
+    tops = []
+    for x, _ in tqdm(ev.batches(), desc=desc, unit="batch", disable=not progress, leave=False):
+        q = qm(x)
+        tops.append(q.topk(min(5, q.shape[1]), dim=1).indices.numpy())
+    return np.concatenate(tops)
+
+
+# --------------------------------------------------------------------------- points file
+
+
+def read_points(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        return pd.DataFrame(columns=POINT_COLUMNS)
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise QuantsimError(f"--resume: cannot read {path}: {exc}".splitlines()[0]) from exc
+    if "label" not in df.columns:
+        raise QuantsimError(f"--resume: {path} has no label column")
+    return df
+
+
+def write_points(path: Path, rows: list[dict]) -> None:
+    df = pd.DataFrame(rows)
+    df = df[[c for c in POINT_COLUMNS if c in df.columns] + [c for c in df.columns if c not in POINT_COLUMNS]]
+    write_csv_atomic(path, df)
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def run(args: SweepOptions) -> pd.DataFrame:
+    """The sweep; each point is a run of quantsim.run.single's measure_program on its program."""
+    t_start = time.perf_counter()
+    budgets = parse_budgets(args.budgets)
+    candidates = parse_candidates(args.candidates)
+    if args.toggle_images < 1:
+        raise QuantsimError("--toggle-images must be at least 1")
+    out = check_out_dir(args.out)
+    accel = load_accel(args.accel, args.dram_model)
+    base = base_config(args)
+    points_path = out / "points.csv"
+    done = read_points(points_path) if args.resume else pd.DataFrame(columns=POINT_COLUMNS)
+    rows = [r for r in done.to_dict("records")]
+    done_labels = {str(r["label"]) for r in rows}
+    grans = [g.strip() for g in args.uniform_granularity.split(",") if g.strip()]
+    if not grans or any(g not in GRAN_TAG for g in grans):
+        raise QuantsimError(f"--uniform-granularity {args.uniform_granularity!r}: per-tensor and/or per-channel")
+    points = sweep_points(args.granularity, budgets, not args.no_uniform, grans)
+    todo = [p for p in points if p.label not in done_labels]
+    progress = not args.no_progress
+    if not todo:
+        print(f"all {len(points)} points already in {points_path}", file=sys.stderr)
+        _plots(out, pd.DataFrame(rows), args, accel.name)
+        return pd.DataFrame(rows)
+
+    torch.manual_seed(args.seed)
+    inp = load_inputs(args)
+    loaded, calib_ds, eval_ds = inp.loaded, inp.calib_ds, inp.eval_ds
+    out.mkdir(parents=True, exist_ok=True)
+    calib = batches(calib_ds, args.batch_size)
+    prep = stages.prepare(loaded.model, loaded.preprocess.input_size, calib, args.seed, progress)
+    ev = EvalSet(eval_ds, args.batch_size)
+    rerank_data = heldout_labelled(args, loaded.preprocess, calib_ds)
+    x = check_images(eval_ds, args)
+    toggle_x = x[:args.toggle_images]
+
+    fp32_file = out / "state" / "fp32_top5.npy"
+    labels_file = out / "state" / "labels.npy"
+    if args.resume and fp32_file.exists() and labels_file.exists() and len(np.load(fp32_file)) == len(eval_ds):
+        fp32_top5, labels = np.load(fp32_file), np.load(labels_file)
+    else:
+        fp32_top5, labels = fp32_predictions(loaded.model, ev, progress)
+        for path, arr in ((fp32_file, fp32_top5), (labels_file, labels)):
+            buf = io.BytesIO()
+            np.save(buf, arr)
+            write_bytes_atomic(path, buf.getvalue())
+
+    # W8A8 at the base granularity: the reference every energy ratio divides by
+    w8_graph = stages.quantize(prep, base)
+    w8_hw = hardware.simulate(w8_graph, stages.integer_taps(w8_graph, toggle_x), accel,
+                              args.toggle_images, args.mac_form)
+    w8_pj = float(w8_hw.totals["e_total_pj"])
+    fp32 = fp32_energy(w8_hw)  # what `simulate --bits fp32` reports, from the same function
+    tables = None
+
+    def finish(row: dict) -> None:
+        rows.append(row)
+        write_points(points_path, rows)
+
+    bar = tqdm(todo, desc="pareto", unit="point", disable=not progress)
+    for p in bar:
+        bar.set_postfix_str(p.label)
+        t0 = time.perf_counter()
+        row = {"label": p.label, "policy": p.policy, "granularity": p.granularity,
+               "w_bits": p.w_bits, "a_bits": p.a_bits, "budget": p.budget}
+        if p.policy == "fp32":
+            row.update(accuracy(fp32_top5, labels, None))
+            row.update(w_bits=32, a_bits=32, e_total_pj=float(fp32["e_total_pj"]),
+                       e_seed_pj=float(fp32["e_seed_pj"]), bitexact_mismatches=0)
+            row["energy_ratio_w8a8"] = row["e_total_pj"] / w8_pj
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            finish(row)
+            continue
+        plan = None
+        if p.policy == "uniform":
+            d = base.to_json()
+            d.update(w_bits=p.w_bits, a_bits=p.a_bits, granularity=p.granularity)
+            graph = stages.quantize(prep, QuantConfig.from_json(d))
+        else:
+            if tables is None:
+                tables = mixed_tables(prep, base, accel, calib, toggle_x, candidates, args.sensitivity_at,
+                                      args.sensitivity_weighting, args.mac_form,
+                                      args.sensitivity_cache or out / "state", progress, unit=args.mixed_unit)
+            if p.label == "mixed-at-thr":
+                thr = [r for r in rows if r["label"] == "mixed-thr"]
+                ratio = pd.to_numeric(pd.Series([thr[0].get("energy_ratio_w8a8") if thr else None]), errors="coerce")[0]
+                if not np.isfinite(ratio):
+                    row.update(note="no threshold point to match")
+                    finish(row)
+                    continue
+                p.budget = row["budget"] = float(ratio)
+            try:
+                plan = plan_mixed(prep, base, accel, calib, toggle_x, candidates,
+                                  policy="threshold" if p.policy == "mixed-threshold" else "budget",
+                                  budget=p.budget, tables=tables, progress=progress, rerank=args.rerank,
+                                  rerank_data=rerank_data)
+            except QuantsimError as exc:  # an infeasible budget: record it, keep going
+                row.update(note=str(exc), seconds=round(time.perf_counter() - t0, 2))
+                tqdm.write(f"{p.label}: {exc}", file=sys.stderr)
+                finish(row)
+                continue
+            graph = plan.graph
+            s = plan.summary()
+            row.update(planned_energy_ratio=s["planned_energy_ratio"], binding=s["binding"],
+                       optimal=s["optimal"], total_sensitivity=s["total_sensitivity"],
+                       widths="-".join(str(b) if isinstance(b, int) else f"W{b[0]}A{b[1]}"
+                                       for b in s["chosen_widths"]),
+                       note="; ".join(x for x in (
+                           f"refinements={s['refinements']}" if s["refinements"] else "",
+                           f"re-ranked: {s['rerank']['chosen']} of {s['rerank']['candidates']}" if s["rerank"] else "")
+                           if x) or None)
+        top5 = quantized_predictions(graph, ev, progress, p.label)
+        row.update(accuracy(top5, labels, fp32_top5[:, 0]))
+        bx, _, hw = measure_program(graph, x, args, accel)
+        row.update(e_total_pj=float(hw.totals["e_total_pj"]), e_seed_pj=float(hw.totals["e_seed_pj"]),
+                   energy_ratio_w8a8=float(hw.totals["e_total_pj"]) / w8_pj,
+                   bitexact_mismatches=bx.total_mismatches if bx else None)
+        if plan is not None:
+            _write_widths(out, p.label, plan, hw, layer_columns(plan), energy_share(hw), loaded.arch)
+            if plan.rerank:  # what each re-ranked candidate measured, to audit the choice
+                write_json_atomic(out / "state" / f"rerank_{p.label}.json", plan.rerank)
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        finish(row)
+    bar.close()
+    df = pd.DataFrame(rows)
+    meta = {"model": loaded.arch, "accelerator": accel.name, "n_eval": len(eval_ds), "n_calib": len(calib_ds),
+            "granularity": args.granularity, "candidates": list(candidates), "budgets": budgets,
+            "sensitivity_at": args.sensitivity_at, "sensitivity_weighting": args.sensitivity_weighting,
+            "mixed_unit": args.mixed_unit, "rerank": args.rerank, "rerank_by": args.rerank_by,
+            "rerank_images": args.rerank_images if args.rerank_by == "top1" else None,
+            "mac_form": args.mac_form, "w8a8_pj": w8_pj, "seconds": round(time.perf_counter() - t_start, 1)}
+    if tables is not None:
+        meta.update(tied=tables.tied, fixed_energy_pj=tables.fixed_pj,
+                    min_energy_ratio=(sum(min(r.values()) for r in tables.energy.values()) + tables.fixed_pj) / w8_pj,
+                    seconds_tables={k: round(v, 2) for k, v in tables.seconds.items()})
+    write_json_atomic(out / "sweep.json", meta)
+    _plots(out, df, args, f"{loaded.arch} on {accel.name}")
+    return df
+
+
+def _write_widths(out: Path, label: str, plan, hw, cols: pd.DataFrame, share: dict, arch: str) -> None:
+    rows = {r["layer"]: r for r in hw.rows}
+    df = cols.copy()
+    df["w_bits"] = [int(rows[l]["w_bits"]) for l in df["layer"]]
+    df["a_bits"] = [int(rows[l]["x_bits"]) for l in df["layer"]]
+    df["e_total_pj"] = [float(rows[l]["e_total_pj"]) for l in df["layer"]]
+    df["energy_share"] = [share[l] for l in df["layer"]]
+    write_csv_atomic(out / f"widths_{label}.csv", df)
+    width_map(df, out / f"width_map_{label}", title=f"{arch} {label}: widths and energy share per layer")
+
+
+def _plots(out: Path, df: pd.DataFrame, args, title: str) -> None:
+    pts = df[pd.to_numeric(df["top1"], errors="coerce").notna()].copy()
+    if pts.empty:
+        return
+    fp32 = pts[pts["policy"] == "fp32"]
+    ref = pts[(pts["label"] == f"W8A8-{GRAN_TAG[args.granularity]}")]
+    # the FP32 point costs about 2.5x W8A8: drawn as a line, not as a point, so the axis stays readable
+    q = pts[pts["policy"] != "fp32"]
+    pareto_plot(q, out / "pareto", fp32_top1=float(fp32["top1"].iloc[0]) if len(fp32) else None,
+           w8a8_energy=float(ref["e_total_pj"].iloc[0]) if len(ref) else None, title=title)
