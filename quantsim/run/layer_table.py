@@ -3,23 +3,18 @@ hardware columns of the same node, then (mixed runs) the plan's columns; and the
 files (written through reports.io, atomically)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from hwmodel.mapping import packed_bytes
 from integer_ref.ir import MAC_OPS, Graph
 from reports.io import ReportDir
 
 LAYER_COLUMNS = ["layer", "op", "source", "w_bits", "a_bits", "out_bits", "w_signed", "a_signed", "out_signed",
                  "granularity", "n_mac", "n_params", "weight_bytes", "in_bytes", "out_bytes", "in_shape",
                  "out_shape", "sqnr_db", "acc_overflows", "bitexact_mismatches"]
-
-
-def packed_bytes(n_values: int, bits: int) -> int:
-    """Bytes of n values packed densely at `bits` each (4-bit: two per byte)."""
-    return math.ceil(n_values * bits / 8)
 
 
 def layer_table(graph: Graph, bitexact, sqnr: dict[str, float]) -> pd.DataFrame:
