@@ -1,6 +1,6 @@
 """The rounding and fixed-point primitives of the numeric contract, in one place.
 
-Every integer op in integer_ref (and its torch twin in quantsim.emulate.executor) calls these;
+Every integer op in integer_ref calls these (their torch twins are quantsim.emulate.arith);
 nothing else in the project rounds, shifts or clamps on its own. Plain NumPy, int64.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each node names its inputs, holds its integer parameters (NumPy arrays), its attributes
 (plain JSON values) and the quantization of its output. Nodes are stored in
 topological order. The semantics of each op are written once, in integer_ref.kernels;
-quantsim.emulate.executor is the torch twin of the same semantics.
+quantsim.emulate.kernels is the torch twin of the same semantics.
 
 Ops and their contents (x: input tensor, NCHW for images; all tensors hold integers):
 

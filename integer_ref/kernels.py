@@ -1,7 +1,7 @@
 """One plain function per IR op: the integer semantics, written once.
 
 Tensors are NumPy int64 (NCHW for images); every rounding, shift and clamp goes through
-integer_ref.arith. quantsim.emulate.executor mirrors each function in torch and must agree with it
+integer_ref.arith. quantsim.emulate.kernels mirrors each function in torch and must agree with it
 element for element. The helpers at the top turn node attributes into plain numbers so
 that both executors read the attributes the same way.
 """
@@ -18,7 +18,7 @@ CONV_THREADS = 2  # blocks of images in flight at once
 CONV_BLOCK_BYTES = 64 << 20  # im2col buffer per block of images; 4 MiB blocks measured 2x slower
 
 
-# --- attribute helpers (shared with quantsim.emulate.executor) -----------------------------------
+# --- attribute helpers (shared with quantsim.emulate.kernels and executor) -----------------------
 
 def pair(v) -> tuple[int, int]:
     """An int or a 2-list as (h, w)."""

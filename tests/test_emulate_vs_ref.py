@@ -1,4 +1,4 @@
-"""quantsim.emulate.executor (torch) against integer_ref (NumPy): zero differing elements, every op."""
+"""quantsim.emulate (torch: arith, kernels, executor) against integer_ref (NumPy): zero differing elements, every op."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from integer_ref import arith, executor
 from integer_ref import kernels as K
 from integer_ref.ir import Graph, Node, QParams
-from quantsim.emulate import executor as E
+from quantsim.emulate import arith as EA, executor as E, kernels as EK
 from test_kernels import (conv_case, conv_case_modes, pool_case, qtensor_spec, rand_q, rand_requant, run_conv,
                           run_conv_mode)
 
@@ -18,10 +18,10 @@ SETTINGS = settings(max_examples=40, deadline=None)
 
 def emu_conv(case, acc_bits=32):
     w = torch.as_tensor(case["weight"]) - torch.as_tensor(case["zw"]).reshape(-1, 1, 1, 1)
-    acc = E.conv2d_acc(torch.as_tensor(case["x"]), w, K.weight_col_l1_max(w.numpy()), case["zx"],
-                       case["stride"], case["dilation"], case["groups"], case["padding"])
-    return E.requantize(acc, case["bias"], case["mult"], case["shift"], case["zy"], case["lo"],
-                        case["hi"], 1, acc_bits)
+    acc = EK.conv2d_acc(torch.as_tensor(case["x"]), w, K.weight_col_l1_max(w.numpy()), case["zx"],
+                        case["stride"], case["dilation"], case["groups"], case["padding"])
+    return EK.requantize(acc, case["bias"], case["mult"], case["shift"], case["zy"], case["lo"],
+                         case["hi"], 1, acc_bits)
 
 
 def assert_same(a: torch.Tensor, b: np.ndarray):
@@ -51,7 +51,7 @@ def test_requantize_twin_on_wide_accumulators(seed, big, bits, signed):
     shift[0] = 3  # small shifts take the saturating branch
     lo, hi = arith.qrange(bits, signed)
     y_ref, ov_ref = K.requantize(acc, None, mult, shift, 0, lo, hi, 1, 32)
-    y_emu, ov_emu = E.requantize(torch.as_tensor(acc), None, mult, shift, 0, lo, hi, 1, 32)
+    y_emu, ov_emu = EK.requantize(torch.as_tensor(acc), None, mult, shift, 0, lo, hi, 1, 32)
     assert_same(y_emu, y_ref)
     assert ov_emu == ov_ref
 
@@ -67,7 +67,7 @@ def test_multiply_rshift_round_one_multiplier_twin(seed, big, m, n, acc_bits):
     acc = rng.integers(-(2**acc_bits), 2**acc_bits, size=(4, 33))
     acc[0, 0], acc[1, :5] = big, rng.integers(-(2**31), 2**31, size=5)
     want = arith.multiply_rshift_round(acc, np.array(m), np.array(n))
-    got = E.multiply_rshift_round(torch.as_tensor(acc), torch.tensor(m), torch.tensor(n))
+    got = EA.multiply_rshift_round(torch.as_tensor(acc), torch.tensor(m), torch.tensor(n))
     if n < 31:
         want, got = np.clip(want, -(2**31), 2**31 - 1), got.clamp(-(2**31), 2**31 - 1)
     assert_same(got, want)
@@ -79,7 +79,7 @@ def test_quantize_twin(seed, scale, spec):
     _, _, qmin, qmax, zp = spec
     x = np.random.default_rng(seed).normal(0, scale * (qmax - qmin) / 4, size=(2, 3, 5, 5)).astype(np.float32)
     x[0, 0, 0] = np.float32(scale) * np.float32([0.5, 1.5, 2.5, -0.5, -2.5])  # ties
-    assert_same(E.quantize(torch.as_tensor(x), scale, zp, qmin, qmax), K.quantize(x, scale, zp, qmin, qmax))
+    assert_same(EA.quantize(torch.as_tensor(x), scale, zp, qmin, qmax), K.quantize(x, scale, zp, qmin, qmax))
 
 
 @SETTINGS
@@ -90,8 +90,8 @@ def test_pool_twins(seed, xs, ys, kh, kw, s, pad):
     x = rand_q(rng, (2, 3, 6, 7), xs[2], xs[3])
     pad = [min(pad[0], kh - 1), min(pad[1], kh - 1), min(pad[2], kw - 1), min(pad[3], kw - 1)]
     xt = torch.as_tensor(x)
-    assert_same(E.maxpool(xt, (kh, kw), s, pad), K.maxpool(x, (kh, kw), s, pad))
-    assert_same(E.avgpool_sum(xt, xs[4], (kh, kw), s, pad), K.avgpool_sum(x, xs[4], (kh, kw), s, pad))
+    assert_same(EK.maxpool(xt, (kh, kw), s, pad), K.maxpool(x, (kh, kw), s, pad))
+    assert_same(EK.avgpool_sum(xt, xs[4], (kh, kw), s, pad), K.avgpool_sum(x, xs[4], (kh, kw), s, pad))
 
 
 @pytest.mark.parametrize("xbits,wbits,c,path", [
@@ -107,14 +107,14 @@ def test_wide_operands_take_each_exact_path(xbits, wbits, c, path):
     x[0, 0, 0, 0] = -xq  # the digit split must handle the most negative value
     w = rng.integers(-wq, wq + 1, size=(3, c, 3, 3))
     l1 = K.weight_col_l1_max(w)
-    dtype, _, k = E.digit_plan(l1, xq)
+    dtype, _, k = EK.digit_plan(l1, xq)
     assert (dtype, k) == path
     acc_ref = np.asarray(K.conv2d_acc(x, w, 0, 0, 1, 1, 1, [1, 1, 1, 1])).astype(np.int64)
-    acc_emu = E.conv2d_acc(torch.as_tensor(x), torch.as_tensor(w), l1, 0, 1, 1, 1, [1, 1, 1, 1])
+    acc_emu = EK.conv2d_acc(torch.as_tensor(x), torch.as_tensor(w), l1, 0, 1, 1, 1, [1, 1, 1, 1])
     assert_same(acc_emu, acc_ref)
     mult, shift = rand_requant(rng, 3)
     y_ref, ov_ref = K.requantize(acc_ref, None, mult, shift, 0, -127, 127, 1, 32)
-    y_emu, ov_emu = E.requantize(acc_emu, None, mult, shift, 0, -127, 127, 1, 32)
+    y_emu, ov_emu = EK.requantize(acc_emu, None, mult, shift, 0, -127, 127, 1, 32)
     assert_same(y_emu, y_ref)
     assert ov_emu == ov_ref
 
@@ -231,10 +231,10 @@ def test_narrower_pass_through_range_is_rejected():
 
 def emu_conv_mode(case, acc_bits=32):
     w = torch.as_tensor(case["weight"]) - torch.as_tensor(case["zw"]).reshape(-1, 1, 1, 1)
-    acc = E.conv2d_acc(torch.as_tensor(case["x"]), w, K.weight_col_l1_max(w.numpy()), case["zx"],
-                       case["stride"], case["dilation"], case["groups"], case["padding"])
-    return E.requantize(acc, case["bias"], case["mult"], case["shift"], case["zy"], case["lo"],
-                        case["hi"], 1, acc_bits, mode=case["mode"], scale=case["scale"])
+    acc = EK.conv2d_acc(torch.as_tensor(case["x"]), w, K.weight_col_l1_max(w.numpy()), case["zx"],
+                        case["stride"], case["dilation"], case["groups"], case["padding"])
+    return EK.requantize(acc, case["bias"], case["mult"], case["shift"], case["zy"], case["lo"],
+                         case["hi"], 1, acc_bits, mode=case["mode"], scale=case["scale"])
 
 
 @SETTINGS
@@ -262,8 +262,8 @@ def test_engine_requantize_twin_on_wide_accumulators(seed, mode, divide):
         bias = bias.astype(np.float32) * np.float32(0.37)
     div = 49 if divide and mode == "gemmlowp" else None
     y_ref, ov_ref = K.requantize(acc, bias, mult, shift, 5, -128, 127, 1, 32, mode, scale, div)
-    y_emu, ov_emu = E.requantize(torch.as_tensor(acc), bias, mult, shift, 5, -128, 127, 1, 32,
-                                 mode=mode, scale=scale, divide=div)
+    y_emu, ov_emu = EK.requantize(torch.as_tensor(acc), bias, mult, shift, 5, -128, 127, 1, 32,
+                                  mode=mode, scale=scale, divide=div)
     assert_same(y_emu, y_ref)
     assert ov_emu == ov_ref
 
@@ -277,7 +277,7 @@ def test_add_gemmlowp_twin(seed, signed):
     za, zb, zy = (int(v) for v in rng.integers(lo, hi + 1, size=3))
     mult, shift = arith.quantize_multipliers_q31(rng.uniform(1e-3, 0.5, size=3))
     kw = dict(a_zero_point=za, b_zero_point=zb, y_zero_point=zy, lo=lo, hi=hi)
-    assert_same(E.add_gemmlowp(torch.as_tensor(a), torch.as_tensor(b), mult, shift, **kw),
+    assert_same(EK.add_gemmlowp(torch.as_tensor(a), torch.as_tensor(b), mult, shift, **kw),
                 K.add_gemmlowp(a, b, mult, shift, **kw))
 
 
@@ -286,7 +286,7 @@ def test_add_gemmlowp_twin(seed, signed):
 def test_avgpool_round_div_twin(case):
     x, kernel, stride, pad, spec, _ = case
     kw = dict(lo=spec[2], hi=spec[3], kernel=kernel, stride=stride, padding=pad)
-    assert_same(E.avgpool_round_div(torch.as_tensor(x), **kw), K.avgpool_round_div(x, **kw))
+    assert_same(EK.avgpool_round_div(torch.as_tensor(x), **kw), K.avgpool_round_div(x, **kw))
 
 
 def build_engine_program(rng, signed=False, n=3, c=4, h=9, modes=("gemmlowp", "float32", "float32_bias")):
@@ -366,10 +366,10 @@ def test_add_float32_and_dequant_quant_twins(seed, signed):
     lo, hi = (-128, 127) if signed else (0, 255)
     a, b = rng.integers(lo, hi + 1, size=(2, 2, 3, 5, 5))
     scale = np.array([np.exp(rng.uniform(-8, 3)), np.exp(rng.uniform(-8, 3)), rng.uniform(-300, 300)], np.float32)
-    assert_same(E.add_float32(torch.as_tensor(a), torch.as_tensor(b), scale, lo=lo, hi=hi),
+    assert_same(EK.add_float32(torch.as_tensor(a), torch.as_tensor(b), scale, lo=lo, hi=hi),
                 K.add_float32(a, b, scale, lo=lo, hi=hi))
     s = np.exp(rng.uniform(-8, 1, size=2)).astype(np.float32)
     zx, zy = (int(v) for v in rng.integers(lo, hi + 1, size=2))
-    assert_same(E.dequant_quant_float32(torch.as_tensor(a), zx, s[0], s[1], zy, lo, hi),
+    assert_same(EA.dequant_quant_float32(torch.as_tensor(a), zx, s[0], s[1], zy, lo, hi),
                 K.requantize_tensor(a, None, None, x_zero_point=zx, y_zero_point=zy, lo=lo, hi=hi,
                                     requant="float32_dq", scale=s))

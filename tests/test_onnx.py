@@ -29,7 +29,7 @@ from onnx import TensorProto, helper  # noqa: E402
 
 from integer_ref import executor  # noqa: E402
 from integer_ref import kernels as K  # noqa: E402
-from quantsim.emulate import executor as emulate
+from quantsim.emulate import executor as emulate, kernels as emulate_kernels
 from quantsim.interop import oracles  # noqa: E402
 from quantsim.errors import QuantsimError  # noqa: E402
 from quantsim.interop.ort_quantize import ort_quantize_static  # noqa: E402
@@ -79,8 +79,8 @@ def test_qlinearadd_matches_onnxruntime(signed):
         scale = np.array([ra, rb, add_constant(ra, rb, za, zb, zy)], np.float32)
         ours = K.add_float32(a, b, scale, lo=lo, hi=hi)
         assert np.array_equal(ours, theirs), (trial, int((ours != theirs).sum()))
-        emu = emulate.add_float32(torch.as_tensor(a.astype(np.int64)), torch.as_tensor(b.astype(np.int64)),
-                                  scale, lo=lo, hi=hi)
+        emu = emulate_kernels.add_float32(torch.as_tensor(a.astype(np.int64)),
+                                          torch.as_tensor(b.astype(np.int64)), scale, lo=lo, hi=hi)
         assert np.array_equal(emu.numpy(), ours)
 
 

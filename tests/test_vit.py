@@ -18,7 +18,7 @@ import torch.nn as nn
 from integer_ref import executor as int_exec
 from integer_ref import kernels_vit as KV
 from integer_ref.ir import Graph
-from quantsim.emulate import executor as emulate, kernels_vit as emulate_vit
+from quantsim.emulate import executor as emulate, kernels as emulate_kernels, kernels_vit as emulate_vit
 from quantsim.quant.calibrate import collect_stats
 from quantsim.graph.capture import capture, run_float
 from quantsim.quant.config import QuantConfig
@@ -296,7 +296,7 @@ def test_matmul_kernel_twins_and_oracle(a_bits, b_bits, k):
     assert np.array_equal(ref, oracle)
     bound = KV.matmul_bound(k, (-ah, ah), 0, (-bh, bh), 0)
     acc_t = emulate_vit.matmul_acc(torch.as_tensor(a), torch.as_tensor(b), transpose_b=True, bound=bound)
-    got, _ = emulate.requantize(acc_t, None, m, n, 0, -32767, 32767, acc_t.dim() - 1, 64, acc_abs_bound=bound)
+    got, _ = emulate_kernels.requantize(acc_t, None, m, n, 0, -32767, 32767, acc_t.dim() - 1, 64, acc_abs_bound=bound)
     assert np.array_equal(got.numpy(), ref)
 
 

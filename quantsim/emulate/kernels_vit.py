@@ -15,7 +15,10 @@ from integer_ref import kernels as K
 from integer_ref import kernels_vit as KV
 
 from quantsim.emulate import nonlinear as NT
-from quantsim.emulate.executor import _ieee_float32, add, requantize
+from quantsim.emulate.arith import ieee_float32
+from quantsim.emulate.kernels import add, requantize
+
+__all__ = ["OPS", "matmul_acc", "run_node"]
 
 OPS = KV.OPS
 
@@ -44,7 +47,7 @@ def matmul_acc(a: torch.Tensor, b: torch.Tensor, *, a_zero_point=0, b_zero_point
         if a.device.type != "cpu":
             raise NotImplementedError(f"matmul bound {bound} >= 2^53 has no exact GPU path")
         return torch.matmul(a.to(torch.int64), b.to(torch.int64))
-    with _ieee_float32():
+    with ieee_float32():
         return torch.matmul(a.to(dtype), b.to(dtype)).to(torch.int64)
 
 
@@ -91,4 +94,4 @@ def run_node(node, args: list, prep):
         return x.permute(*[int(p) for p in a["perm"]]), 0
     if node.op == "take":
         return x.select(int(a["axis"]), int(a["index"])), 0
-    raise NotImplementedError(f"quantsim.emulate.executor has no ViT kernel for op {node.op!r} (node {node.name!r})")
+    raise NotImplementedError(f"quantsim.emulate.kernels_vit has no ViT kernel for op {node.op!r} (node {node.name!r})")

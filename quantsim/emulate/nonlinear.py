@@ -4,7 +4,7 @@ Same constants (taken from integer_ref.nonlinear's ``*_params`` functions, compu
 in plain Python), same int64 steps in the same order, so the outputs are identical to
 the NumPy reference element for element, on CPU or GPU. Only int64 tensor ops are used:
 add, multiply, shifts, comparisons, floor division; the rounding shifts are
-quantsim.emulate.executor's twins of integer_ref.arith.
+quantsim.emulate.arith's twins of integer_ref.arith.
 
 The ``float_*`` functions are the float-nonlinearity mode (dequantize, float32 op,
 quantize again), for the comparison with Liu et al. 2021, who keep softmax and LayerNorm
@@ -23,7 +23,7 @@ from integer_ref import arith
 from integer_ref import nonlinear as NL
 from integer_ref.nonlinear import (EXP_CLIP_LN2, ExpParams, GeluParams, LayerNormParams, SoftmaxParams,
                                    exp_params, gelu_params, layernorm_params, softmax_params)
-from quantsim.emulate.executor import multiply_rshift_round, rounding_rshift
+from quantsim.emulate.arith import multiply_rshift_round, rounding_rshift
 
 __all__ = ["bit_length", "isqrt", "exp_int", "i_exp", "softmax_int", "i_softmax", "gelu_int", "i_gelu",
            "layernorm_int", "i_layernorm", "float_softmax", "float_gelu", "float_layernorm",
