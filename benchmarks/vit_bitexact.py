@@ -31,7 +31,8 @@ from quantsim.emulate import executor as emulate  # noqa: E402
 from quantsim.quant.config import CALIB_METHODS, QuantConfig  # noqa: E402
 from quantsim.quant.lower import float_nodes  # noqa: E402
 from quantsim.run.stages import check_bitexact, prepare, quantize  # noqa: E402
-from quantsim.zoo.vit import CIFAR10_VIT_PRE, CIFAR_VITS, load_cifar_vit  # noqa: E402
+from quantsim.zoo.models import load_cifar_vit  # noqa: E402
+from quantsim.zoo.vit import CIFAR10_VIT_PRE, CIFAR_VITS  # noqa: E402
 
 DATA = {  # model -> (calibration spec, evaluation spec, input shape)
     "deit_tiny_patch16_224": (f"imagenet:{SHARED}/data/imagenet-calib", f"imagenet:{SHARED}/data/imagenet-val",

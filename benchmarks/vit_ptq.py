@@ -40,7 +40,8 @@ from quantsim.emulate import executor as emulate  # noqa: E402
 from quantsim.quant.config import QuantConfig, parse_bits  # noqa: E402
 from quantsim.run.stages import check_bitexact, prepare, quantize  # noqa: E402
 from quantsim.quant.scale_search import SEARCH_IMAGES, attention_kendall  # noqa: E402
-from quantsim.zoo.vit import CIFAR10_VIT_PRE, CIFAR_VITS, load_cifar_vit  # noqa: E402
+from quantsim.zoo.models import load_cifar_vit  # noqa: E402
+from quantsim.zoo.vit import CIFAR10_VIT_PRE, CIFAR_VITS  # noqa: E402
 
 METHODS = ("minmax", "percentile", "similarity", "ranking")
 

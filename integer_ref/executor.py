@@ -14,6 +14,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import kernels as K
+from . import kernels_vit
 from .ir import Graph, Node, QParams
 
 # Ops whose accumulator (a sum before requantization) is checked against acc_bits.
@@ -122,7 +123,6 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
         return K.strided_slice(args[0], a["step"], a.get("begin", (0, 0))), 0
     if node.op == "pad_channels":
         return K.pad_channels(args[0], a["before"], a["after"], zin[0]), 0
-    from . import kernels_vit  # ViT ops (matmul, softmax, gelu, layernorm, tokens)
     if node.op in kernels_vit.OPS:
         return kernels_vit.run_node(node, args, qp, acc_bits)
     raise NotImplementedError(f"integer_ref has no kernel for op {node.op!r} (node {node.name!r})")

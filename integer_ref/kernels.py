@@ -7,6 +7,8 @@ that both executors read the attributes the same way.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -266,7 +268,6 @@ _POOL = None
 def _pool():
     global _POOL
     if _POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
         _POOL = ThreadPoolExecutor(CONV_THREADS, thread_name_prefix="integer_ref")
     return _POOL
 

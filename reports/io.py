@@ -132,7 +132,7 @@ def save_figure_atomic(fig, path_stem: str | os.PathLike, dpi: int = 150) -> tup
     SVG text stays text (``svg.fonttype = none``), so labels can be searched and edited;
     the date is left out of the metadata so the same figure gives the same SVG bytes.
     """
-    import matplotlib
+    import matplotlib  # deferred: only plotting needs matplotlib
 
     stem = Path(path_stem)
     if stem.suffix.lower() in (".png", ".svg"):

@@ -304,7 +304,8 @@ def test_load_cifar_vit_checkpoint_and_state_dict(tmp_path):
     """load_cifar_vit reads quantsim.zoo.train's checkpoint format and a plain state dict, and
     refuses a checkpoint of another architecture."""
     from quantsim.zoo.models import save_checkpoint
-    from quantsim.zoo.vit import load_cifar_vit, vit_tiny_patch8_32
+    from quantsim.zoo.models import load_cifar_vit
+    from quantsim.zoo.vit import vit_tiny_patch8_32
     torch.manual_seed(3)
     src = vit_tiny_patch8_32().eval()
     ck = tmp_path / "ck.pt"
@@ -332,7 +333,7 @@ def test_trained_cifar_vit_is_trained_and_bitexact_on_16_real_images(cifar10_dir
     W8A8 program (searched scales included) equal to emulate on every node of 16 real images."""
     from quantsim.zoo import datasets
     from quantsim.run.stages import prepare, quantize
-    from quantsim.zoo.vit import load_cifar_vit
+    from quantsim.zoo.models import load_cifar_vit
 
     model = load_cifar_vit("vit_tiny_patch8_32", str(ZOO_VIT))
     spec = f"cifar10:{cifar10_dir}"

@@ -35,7 +35,9 @@ def multiply_rshift_round(acc: torch.Tensor, multiplier: torch.Tensor, shift: to
     """arith.multiply_rshift_round: exact floor((acc*M + 2^(n-1)) / 2^n) without int64 overflow."""
     # One product suffices when no |acc·M| + 2^(n-1) can reach 2^63: the bound from the two
     # maxima is cheaper than testing every element, and the result is the same exact floor.
-    if acc.numel() == 0 or (int(acc.abs().max()) * int(multiplier.abs().max()) < 2**62 and int(shift.max()) <= 62):
+    # (|acc| from min and max in Python ints: torch's abs() of INT64_MIN wraps to INT64_MIN.)
+    if acc.numel() == 0 or (max(-int(acc.min()), int(acc.max())) * int(multiplier.abs().max()) < 2**62
+                            and int(shift.max()) <= 62):
         return rounding_rshift(acc * multiplier, shift)
     if multiplier.dim() == 0 and shift.dim() == 0:
         # One M and n for the whole tensor (GELU, LayerNorm): the split alone gives arith's result on

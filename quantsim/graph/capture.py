@@ -21,6 +21,7 @@ at their defaults.
 """
 from __future__ import annotations
 
+import inspect
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -30,12 +31,15 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from integer_ref.arith import tf_same_padding
+from quantsim.zoo import cifar_resnet
+from quantsim.zoo.cifar_resnet import OptionAShortcut
 from quantsim.errors import QuantsimError
 
 try:  # timm's layers are leaves we understand whole
-    from timm.layers.conv2d_same import Conv2dSame
-    from timm.layers.adaptive_avgmax_pool import SelectAdaptivePool2d
-    from timm.layers import DropPath, LayerScale
+    from timm.layers.conv2d_same import Conv2dSame  # deferred: a heavy import that only timm-model paths need
+    from timm.layers.adaptive_avgmax_pool import SelectAdaptivePool2d  # deferred: a heavy import that only timm-model paths need
+    from timm.layers import DropPath, LayerScale  # deferred: a heavy import that only timm-model paths need
 except ImportError:  # pragma: no cover - timm is a dependency, keep capture importable anyway
     Conv2dSame = SelectAdaptivePool2d = DropPath = LayerScale = ()
 
@@ -100,8 +104,6 @@ class FloatGraph:
 # Tracing
 # --------------------------------------------------------------------------------------
 def _leaf_types() -> tuple[type, ...]:
-    from quantsim.zoo import cifar_resnet  # local: the option-A shortcut is one of our own leaves
-
     types: list[type] = [nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh,
                          nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
                          nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut]
@@ -122,7 +124,6 @@ class _LeafTracer(fx.Tracer):
 
 def _default_args(model: nn.Module) -> dict[str, Any]:
     """Forward arguments after the first that have defaults: traced at those defaults."""
-    import inspect
     try:
         params = list(inspect.signature(model.forward).parameters.values())
     except (TypeError, ValueError):  # pragma: no cover
@@ -242,7 +243,6 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str) -> list[
         return [FNode(name, "gelu", [inp], source=source)]
     if isinstance(LayerScale, type) and isinstance(m, LayerScale):
         return [FNode(name, "layerscale", [inp], {}, m.gamma.detach().clone(), source=source)]
-    from quantsim.zoo.cifar_resnet import OptionAShortcut
     if isinstance(m, OptionAShortcut):
         return [FNode(name, "shortcut_a", [inp], {"stride": m.stride, "pad_before": m.pad_before,
                                                   "pad_after": m.pad_after}, source=source)]
@@ -676,7 +676,6 @@ def _apply_act(y: torch.Tensor, act: str | None) -> torch.Tensor:
 def conv_padding(attrs: dict, h: int, w: int) -> list[int]:
     """[top, bottom, left, right] for a conv/pool, resolving TF 'SAME' from the input size."""
     if attrs.get("padding_mode") == "tf_same":
-        from integer_ref.arith import tf_same_padding
         kh, kw = attrs["kernel"]
         sh, sw = attrs["stride"]
         dh, dw = attrs.get("dilation", [1, 1])

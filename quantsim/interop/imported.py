@@ -10,25 +10,15 @@ The imported graph reproduces the engine's own integer arithmetic (requant modes
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from integer_ref.ir import Graph
+from quantsim.interop.imported_model import ImportedModel
+from quantsim.interop.onnx_import import load_onnx
+from quantsim.interop.tflite_import import load_tflite
 
-from quantsim.zoo.preprocess import Preprocess
+__all__ = ["IMPORT_SUFFIXES", "ImportedModel", "is_importable", "load_imported"]
 
 IMPORT_SUFFIXES = (".tflite", ".onnx")
-
-
-@dataclass
-class ImportedModel:
-    graph: Graph
-    preprocess: Preprocess
-    arch: str                   # e.g. 'tflite:mobilenet_v2_1.0_224_quant'
-    source: str                 # the file
-    num_classes: int            # width of the graph output (TFLite ImageNet models: 1001)
-    label_offset: int = 0       # output index of class 0 (1 where index 0 is 'background')
-    notes: list[str] = field(default_factory=list)
 
 
 def is_importable(spec: str | None) -> bool:
@@ -38,11 +28,7 @@ def is_importable(spec: str | None) -> bool:
 def load_imported(path: str | Path) -> ImportedModel:
     path = Path(path)
     if path.suffix.lower() == ".tflite":
-        from quantsim.interop.tflite_import import load_tflite
-
         return load_tflite(path)
     if path.suffix.lower() == ".onnx":
-        from quantsim.interop.onnx_import import load_onnx
-
         return load_onnx(path)
     raise ValueError(f"{path}: no importer for {path.suffix!r} files (known: {', '.join(IMPORT_SUFFIXES)})")

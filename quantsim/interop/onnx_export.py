@@ -38,8 +38,10 @@ from integer_ref import arith
 from integer_ref.ir import Graph, Node, QParams
 
 from quantsim.errors import QuantsimError
+from quantsim.interop.onnx_import import PREPROCESS_KEY
 from quantsim.quant.lower import f32_add_scale, f32_gap_scale, f32_mac_scale
 from quantsim.zoo.preprocess import Preprocess
+from reports.io import write_bytes_atomic
 
 OPSET = 13  # per-axis QuantizeLinear/DequantizeLinear, Clip/Pad/Slice on int8 and uint8
 MS_DOMAIN = "com.microsoft"
@@ -55,7 +57,7 @@ class ExportResult:
 
 def _onnx():
     try:
-        import onnx
+        import onnx  # optional extra [onnx]
     except ImportError as exc:  # pragma: no cover - dependency note
         raise QuantsimError("exporting to ONNX needs the `onnx` package (pip install onnx)") from exc
     return onnx
@@ -305,7 +307,6 @@ def build_model(graph: Graph, preprocess: Preprocess | None = None):
     model.ir_version = 8  # opset 13; readable by ONNX Runtime releases of the last years
     props = {"quantsim_config": json.dumps(graph.meta.get("config", {}))}
     if preprocess is not None:
-        from quantsim.interop.onnx_import import PREPROCESS_KEY
 
         props[PREPROCESS_KEY] = json.dumps(preprocess.to_json())
     h.set_model_props(model, props)
@@ -318,7 +319,6 @@ def build_model(graph: Graph, preprocess: Preprocess | None = None):
 
 def export_onnx(graph: Graph, preprocess: Preprocess | None, path: str | Path) -> ExportResult:
     """Write `graph` (lowered in requant mode float32, 8-bit) as a QOperator ONNX model, atomically."""
-    from reports.io import write_bytes_atomic
 
     path = Path(path)
     model, tensors = build_model(graph, preprocess)

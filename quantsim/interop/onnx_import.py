@@ -59,7 +59,7 @@ from integer_ref.ir import Graph, Node, QParams
 
 from quantsim.errors import QuantsimError
 from quantsim.zoo.preprocess import Preprocess
-from quantsim.interop.imported import ImportedModel
+from quantsim.interop.imported_model import ImportedModel
 
 PREPROCESS_KEY = "quantsim_preprocess"
 MOVEMENT = ("reshape", "strided_slice", "pad_channels")
@@ -67,8 +67,8 @@ MOVEMENT = ("reshape", "strided_slice", "pad_channels")
 
 def _onnx():
     try:
-        import onnx  # noqa: F401
-        from onnx import numpy_helper  # noqa: F401
+        import onnx  # noqa: F401  (optional extra [onnx])
+        from onnx import numpy_helper  # noqa: F401  (optional extra [onnx])
     except ImportError as exc:  # pragma: no cover - dependency note
         raise QuantsimError("importing .onnx models needs the `onnx` package (pip install onnx)") from exc
     return onnx
@@ -88,7 +88,7 @@ def add_constant(ra: np.float32, rb: np.float32, za: int, zb: int, zy: int) -> n
 class _Importer:
     def __init__(self, model, path: Path):
         onnx = _onnx()
-        from onnx import numpy_helper
+        from onnx import numpy_helper  # optional extra [onnx]
 
         self.onnx, self.nh, self.path = onnx, numpy_helper, path
         self.model = model

@@ -61,7 +61,7 @@ class OracleResult:
 def tflite_interpreter(path: str | Path, preserve_all: bool = True, num_threads: int = 1):
     """ai-edge-litert Interpreter on TFLite's reference kernels."""
     try:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType  # optional extra [tflite]
     except ImportError as exc:
         raise QuantsimError("--oracle tflite needs the `ai-edge-litert` package (pip install ai-edge-litert)") from exc
     interp = Interpreter(model_path=str(path), num_threads=num_threads,
@@ -109,7 +109,7 @@ def compare_tflite(graph: Graph, path: str | Path, images: np.ndarray,
 
 def ort_session(model_or_path, num_threads: int = 1):
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional extra [onnx]
     except ImportError as exc:
         raise QuantsimError("--oracle onnxruntime needs the `onnxruntime` package (pip install onnxruntime)") from exc
     so = ort.SessionOptions()
@@ -122,7 +122,7 @@ def ort_session(model_or_path, num_threads: int = 1):
 
 def _with_outputs(path: str | Path, graph: Graph, tmap: dict[str, str]) -> bytes:
     """The model with every mapped integer tensor as an extra graph output."""
-    import onnx
+    import onnx  # optional extra [onnx]
 
     model = onnx.load(str(path))
     have = {o.name for o in model.graph.output}

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from quantsim.errors import QuantsimError
+from quantsim.interop.onnx_import import PREPROCESS_KEY
 from quantsim.zoo.preprocess import Preprocess
 from quantsim.interop.tf_same import static_same_padding
 
@@ -32,12 +33,11 @@ def ort_quantize_static(model: torch.nn.Module, pre: Preprocess, calib: np.ndarr
     if fmt not in ("qoperator", "qdq"):
         raise QuantsimError(f"fmt {fmt!r}: only 'qoperator' or 'qdq'")
     try:
-        import onnx
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
+        import onnx  # optional extra [onnx]
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static  # optional extra [onnx]
+        from onnxruntime.quantization.shape_inference import quant_pre_process  # optional extra [onnx]
     except ImportError as exc:
         raise QuantsimError("needs the `onnx` and `onnxruntime` packages (pip install 'quantsim[onnx]')") from exc
-    from quantsim.interop.onnx_import import PREPROCESS_KEY
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

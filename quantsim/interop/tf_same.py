@@ -17,8 +17,8 @@ from torch import nn
 
 def static_same_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
     try:
-        from timm.layers.conv2d_same import Conv2dSame
-        from timm.layers.padding import get_same_padding
+        from timm.layers.conv2d_same import Conv2dSame  # deferred: a heavy import that only timm-model paths need
+        from timm.layers.padding import get_same_padding  # deferred: a heavy import that only timm-model paths need
     except ImportError:  # no timm, no Conv2dSame
         return model
     sizes: dict[str, tuple[int, int]] = {}

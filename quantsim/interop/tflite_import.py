@@ -33,7 +33,7 @@ from integer_ref.ir import Graph, Node, QParams
 
 from quantsim.errors import QuantsimError
 from quantsim.zoo.preprocess import Preprocess
-from quantsim.interop.imported import ImportedModel
+from quantsim.interop.imported_model import ImportedModel
 
 _TYPES = {"UINT8": (np.uint8, 8, False), "INT8": (np.int8, 8, True), "INT32": (np.int32, 32, True),
           "INT16": (np.int16, 16, True), "INT64": (np.int64, 64, True), "FLOAT32": (np.float32, 32, True)}
@@ -41,7 +41,7 @@ _TYPES = {"UINT8": (np.uint8, 8, False), "INT8": (np.int8, 8, True), "INT32": (n
 
 def _tfl():
     try:
-        import tflite  # noqa: F401
+        import tflite  # noqa: F401  (optional extra [tflite])
     except ImportError as exc:  # pragma: no cover - dependency note
         raise QuantsimError("importing .tflite models needs the `tflite` package (pip install tflite)") from exc
     return tflite

@@ -441,8 +441,8 @@ def budget_frontier(sensitivity: Table, energy: Table, budget_pj: float, tied=No
 
 
 def _solve_milp(items, budget, time_limit):
-    from scipy.optimize import Bounds, LinearConstraint, milp
-    from scipy.sparse import lil_matrix
+    from scipy.optimize import Bounds, LinearConstraint, milp  # deferred: only the MILP solver path needs scipy
+    from scipy.sparse import lil_matrix  # deferred: only the MILP solver path needs scipy
 
     cost = np.concatenate([it[2] for it in items])
     en = np.concatenate([it[3] for it in items])

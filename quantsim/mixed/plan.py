@@ -47,15 +47,22 @@ tied layers share weight widths too; untying the weight width is left for later.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from quantsim.graph.capture import PASSTHROUGH_OPS, FloatGraph
 from quantsim.quant.config import QuantConfig
 from quantsim.errors import QuantsimError
-from quantsim.mixed.allocate import (Allocation, InfeasibleBudget, _width_json, allocate_budget, allocate_threshold, merge_groups, split_width, width_order)
+from quantsim.emulate.executor import EmulatedModel
+from quantsim.mixed.allocate import (Allocation, InfeasibleBudget, _width_json, allocate_budget, allocate_threshold,
+                                     budget_frontier, merge_groups, split_width, width_order)
+from quantsim.mixed.sensitivity import JointError, layer_sensitivity
+from quantsim.run import hardware, stages as pipeline
+from quantsim.zoo.metrics import hits
 
 FIXED = "<fixed>"  # owner of energy no MAC layer's width decides
 MAX_REFINEMENTS = 4
@@ -196,8 +203,6 @@ class MixedTables:
 
 
 def _hw_for(prep, cfg: QuantConfig, accel, toggle_x: torch.Tensor, mac_form: str):
-    from quantsim.run import hardware, stages as pipeline
-
     graph = pipeline.quantize(prep, cfg)
     taps = pipeline.integer_taps(graph, toggle_x)
     return graph, hardware.simulate(graph, taps, accel, len(toggle_x), mac_form)
@@ -214,10 +219,6 @@ def mixed_tables(prep, base_cfg: QuantConfig, accel, calib_batches: list[torch.T
                  candidates=(4, 6, 8), sens_at: str = "layer", weighting: str = "none", mac_form: str = "max",
                  cache_dir: Path | None = None, progress: bool = True, tie: bool = True,
                  unit: str = "layer") -> MixedTables:
-    import time
-
-    from quantsim.mixed.sensitivity import layer_sensitivity
-
     # a candidate is b (W_b A_b) or a (w, a) pair; a pair with w == a is the int
     cands = tuple(sorted({w if w == a else (w, a) for w, a in map(split_width, candidates)}, key=width_order))
     if len(cands) < 1:
@@ -367,16 +368,13 @@ def config_for(base_cfg: QuantConfig, bits: dict) -> QuantConfig:
 def heldout_top1(prep, base_cfg: QuantConfig, bits: dict, labelled) -> float:
     """Top-1 (%) of the integer program of an allocation (lowered, run by emulate: what will be
     deployed, residual stream and all) on labelled (x, y) batches."""
-    from quantsim.run import stages as pipeline
-    from quantsim.emulate.executor import EmulatedModel
-
     model = EmulatedModel(pipeline.quantize(prep, config_for(base_cfg, bits)))
-    hits = total = 0
+    n_hits = total = 0
     with torch.no_grad():
         for x, y in labelled:
-            hits += int((model(x).argmax(1) == y).sum())
+            n_hits += hits(model(x).argmax(1)[:, None], y, 1)
             total += len(y)
-    return 100.0 * hits / max(total, 1)
+    return 100.0 * n_hits / max(total, 1)
 
 
 def _rerank(prep, base_cfg: QuantConfig, t: MixedTables, alloc: Allocation, budget_pj: float, k: int,
@@ -393,9 +391,6 @@ def _rerank(prep, base_cfg: QuantConfig, t: MixedTables, alloc: Allocation, budg
     optimum is the choice whenever it measures best (ties included). Held-out top-1 exists
     because on the CIFAR ResNets every output-error measure, joint error included, prefers an
     allocation that loses top-1 on held-out images (docs/pareto/notes.md)."""
-    from quantsim.mixed.allocate import budget_frontier
-    from quantsim.mixed.sensitivity import JointError
-
     pool: list[tuple[str, dict]] = [(f"knapsack #{i + 1}", bits) for i, bits in
                                     enumerate(budget_frontier(t.sensitivity, t.energy, budget_pj, t.tied, k))]
     extra = [("threshold rule", allocate_threshold(t.sensitivity, widths=t.candidates, energy=t.energy,
@@ -503,10 +498,8 @@ def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torc
         refinements += 1
 
 
-def layer_columns(plan: MixedPlan) -> "pandas.DataFrame":  # noqa: F821
+def layer_columns(plan: MixedPlan) -> pd.DataFrame:
     """Per MAC layer: sensitivity per candidate, chosen width, tie group, planned energy."""
-    import pandas as pd
-
     t = plan.tables
     group_of = {l: i for i, grp in enumerate(t.tied) for l in grp}
     rows = []

@@ -1,9 +1,19 @@
 """Glue between a quantization run and hwmodel: simulate, summarise, merge, plot."""
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pandas as pd
+import torch
 
 from hwmodel.simulate import HwResult, simulate_graph
+from hwmodel.mapping import conv_geometry
+from hwmodel.toggles import count_toggles, im2col
+from integer_ref.arith import qrange, quantize_float32
+from quantsim.graph.capture import run_float, run_node
+from quantsim.run.stages import integer_taps
+from reports.plots import energy_breakdown
 
 
 def simulate(graph, taps, accel, toggle_images: int = 1, mac_form: str = "max", images=None,
@@ -12,8 +22,6 @@ def simulate(graph, taps, accel, toggle_images: int = 1, mac_form: str = "max", 
 
     dram_model ("reuse" | "scalesim") overrides the preset's [dram] model."""
     if taps is None:
-        from quantsim.run.stages import integer_taps
-
         taps = integer_taps(graph, images)
     return simulate_graph(graph, taps, accel, toggle_images=toggle_images, mac_form=mac_form,
                           dram_model=dram_model)
@@ -58,8 +66,6 @@ def energy_summary(hw: HwResult, w8: HwResult, fp32: bool = False) -> dict:
 
 
 def plot_energy(hw: HwResult, path_stem, title: str) -> None:
-    from reports.plots import energy_breakdown
-
     df = pd.DataFrame(hw.rows)
     df = df[df["e_total_pj"] > 0]
     energy_breakdown(df, path_stem, title=title)
@@ -82,18 +88,6 @@ def relu_toggle_study(prep, graph, x_calib: list, x, accel, dataflows=("ws", "os
     and hwmodel.toggles.count_toggles on `accel`'s array; activation-input toggles only
     (the weight input is held at zero, so its toggles vanish; the weights are the same in
     both cases). Returns one row per (layer, dataflow); counts for all images in x."""
-    import dataclasses
-
-    import numpy as np
-    import torch
-
-    from integer_ref.arith import qrange, quantize_float32
-    from hwmodel.mapping import conv_geometry
-    from hwmodel.toggles import count_toggles, im2col
-
-    from quantsim.graph.capture import run_float, run_node
-    from quantsim.run.stages import integer_taps
-
     fg = prep.fgraph
     targets = {}
     for node in graph.nodes:

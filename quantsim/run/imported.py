@@ -14,17 +14,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from quantsim.errors import QuantsimError
+from quantsim.emulate import executor as emulate
+from quantsim.interop import oracles
 from quantsim.interop.imported import load_imported
+from quantsim.run import hardware, stages as pipeline
+from quantsim.run.layer_table import layer_table, merge_rows, write_reports
+from quantsim.zoo import datasets
+from quantsim.zoo.metrics import hits, top_indices
 
 
 @torch.no_grad()
 def _accuracy(graph, loader, label_offset: int, progress: bool) -> dict:
-    from tqdm import tqdm
-
-    from quantsim.emulate import executor as emulate
-
     model = emulate.EmulatedModel(graph)
     n = labelled = top1 = top5 = 0
     for x, y in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
@@ -33,9 +36,9 @@ def _accuracy(graph, loader, label_offset: int, progress: bool) -> dict:
         mask = y >= 0
         if mask.any():
             labelled += int(mask.sum())
-            top = logits[mask].topk(min(5, logits.shape[1]), dim=1).indices
-            top1 += int((top[:, 0] == y[mask]).sum())
-            top5 += int((top == y[mask][:, None]).any(dim=1).sum())
+            top = top_indices(logits, 5)
+            top1 += hits(top, y, 1)
+            top5 += hits(top, y, 5)
     has = labelled > 0
     return {"n_eval": n, "n_labelled": labelled, "top1": 100.0 * top1 / labelled if has else None,
             "top5": 100.0 * top5 / labelled if has else None, "top1_fp32": None, "top5_fp32": None,
@@ -43,10 +46,6 @@ def _accuracy(graph, loader, label_offset: int, progress: bool) -> dict:
 
 
 def run_imported(args, accel) -> dict:
-    from quantsim.zoo import datasets
-    from quantsim.run import hardware, stages as pipeline
-    from quantsim.run.layer_table import layer_table, merge_rows, write_reports
-
     t_start = time.perf_counter()
     try:
         imp = load_imported(args.model)
@@ -70,8 +69,6 @@ def run_imported(args, accel) -> dict:
     summary_oracle = {}
     oracle = getattr(args, "oracle", None)
     if oracle:
-        from quantsim.interop import oracles
-
         fmt = {"tflite": "tflite", "onnxruntime": "onnx"}.get(oracle)
         if graph.meta.get("source_format") != fmt:
             raise QuantsimError(f"--oracle {oracle}: needs a .{fmt} model (this one is "

@@ -19,8 +19,10 @@ from quantsim.emulate import executor as emulate
 from quantsim.quant.calibrate import TensorStats, collect_stats
 from quantsim.graph.capture import FloatGraph, capture, run_float
 from quantsim.quant.config import QuantConfig
+from quantsim.quant import scale_search
 from quantsim.errors import QuantsimError
 from quantsim.quant.lower import lower
+from quantsim.zoo.metrics import hits, top_indices
 
 CAPTURE_TOLERANCE = 1e-3  # relative: the captured graph must compute what the model computes
 
@@ -58,8 +60,6 @@ def check_capture(model: torch.nn.Module, g: FloatGraph, x: torch.Tensor) -> Non
 
 
 def quantize(prep: Prepared, cfg: QuantConfig) -> Graph:
-    from quantsim.quant import scale_search
-
     if scale_search.needs_search(cfg):  # similarity / ranking search, bias correction
         g, stats, cfg = scale_search.searched(prep.fgraph, prep.stats, prep.calib, cfg, prep.searched)
         return lower(g, stats, cfg)
@@ -90,12 +90,6 @@ class Accuracy:
         }
 
 
-def _topk_hits(logits: torch.Tensor, labels: torch.Tensor, k: int) -> int:
-    k = min(k, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    return int((top == labels[:, None]).any(dim=1).sum())
-
-
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, graph: Graph | None, loader, progress: bool = True) -> Accuracy:
     """FP32 and quantized (emulated) accuracy in one pass over the evaluation data."""
@@ -111,10 +105,10 @@ def evaluate(model: torch.nn.Module, graph: Graph | None, loader, progress: bool
         mask = y >= 0
         if mask.any():
             acc.n_labelled += int(mask.sum())
-            acc.top1 += _topk_hits(q[mask], y[mask], 1)
-            acc.top5 += _topk_hits(q[mask], y[mask], 5)
-            acc.top1_fp32 += _topk_hits(f[mask], y[mask], 1)
-            acc.top5_fp32 += _topk_hits(f[mask], y[mask], 5)
+            acc.top1 += hits(top_indices(q, 1), y, 1)
+            acc.top5 += hits(top_indices(q, 5), y, 5)
+            acc.top1_fp32 += hits(top_indices(f, 1), y, 1)
+            acc.top5_fp32 += hits(top_indices(f, 5), y, 5)
     return acc
 
 

@@ -36,6 +36,7 @@ from quantsim.run.inputs import (batches, check_images, check_out_dir, heldout_l
 from quantsim.run.options import SweepOptions
 from quantsim.run.single import base_config, fp32_energy, measure_program
 from quantsim.zoo import datasets
+from quantsim.zoo.metrics import hits, top_indices
 from reports.io import write_bytes_atomic, write_csv_atomic, write_json_atomic
 from reports.plots import pareto as pareto_plot, width_map
 
@@ -111,7 +112,7 @@ def fp32_predictions(model, ev: EvalSet, progress: bool) -> tuple[np.ndarray, np
     tops, labels = [], []
     for x, y in tqdm(ev.batches(), desc="FP32", unit="batch", disable=not progress, leave=False):
         f = model(x)
-        tops.append(f.topk(min(5, f.shape[1]), dim=1).indices.numpy())
+        tops.append(top_indices(f, 5))
         labels.append(y.numpy())
     return np.concatenate(tops), np.concatenate(labels)
 
@@ -120,8 +121,8 @@ def accuracy(top5: np.ndarray, labels: np.ndarray, fp32_top1: np.ndarray | None)
     mask = labels >= 0
     out = {"top1": None, "top5": None}
     if mask.any():
-        out["top1"] = 100.0 * float((top5[mask, 0] == labels[mask]).mean())
-        out["top5"] = 100.0 * float((top5[mask] == labels[mask, None]).any(1).mean())
+        out["top1"] = 100.0 * hits(top5, labels, 1) / int(mask.sum())
+        out["top5"] = 100.0 * hits(top5, labels, 5) / int(mask.sum())
     out["agreement_fp32"] = 100.0 if fp32_top1 is None else 100.0 * float((top5[:, 0] == fp32_top1).mean())
     return out
 
@@ -132,7 +133,7 @@ def quantized_predictions(graph, ev: EvalSet, progress: bool, desc: str) -> np.n
     tops = []
     for x, _ in tqdm(ev.batches(), desc=desc, unit="batch", disable=not progress, leave=False):
         q = qm(x)
-        tops.append(q.topk(min(5, q.shape[1]), dim=1).indices.numpy())
+        tops.append(top_indices(q, 5))
     return np.concatenate(tops)
 
 

@@ -126,7 +126,7 @@ def _require_dir(d: Path, what: str) -> None:
 
 def imagenet_synsets() -> list[str]:
     """The 1000 ImageNet-1k synsets in the standard (sorted) 0..999 order."""
-    from timm.data import ImageNetInfo
+    from timm.data import ImageNetInfo  # deferred: a heavy import that only timm-model paths need
     return list(ImageNetInfo().label_names())
 
 
@@ -194,7 +194,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR data file")
         if module == "_codecs":
-            import codecs
+            import codecs  # only the restricted CIFAR unpickler resolves these
             return codecs.encode
         if name in ("_reconstruct", "scalar"):
             try:
@@ -283,7 +283,7 @@ def _cifar(which: str, d: Path, tf: Callable, role: str, download: bool) -> Data
 
 
 def _download_cifar(which: str, d: Path) -> None:  # pragma: no cover - needs the network
-    import torchvision
+    import torchvision  # deferred: a heavy import that only torchvision paths need
     cls = torchvision.datasets.CIFAR10 if which == "cifar10" else torchvision.datasets.CIFAR100
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -312,7 +312,7 @@ EMBEDDED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "hu
 
 
 def _embedded_image(name: str) -> np.ndarray:
-    import skimage.data as skd
+    import skimage.data as skd  # deferred: only the embedded demo photos need scikit-image
     if name == "motorcycle":
         return skd.stereo_motorcycle()[0]
     return getattr(skd, name)()

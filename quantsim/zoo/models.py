@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from quantsim.zoo import cifar_resnet, vit
+from reports.io import atomic_target
 from quantsim.errors import QuantsimError
 from quantsim.zoo.preprocess import (CIFAR100_MEAN, CIFAR100_STD, IMAGENET_MEAN, IMAGENET_STD, Preprocess, imagenet_preprocess)
 
@@ -88,13 +89,13 @@ class ArchSpec:
 
 
 def _tv_resnet18(num_classes: int = 1000) -> nn.Module:
-    import torchvision
+    import torchvision  # deferred: a heavy import that only torchvision paths need
     return torchvision.models.resnet18(weights=None, num_classes=num_classes)
 
 
 def _timm_factory(name: str) -> Callable[..., nn.Module]:
     def make(**kwargs: Any) -> nn.Module:
-        import timm
+        import timm  # deferred: a heavy import that only timm-model paths need
         return timm.create_model(name, pretrained=False, **kwargs)
     make.__name__ = f"timm_{name}"
     return make
@@ -121,7 +122,7 @@ ARCHS: dict[str, ArchSpec] = {
 
 def _is_timm_name(name: str) -> bool:
     try:
-        import timm
+        import timm  # deferred: a heavy import that only timm-model paths need
         return bool(timm.is_model(name))
     except Exception:
         return False
@@ -150,7 +151,7 @@ def _arch_preprocess(arch: str, model: nn.Module | None = None) -> tuple[Preproc
         return ARCHS[arch].preprocess, ARCHS[arch].dataset_hint
     cfg = getattr(model, "pretrained_cfg", None) if model is not None else None
     if cfg is None and _is_timm_name(arch):
-        import timm
+        import timm  # deferred: a heavy import that only timm-model paths need
         try:
             cfg = timm.get_pretrained_cfg(arch)
         except Exception:
@@ -298,7 +299,7 @@ def _load_weights_file(path: Path) -> dict[str, torch.Tensor]:
         raise QuantsimError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         try:
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # optional: .safetensors weight files only
         except ImportError:
             raise QuantsimError(f"{path}: reading .safetensors needs the package safetensors") from None
         try:
@@ -349,7 +350,7 @@ def _class_names(hint: str, num_classes: int) -> list[str] | None:
     if hint == "cifar100" and num_classes == 100:
         return list(CIFAR100_CLASSES)
     if hint == "imagenet" and num_classes == 1000:
-        from timm.data import ImageNetInfo
+        from timm.data import ImageNetInfo  # deferred: a heavy import that only timm-model paths need
         return list(ImageNetInfo().label_descriptions())
     return None
 
@@ -540,7 +541,7 @@ def _load_pretrained(name: str, model: nn.Module, arch_kwargs: dict, pre: Prepro
     """Published weights over the network (the only code path here that downloads)."""
     try:
         if name == "resnet18":
-            import torchvision
+            import torchvision  # deferred: a heavy import that only torchvision paths need
             w = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
             model.load_state_dict(w.get_state_dict(progress=False, check_hash=True))
             source = f"pretrained:{w.url}"
@@ -553,7 +554,7 @@ def _load_pretrained(name: str, model: nn.Module, arch_kwargs: dict, pre: Prepro
         elif name in ARCHS and not _is_timm_name(name):
             raise QuantsimError(f"no published weights for {name!r}: pass a checkpoint file with --arch {name}")
         else:
-            import timm
+            import timm  # deferred: a heavy import that only timm-model paths need
             model = timm.create_model(name, pretrained=True, **arch_kwargs)
             pre = Preprocess.from_timm_cfg(model.pretrained_cfg)
             source = f"pretrained:timm:{name}"
@@ -567,8 +568,6 @@ def _load_pretrained(name: str, model: nn.Module, arch_kwargs: dict, pre: Prepro
 
 def save_torch_atomic(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temporary file beside `path`, then rename: no half-written checkpoint."""
-    from reports.io import atomic_target
-
     with atomic_target(path) as tmp:
         torch.save(obj, tmp)
 
@@ -584,3 +583,13 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, arch: str, arch_k
     sd = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "arch": arch, "arch_kwargs": arch_kwargs, "state_dict": sd}
     save_torch_atomic(payload, path)
+
+
+def load_cifar_vit(name: str, weights: str | None = None) -> nn.Module:
+    """A project ViT in eval mode: random init, or weights from a file (our checkpoint format,
+    as quantsim.zoo.train writes it, or a plain state dict of the same architecture)."""
+    if name not in vit.CIFAR_VITS:
+        raise ValueError(f"unknown CIFAR ViT {name!r} (known: {', '.join(sorted(vit.CIFAR_VITS))})")
+    if not weights:
+        return vit.CIFAR_VITS[name][0]().eval()
+    return load_model(weights, arch=name).model.eval()  # checks the checkpoint's arch

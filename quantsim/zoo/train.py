@@ -49,8 +49,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from quantsim.zoo.datasets import build_dataset, deterministic_subset
+from quantsim.zoo.metrics import hits
+from quantsim.zoo import models, vit
+from quantsim.zoo.models import save_checkpoint, save_torch_atomic
 from quantsim.errors import QuantsimError
 from reports.io import write_text_atomic
 from quantsim.zoo.preprocess import Preprocess
@@ -70,7 +74,6 @@ HYPER_DEFAULTS: dict[str, Any] = {
 
 def resolve_arch(arch: str) -> tuple[Callable[..., nn.Module], Preprocess]:
     """(factory(**kwargs) -> model, preprocess) for a zoo name, project ViT or timm name."""
-    from quantsim.zoo import models, vit
     if arch in models.ARCHS:
         spec = models.ARCHS[arch]
         return spec.factory, spec.preprocess
@@ -206,7 +209,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp_dty
                 logits = model(x)
             logits = logits.float()[keep]
             loss_sum += float(F.cross_entropy(logits, y[keep], reduction="sum"))
-            correct += int((logits.argmax(-1) == y[keep]).sum())
+            correct += hits(logits.argmax(-1)[:, None].cpu(), y[keep], 1)
             total += int(keep.sum())
     return (loss_sum / max(total, 1), 100.0 * correct / max(total, 1))
 
@@ -262,7 +265,6 @@ def train(args: argparse.Namespace) -> int:
     device = _pick_device(args.device)
     model, pre = build_model(args.arch, arch_kwargs, hp["drop_path"])
     if hp["init"] and saved is None:  # our checkpoint, a plain state dict or .safetensors
-        from quantsim.zoo import models
         models._load_state_dict_checked(model, models._load_weights_file(Path(hp["init"])), hp["init"])
     model.to(device)
 
@@ -308,7 +310,6 @@ def train(args: argparse.Namespace) -> int:
               f"{hp['epochs']} epochs, device {device}", file=sys.stderr)
 
     def save() -> None:
-        from quantsim.zoo.models import save_checkpoint, save_torch_atomic
         save_checkpoint(ckpt_path, model, args.arch, arch_kwargs)
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
@@ -332,7 +333,6 @@ def train(args: argparse.Namespace) -> int:
         t_epoch = time.monotonic()
         bar = None
         if not args.quiet and not args.no_progress:
-            from tqdm import tqdm
             bar = tqdm(total=steps_per_epoch, initial=prog.step_in_epoch, desc=f"epoch {epoch + 1}/{hp['epochs']}",
                        file=sys.stderr, dynamic_ncols=True)
         stopped = None
@@ -406,7 +406,6 @@ def train(args: argparse.Namespace) -> int:
 
 
 def _finish(out: Path, args, hp, arch_kwargs, model, prog, test_loader, device, amp_dtype, log) -> None:
-    from quantsim.zoo.models import save_checkpoint
     final = copy.deepcopy(model).to("cpu")
     if args.half:
         final = final.half()

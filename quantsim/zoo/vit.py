@@ -39,7 +39,7 @@ def vit_tiny_patch4_32(num_classes: int = 10, img_size: int = 32, patch_size: in
     drop_rate / drop_path_rate are for training (dropout, stochastic depth); they do nothing
     in eval mode, so a checkpoint loads into the default model.
     """
-    from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer import VisionTransformer  # deferred: a heavy import that only timm-model paths need
     shape = {**DEIT_TINY_SHAPE, **{k: kwargs.pop(k) for k in list(kwargs) if k in DEIT_TINY_SHAPE}}
     model = VisionTransformer(img_size=img_size, patch_size=patch_size, num_classes=num_classes,
                               drop_rate=drop_rate, drop_path_rate=drop_path_rate, **shape, **kwargs)
@@ -64,28 +64,17 @@ def vit_tiny_patch8_32(num_classes: int = 10, img_size: int = 32, patch_size: in
 CIFAR_VITS["vit_tiny_patch8_32"] = (vit_tiny_patch8_32, CIFAR10_VIT_PRE, "cifar10")
 
 
-def load_cifar_vit(name: str, weights: str | None = None) -> nn.Module:
-    """A project ViT in eval mode: random init, or weights from a file (our checkpoint format,
-    as quantsim.zoo.train writes it, or a plain state dict of the same architecture)."""
-    from quantsim.zoo import models
-    if name not in CIFAR_VITS:
-        raise ValueError(f"unknown CIFAR ViT {name!r} (known: {', '.join(sorted(CIFAR_VITS))})")
-    if not weights:
-        return CIFAR_VITS[name][0]().eval()
-    return models.load_model(weights, arch=name).model.eval()  # checks the checkpoint's arch
-
-
 def timm_vit_names(available_only: bool = True) -> list[str]:
     """The targeted timm ViT names (those this timm knows, unless available_only=False)."""
     if not available_only:
         return list(TARGET_TIMM_VITS)
-    import timm
+    import timm  # deferred: a heavy import that only timm-model paths need
     return [n for n in TARGET_TIMM_VITS if timm.is_model(n)]
 
 
 def is_vit(model: nn.Module) -> bool:
     """True for timm VisionTransformer models (what the ViT capture path handles)."""
-    from timm.models.vision_transformer import VisionTransformer
+    from timm.models.vision_transformer import VisionTransformer  # deferred: a heavy import that only timm-model paths need
     return isinstance(model, VisionTransformer)
 
 
