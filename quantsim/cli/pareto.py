@@ -1,17 +1,4 @@
-"""python -m quantsim.pareto MODEL ... : the accuracy-energy Pareto sweep of one model.
-
-Points: FP32; uniform W8A8, W6A6, W4A8, W4A4, each per-tensor and per-channel; mixed
-precision with the threshold policy; mixed precision with the energy-budget policy at each
-of --budgets (ratios of the W8A8 energy). Calibration, the FP32 pass over the evaluation
-set, the sensitivity table and the per-layer energy tables are computed once and reused.
-
-Out dir:
-  points.csv       one row per point, rewritten atomically as each point finishes
-                   (an interrupted sweep keeps what it finished; --resume skips those)
-  pareto.png/.svg  top-1 against energy, the frontier, FP32 and W8A8 reference lines
-  widths_<label>.csv, width_map_<label>.png/.svg   per layer widths beside energy shares
-  state/           FP32 predictions and the sensitivity cache (reused on --resume)
-"""
+"""python -m quantsim.pareto MODEL ... : the parser of the sweep (quantsim.run.sweep says what it does)."""
 from __future__ import annotations
 
 import argparse
@@ -22,11 +9,12 @@ import pandas as pd
 from quantsim.cli.arguments import add_hw_args, add_mixed_args, add_model_data_args, add_quant_args
 from quantsim.errors import QuantsimError
 from quantsim.run.options import SweepOptions
+from quantsim.run import sweep
 from quantsim.run.sweep import run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m quantsim.pareto", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m quantsim.pareto", description=sweep.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_data_args(p)
     add_quant_args(p)
