@@ -43,10 +43,6 @@ CKPT = SHARED / "models" / "cifar10-resnet" / "resnet20-12fca82f.th"
 CIFAR = SHARED / "data" / "cifar10"
 N_IMAGES = 8
 N_CALIB = 32
-from quantsim.interop.oracles import ort_int8_exact  # noqa: E402
-
-_ORT_EXACT, _ORT_WHY = ort_int8_exact()
-needs_exact_ort = pytest.mark.skipif(not _ORT_EXACT, reason=_ORT_WHY)
 needs_shared = pytest.mark.skipif(not (CKPT.is_file() and CIFAR.is_dir()), reason=f"{CKPT} or {CIFAR} is absent")
 
 
@@ -161,7 +157,6 @@ def resnet20_onnx(tmp_path_factory):
     return ort_quantize_static(lm.model, lm.preprocess, calib, tmp_path_factory.mktemp("r20onnx"))
 
 
-@needs_exact_ort
 @needs_shared
 def test_resnet20_every_layer_matches_onnxruntime(resnet20_onnx):
     imp = load_imported(resnet20_onnx)
@@ -186,7 +181,6 @@ def test_resnet20_every_layer_matches_onnxruntime(resnet20_onnx):
         assert np.array_equal(emu.tensors[node.name].numpy(), ref.tensors[node.name]), node.name
 
 
-@needs_exact_ort
 @needs_shared
 def test_simulate_cli_on_onnx_with_oracle(resnet20_onnx, tmp_path):
     from quantsim.cli import simulate
@@ -229,7 +223,6 @@ class _TfSame(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
 
 
-@needs_exact_ort
 def test_tf_same_padding_matches_onnxruntime(tmp_path):
     from quantsim.zoo.preprocess import Preprocess
 
@@ -277,7 +270,6 @@ def test_spatial_pad_into_other_ops_is_refused(tmp_path):
 
 # --- EfficientNet-Lite0 quantized by ONNX Runtime ----------------------------------------------
 
-@needs_exact_ort
 @pytest.mark.skipif(not (IMAGENET_VAL.is_dir() and IMAGENET_CALIB.is_dir()),
                     reason=f"{IMAGENET_VAL} or {IMAGENET_CALIB} is absent")
 def test_lite0_every_layer_matches_onnxruntime(tmp_path):
@@ -347,7 +339,6 @@ def _check_every_layer(g, q, x):
     return res, ref
 
 
-@needs_exact_ort
 @pytest.mark.parametrize("keep_acts", [False, True])
 def test_qdq_small_cnn_matches_onnxruntime(tmp_path, keep_acts):
     """QDQ per-channel U8S8 by ORT: imported onto the same IR (same weights, biases, float32
@@ -398,7 +389,6 @@ def test_qdq_small_cnn_matches_onnxruntime(tmp_path, keep_acts):
             load_imported(tmp_path / "narrow.onnx")
 
 
-@needs_exact_ort
 @needs_shared
 def test_resnet20_qdq_every_layer_matches_onnxruntime(resnet20_onnx, tmp_path):
     """The real ResNet-20 in QDQ: the convs and adds import exactly as in QOperator (same

@@ -107,24 +107,6 @@ def compare_tflite(graph: Graph, path: str | Path, images: np.ndarray,
     return res
 
 
-def ort_int8_exact() -> tuple[bool, str]:
-    """Whether ONNX Runtime's int8 GEMM/conv kernels compute exact int32 sums on this CPU.
-
-    On x86 CPUs with AVX2 but no VNNI, MLAS' U8S8 kernels add pairs of u8*s8 products in int16
-    with saturation (vpmaddubsw), so QLinearConv/QLinearMatMul can differ from the exact
-    integers (the "saturation issue" of pre-VNNI CPUs); there ONNX Runtime is no oracle."""
-    try:
-        flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), None)
-    except OSError:
-        flags = None
-    if not flags or "avx2" not in flags:
-        return True, ""
-    if any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")):
-        return True, ""
-    return False, ("this CPU has AVX2 without VNNI: ONNX Runtime's U8S8 kernels saturate int16 pair sums "
-                   "(vpmaddubsw), so its QLinearConv is not exact here and cannot be an oracle")
-
-
 def ort_session(model_or_path, num_threads: int = 1):
     try:
         import onnxruntime as ort  # optional extra [onnx]
@@ -134,6 +116,9 @@ def ort_session(model_or_path, num_threads: int = 1):
     so.intra_op_num_threads = num_threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    # Exact int32 sums on every x86 CPU: without VNNI, MLAS' default U8S8 kernels add pairs of
+    # u8*s8 products in int16 with saturation (vpmaddubsw); this option selects its U8U8 path.
+    so.add_session_config_entry("session.x64quantprecision", "1")
     src = model_or_path if isinstance(model_or_path, (bytes, str)) else str(model_or_path)
     return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
