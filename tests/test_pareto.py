@@ -234,3 +234,17 @@ def test_sweep_accepts_every_quantization_option_of_a_run():
     only_run = run_flags - sweep_flags
     assert only_run == {"bits", "energy_budget", "save_ir", "export_onnx", "oracle"}, only_run
     assert {"search_steps", "bias_correction", "calib_method", "requant"} <= sweep_flags
+
+
+def test_command_line_defaults_are_the_options_defaults():
+    """The parsers and RunOptions / SweepOptions declare each default; they must not drift apart
+    (the Python API and the command line then run the same configuration)."""
+    from dataclasses import fields
+
+    from quantsim.run.options import RunOptions, SweepOptions
+
+    for parser, cls in ((simulate.build_parser(), RunOptions), (pareto.build_parser(), SweepOptions)):
+        want = {f.name: f.default for f in fields(cls)}
+        dests = [a for a in parser._actions if a.dest in want]
+        assert len(dests) > 30
+        assert {a.dest: a.default for a in dests} == {a.dest: want[a.dest] for a in dests}, cls.__name__
