@@ -24,6 +24,7 @@ from quantsim.quant.config import QuantConfig
 from quantsim.run import hardware, stages
 from quantsim.run.inputs import load_accel
 from quantsim.run.layer_table import layer_table, merge_rows, write_reports
+from quantsim.run.single import w8a8_reference
 
 __all__ = ["Program", "Report", "quantize"]
 
@@ -97,11 +98,7 @@ class Program:
         x = x[:max(toggle_images, 1)]
         bitexact = stages.check_bitexact(self.graph, x)
         hw = hardware.simulate(self.graph, bitexact.ref_tensors, acc, toggle_images, mac_form)
-        if self.config.label == "W8A8":
-            w8 = hw
-        else:  # the W8A8 program of the same model: the reference every energy ratio divides by
-            w8_graph = stages.quantize(self.prepared, QuantConfig(granularity=self.config.granularity))
-            w8 = hardware.simulate(w8_graph, None, acc, toggle_images, mac_form, images=x)
+        w8 = w8a8_reference(self.prepared, self.config, hw, acc, x, toggle_images, mac_form)
         summary = {"bits": self.config.label, "config": self.config.to_json(),
                    "bitexact_mismatches": bitexact.total_mismatches, **hardware.energy_summary(hw, w8)}
         layers = merge_rows(layer_table(self.graph, bitexact, {}), hw)

@@ -26,7 +26,7 @@ from quantsim.run.layer_table import layer_table, merge_rows, write_reports
 from quantsim.run.options import RunOptions
 from quantsim.zoo import datasets
 
-__all__ = ["Checked", "check_options", "fp32_energy", "measure_program", "run"]
+__all__ = ["Checked", "check_options", "fp32_energy", "measure_program", "run", "w8a8_reference"]
 
 
 @dataclass
@@ -108,6 +108,15 @@ def measure_program(graph, x: torch.Tensor, opts: RunOptions, accel, prep=None, 
     return bitexact, sqnr, hw
 
 
+def w8a8_reference(prep, cfg: QuantConfig, hw, accel, images: torch.Tensor, toggle_images: int, mac_form: str):
+    """The hardware rows of the same model's W8A8 program at cfg's granularity (the reference
+    every energy ratio divides by): `hw` itself when cfg is W8A8, else simulated on `images`."""
+    if cfg.label == "W8A8":
+        return hw
+    w8_graph = stages.quantize(prep, QuantConfig(granularity=cfg.granularity))
+    return hardware.simulate(w8_graph, None, accel, toggle_images, mac_form, images=images)
+
+
 def fp32_energy(w8_hw) -> dict:
     """The FP32 model's energy on the array (its reference model), from the W8A8 program's shapes."""
     return hardware.energy_summary(w8_hw, w8_hw, fp32=True)
@@ -143,9 +152,7 @@ def run(opts: RunOptions) -> dict:
     else:
         bitexact, sqnr = None, {}
         hw = hardware.simulate(graph, stages.integer_taps(graph, x), chk.accel, opts.toggle_images, opts.mac_form)
-    w8 = hw if structure_cfg.label == "W8A8" else hardware.simulate(
-        stages.quantize(prep, QuantConfig(granularity=structure_cfg.granularity)),
-        None, chk.accel, opts.toggle_images, opts.mac_form, images=x[:opts.toggle_images])
+    w8 = w8a8_reference(prep, structure_cfg, hw, chk.accel, x[:opts.toggle_images], opts.toggle_images, opts.mac_form)
 
     summary = {
         "model": loaded.arch, "model_source": loaded.source,
