@@ -611,7 +611,7 @@ def constant_operands(node, force_bits: int | None = None) -> list[tuple[int, in
     from integer_ref.nonlinear import LN_GAMMA_BITS
 
     p = node.params
-    if node.op == "layernorm" and node.attrs.get("mode", "integer") == "integer":
+    if node.op == "layernorm" and node.attrs["mode"] == "integer":
         out = [(p["gamma"].size, LN_GAMMA_BITS), (p["beta"].size, signed_width(p["beta"]))]
     elif node.op == "layernorm":
         out = [(p["gamma_float"].size, 32), (p["beta_float"].size, 32)]
@@ -639,6 +639,13 @@ def input_qparams(graph, node):
         return node.in_q
 
 
+def node_conv_geometry(node, x_shape) -> dict:
+    """conv_geometry of a conv2d IR node on an input of x_shape (attrs complete: integer_ref.ir.ATTRS)."""
+    a = node.attrs
+    return conv_geometry(x_shape, node.params["weight"].shape, stride=a["stride"], dilation=a["dilation"],
+                         padding=a["padding"], groups=a["groups"], padding_mode=a["padding_mode"])
+
+
 def map_node(graph, node, shapes: dict, accel: Accelerator, force_bits: int | None = None) -> dict:
     """Counts for one IR node (batch as in `shapes`; pass batch-1 shapes for one image).
 
@@ -648,12 +655,8 @@ def map_node(graph, node, shapes: dict, accel: Accelerator, force_bits: int | No
     out_bits = fb or node.out.bits
     if node.op == "conv2d":
         xq = input_qparams(graph, node)
-        a = node.attrs
-        row = map_conv(shapes[node.inputs[0]], node.params["weight"].shape, accel,
-                       stride=a.get("stride", (1, 1)), dilation=a.get("dilation", (1, 1)),
-                       padding=a.get("padding", (0, 0, 0, 0)), groups=a.get("groups", 1),
-                       padding_mode=a.get("padding_mode"), x_bits=fb or xq.bits,
-                       w_bits=fb or node.weight_q.bits, out_bits=out_bits)
+        row = map_gemm_layer(node_conv_geometry(node, shapes[node.inputs[0]]), accel,
+                             fb or xq.bits, fb or node.weight_q.bits, out_bits)
     elif node.op == "linear":
         xq = input_qparams(graph, node)
         row = map_linear(shapes[node.inputs[0]], node.params["weight"].shape, accel,
@@ -662,7 +665,7 @@ def map_node(graph, node, shapes: dict, accel: Accelerator, force_bits: int | No
     elif node.op == "matmul":
         qa, qb = (graph[i].out for i in node.inputs)
         row = map_matmul(shapes[node.inputs[0]], shapes[node.inputs[1]], accel,
-                         transpose_b=bool(node.attrs.get("transpose_b", False)),
+                         transpose_b=bool(node.attrs["transpose_b"]),
                          a_bits=fb or qa.bits, b_bits=fb or qb.bits, out_bits=out_bits)
     else:
         ins = [tuple(shapes[i]) for i in node.inputs] if node.op != "quantize" else []
@@ -672,7 +675,7 @@ def map_node(graph, node, shapes: dict, accel: Accelerator, force_bits: int | No
         if node.op == "add":
             n_add = n_out
         elif node.op in ("maxpool", "avgpool"):
-            kk = node.attrs.get("kernel", (1, 1))
+            kk = node.attrs["kernel"]
             kk = (kk, kk) if isinstance(kk, int) else kk
             n_add = n_out * (int(kk[0]) * int(kk[1]) - 1)
         elif node.op == "global_avgpool":

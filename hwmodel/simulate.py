@@ -17,7 +17,7 @@ import numpy as np
 
 from .arch import Accelerator
 from .energy import detailed_energy, fp32_energy, seed_energy
-from .mapping import constant_operands, conv_geometry, input_qparams, map_node, packed_bytes
+from .mapping import constant_operands, input_qparams, map_node, node_conv_geometry, packed_bytes
 from .toggles import count_toggles, count_toggles_grouped, grouped_gemm_operands, im2col, weight_gemm
 
 ROW_COLUMNS = [
@@ -80,7 +80,7 @@ def node_toggles(graph, node, taps: dict, accel: Accelerator, images: int) -> di
         images = max(1, min(int(images), a_all.shape[0]))
         acc = {"mult_toggles": 0.0, "mult_toggles_signmag": 0.0, "mult_toggles_offset": 0.0}
         for img in range(images):
-            t = matmul_toggles(a_all[img], b_all[img], qa, qb, bool(node.attrs.get("transpose_b", False)), accel)
+            t = matmul_toggles(a_all[img], b_all[img], qa, qb, bool(node.attrs["transpose_b"]), accel)
             for k in acc:
                 acc[k] += t[k]
         return {k: v / images for k, v in acc.items()}
@@ -97,12 +97,8 @@ def node_toggles(graph, node, taps: dict, accel: Accelerator, images: int) -> di
         if node.op == "linear":
             pairs = [(x.reshape(-1, w.shape[1]).astype(np.int64), np.ascontiguousarray(w.T))]
         else:
-            a = node.attrs
-            g = int(a.get("groups", 1))
-            geo = conv_geometry(x.shape, w.shape, stride=a.get("stride", (1, 1)),
-                                dilation=a.get("dilation", (1, 1)),
-                                padding=a.get("padding", (0, 0, 0, 0)), groups=g,
-                                padding_mode=a.get("padding_mode"))
+            g = int(node.attrs["groups"])
+            geo = node_conv_geometry(node, x.shape)
             conv = dict(stride=(geo["sh"], geo["sw"]), dilation=(geo["dh"], geo["dw"]),
                         padding=(geo["pt"], geo["pb"], geo["pl"], geo["pr"]),
                         zero_point=int(xq.zero_point))

@@ -162,7 +162,7 @@ def vector_stages(op: str, in_shape, in_bits: int, attrs: dict) -> list[Stage]:
 
     Float-mode nodes (attrs mode "float") get no stages: their float arithmetic is not modelled
     (their memory traffic is)."""
-    if attrs.get("mode", "integer") != "integer":
+    if attrs["mode"] != "integer":
         return []
     n = int(np.prod(in_shape))
     row = int(in_shape[-1])

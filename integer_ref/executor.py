@@ -69,21 +69,19 @@ def last_uses(graph: Graph) -> dict[str, int]:
 
 def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
     """Evaluate one node on its input tensors -> (output, accumulator overflow count)."""
-    a, out = node.attrs, node.out
-    lo, hi = K.output_range(a, out.qmin, out.qmax)
+    a, out = node.attrs, node.out  # attrs complete: integer_ref.ir.ATTRS filled the defaults in
+    lo, hi = node.clamp_range
     zin = [qp[i].zero_point if i in qp else 0 for i in node.inputs]
     p = node.params
-    rq = {"requant": a.get("requant", "dyadic"), "scale": p.get("requant_scale")}
+    rq = {"requant": a.get("requant"), "scale": p.get("requant_scale")}  # None: the op has no requant
     if node.op == "quantize":
-        return K.quantize(args[0], a.get("scale", out.scale), a.get("zero_point", out.zero_point),
-                          out.qmin, out.qmax), 0
+        return K.quantize(args[0], *node.input_quantization, out.qmin, out.qmax), 0
     if node.op == "conv2d":
-        padding = "tf_same" if a.get("padding_mode") == "tf_same" else a.get("padding", 0)
         return K.conv2d(args[0], p["weight"], p.get("bias"), p["multiplier"], p["shift"],
                         x_zero_point=zin[0], w_zero_point=p.get("weight_zero_point", 0),
-                        y_zero_point=out.zero_point, lo=lo, hi=hi, stride=a.get("stride", 1),
-                        dilation=a.get("dilation", 1), groups=a.get("groups", 1),
-                        padding=padding, acc_bits=acc_bits,
+                        y_zero_point=out.zero_point, lo=lo, hi=hi, stride=a["stride"],
+                        dilation=a["dilation"], groups=a["groups"],
+                        padding=node.padding, acc_bits=acc_bits,
                         x_range=(qp[node.inputs[0]].qmin, qp[node.inputs[0]].qmax), **rq)
     if node.op == "linear":
         return K.linear(args[0], p["weight"], p.get("bias"), p["multiplier"], p["shift"],
@@ -91,7 +89,7 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
                         y_zero_point=out.zero_point, lo=lo, hi=hi, acc_bits=acc_bits, **rq)
     if node.op == "add" and rq["requant"] == "gemmlowp":
         return K.add_gemmlowp(args[0], args[1], p["multiplier"], p["shift"],
-                              left_shift=a.get("left_shift", 20), a_zero_point=zin[0],
+                              left_shift=a["left_shift"], a_zero_point=zin[0],
                               b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi), 0
     if node.op == "add" and rq["requant"] == "float32":
         return K.add_float32(args[0], args[1], rq["scale"], lo=lo, hi=hi), 0
@@ -102,25 +100,25 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
     if node.op == "clamp":
         return K.clamp(args[0], lo=lo, hi=hi), 0
     if node.op == "maxpool":
-        return K.maxpool(args[0], a["kernel"], a.get("stride"), a.get("padding", 0)), 0
+        return K.maxpool(args[0], a["kernel"], a["stride"], a["padding"]), 0
     if node.op == "avgpool" and rq["requant"] == "round_div":
-        return K.avgpool_round_div(args[0], lo=lo, hi=hi, kernel=a["kernel"], stride=a.get("stride"),
-                                   padding=a.get("padding", 0)), 0
+        return K.avgpool_round_div(args[0], lo=lo, hi=hi, kernel=a["kernel"], stride=a["stride"],
+                                   padding=a["padding"]), 0
     if node.op == "avgpool":
         return K.avgpool(args[0], p["multiplier"], p["shift"], x_zero_point=zin[0],
                          y_zero_point=out.zero_point, lo=lo, hi=hi, kernel=a["kernel"],
-                         stride=a.get("stride"), padding=a.get("padding", 0), acc_bits=acc_bits, **rq)
+                         stride=a["stride"], padding=a["padding"], acc_bits=acc_bits, **rq)
     if node.op == "global_avgpool":
         return K.global_avgpool(args[0], p["multiplier"], p["shift"], x_zero_point=zin[0],
                                 y_zero_point=out.zero_point, lo=lo, hi=hi, acc_bits=acc_bits,
-                                divide=a.get("divide"), **rq)
+                                divide=a["divide"], **rq)
     if node.op == "requantize":
         return K.requantize_tensor(args[0], p.get("multiplier"), p.get("shift"), x_zero_point=zin[0],
                                    y_zero_point=out.zero_point, lo=lo, hi=hi, **rq), 0
     if node.op == "reshape":
         return K.reshape(args[0], a["shape"]), 0
     if node.op == "strided_slice":
-        return K.strided_slice(args[0], a["step"], a.get("begin", (0, 0))), 0
+        return K.strided_slice(args[0], a["step"], a["begin"]), 0
     if node.op == "pad_channels":
         return K.pad_channels(args[0], a["before"], a["after"], zin[0]), 0
     if node.op in kernels_vit.OPS:

@@ -5,6 +5,10 @@ Each node names its inputs, holds its integer parameters (NumPy arrays), its att
 topological order. The semantics of each op are written once, in integer_ref.kernels;
 quantsim.emulate.kernels is the torch twin of the same semantics.
 
+Attributes follow one schema, ATTRS below: per op, the attributes it takes and their
+defaults. Node() fills the defaults in and refuses unknown or missing attributes, so every
+reader (both executors, hwmodel, the ONNX exporter) indexes node.attrs[key] directly.
+
 Ops and their contents (x: input tensor, NCHW for images; all tensors hold integers):
 
 - quantize    inputs [graph input, float]   q = clamp(rint(x / s) + z) in float32
@@ -60,19 +64,64 @@ from the output's (imported models whose integer input is the raw pixel: scale 1
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import nonlinear as NL
 from .arith import qrange
 
-OPS = {
-    "quantize", "conv2d", "linear", "add", "clamp", "maxpool", "avgpool", "global_avgpool",
-    "reshape", "strided_slice", "pad_channels", "requantize",
-    "matmul", "softmax", "gelu", "layernorm", "concat_token", "add_const", "permute", "take",
+# --- the attribute schema: each op's attributes and their defaults, written once -----------
+# Node() fills the defaults in and rejects unknown or missing attributes, so every reader (both
+# executors, hwmodel, the ONNX exporter) indexes node.attrs[key] and no reader has a default
+# of its own. None means "not set"; its meaning is the one given with the attribute here.
+
+REQUIRED = object()  # marks an attribute without a default
+
+
+def _fields(params_cls, drop=()) -> dict:
+    """The attributes a nonlinear op's constants dataclass contributes (its to_attrs() keys)."""
+    return {f.name: REQUIRED for f in fields(params_cls) if f.name not in drop}
+
+
+# A requantizing op's rule (integer_ref.arith, see the module docstring) and its output clamp
+# (ReLU / ReLU6; None: the output's quantized range).
+_REQUANT = {"requant": "dyadic", "clamp": None}
+_POOL = {"kernel": REQUIRED, "stride": None, "padding": [0, 0, 0, 0]}  # stride None: the kernel size
+_NONLINEAR = {"mode": "integer", "in_scale": REQUIRED}  # mode "integer" | "float"
+
+ATTRS: dict[str, dict[str, Any]] = {
+    # scale / zero_point None: the float input is quantized like the output
+    "quantize": {"scale": None, "zero_point": None},
+    "conv2d": {"stride": [1, 1], "dilation": [1, 1], "groups": 1, "padding": [0, 0, 0, 0],
+               "padding_mode": None,  # "tf_same": padding computed from the input size
+               "kernel": None,  # (kh, kw), informational: the weight's shape says it too
+               **_REQUANT},
+    "linear": dict(_REQUANT),
+    "add": {**_REQUANT, "left_shift": 20},  # left_shift: TFLite ADD's (gemmlowp only)
+    "clamp": {"clamp": None},
+    "maxpool": dict(_POOL),
+    "avgpool": {**_POOL, **_REQUANT, "count": None},  # count: the divisor it was lowered for
+    # count: H·W it was lowered for; divide: TFLite's older rounded division after M (gemmlowp)
+    "global_avgpool": {**_REQUANT, "count": None, "divide": None},
+    "reshape": {"shape": REQUIRED},  # a leading -1 keeps the batch axis
+    "strided_slice": {"step": REQUIRED, "begin": [0, 0]},
+    "pad_channels": {"before": REQUIRED, "after": REQUIRED},
+    "requantize": dict(_REQUANT),
+    "matmul": {"transpose_b": False, "clamp": None},
+    "softmax": {**_fields(NL.SoftmaxParams), **_NONLINEAR},
+    "gelu": {**_fields(NL.GeluParams), **_NONLINEAR},
+    "layernorm": {**_fields(NL.LayerNormParams, drop=("gamma", "beta")), **_NONLINEAR,
+                  "eps_float": REQUIRED},
+    "concat_token": {"axis": 1, "clamped": 0},  # clamped: the token was clamped to the range
+    "add_const": {**_REQUANT, "const_scale": REQUIRED},
+    "permute": {"perm": REQUIRED},
+    "take": {"axis": REQUIRED, "index": REQUIRED},
 }
+OPS = set(ATTRS)
 # Ops whose arithmetic is a multiply-accumulate over a weight tensor.
 MAC_OPS = {"conv2d", "linear"}
 
@@ -128,6 +177,38 @@ class Node:
     def __post_init__(self):
         if self.op not in OPS:
             raise ValueError(f"unknown IR op {self.op!r} in node {self.name!r}")
+        self.attrs = with_defaults(self.op, self.attrs, self.name)
+
+    @property
+    def clamp_range(self) -> tuple[int, int]:
+        """The op's clamp (ReLU, ReLU6) intersected with the output's quantized range."""
+        clamp = self.attrs.get("clamp")  # ops without a clamp attribute: the output's range
+        lo, hi = (self.out.qmin, self.out.qmax) if clamp is None else clamp
+        return max(int(lo), self.out.qmin), min(int(hi), self.out.qmax)
+
+    @property
+    def input_quantization(self) -> tuple:
+        """A quantize node's (scale, zero_point) of its float input: the output's unless set."""
+        s, z = self.attrs["scale"], self.attrs["zero_point"]
+        return (self.out.scale if s is None else s), (self.out.zero_point if z is None else z)
+
+    @property
+    def padding(self):
+        """A conv2d node's padding: [top, bottom, left, right], or "tf_same"."""
+        return "tf_same" if self.attrs["padding_mode"] == "tf_same" else self.attrs["padding"]
+
+
+def with_defaults(op: str, attrs: dict, where: str = "") -> dict:
+    """attrs completed with the schema's defaults; unknown or missing attributes raise."""
+    schema = ATTRS[op]
+    unknown = sorted(set(attrs) - set(schema))
+    if unknown:
+        raise ValueError(f"node {where!r} ({op}): unknown attribute(s) {unknown}; {op} takes {sorted(schema)}")
+    missing = sorted(k for k, v in schema.items() if v is REQUIRED and k not in attrs)
+    if missing:
+        raise ValueError(f"node {where!r} ({op}): missing attribute(s) {missing}")
+    # copies of the defaults: no two nodes share a default list
+    return {**{k: copy.deepcopy(v) for k, v in schema.items() if k not in attrs}, **attrs}
 
 
 @dataclass

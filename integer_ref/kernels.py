@@ -48,21 +48,6 @@ def resolve_padding(padding, size_hw, kernel_hw, stride_hw, dilation_hw=(1, 1)) 
     return int(t), int(b), int(l), int(r)
 
 
-def conv_padding(attrs: dict, size_hw, kernel_hw) -> tuple[int, int, int, int]:
-    """Padding of a conv/pool node from its attrs ('padding_mode' tf_same wins)."""
-    stride = pair(attrs.get("stride", 1))
-    dilation = pair(attrs.get("dilation", 1))
-    mode = attrs.get("padding_mode")
-    padding = "tf_same" if mode == "tf_same" else attrs.get("padding", 0)
-    return resolve_padding(padding, size_hw, kernel_hw, stride, dilation)
-
-
-def output_range(attrs: dict, qmin: int, qmax: int) -> tuple[int, int]:
-    """The op's clamp (ReLU, ReLU6) intersected with the output's quantized range."""
-    lo, hi = attrs.get("clamp", (qmin, qmax))
-    return max(int(lo), qmin), min(int(hi), qmax)
-
-
 def batch_shape(shape, n: int) -> tuple[int, ...]:
     """A reshape target with its leading -1 meaning 'the batch axis as is'."""
     shape = [int(s) for s in shape]

@@ -56,7 +56,7 @@ def layernorm_params(attrs: dict, params: dict) -> NL.LayerNormParams:
 
 
 def nonlinear_mode(attrs: dict) -> str:
-    mode = attrs.get("mode", "integer")
+    mode = attrs["mode"]
     if mode not in NONLINEAR_MODES:
         raise ValueError(f"unknown nonlinearity mode {mode!r}; known: {', '.join(NONLINEAR_MODES)}")
     return mode
@@ -136,13 +136,13 @@ def take(x, axis: int, index: int):
 def run_node(node, args: list, qp: dict, acc_bits: int):
     """Evaluate one ViT node -> (output, accumulator overflow count)."""
     a, out, p = node.attrs, node.out, node.params
-    lo, hi = K.output_range(a, out.qmin, out.qmax)
+    lo, hi = node.clamp_range
     zin = [qp[i].zero_point if i in qp else 0 for i in node.inputs]
     if node.op == "matmul":
         qa, qb = qp[node.inputs[0]], qp[node.inputs[1]]
         return matmul(args[0], args[1], p["multiplier"], p["shift"], a_zero_point=zin[0],
                       b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi,
-                      transpose_b=bool(a.get("transpose_b", False)), a_range=(qa.qmin, qa.qmax),
+                      transpose_b=bool(a["transpose_b"]), a_range=(qa.qmin, qa.qmax),
                       b_range=(qb.qmin, qb.qmax), acc_bits=acc_bits)
     if node.op in ("softmax", "gelu", "layernorm") and any(zin):
         raise ValueError(f"node {node.name!r} ({node.op}) needs a zero-point-free input")
@@ -153,7 +153,7 @@ def run_node(node, args: list, qp: dict, acc_bits: int):
     if node.op == "layernorm":
         return layernorm(args[0], a, p), 0
     if node.op == "concat_token":
-        return concat_token(args[0], p["token"], a.get("axis", 1)), 0
+        return concat_token(args[0], p["token"], a["axis"]), 0
     if node.op == "add_const":
         return add_const(args[0], p["const"], p["multiplier"], p["shift"], x_zero_point=zin[0],
                          y_zero_point=out.zero_point, lo=lo, hi=hi), 0

@@ -329,7 +329,7 @@ def build_engine_program(rng, signed=False, n=3, c=4, h=9, modes=("gemmlowp", "f
         Node("sum", "add", ["pw", "c1"], act(z(), 0.07), attrs={"requant": "gemmlowp"},
              params={"multiplier": m_add, "shift": s_add}),
         Node("ap", "avgpool", ["sum"], act(z(), 0.07), attrs={"kernel": [2, 2], "stride": [1, 1],
-                                                            "padding_mode": "tf_same", "requant": "round_div"}),
+                                                            "padding": [0, 1, 0, 1], "requant": "round_div"}),
         Node("rq", "requantize", ["ap"], act(zm, 0.06), attrs={"requant": "gemmlowp"},
              params={"multiplier": m_rq, "shift": s_rq}),
         Node("mean", "global_avgpool", ["rq"], act(z(), 0.04), attrs={"requant": "gemmlowp", "divide": 25},
@@ -338,7 +338,6 @@ def build_engine_program(rng, signed=False, n=3, c=4, h=9, modes=("gemmlowp", "f
         Node("fc", "linear", ["flat"], act(z()), attrs={"requant": m2}, params=mac(5, (c,), m2, signed)),
     ]
     nodes[8].out = nodes[7].out
-    nodes[5].attrs["padding"] = [0, 1, 0, 1]
     g = Graph(nodes, "x", (3, h, h), ["fc"], {"acc_bits": 32})
     x = rng.integers(0, 256, size=(n, 3, h, h)).astype(np.float32) / np.float32(255)
     return g, x

@@ -52,28 +52,28 @@ class Prepared:
 
 def run_node(node: Node, args: list, prep: Prepared):
     """Evaluate one node in torch -> (output, accumulator overflow count)."""
+    # attrs complete: integer_ref.ir.ATTRS filled the defaults in
     a, out, p, qp = node.attrs, node.out, prep.params[node.name], prep.qp
-    lo, hi = K.output_range(a, out.qmin, out.qmax)
+    lo, hi = node.clamp_range
     zin = [qp[i].zero_point if i in qp else 0 for i in node.inputs]
     x = args[0]
     x_range = (qp[node.inputs[0]].qmin, qp[node.inputs[0]].qmax) if node.inputs[0] in qp else None
-    mode = a.get("requant", "dyadic")
+    mode = a.get("requant")  # None: the op does not requantize
     rq = lambda acc, axis, bound=None: requantize(acc, p.get("bias"), p.get("multiplier"), p.get("shift"),
                                                   out.zero_point, lo, hi, axis, prep.acc_bits, bound,
-                                                  mode, p.get("requant_scale"), a.get("divide"))
+                                                  mode, p.get("requant_scale"), a.get("divide"))  # global_avgpool's only
     if node.op == "quantize":
-        return quantize(x, float(a.get("scale", out.scale)), a.get("zero_point", out.zero_point),
-                        out.qmin, out.qmax), 0
+        scale, zero_point = node.input_quantization
+        return quantize(x, float(scale), zero_point, out.qmin, out.qmax), 0
     if node.op == "conv2d":
-        padding = "tf_same" if a.get("padding_mode") == "tf_same" else a.get("padding", 0)
-        acc, bound = conv2d_acc_bounded(x, p["w_centered"], p["w_l1_max"], zin[0], a.get("stride", 1),
-                                        a.get("dilation", 1), a.get("groups", 1), padding, x_range)
+        acc, bound = conv2d_acc_bounded(x, p["w_centered"], p["w_l1_max"], zin[0], a["stride"],
+                                        a["dilation"], a["groups"], node.padding, x_range)
         return rq(acc, 1, bound)
     if node.op == "linear":
         acc, bound = linear_acc_bounded(x, p["w_centered"], p["w_l1_max"], zin[0], x_range)
         return rq(acc, x.dim() - 1, bound)
     if node.op == "add" and mode == "gemmlowp":
-        return add_gemmlowp(x, args[1], p["multiplier"], p["shift"], left_shift=a.get("left_shift", 20),
+        return add_gemmlowp(x, args[1], p["multiplier"], p["shift"], left_shift=a["left_shift"],
                             a_zero_point=zin[0], b_zero_point=zin[1], y_zero_point=out.zero_point,
                             lo=lo, hi=hi), 0
     if node.op == "add" and mode == "float32":
@@ -86,23 +86,23 @@ def run_node(node: Node, args: list, prep: Prepared):
     if node.op == "clamp":
         return x.clamp(lo, hi), 0
     if node.op == "maxpool":
-        return maxpool(x, a["kernel"], a.get("stride"), a.get("padding", 0)), 0
+        return maxpool(x, a["kernel"], a["stride"], a["padding"]), 0
     if node.op == "avgpool" and mode == "round_div":
-        return avgpool_round_div(x, lo=lo, hi=hi, kernel=a["kernel"], stride=a.get("stride"),
-                                 padding=a.get("padding", 0)), 0
+        return avgpool_round_div(x, lo=lo, hi=hi, kernel=a["kernel"], stride=a["stride"],
+                                 padding=a["padding"]), 0
     if node.op == "requantize" and mode == "float32_dq":
         s_in, s_out = np.ravel(np.asarray(p["requant_scale"], np.float32))
         return dequant_quant_float32(x, zin[0], s_in, s_out, out.zero_point, lo, hi), 0
     if node.op == "requantize":
         return rq((x - zin[0]).reshape(1, -1), 0)[0].reshape(x.shape), 0
     if node.op == "avgpool":
-        return rq(avgpool_sum(x, zin[0], a["kernel"], a.get("stride"), a.get("padding", 0)), 1)
+        return rq(avgpool_sum(x, zin[0], a["kernel"], a["stride"], a["padding"]), 1)
     if node.op == "global_avgpool":
         return rq((x - zin[0]).sum(dim=(2, 3), keepdim=True), 1)
     if node.op == "reshape":
         return x.reshape(K.batch_shape(a["shape"], x.shape[0])), 0
     if node.op == "strided_slice":
-        return strided_slice(x, a["step"], a.get("begin", (0, 0))), 0
+        return strided_slice(x, a["step"], a["begin"]), 0
     if node.op == "pad_channels":
         return pad_channels(x, a["before"], a["after"], zin[0]), 0
     if node.op in emulate_vit.OPS:  # ViT ops: the twin of integer_ref.kernels_vit

@@ -58,14 +58,14 @@ def _nonlinear_float(node) -> bool:
 def run_node(node, args: list, prep):
     """Evaluate one ViT node in torch -> (output, accumulator overflow count)."""
     a, out, qp = node.attrs, node.out, prep.qp
-    lo, hi = K.output_range(a, out.qmin, out.qmax)
+    lo, hi = node.clamp_range
     zin = [qp[i].zero_point if i in qp else 0 for i in node.inputs]
     x = args[0]
     if node.op == "matmul":
         qa, qb = qp[node.inputs[0]], qp[node.inputs[1]]
         bound = KV.matmul_bound(x.shape[-1], (qa.qmin, qa.qmax), zin[0], (qb.qmin, qb.qmax), zin[1])
         acc = matmul_acc(x, args[1], a_zero_point=zin[0], b_zero_point=zin[1],
-                         transpose_b=bool(a.get("transpose_b", False)), bound=bound)
+                         transpose_b=bool(a["transpose_b"]), bound=bound)
         return requantize(acc, None, node.params["multiplier"], node.params["shift"], out.zero_point, lo, hi,
                           acc.dim() - 1, prep.acc_bits, acc_abs_bound=bound)
     if node.op in ("softmax", "gelu", "layernorm") and any(zin):
@@ -85,7 +85,7 @@ def run_node(node, args: list, prep):
         return NT.layernorm_int(x, KV.layernorm_params(a, node.params)), 0
     if node.op == "concat_token":
         tok = _tensor(node, "token", x.device).to(torch.int64)
-        return torch.cat([tok.expand((x.shape[0],) + tuple(tok.shape)), x], dim=int(a.get("axis", 1))), 0
+        return torch.cat([tok.expand((x.shape[0],) + tuple(tok.shape)), x], dim=int(a["axis"])), 0
     if node.op == "add_const":
         c = _tensor(node, "const", x.device).to(torch.int64)[None]
         return add(x, c, node.params["multiplier"], node.params["shift"], a_zero_point=zin[0], b_zero_point=0,

@@ -112,7 +112,8 @@ class _Writer:
         """A Clip after the QLinear op where the node's clamp is narrower than its type's range."""
         q = node.out
         lo_t, hi_t = arith.qrange(8, q.signed, False)
-        lo, hi = node.attrs.get("clamp", (lo_t, hi_t))
+        clamp = node.attrs["clamp"]
+        lo, hi = (lo_t, hi_t) if clamp is None else clamp
         lo, hi = max(int(lo), lo_t), min(int(hi), hi_t)
         if (lo, hi) == (lo_t, hi_t):
             return raw
@@ -122,8 +123,8 @@ class _Writer:
         return node.name
 
     def requant_scale(self, node: Node, want: np.ndarray) -> None:
-        if node.attrs.get("requant", "dyadic") != "float32" or "requant_scale" not in node.params:
-            self.fail(node, f"requant mode {node.attrs.get('requant', 'dyadic')!r}: only float32 programs export "
+        if node.attrs["requant"] != "float32" or "requant_scale" not in node.params:
+            self.fail(node, f"requant mode {node.attrs['requant']!r}: only float32 programs export "
                       "(lower with QuantConfig(requant='float32') / --requant float32)")
         have = np.ravel(np.asarray(node.params["requant_scale"], np.float32))
         want = np.ravel(np.asarray(want, np.float32))
@@ -140,7 +141,7 @@ class _Writer:
             self.check_q(node, out, "its output")
         if node.op == "quantize":
             self.check_q(node, out, "the input quantization")
-            if "scale" in node.attrs or "zero_point" in node.attrs:
+            if node.attrs["scale"] is not None or node.attrs["zero_point"] is not None:
                 self.fail(node, "an input quantization that differs from the quantize output's")
             s, z = self.qparams(name, out)
             self.emit("QuantizeLinear", [ins[0], s, z], name)
@@ -167,8 +168,9 @@ class _Writer:
             self.finish(node, self.clamped_rename(node, raw), x_shape)
         elif node.op == "global_avgpool":
             n, c, h, w = (1,) + tuple(x_shape) if len(x_shape) == 3 else x_shape
-            if int(node.attrs.get("count", h * w)) != h * w or node.attrs.get("divide") is not None:
-                self.fail(node, f"pool count {node.attrs.get('count')} is not H·W = {h * w}")
+            count = node.attrs["count"]
+            if (count is not None and int(count) != h * w) or node.attrs["divide"] is not None:
+                self.fail(node, f"pool count {count} is not H·W = {h * w}")
             self.requant_scale(node, np.array([f32_gap_scale(x_q.scale, out.scale, h * w)]))
             sx, zx = self.qparams(f"{name}::x", x_q)
             sy, zy = self.qparams(name, out)
@@ -183,7 +185,7 @@ class _Writer:
             self.emit("Flatten", [ins[0]], name, axis=1)
             self.finish(node, name, (k,))
         elif node.op == "strided_slice":
-            step, begin = arith_pair(node.attrs["step"]), arith_pair(node.attrs.get("begin", (0, 0)))
+            step, begin = arith_pair(node.attrs["step"]), arith_pair(node.attrs["begin"])
             c, h, w = x_shape
             self.emit("Slice", [ins[0], self.init(f"{name}::starts", np.array(begin, np.int64)),
                                 self.init(f"{name}::ends", np.array([INT64_MAX, INT64_MAX], np.int64)),
@@ -199,9 +201,9 @@ class _Writer:
             self.finish(node, name, (c + before + after, h, w))
         elif node.op == "maxpool":
             kh, kw = arith_pair(node.attrs["kernel"])
-            sh, sw = arith_pair(node.attrs.get("stride") or node.attrs["kernel"])
-            pad = node.attrs.get("padding", 0)
-            if isinstance(pad, str) or node.attrs.get("padding_mode"):
+            sh, sw = arith_pair(node.attrs["stride"] or node.attrs["kernel"])
+            pad = node.attrs["padding"]
+            if isinstance(pad, str):
                 self.fail(node, f"maxpool padding {pad!r}")
             t, b, l, r = pad if isinstance(pad, (list, tuple)) and len(pad) == 4 else (int(pad),) * 4
             c, h, w = x_shape
@@ -254,16 +256,16 @@ class _Writer:
         if node.op == "conv2d":
             c, h, wd = x_shape
             kh, kw = w.shape[2:]
-            stride, dil = arith_pair(node.attrs.get("stride", 1)), arith_pair(node.attrs.get("dilation", 1))
-            if node.attrs.get("padding_mode") == "tf_same":  # fixed input size: explicit (asymmetric) pads
+            stride, dil = arith_pair(node.attrs["stride"]), arith_pair(node.attrs["dilation"])
+            if node.attrs["padding_mode"] == "tf_same":  # fixed input size: explicit (asymmetric) pads
                 t, b = arith.tf_same_padding(h, kh, stride[0], dil[0])
                 l, r = arith.tf_same_padding(wd, kw, stride[1], dil[1])
             else:
-                pad = node.attrs.get("padding", 0)
+                pad = node.attrs["padding"]
                 t, b, l, r = pad if isinstance(pad, (list, tuple)) and len(pad) == 4 else (int(pad),) * 4
             ins = [x, sx, zx, wt, ws, wz, sy, zy] + ([bt] if bt else [])
             self.emit("QLinearConv", ins, raw, kernel_shape=[int(kh), int(kw)], strides=list(stride),
-                      dilations=list(dil), group=int(node.attrs.get("groups", 1)), pads=[t, l, b, r])
+                      dilations=list(dil), group=int(node.attrs["groups"]), pads=[t, l, b, r])
             shape = (w.shape[0], arith.conv_output_size(h, kh, stride[0], t, b, dil[0]),
                      arith.conv_output_size(wd, kw, stride[1], l, r, dil[1]))
         else:
@@ -286,7 +288,7 @@ def build_model(graph: Graph, preprocess: Preprocess | None = None):
         raise QuantsimError(f"cannot export to ONNX: {len(graph.outputs)} graph outputs (only one exports)")
     if graph.meta.get("bit_exact_contract") is False:
         raise QuantsimError("cannot export to ONNX: the program evaluates float nonlinearities")
-    modes = sorted({n.attrs.get("requant", "dyadic") for n in graph.nodes
+    modes = sorted({n.attrs["requant"] for n in graph.nodes
                     if n.op in ("conv2d", "linear", "add", "avgpool", "global_avgpool", "requantize")} - {"float32"})
     if modes:
         raise QuantsimError(f"cannot export a program in requant mode {', '.join(map(repr, modes))} to ONNX: only "

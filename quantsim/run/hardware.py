@@ -8,7 +8,7 @@ import pandas as pd
 import torch
 
 from hwmodel.simulate import HwResult, simulate_graph
-from hwmodel.mapping import conv_geometry
+from hwmodel.mapping import node_conv_geometry
 from hwmodel.toggles import count_toggles, im2col
 from integer_ref.arith import qrange, quantize_float32
 from quantsim.graph.capture import run_float, run_node
@@ -123,12 +123,9 @@ def relu_toggle_study(prep, graph, x_calib: list, x, accel, dataflows=("ws", "os
         lo, hi = qrange(bits, True)
         q_signed = quantize_float32(pre[src], max(absmax[src], 1e-8) / hi, 0, lo, hi)
         q_unsigned = np.asarray(taps[src], dtype=np.int64)
-        a = node.attrs
-        g = int(a.get("groups", 1))
+        g = int(node.attrs["groups"])
         w = np.asarray(node.params["weight"])
-        geo = conv_geometry(q_unsigned.shape, w.shape, stride=a.get("stride", (1, 1)),
-                            dilation=a.get("dilation", (1, 1)), padding=a.get("padding", (0, 0, 0, 0)),
-                            groups=g, padding_mode=a.get("padding_mode"))
+        geo = node_conv_geometry(node, q_unsigned.shape)
         kw = dict(stride=(geo["sh"], geo["sw"]), dilation=(geo["dh"], geo["dw"]),
                   padding=(geo["pt"], geo["pb"], geo["pl"], geo["pr"]), groups=g)
         for df in dataflows:
