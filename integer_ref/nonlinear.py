@@ -193,8 +193,16 @@ def i_softmax(x: np.ndarray, scale: float, out_bits: int = 8) -> tuple[np.ndarra
 
 # --- GELU ----------------------------------------------------------------------------------
 
+class SignedOutput:
+    """A nonlinearity whose output is signed (narrow) out_bits: its quantized range."""
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        return arith.qrange(self.out_bits, True)
+
+
 @dataclass(frozen=True)
-class GeluParams:
+class GeluParams(SignedOutput):
     shift: int       # t: u = |x| << t is |x|/√2 on the grid S_u = s / (√2 · 2^t)
     pre_clip: int    # |x| is first clipped here (>= B / 2^t: no effect but bounds |x| << t)
     clip: int        # B = round(-ERF_B / S_u)
@@ -203,10 +211,6 @@ class GeluParams:
     rshift: int
     out_bits: int
     out_scale: float
-
-    @property
-    def qrange(self) -> tuple[int, int]:
-        return arith.qrange(self.out_bits, True)
 
     def to_attrs(self) -> dict:
         return asdict(self)
@@ -247,7 +251,7 @@ def i_gelu(x: np.ndarray, scale: float, out_scale: float | None = None,
 # --- LayerNorm -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class LayerNormParams:
+class LayerNormParams(SignedOutput):
     channels: int
     in_bits: int      # |x| < 2^(in_bits - 1): the bound the shifts were chosen for
     mean_shift: int   # h: y = x·2^h - round(Σx·2^h / C)
@@ -262,10 +266,6 @@ class LayerNormParams:
     rshift: int
     out_bits: int
     out_scale: float
-
-    @property
-    def qrange(self) -> tuple[int, int]:
-        return arith.qrange(self.out_bits, True)
 
     def to_attrs(self) -> dict:
         """Plain-number attributes (IR node attrs); gamma and beta are the node's params."""

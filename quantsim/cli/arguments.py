@@ -3,6 +3,10 @@ sweep accepts every quantization option a run accepts. Their names are RunOption
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any, Callable
+
+from quantsim.errors import QuantsimError
 
 from quantsim.quant.config import CALIB_METHODS
 from quantsim.run.options import DEFAULT_ACCEL
@@ -80,3 +84,21 @@ def add_mixed_args(p: argparse.ArgumentParser, budget: bool = True) -> None:
                     help="held-out labelled images for --rerank-by top1 (default 2000)")
     mx.add_argument("--mixed-unit", default="layer", choices=["layer", "module"],
                     help="one width per layer, or per module (a ViT block's MSA and MLP, a ResNet block)")
+
+
+def run_command(run: Callable[[Any], Any], opts, show: Callable[[Any], None],
+                mismatches: Callable[[Any], int], where: str) -> int:
+    """A command's exit: a QuantsimError is one `error:` line (2); integers differing between
+    integer_ref and emulate are an error too (3) unless opts.allow_mismatch."""
+    try:
+        result = run(opts)
+    except QuantsimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    show(result)
+    bad = int(mismatches(result))
+    if bad and not opts.allow_mismatch:
+        print(f"error: integer_ref differs from emulate in {bad} elements (see {where}); "
+              "pass --allow-mismatch to keep going", file=sys.stderr)
+        return 3
+    return 0

@@ -6,8 +6,8 @@ import sys
 
 import pandas as pd
 
-from quantsim.cli.arguments import add_hw_args, add_mixed_args, add_model_data_args, add_quant_args
-from quantsim.errors import QuantsimError
+from quantsim.cli.arguments import (add_hw_args, add_mixed_args, add_model_data_args, add_quant_args,
+                                    run_command)
 from quantsim.run.options import SweepOptions
 from quantsim.run import sweep
 from quantsim.run.sweep import run
@@ -33,19 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        df = run(SweepOptions.from_namespace(args))
-    except QuantsimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    cols = [c for c in ("label", "top1", "energy_ratio_w8a8", "bitexact_mismatches") if c in df.columns]
-    print(df[cols].to_string(index=False))
-    bad = pd.to_numeric(df.get("bitexact_mismatches"), errors="coerce").fillna(0).sum()
-    if bad and not args.allow_mismatch:
-        print(f"error: integer_ref differs from emulate in {int(bad)} elements (see {args.out}/points.csv)",
-              file=sys.stderr)
-        return 3
-    return 0
+
+    def show(df):
+        cols = [c for c in ("label", "top1", "energy_ratio_w8a8", "bitexact_mismatches") if c in df.columns]
+        print(df[cols].to_string(index=False))
+
+    return run_command(run, SweepOptions.from_namespace(args), show,
+                       lambda df: pd.to_numeric(df.get("bitexact_mismatches"), errors="coerce").fillna(0).sum(),
+                       f"{args.out}/points.csv")
 
 
 if __name__ == "__main__":

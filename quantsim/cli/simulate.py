@@ -9,8 +9,8 @@ import argparse
 import json
 import sys
 
-from quantsim.cli.arguments import add_hw_args, add_mixed_args, add_model_data_args, add_quant_args
-from quantsim.errors import QuantsimError
+from quantsim.cli.arguments import (add_hw_args, add_mixed_args, add_model_data_args, add_quant_args,
+                                    run_command)
 from quantsim.run.options import RunOptions
 from quantsim.run.single import run
 
@@ -36,19 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        summary = run(RunOptions.from_namespace(args))
-    except QuantsimError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: summary[k] for k in ("model", "bits", "top1", "top1_fp32", "agreement_fp32",
-                                              "bitexact_mismatches", "oracle_mismatches", "onnx_export") if k in summary}))
-    if summary.get("bitexact_mismatches", 0) and not args.allow_mismatch:
-        print(f"error: integer_ref differs from emulate in {summary['bitexact_mismatches']} elements "
-              f"(see bitexact_mismatches in {args.out}/layers.csv); pass --allow-mismatch to keep going",
-              file=sys.stderr)
-        return 3
-    return 0
+    keys = ("model", "bits", "top1", "top1_fp32", "agreement_fp32", "bitexact_mismatches", "oracle_mismatches",
+            "onnx_export")
+    return run_command(run, RunOptions.from_namespace(args),
+                       lambda summary: print(json.dumps({k: summary[k] for k in keys if k in summary})),
+                       lambda summary: summary.get("bitexact_mismatches", 0),
+                       f"bitexact_mismatches in {args.out}/layers.csv")
 
 
 if __name__ == "__main__":
