@@ -251,7 +251,7 @@ def _add_const_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -
     c_max = float(np.abs(c).max())
     cq_max = qrange(CONST_BITS, True)[1]
     s_c = c_max / cq_max if c_max > 0 else 1.0
-    const = np.clip(np.rint(c / s_c), -cq_max, cq_max).astype(np.int64)
+    const = weight_codes(n.weight, torch.tensor(s_c, dtype=torch.float64), cq_max).numpy()  # per tensor, float64
     ma, mc = float(in_q.scale) / float(out_q.scale), s_c / float(out_q.scale)
     big, shift = quantize_multiplier(max(ma, mc), _mult_bits_for(_mag(in_q) + cq_max, cfg))
     small = int(np.rint(min(ma, mc) * 2.0**shift))
