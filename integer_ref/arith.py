@@ -359,6 +359,13 @@ def add_float32(a: np.ndarray, b: np.ndarray, scale3, qmin: int, qmax: int) -> n
     return np.clip(np.rint(t).astype(np.int64), qmin, qmax)
 
 
+def add_float32_constant(ra: np.float32, rb: np.float32, za: int, zb: int, zy: int) -> np.float32:
+    """add_float32's f: the zero-point constant of MLAS's AVX2 QLinearAdd, float32(z_y) - (r_a·z_a + r_b·z_b),
+    as compiled (the inner sum contracted to one FMA: fma(r_a, z_a, r_b·z_b))."""
+    inner = fma_float32(np.array(za), ra, np.float32(rb * np.float32(zb)))
+    return np.float32(np.float32(zy) - np.float32(inner))
+
+
 def dequant_quant_float32(x: np.ndarray, x_zero_point: int, s_in, s_out, zero_point: int,
                           qmin: int, qmax: int) -> np.ndarray:
     """ONNX Runtime's DequantizeLinear then QuantizeLinear (float data movement between them is

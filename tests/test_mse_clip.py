@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantsim.quant.calibrate import fake_quant, mse_clip, mse_clip_rows, weight_clip
+from quantsim.quant.calibrate import mse_clip, mse_clip_rows, weight_clip
+from quantsim.quant.quantizer import fake_quant
 
 
 def _err(x: torch.Tensor, clip: float, qmax: int) -> float:

@@ -34,7 +34,7 @@ from quantsim.interop import oracles  # noqa: E402
 from quantsim.errors import QuantsimError  # noqa: E402
 from quantsim.interop.ort_quantize import ort_quantize_static  # noqa: E402
 from quantsim.interop.imported import is_importable, load_imported  # noqa: E402
-from quantsim.interop.onnx_import import add_constant  # noqa: E402
+from integer_ref.arith import add_float32_constant as add_constant  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 IMAGENET_VAL = SHARED / "data" / "imagenet-val"

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from integer_ref.arith import qrange
 from quantsim.quant import ranking as R
+from quantsim.quant import quantizer as Q
 from quantsim.quant import scale_search as S
 from quantsim.quant.calibrate import TensorStats, clip_value, collect_stats
 from quantsim.graph.capture import capture, run_float
@@ -123,7 +124,7 @@ def test_single_linear_layer_similarity_beats_minmax_with_an_outlier():
         sx = a_x * clip_value(stats["input"], "minmax", qmin, qmax) / qmax
         w = model[1].weight
         sw = a_w * float(w.detach().abs().max()) / qmax
-        out = nn.functional.linear(S._fq(torch.flatten(x, 1), sx, qmin, qmax), S._fq(w, sw, qmin, qmax), model[1].bias)
+        out = nn.functional.linear(Q.fake_quant(torch.flatten(x, 1), sx, qmin, qmax), Q.fake_quant(w, sw, qmin, qmax), model[1].bias)
         return float(R.pearson(ref, out))
 
     assert res.act_alpha["input"] < 1.0  # the outlier is clipped

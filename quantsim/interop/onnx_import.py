@@ -58,6 +58,7 @@ from integer_ref import arith
 from integer_ref.ir import Graph, Node, QParams
 
 from quantsim.errors import QuantsimError
+from quantsim.quant.lower import f32_add_scale, f32_gap_scale
 from quantsim.zoo.preprocess import Preprocess
 from quantsim.interop.imported_model import ImportedModel
 
@@ -76,13 +77,6 @@ def _onnx():
 
 def f32(v) -> np.float32:
     return np.float32(v)
-
-
-def add_constant(ra: np.float32, rb: np.float32, za: int, zb: int, zy: int) -> np.float32:
-    """The zero-point constant of MLAS's AVX2 QLinearAdd: float32(z_y) - (r_a·z_a + r_b·z_b),
-    as compiled (the inner sum contracted to one FMA: fma(r_a, z_a, r_b·z_b))."""
-    inner = arith.fma_float32(np.array(za), ra, f32(rb * f32(zb)))
-    return f32(f32(zy) - f32(inner))
 
 
 class _Importer:
@@ -281,17 +275,15 @@ class _Importer:
         qa, qb = self.qp(a), self.qp(b)
         if self.shapes[a] != self.shapes[b]:
             raise QuantsimError(f"{where}: broadcasting add {self.shapes[a]} + {self.shapes[b]} is not supported")
-        ra, rb = f32(f32(qa.scale) / f32(y_q.scale)), f32(f32(qb.scale) / f32(y_q.scale))
-        c = add_constant(ra, rb, qa.zero_point, qb.zero_point, y_q.zero_point)
         n = Node(self.name("add"), "add", [a, b], y_q, attrs={"requant": "float32"},
-                 params={"requant_scale": np.array([ra, rb, c], np.float32)}, source=source, in_q=qa)
+                 params={"requant_scale": f32_add_scale(qa, qb, y_q)}, source=source, in_q=qa)
         self.add(n, self.shapes[a], out)
 
     def gap_op(self, x: str, y_q: QParams, source: str, out: str) -> None:
         """QLinearGlobalAveragePool: requant float32, scale float32(s_x / float32(s_y·float32(H·W)))."""
         x_q = self.qp(x)
         _, c, h, w = self.shapes[x]
-        scale = f32(f32(x_q.scale) / f32(f32(y_q.scale) * f32(h * w)))
+        scale = f32_gap_scale(x_q.scale, y_q.scale, h * w)
         m, s = arith.quantize_multipliers(np.array([float(scale)]))
         n = Node(self.name("gap"), "global_avgpool", [x], y_q, attrs={"requant": "float32", "count": h * w},
                  params={"requant_scale": np.array([scale], np.float32), "multiplier": m, "shift": s},

@@ -18,27 +18,25 @@ from tqdm import tqdm
 
 from integer_ref.arith import qrange
 
-from quantsim.quant.calibrate import TensorStats, clip_value, fake_quant, weight_clip
+from quantsim.quant.calibrate import TensorStats, clip_value, weight_clip, weight_method
 from quantsim.graph.capture import FloatGraph, FNode, run_float, run_node
 from quantsim.quant.config import QuantConfig
+from quantsim.quant.quantizer import act_scale, fake_quant_act, fake_quant_weight, scale_from_clip
 
 
 def _fq_weight(n: FNode, bits: int, cfg: QuantConfig) -> torch.Tensor:
     _, qmax = qrange(bits, True)
     per_channel = cfg.granularity == "per-channel"
-    clip = weight_clip(n.weight, per_channel, "mse" if cfg.calib_method == "mse" else "minmax", qmax)
-    s = (clip / qmax).clamp(min=1e-12)
-    if per_channel:
-        s = s.reshape(-1, *([1] * (n.weight.dim() - 1)))
-    return fake_quant(n.weight, s, -qmax, qmax)
+    clip = weight_clip(n.weight, per_channel, weight_method(cfg.calib_method), qmax)
+    # float32 scale (not the lowering's float64): the sensitivities were measured so
+    return fake_quant_weight(n.weight, scale_from_clip(clip, qmax, dtype=torch.float32), qmax)
 
 
 def _fq_input(g: FloatGraph, n: FNode, bits: int, stats: dict[str, TensorStats], cfg: QuantConfig):
     src = n.inputs[0]
     qmin, qmax = qrange(bits, not g.non_negative(src))
-    clip = max(clip_value(stats[src], cfg.calib_method, qmin, qmax, cfg.percentile), 1e-8)
-    scale = torch.tensor(clip / qmax)
-    return lambda x: fake_quant(x, scale, qmin, qmax)
+    scale = act_scale(clip_value(stats[src], cfg.calib_method, qmin, qmax, cfg.percentile), qmax)
+    return lambda x: fake_quant_act(x, scale, qmin, qmax)
 
 
 def _width_key(b) -> str:

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from quantsim.graph.capture import FloatGraph, FNode, run_float
+from quantsim.quant.quantizer import fake_quant, scale_from_clip
 
 SAMPLE_PER_BATCH = 8192
 SAMPLE_CAP = 1 << 18
@@ -59,10 +60,6 @@ def collect_stats(g: FloatGraph, batches, seed: int = 0, progress: bool = True) 
     return stats
 
 
-def fake_quant(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
-
-
 def clip_value(stats: TensorStats, method: str, qmin: int, qmax: int, percentile: float = 99.99) -> float:
     """The real value mapped to qmax for an activation tensor."""
     if stats.clip_override is not None:
@@ -101,7 +98,8 @@ def mse_clip_rows(rows: torch.Tensor, tops: torch.Tensor, qmin: int, qmax: int, 
     tops = tops.detach().to(torch.float64).reshape(-1)
     grid = 0.2 + 0.8 * torch.arange(steps + 1, dtype=torch.float64) / steps
     clips = tops[:, None] * grid[None, :]                      # (O, S) float64, as the scalar search
-    scales = (clips / qmax).to(torch.float32).clamp_min(torch.finfo(torch.float32).tiny)
+    # float32 scales of the float64 grid clips, floored at float32's tiny (the scalar search's own)
+    scales = scale_from_clip(clips, qmax, floor=None).to(torch.float32).clamp_min(torch.finfo(torch.float32).tiny)
     n_rows, k = rows.shape
     grid_per = max(1, _MSE_BLOCK_ELEMENTS // max(1, k))  # grid points per block (a long activation sample)
     rows_per = max(1, _MSE_BLOCK_ELEMENTS // max(1, min(steps + 1, grid_per) * k))
@@ -112,7 +110,7 @@ def mse_clip_rows(rows: torch.Tensor, tops: torch.Tensor, qmin: int, qmax: int, 
         best_at = torch.zeros(x.shape[0], dtype=torch.int64)
         for j in range(0, steps + 1, grid_per):
             s = scales[i:i + rows_per, j:j + grid_per, None]
-            err = ((torch.clamp(torch.round(x / s), qmin, qmax) * s - x) ** 2).mean(dim=2)
+            err = ((fake_quant(x, s, qmin, qmax) - x) ** 2).mean(dim=2)
             at = err.argmin(dim=1)
             e = err.gather(1, at[:, None])[:, 0]
             better = e < best_err  # strict: an earlier grid point keeps a tie
@@ -120,6 +118,12 @@ def mse_clip_rows(rows: torch.Tensor, tops: torch.Tensor, qmin: int, qmax: int, 
             best_at = torch.where(better, at + j, best_at)
         best[i:i + rows_per] = clips[i:i + rows_per].gather(1, best_at[:, None])[:, 0]
     return torch.where(tops > 0, best, tops)
+
+
+def weight_method(calib_method: str) -> str:
+    """How weights are clipped under an activation calibration method: mse for 'mse', else the
+    min-max clip (the searches scale min-max clips by their factors)."""
+    return "mse" if calib_method == "mse" else "minmax"
 
 
 def weight_clip(w: torch.Tensor, per_channel: bool, method: str, qmax: int) -> torch.Tensor:

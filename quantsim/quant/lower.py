@@ -32,14 +32,15 @@ import math
 import numpy as np
 import torch
 
-from integer_ref.arith import qrange, quantize_multiplier, quantize_multipliers
+from integer_ref.arith import add_float32_constant, qrange, quantize_multiplier, quantize_multipliers
 from integer_ref.ir import Graph, Node, QParams
 
 from integer_ref import nonlinear as NL
 
-from quantsim.quant.calibrate import TensorStats, clip_value, weight_clip
-from quantsim.graph.capture import PASSTHROUGH_OPS, FloatGraph, FNode
+from quantsim.quant.calibrate import TensorStats, clip_value, weight_clip, weight_method
+from quantsim.graph.capture import PASSTHROUGH_OPS, FloatGraph, FNode, run_float
 from quantsim.quant.config import QuantConfig
+from quantsim.quant.quantizer import act_scale, scale_from_clip, weight_codes
 from quantsim.errors import QuantsimError
 
 INPUT_NAME = "image"
@@ -79,8 +80,6 @@ def tensor_bits(g: FloatGraph, cfg: QuantConfig) -> dict[str, int]:
 
 
 def shapes_of(g: FloatGraph) -> dict[str, tuple[int, ...]]:
-    from quantsim.graph.capture import run_float
-
     shapes: dict[str, tuple[int, ...]] = {}
     run_float(g, torch.zeros(1, *g.input_shape), observe=lambda n, y: shapes.__setitem__(n.name, tuple(y.shape)))
     return shapes
@@ -92,12 +91,12 @@ def _act_qparams(g: FloatGraph, name: str, bits: int, stats: TensorStats, cfg: Q
     clip = clip_value(stats, cfg.calib_method, qmin, qmax, cfg.percentile)
     if not math.isfinite(clip):
         raise QuantsimError(f"{g[name].source}: calibration saw NaN or Inf activations")
-    clip = max(clip, 1e-8)  # an all-zero tensor still needs a valid scale
+    scale = act_scale(clip, qmax)  # an all-zero tensor still needs a valid scale: clip floored
     if cfg.requant != "float32":
-        return QParams(bits, signed, np.float64(clip / qmax))
+        return QParams(bits, signed, np.float64(scale))
     # unsigned storage throughout (see the module doc); a signed tensor's grid -2^(b-1)..2^(b-1)-1
     # is held as 0..2^b-1 with zero point 2^(b-1): the same real values, ORT's saturation points
-    scale = np.float64(f32(clip / qmax))
+    scale = np.float64(f32(scale))
     return QParams(bits, False, scale, 2 ** (bits - 1) if signed else 0)
 
 
@@ -118,10 +117,8 @@ def f32_gap_scale(s_x, s_y, count: int) -> np.float32:
 
 def f32_add_scale(qa: QParams, qb: QParams, qy: QParams) -> np.ndarray:
     """MLAS QLinearAdd's [r_a, r_b, constant] with the zero points folded into the constant."""
-    from quantsim.interop.onnx_import import add_constant
-
     ra, rb = f32(f32(qa.scale) / f32(qy.scale)), f32(f32(qb.scale) / f32(qy.scale))
-    return np.array([ra, rb, add_constant(ra, rb, qa.zero_point, qb.zero_point, qy.zero_point)], np.float32)
+    return np.array([ra, rb, add_float32_constant(ra, rb, qa.zero_point, qb.zero_point, qy.zero_point)], np.float32)
 
 
 def _clamp(q: QParams, act: str | None) -> list[int]:
@@ -142,18 +139,15 @@ def _quantize_weight(n: FNode, w_bits: int, cfg: QuantConfig,
                      min_scale: torch.Tensor | None = None) -> tuple[np.ndarray, QParams]:
     _, qmax = qrange(w_bits, True)
     per_channel = cfg.granularity == "per-channel"
-    clip = weight_clip(n.weight, per_channel, "mse" if cfg.calib_method == "mse" else "minmax", qmax)
+    clip = weight_clip(n.weight, per_channel, weight_method(cfg.calib_method), qmax)
     clip = clip * n.attrs.get("weight_clip_alpha", 1.0)  # searched factor (quantsim.quant.scale_search)
-    scale = (clip.double() / qmax).clamp(min=1e-12)  # all-zero channels: any scale works
+    scale = scale_from_clip(clip, qmax)  # float64: the IR's scales
     if min_scale is not None:
         scale = torch.maximum(scale, min_scale if per_channel else min_scale.max())
     if cfg.requant == "float32":  # ONNX holds float32 scales: quantize with the value written
         scale = scale.float().double()
-    shape = (-1,) + (1,) * (n.weight.dim() - 1)
-    s = scale.reshape(shape) if per_channel else scale
-    q = torch.clamp(torch.round(n.weight.double() / s), -qmax, qmax).to(torch.int64)
     qp = QParams(w_bits, True, scale.numpy(), axis=0 if per_channel else None)
-    return q.numpy(), qp
+    return weight_codes(n.weight, scale, qmax).numpy(), qp
 
 
 def _mac_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node:
@@ -257,7 +251,7 @@ def _add_const_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -
     c_max = float(np.abs(c).max())
     cq_max = qrange(CONST_BITS, True)[1]
     s_c = c_max / cq_max if c_max > 0 else 1.0
-    const = np.clip(np.rint(c / s_c), -cq_max, cq_max).astype(np.int64)
+    const = weight_codes(n.weight, torch.tensor(s_c, dtype=torch.float64), cq_max).numpy()  # per tensor, float64
     ma, mc = float(in_q.scale) / float(out_q.scale), s_c / float(out_q.scale)
     big, shift = quantize_multiplier(max(ma, mc), _mult_bits_for(_mag(in_q) + cq_max, cfg))
     small = int(np.rint(min(ma, mc) * 2.0**shift))

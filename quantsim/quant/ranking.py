@@ -30,7 +30,8 @@ quantizers (calib_method 'similarity' / 'ranking', bias correction) and measures
 Kendall τ of a lowered program; search_linear / search_matmul here are the per-layer forms.
 
 Quantizers are symmetric and uniform with the project's narrow signed range
-[-(2^(b-1)-1), 2^(b-1)-1] or unsigned [0, 2^b - 1], rounding half to even.
+[-(2^(b-1)-1), 2^(b-1)-1] or unsigned [0, 2^b - 1], rounding half to even
+(quantsim.quant.quantizer, in float32 here).
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from integer_ref.arith import qrange
+
+from quantsim.quant import quantizer as Q
 
 THETA = 0.2   # ranking margin θ (Liu et al.)
 GAMMA = 0.1   # weight γ of the ranking loss (Liu et al.)
@@ -53,10 +58,6 @@ def _t(x) -> torch.Tensor:
 
 # --- quantizer --------------------------------------------------------------------------------
 
-def qmax(bits: int, signed: bool = True) -> int:
-    return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
-
-
 def max_delta(x: torch.Tensor, bits: int, signed: bool = True, dim: int | None = None) -> torch.Tensor:
     """The max-based step: max|x| / qmax, per tensor or per slice along `dim` (kept as shape (C,))."""
     x = _t(x).float()
@@ -64,19 +65,17 @@ def max_delta(x: torch.Tensor, bits: int, signed: bool = True, dim: int | None =
         m = x.abs().max()
     else:
         m = x.abs().transpose(0, dim).reshape(x.shape[dim], -1).max(dim=1).values
-    return torch.clamp(m, min=1e-12) / qmax(bits, signed)
+    # float32; the floor is on max|x| here (these per-layer forms' own), not on the step
+    return Q.scale_from_clip(torch.clamp(m, min=1e-12), qrange(bits, signed)[1], dtype=torch.float32, floor=None)
 
 
 def fake_quant(x: torch.Tensor, delta, bits: int, signed: bool = True, dim: int | None = None) -> torch.Tensor:
     """clamp(round(x / Δ)) · Δ; Δ scalar, or per slice along `dim` (shape (C,))."""
     x = _t(x).float()
     delta = torch.as_tensor(delta, dtype=torch.float32, device=x.device)
-    if delta.ndim and dim is not None:
-        shape = [1] * x.ndim
-        shape[dim] = -1
-        delta = delta.reshape(shape)
-    lo = -qmax(bits, True) if signed else 0
-    return torch.clamp(torch.round(x / delta), lo, qmax(bits, signed)) * delta
+    if dim is not None:
+        delta = Q.channel_view(delta, x.ndim, dim)
+    return Q.fake_quant(x, delta, *qrange(bits, signed))
 
 
 # --- metrics -------------------------------------------------------------------------------------

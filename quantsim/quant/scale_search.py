@@ -43,10 +43,13 @@ import torch.nn.functional as F
 
 from integer_ref.arith import qrange
 
+from quantsim.emulate import executor as emulate
 from quantsim.quant import ranking as R
-from quantsim.quant.calibrate import TensorStats, clip_value, weight_clip
+from quantsim.quant.calibrate import TensorStats, clip_value, weight_clip, weight_method
 from quantsim.graph.capture import FloatGraph, FNode, run_float, run_node
 from quantsim.quant.config import SEARCH_METHODS, QuantConfig
+from quantsim.quant.lower import _root, shapes_of, tensor_bits
+from quantsim.quant.quantizer import ACT_CLIP_FLOOR, act_scale, fake_quant_act, fake_quant_weight, scale_from_clip
 
 SEARCH_IMAGES = 32  # calibration images the search and the bias correction run on (the first ones)
 RANK_ROWS = 512     # attention rows the ranking term is computed on (a fixed subset)
@@ -64,8 +67,6 @@ def split_qkv(g: FloatGraph) -> tuple[FloatGraph, dict[str, list[str]]]:
     """A copy of g where every linear -> reshape(-1, N, K, ...) -> take(axis 2, i) for i < K is K
     linears (one per take, the matching rows of the weight) each reshaped to (-1, N, ...).
     Returns (graph, {old linear: [new linears]})."""
-    from quantsim.quant.lower import shapes_of
-
     g = _copy(g)
     shapes = shapes_of(g)
     split: dict[str, list[str]] = {}
@@ -100,10 +101,6 @@ def split_qkv(g: FloatGraph) -> tuple[FloatGraph, dict[str, list[str]]]:
 
 # --- the quantizers the lowering uses ------------------------------------------------------------
 
-def _fq(x: torch.Tensor, scale, qmin: int, qmax: int) -> torch.Tensor:
-    return torch.clamp(torch.round(x / scale), qmin, qmax) * scale
-
-
 @dataclass
 class _Tensor:
     """An operand tensor (a requantizing producer's output): its quantizer and search state."""
@@ -118,20 +115,18 @@ class _Tensor:
     def scale(self) -> float:
         if self.fixed is not None:
             return self.fixed
-        return max(self.alpha * self.top, 1e-8) / self.qmax  # lower._act_qparams: clip >= 1e-8
+        return act_scale(self.alpha * self.top, self.qmax)  # as lower._act_qparams
 
     def quant(self, x: torch.Tensor, alpha: float | None = None) -> torch.Tensor:
-        s = self.scale if alpha is None else max(alpha * self.top, 1e-8) / self.qmax
-        return _fq(x, torch.tensor(s, dtype=torch.float64).float(), self.qmin, self.qmax)
+        s = self.scale if alpha is None else act_scale(alpha * self.top, self.qmax)
+        return fake_quant_act(x, s, self.qmin, self.qmax)
 
 
 def _weight_q(n: FNode, bits: int, per_channel: bool, alpha: float, method: str = "minmax") -> torch.Tensor:
     """lower._quantize_weight's real values (dyadic mode) with clip factor alpha."""
     _, qmax = qrange(bits, True)
     clip = weight_clip(n.weight, per_channel, method, qmax) * alpha
-    scale = (clip.double() / qmax).clamp(min=1e-12)
-    s = scale.reshape((-1,) + (1,) * (n.weight.dim() - 1)) if per_channel else scale
-    return (torch.clamp(torch.round(n.weight.double() / s), -qmax, qmax) * s).float()
+    return fake_quant_weight(n.weight, scale_from_clip(clip, qmax), qmax).float()  # float64 scale, as lowered
 
 
 def _mac(n: FNode, x: torch.Tensor, w: torch.Tensor, bias: bool = True) -> torch.Tensor:
@@ -165,8 +160,6 @@ class GraphSearch:
 
     def __init__(self, g: FloatGraph, stats: dict[str, TensorStats], images: torch.Tensor, cfg: QuantConfig,
                  ranking: bool | None = None):
-        from quantsim.quant.lower import _root, tensor_bits
-
         self.g, self.cfg = g, cfg
         self.ranking = cfg.calib_method == "ranking" if ranking is None else ranking
         self.per_channel = cfg.granularity == "per-channel"
@@ -301,7 +294,7 @@ def _apply(g: FloatGraph, stats: dict[str, TensorStats], w_alpha: dict[str, floa
     stats = dict(stats)
     for r, a in act_alpha.items():
         t = gs.tensors[r]
-        stats[r] = replace(stats[r], clip_override=max(a * t.top, 1e-8))
+        stats[r] = replace(stats[r], clip_override=max(a * t.top, ACT_CLIP_FLOOR))
     return g, stats
 
 
@@ -311,21 +304,19 @@ def _apply(g: FloatGraph, stats: dict[str, TensorStats], w_alpha: dict[str, floa
 def correct_biases(g: FloatGraph, stats: dict[str, TensorStats], images: torch.Tensor, cfg: QuantConfig) -> FloatGraph:
     """b' = b - E[f(X̂, Ŵ) - f(X, W)] per output channel, for every MAC layer (a copy of g), with
     the scales the lowering takes from g and stats (clip overrides, weight_clip_alpha, calib_method)."""
-    from quantsim.quant.lower import _root, tensor_bits
-
     bits = tensor_bits(g, cfg)
     macs = [n for n in g.nodes if n.is_mac]
     inputs = {n.inputs[0] for n in macs}
     values: dict[str, torch.Tensor] = {}
     run_float(g, images, observe=lambda n, y: values.__setitem__(n.name, y) if n.name in inputs else None)
     g = _copy(g)
-    w_method = "mse" if cfg.calib_method == "mse" else "minmax"
+    w_method = weight_method(cfg.calib_method)
     for n in (g[m.name] for m in macs):
         r = _root(g, n.inputs[0])
         qmin, qmax = qrange(bits.get(r, cfg.a_bits), not g.non_negative(r))
-        clip = max(clip_value(stats[r], cfg.calib_method, qmin, qmax, cfg.percentile), 1e-8)
         x = values[n.inputs[0]]
-        xq = _fq(x, torch.tensor(clip / qmax, dtype=torch.float64).float(), qmin, qmax)
+        xq = fake_quant_act(x, act_scale(clip_value(stats[r], cfg.calib_method, qmin, qmax, cfg.percentile), qmax),
+                            qmin, qmax)
         wq = _weight_q(n, cfg.bits_for(n.name)[0], cfg.granularity == "per-channel",
                        n.attrs.get("weight_clip_alpha", 1.0), w_method)
         diff = _mac(n, xq, wq, bias=False) - _mac(n, x, n.weight, bias=False)
@@ -410,8 +401,6 @@ def attention_kendall(fgraph: FloatGraph, graph, x: torch.Tensor, on: str = "sco
     outputs. The quantized side is the emulated integer program (quantsim.emulate.executor, keep='all');
     graph=None compares the float model with itself (a sanity check of the plumbing: τ = 1).
     Returns {'tau': mean over all rows, 'per_block': [mean per softmax], 'rows': rows with a τ}."""
-    from quantsim.emulate import executor as emulate
-
     if on not in ("scores", "probs"):
         raise ValueError(f"on must be 'scores' or 'probs', got {on!r}")
     soft = [n for n in fgraph.nodes if n.op == "softmax"]
