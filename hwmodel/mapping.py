@@ -89,6 +89,7 @@ import numpy as np
 from numba import njit
 
 from integer_ref.arith import conv_output_size, tf_same_padding
+from integer_ref.nonlinear import LN_GAMMA_BITS
 
 from .arch import Accelerator
 from .dataflow import dataflow
@@ -593,8 +594,6 @@ def constant_operands(node, force_bits: int | None = None) -> list[tuple[int, in
     """Constant tensors a ViT op reads besides its input, [(elements, bits)]: LayerNorm gamma
     (LN_GAMMA_BITS) and beta, add_const's constant, concat_token's token (at the output's
     quantization). Widths not declared in the IR are the narrowest signed width of the values."""
-    from integer_ref.nonlinear import LN_GAMMA_BITS
-
     p = node.params
     if node.op == "layernorm" and node.attrs.get("mode", "integer") == "integer":
         out = [(p["gamma"].size, LN_GAMMA_BITS), (p["beta"].size, signed_width(p["beta"]))]
