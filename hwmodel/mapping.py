@@ -15,6 +15,11 @@ row-fold inner:
     is: rows hold K, cols hold M, N streams.   folds = ceil(K/R)*ceil(M/C)
         cycles/fold = 2R + C + N - 2;  SRAM reads ifmap M*K, filter K*N*ceil(M/C)
 
+Each row of this table is a hwmodel.dataflow.Dataflow (the dimension on the rows, on the
+columns, the streamed one): fold_counts, map_gemm_layer and the replay read its fields
+(folds per dimension, fill cycles, which operand is stationary) instead of branching on
+the name.
+
 DRAM reads of ifmap and filter replay each operand's demand stream (the exact order of
 SCALE-Sim's skewed demand matrices) through SCALE-Sim's double-buffered read buffer in its
 bandwidth-estimate mode (memory/read_buffer_estimate_bw.py). That buffer keeps the
@@ -22,7 +27,9 @@ addresses of the current 'active half' (50 of 100 sets of floor(capacity/100) el
 once that many distinct new addresses have been fetched the active half is replaced, so an
 address is fetched again when it returns after the window moved on: what fits is reused,
 what does not is fetched again. Capacity in elements = SRAM bytes * 8 / bits (SCALE-Sim
-fixes 1-byte words, so it agrees at 8 bits). Numba kernels walk the streams.
+fixes 1-byte words, so it agrees at 8 bits). One numba loop (_replay) walks the streams of
+every dataflow: per fold the stationary operand loads its tile, a streaming one runs
+SCALE-Sim's skewed stream along the array dimension its spatial dimension lies on.
 
 Our own deviations, each asserted in tests/test_hw_scalesim.py:
 - Padding: SCALE-Sim has none (it is given the padded input). Here padded positions are

@@ -1,15 +1,25 @@
 """Multiplier-input bit toggles from the real integer operands, per dataflow.
 
 A toggle is one bit of a multiplier input register changing between consecutive operands:
-popcount(previous XOR next). The streams follow the dataflow (same folds as
-hwmodel.mapping, column fold outer, row fold inner):
+popcount(previous XOR next). The streams follow the dataflow (hwmodel.dataflow: the GEMM
+dimension on the PE rows, on the columns, the streamed one; same folds as hwmodel.mapping,
+column fold outer, row fold inner), in one walk for all three:
+
+- An input operand that indexes the streamed dimension streams: each of its lines along
+  that dimension passes every PE of the dimension it does not index (N for X, M for W), so
+  its toggles are that extent times the toggles of its streams (the column stream walk
+  when it streams along its first axis, the row stream walk along its second).
+- An input operand that does not index it is stationary: its registers change only at
+  reloads (_reload_toggles): each PE register changes from the value it held in its
+  previous fold (0 before the first) to the new one.
+
+What that gives per dataflow:
 
 - ws: PE (r, c) of fold (fr, fc) holds W[k, n] (k = fr*R + r, n = fc*C + c) while X[:, k]
   streams past it, m = 0..M-1. Activation-input toggles of that PE =
   popcount(x[0,k]) + sum_m popcount(x[m,k] ^ x[m+1,k]); each of the N output columns sees
   the stream once, so the layer total is N * sum_k(stream toggles of column k).
-  Weight-input toggles happen only at weight reloads: each PE register changes from the
-  weight it held in its previous fold (0 before the first) to the new one.
+  Weight-input toggles happen only at weight reloads.
 - os: PE (r, c) owns output (m, n); X[m, :] and W[:, n] both stream over k. Activation
   toggles = N * sum_m(toggles of row m of X), weight toggles = M * sum_n(toggles of column n
   of W).
