@@ -6,17 +6,10 @@ GEMMs with N = 1 and is mapped as such (honestly poorly: one PE column busy).
 
 Compute and SRAM counts follow SCALE-Sim 3.0.0's systolic compute models
 (scalesim/compute/systolic_compute_{ws,os,is}.py), fold order column-fold outer,
-row-fold inner:
-
-    ws: rows hold K, cols hold N, M streams.   folds = ceil(K/R)*ceil(N/C)
-        cycles/fold = 2R + C + M - 2;  SRAM reads ifmap M*K*ceil(N/C), filter K*N
-    os: rows hold M, cols hold N, K streams.   folds = ceil(M/R)*ceil(N/C)
-        cycles/fold = K + R + C - 2;   SRAM reads ifmap M*K*ceil(N/C), filter K*N*ceil(M/R)
-    is: rows hold K, cols hold M, N streams.   folds = ceil(K/R)*ceil(M/C)
-        cycles/fold = 2R + C + N - 2;  SRAM reads ifmap M*K, filter K*N*ceil(M/C)
-
-Each row of this table is a hwmodel.dataflow.Dataflow (the dimension on the rows, on the
-columns, the streamed one): fold_counts, map_gemm_layer and the replay read its fields
+row-fold inner. Each dataflow is a hwmodel.dataflow.Dataflow (the dimension on the rows,
+on the columns, the streamed one), whose docstring has the table of folds, cycles per fold
+and SRAM reads (ws: rows hold K, cols hold N, M streams; os: rows M, cols N, K streams; is:
+rows K, cols M, N streams): fold_counts, map_gemm_layer and the replay read its fields
 (folds per dimension, fill cycles, which operand is stationary) instead of branching on
 the name.
 
@@ -146,6 +139,18 @@ def _touch(addr, stamp, state):
         state[1] = 0
 
 
+@njit(cache=True, inline="always")
+def _demand(operand, idx, K, mh, mw, mi, kh_, kw_, kc, H, W, Ctot, stamp, state):
+    """One demand of element idx = (m, k, n): ifmap X[m, k] (padded taps are not read) or
+    filter W[k, n]."""
+    if operand == 0:
+        a = _addr(idx[0], idx[1], mh, mw, mi, kh_, kw_, kc, H, W, Ctot)
+        if a >= 0:
+            _touch(a, stamp, state)
+    else:
+        _touch(idx[2] * K + idx[1], stamp, state)
+
+
 @njit(cache=True)
 def _replay(rows_dim, cols_dim, stream_dim, operand, M, K, N, R, C, block, geo, addr_space):
     """(SRAM reads, DRAM reads) of one operand (0 ifmap X[m, k], 1 filter W[k, n]) of one
@@ -204,12 +209,7 @@ def _replay(rows_dim, cols_dim, stream_dim, operand, M, K, N, R, C, block, geo, 
                     for c in range(cols):
                         idx[rows_dim] = fr * R + r
                         idx[cols_dim] = fc * C + c
-                        if operand == 0:
-                            a = _addr(idx[0], idx[1], mh, mw, mi, kh_, kw_, kc, H, W, Ctot)
-                            if a >= 0:
-                                _touch(a, stamp, state)
-                        else:
-                            _touch(idx[2] * K + idx[1], stamp, state)
+                        _demand(operand, idx, K, mh, mw, mi, kh_, kw_, kc, H, W, Ctot, stamp, state)
             else:  # skewed stream: lane c gets stream element i - c
                 base = (fr if on_rows else fc) * lanes
                 S = ext[stream_dim]
@@ -221,12 +221,7 @@ def _replay(rows_dim, cols_dim, stream_dim, operand, M, K, N, R, C, block, geo, 
                             continue
                         idx[stream_dim] = s
                         idx[spatial] = p
-                        if operand == 0:
-                            a = _addr(idx[0], idx[1], mh, mw, mi, kh_, kw_, kc, H, W, Ctot)
-                            if a >= 0:
-                                _touch(a, stamp, state)
-                        else:
-                            _touch(idx[2] * K + idx[1], stamp, state)
+                        _demand(operand, idx, K, mh, mw, mi, kh_, kw_, kc, H, W, Ctot, stamp, state)
     return state[4], state[2]
 
 
