@@ -48,11 +48,12 @@ A bad file raises ValueError with one line naming the file and the key.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from .dataflow import DATAFLOWS
+
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-DATAFLOWS = ("ws", "os", "is")
 DRAM_MODELS = ("reuse", "scalesim")
 DEFAULT_DRAM_MODEL = "reuse"
 ENERGY_KEYS = ("e_mac8_pj", "e_add32_pj", "e_fp32_mult_pj", "e_fp32_add_pj",
@@ -88,14 +89,12 @@ class Accelerator:
     dram_model: str = DEFAULT_DRAM_MODEL
 
     def with_dataflow(self, dataflow: str) -> "Accelerator":
-        from dataclasses import replace
         if dataflow not in DATAFLOWS:
-            raise ValueError(f"unknown dataflow {dataflow!r} (expected one of {DATAFLOWS})")
+            raise ValueError(f"unknown dataflow {dataflow!r} (expected one of {', '.join(DATAFLOWS)})")
         return replace(self, dataflow=dataflow, name=f"{self.name}[{dataflow}]")
 
     def with_dram_model(self, dram_model: str) -> "Accelerator":
         """The same accelerator with DRAM traffic counted by another model (name kept)."""
-        from dataclasses import replace
         if dram_model not in DRAM_MODELS:
             raise ValueError(f"unknown DRAM model {dram_model!r} (expected one of {DRAM_MODELS})")
         return replace(self, dram_model=dram_model)

@@ -6,14 +6,12 @@ GEMMs with N = 1 and is mapped as such (honestly poorly: one PE column busy).
 
 Compute and SRAM counts follow SCALE-Sim 3.0.0's systolic compute models
 (scalesim/compute/systolic_compute_{ws,os,is}.py), fold order column-fold outer,
-row-fold inner:
-
-    ws: rows hold K, cols hold N, M streams.   folds = ceil(K/R)*ceil(N/C)
-        cycles/fold = 2R + C + M - 2;  SRAM reads ifmap M*K*ceil(N/C), filter K*N
-    os: rows hold M, cols hold N, K streams.   folds = ceil(M/R)*ceil(N/C)
-        cycles/fold = K + R + C - 2;   SRAM reads ifmap M*K*ceil(N/C), filter K*N*ceil(M/R)
-    is: rows hold K, cols hold M, N streams.   folds = ceil(K/R)*ceil(M/C)
-        cycles/fold = 2R + C + N - 2;  SRAM reads ifmap M*K, filter K*N*ceil(M/C)
+row-fold inner. Each dataflow is a hwmodel.dataflow.Dataflow (the dimension on the rows,
+on the columns, the streamed one), whose docstring has the table of folds, cycles per fold
+and SRAM reads (ws: rows hold K, cols hold N, M streams; os: rows M, cols N, K streams; is:
+rows K, cols M, N streams): fold_counts, map_gemm_layer and the replay read its fields
+(folds per dimension, fill cycles, which operand is stationary) instead of branching on
+the name.
 
 DRAM reads of ifmap and filter replay each operand's demand stream (the exact order of
 SCALE-Sim's skewed demand matrices) through SCALE-Sim's double-buffered read buffer in its
@@ -22,7 +20,9 @@ addresses of the current 'active half' (50 of 100 sets of floor(capacity/100) el
 once that many distinct new addresses have been fetched the active half is replaced, so an
 address is fetched again when it returns after the window moved on: what fits is reused,
 what does not is fetched again. Capacity in elements = SRAM bytes * 8 / bits (SCALE-Sim
-fixes 1-byte words, so it agrees at 8 bits). Numba kernels walk the streams.
+fixes 1-byte words, so it agrees at 8 bits). One numba loop (_replay) walks the streams of
+every dataflow: per fold the stationary operand loads its tile, a streaming one runs
+SCALE-Sim's skewed stream along the array dimension its spatial dimension lies on.
 
 Our own deviations, each asserted in tests/test_hw_scalesim.py:
 - Padding: SCALE-Sim has none (it is given the padded input). Here padded positions are
@@ -89,11 +89,12 @@ import numpy as np
 from numba import njit
 
 from integer_ref.arith import conv_output_size, tf_same_padding
+from integer_ref.nonlinear import LN_GAMMA_BITS
 
 from .arch import Accelerator
+from .dataflow import dataflow
 from .vector_ops import KINDS, VECTOR_OPS, op_counts, vector_stages
 
-DF_CODE = {"ws": 0, "os": 1, "is": 2}
 ACTIVE_SETS = 50  # SCALE-Sim: active_buf_frac 0.5 of 100 sets
 
 
@@ -138,9 +139,29 @@ def _touch(addr, stamp, state):
         state[1] = 0
 
 
+@njit(cache=True, inline="always")
+def _demand(operand, idx, K, mh, mw, mi, kh_, kw_, kc, H, W, Ctot, stamp, state):
+    """One demand of element idx = (m, k, n): ifmap X[m, k] (padded taps are not read) or
+    filter W[k, n]."""
+    if operand == 0:
+        a = _addr(idx[0], idx[1], mh, mw, mi, kh_, kw_, kc, H, W, Ctot)
+        if a >= 0:
+            _touch(a, stamp, state)
+    else:
+        _touch(idx[2] * K + idx[1], stamp, state)
+
+
 @njit(cache=True)
-def _replay(df, operand, M, K, N, R, C, block, geo, addr_space):
-    """(SRAM reads, DRAM reads) of one operand of one GEMM. geo: ifmap geometry int64[14]."""
+def _replay(rows_dim, cols_dim, stream_dim, operand, M, K, N, R, C, block, geo, addr_space):
+    """(SRAM reads, DRAM reads) of one operand (0 ifmap X[m, k], 1 filter W[k, n]) of one
+    GEMM: its demand stream through the read buffer. rows_dim, cols_dim, stream_dim: the
+    dataflow's GEMM dimensions as indices into (M, K, N) (Dataflow.codes). geo: ifmap
+    geometry int64[14].
+
+    Folds: column fold outer, row fold inner. In each fold an operand that does not index
+    the streamed dimension (the stationary one) loads its R x C tile, last row first; the
+    other streams: its spatial dimension's fold lies on the rows (or columns), lane c
+    receiving stream element i - c at step i (SCALE-Sim's skewed demand matrix)."""
     OW, OHW, H, W, Ctot, c0, Cg, kw, sh, sw, dh, dw, pt, pl = (
         geo[0], geo[1], geo[2], geo[3], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9],
         geo[10], geo[11], geo[12], geo[13])
@@ -168,86 +189,58 @@ def _replay(df, operand, M, K, N, R, C, block, geo, addr_space):
         kh_[k] = ki * dh
         kw_[k] = kj * dw
         kc[k] = c0 + rem - kj * Cg
-    if df == 0:  # ws: rows K, cols N, M streams
-        nfc = (N + C - 1) // C
-        nfr = (K + R - 1) // R
-        for fc in range(nfc):
-            for fr in range(nfr):
-                if operand == 0:
-                    for i in range(M + R - 1):
-                        for c in range(R):
-                            m = i - c
-                            k = fr * R + c
-                            if m < 0 or m >= M or k >= K:
-                                continue
-                            a = _addr(m, k, mh, mw, mi, kh_, kw_, kc, H, W, Ctot)
-                            if a >= 0:
-                                _touch(a, stamp, state)
-                else:
-                    rows = min(R, K - fr * R)
-                    cols = min(C, N - fc * C)
-                    for r in range(rows - 1, -1, -1):
-                        for c in range(cols):
-                            _touch((fc * C + c) * K + fr * R + r, stamp, state)
-    elif df == 1:  # os: rows M, cols N, K streams
-        nfc = (N + C - 1) // C
-        nfr = (M + R - 1) // R
-        for fc in range(nfc):
-            for fr in range(nfr):
-                if operand == 0:
-                    for i in range(K + R - 1):
-                        for c in range(R):
-                            k = i - c
-                            m = fr * R + c
-                            if k < 0 or k >= K or m >= M:
-                                continue
-                            a = _addr(m, k, mh, mw, mi, kh_, kw_, kc, H, W, Ctot)
-                            if a >= 0:
-                                _touch(a, stamp, state)
-                else:
-                    for i in range(K + C - 1):
-                        for c in range(C):
-                            k = i - c
-                            n = fc * C + c
-                            if k < 0 or k >= K or n >= N:
-                                continue
-                            _touch(n * K + k, stamp, state)
-    else:  # is: rows K, cols M, N streams
-        nfc = (M + C - 1) // C
-        nfr = (K + R - 1) // R
-        for fc in range(nfc):
-            for fr in range(nfr):
-                if operand == 0:
-                    rows = min(R, K - fr * R)
-                    cols = min(C, M - fc * C)
-                    for r in range(rows - 1, -1, -1):
-                        for c in range(cols):
-                            a = _addr(fc * C + c, fr * R + r, mh, mw, mi, kh_, kw_, kc, H, W, Ctot)
-                            if a >= 0:
-                                _touch(a, stamp, state)
-                else:
-                    for i in range(N + R - 1):
-                        for c in range(R):
-                            n = i - c
-                            k = fr * R + c
-                            if n < 0 or n >= N or k >= K:
-                                continue
-                            _touch(n * K + k, stamp, state)
+    ext = np.array([M, K, N], np.int64)
+    # the operand's two dimensions: ifmap (M, K), filter (K, N)
+    d0 = 0 if operand == 0 else 1
+    d1 = d0 + 1
+    idx = np.zeros(3, np.int64)  # the current (m, k, n)
+    nfc = (ext[cols_dim] + C - 1) // C
+    nfr = (ext[rows_dim] + R - 1) // R
+    stationary = stream_dim != d0 and stream_dim != d1
+    spatial = d1 if stream_dim == d0 else d0  # a streaming operand's dimension on the array
+    on_rows = spatial == rows_dim
+    lanes = R if on_rows else C
+    for fc in range(nfc):
+        for fr in range(nfr):
+            if stationary:  # load the fold's tile, last row first
+                rows = min(R, ext[rows_dim] - fr * R)
+                cols = min(C, ext[cols_dim] - fc * C)
+                for r in range(rows - 1, -1, -1):
+                    for c in range(cols):
+                        idx[rows_dim] = fr * R + r
+                        idx[cols_dim] = fc * C + c
+                        _demand(operand, idx, K, mh, mw, mi, kh_, kw_, kc, H, W, Ctot, stamp, state)
+            else:  # skewed stream: lane c gets stream element i - c
+                base = (fr if on_rows else fc) * lanes
+                S = ext[stream_dim]
+                for i in range(S + lanes - 1):
+                    for c in range(lanes):
+                        s = i - c
+                        p = base + c
+                        if s < 0 or s >= S or p >= ext[spatial]:
+                            continue
+                        idx[stream_dim] = s
+                        idx[spatial] = p
+                        _demand(operand, idx, K, mh, mw, mi, kh_, kw_, kc, H, W, Ctot, stamp, state)
     return state[4], state[2]
+
+
+def replay(df, operand: int, M: int, K: int, N: int, R: int, C: int, block: int, geo: np.ndarray,
+           addr_space: int) -> tuple[int, int]:
+    """(SRAM reads, DRAM reads) of one operand (0 ifmap, 1 filter) of one GEMM under the
+    dataflow `df` (a name or a Dataflow), through a read buffer of `block` elements."""
+    rd, cd, sd = dataflow(df).codes
+    s, d = _replay(rd, cd, sd, operand, M, K, N, R, C, block, geo, addr_space)
+    return int(s), int(d)
 
 
 # --------------------------------------------------------------------------------------
 # GEMM layers
 # --------------------------------------------------------------------------------------
-def fold_counts(M: int, K: int, N: int, R: int, C: int, dataflow: str) -> tuple[int, int, int]:
-    """(row folds, col folds, cycles per fold) for one GEMM."""
-    if dataflow == "ws":
-        return math.ceil(K / R), math.ceil(N / C), 2 * R + C + M - 2
-    if dataflow == "os":
-        return math.ceil(M / R), math.ceil(N / C), K + R + C - 2
-    if dataflow == "is":
-        return math.ceil(K / R), math.ceil(M / C), 2 * R + C + N - 2
-    raise ValueError(f"unknown dataflow {dataflow!r}")
+def fold_counts(M: int, K: int, N: int, R: int, C: int, df) -> tuple[int, int, int]:
+    """(row folds, col folds, cycles per fold) for one GEMM under the dataflow `df` (a name or
+    a Dataflow; hwmodel.dataflow)."""
+    return dataflow(df).fold_counts(M, K, N, R, C)
 
 
 def conv_geometry(x_shape, w_shape, *, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0),
@@ -407,7 +400,7 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
     """Per-layer counts for a conv (geometry from conv_geometry) or a linear (H=W=kh=kw=1).
 
     dram_model overrides accel.dram_model ("reuse" or "scalesim", see the module docstring)."""
-    R, C, df = accel.rows, accel.cols, accel.dataflow
+    R, C, df = accel.rows, accel.cols, dataflow(accel.dataflow)
     dm = dram_model or accel.dram_model
     if dm not in ("reuse", "scalesim"):
         raise ValueError(f"unknown DRAM model {dm!r} (expected 'reuse' or 'scalesim')")
@@ -415,25 +408,23 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
     M = geo["N"] * geo["OH"] * geo["OW"]
     K = geo["Cg"] * geo["kh"] * geo["kw"]
     N = geo["O"] // g
-    rf, cf, per_fold = fold_counts(M, K, N, R, C, df)
+    ext = {"M": M, "K": K, "N": N}
+    rf, cf, per_fold = df.fold_counts(M, K, N, R, C)
     folds = rf * cf
     n_mac = g * M * K * N
     # SRAM reads of ifmap and filter in SCALE-Sim's fold order (padded taps are not read)
     inb = geo["N"] * geo["Cg"] * (
         _inbounds_taps(geo["OH"], geo["kh"], geo["sh"], geo["dh"], geo["pt"], geo["H"])
         * _inbounds_taps(geo["OW"], geo["kw"], geo["sw"], geo["dw"], geo["pl"], geo["W"]))
-    sram_x = g * inb * (cf if df in ("ws", "os") else 1)
-    sram_w = g * K * N * {"ws": 1, "os": rf, "is": cf}[df]
-    # Partial sums: ws and is accumulate over row (K) folds in the ofmap SRAM.
-    k_folds = rf if df in ("ws", "is") else 1
+    # (each operand once per fold of the dimension it does not index)
+    sram_x = g * inb * df.sram_reads("ifmap", M, K, N, R, C)
+    sram_w = g * K * N * df.sram_reads("filter", M, K, N, R, C)
+    # Partial sums accumulate over the folds of K in the ofmap SRAM (ws, is; os: K streams).
+    k_folds = df.folds_of("K", M, K, N, R, C)
     outs = g * M * N
     psum_writes = (k_folds - 1) * outs  # partial writes before the final one
-    if df == "ws":
-        live = M * min(N, C)
-    elif df == "is":
-        live = min(M, C) * N
-    else:
-        live = 0
+    # one column fold's live partial sums: the streamed extent x the fold's columns
+    live = ext[df.stream] * min(ext[df.cols], C) if k_folds > 1 else 0
     acc = accel.acc_bits
     psum_cap = ((accel.sram_ofmap_bytes * 8) // 2) // acc
     too_big = k_folds > 1 and live > psum_cap
@@ -450,11 +441,8 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
             ga = np.array([geo["OW"], geo["OH"] * geo["OW"], geo["H"], geo["W"], geo["C"],
                            gi * geo["Cg"], geo["Cg"], geo["kw"], geo["sh"], geo["sw"], geo["dh"],
                            geo["dw"], geo["pt"], geo["pl"]], dtype=np.int64)
-            dram_x += int(_replay(DF_CODE[df], 0, M, K, N, R, C, blk_x, ga, x_space)[1])
-            if df == "ws":  # every filter element is demanded once: no replay needed
-                dram_w += K * N
-            else:
-                dram_w += int(_replay(DF_CODE[df], 1, M, K, N, R, C, blk_w, ga, K * N)[1])
+            dram_x += replay(df, 0, M, K, N, R, C, blk_x, ga, x_space)[1]
+            dram_w += replay(df, 1, M, K, N, R, C, blk_w, ga, K * N)[1]
     else:
         r = reuse_dram_traffic(geo, accel, x_bits, w_bits, out_bits)
         dram_x, dram_w = r["dram_rd_ifmap"], r["dram_rd_filter"]
@@ -463,10 +451,10 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
         extra = {k: r[k] for k in ("dram_order", "dram_tiles", "tiles_fit")}
         if too_big:  # block the streamed dimension so each block's partial sums fit
             blocks = -(-live // max(psum_cap, 1))
-            stream = M if df == "ws" else N
+            stream = ext[df.stream]
             blocks = min(blocks, stream)
-            per_fold = blocks * (2 * R + C - 2) + stream
-            if df == "ws":
+            per_fold = blocks * df.fill_cycles(R, C) + stream  # each block fills the array
+            if df.stationary == "filter":  # the stationary operand is read once per block
                 sram_w *= blocks
             else:
                 sram_x *= blocks
@@ -486,7 +474,7 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
         psum_spill=bool(spill), psum_blocks=blocks, dram_model=dm,
         x_bits=x_bits, w_bits=w_bits, out_bits=out_bits,
         # SCALE-Sim's own bookkeeping, for the comparison (see module docstring)
-        ss_sram_wr_ofmap=(outs + g * folds * (R + C)) if df == "os" else k_folds * outs,
+        ss_sram_wr_ofmap=k_folds * outs + (g * folds * (R + C) if df.ss_fold_ofmap_writes else 0),
         ss_dram_wr_ofmap=k_folds * outs,
         **extra,
     )
@@ -608,8 +596,6 @@ def constant_operands(node, force_bits: int | None = None) -> list[tuple[int, in
     """Constant tensors a ViT op reads besides its input, [(elements, bits)]: LayerNorm gamma
     (LN_GAMMA_BITS) and beta, add_const's constant, concat_token's token (at the output's
     quantization). Widths not declared in the IR are the narrowest signed width of the values."""
-    from integer_ref.nonlinear import LN_GAMMA_BITS
-
     p = node.params
     if node.op == "layernorm" and node.attrs["mode"] == "integer":
         out = [(p["gamma"].size, LN_GAMMA_BITS), (p["beta"].size, signed_width(p["beta"]))]

@@ -1,15 +1,25 @@
 """Multiplier-input bit toggles from the real integer operands, per dataflow.
 
 A toggle is one bit of a multiplier input register changing between consecutive operands:
-popcount(previous XOR next). The streams follow the dataflow (same folds as
-hwmodel.mapping, column fold outer, row fold inner):
+popcount(previous XOR next). The streams follow the dataflow (hwmodel.dataflow: the GEMM
+dimension on the PE rows, on the columns, the streamed one; same folds as hwmodel.mapping,
+column fold outer, row fold inner), in one walk for all three:
+
+- An input operand that indexes the streamed dimension streams: each of its lines along
+  that dimension passes every PE of the dimension it does not index (N for X, M for W), so
+  its toggles are that extent times the toggles of its streams (the column stream walk
+  when it streams along its first axis, the row stream walk along its second).
+- An input operand that does not index it is stationary: its registers change only at
+  reloads (_reload_toggles): each PE register changes from the value it held in its
+  previous fold (0 before the first) to the new one.
+
+What that gives per dataflow:
 
 - ws: PE (r, c) of fold (fr, fc) holds W[k, n] (k = fr*R + r, n = fc*C + c) while X[:, k]
   streams past it, m = 0..M-1. Activation-input toggles of that PE =
   popcount(x[0,k]) + sum_m popcount(x[m,k] ^ x[m+1,k]); each of the N output columns sees
   the stream once, so the layer total is N * sum_k(stream toggles of column k).
-  Weight-input toggles happen only at weight reloads: each PE register changes from the
-  weight it held in its previous fold (0 before the first) to the new one.
+  Weight-input toggles happen only at weight reloads.
 - os: PE (r, c) owns output (m, n); X[m, :] and W[:, n] both stream over k. Activation
   toggles = N * sum_m(toggles of row m of X), weight toggles = M * sum_n(toggles of column n
   of W).
@@ -33,6 +43,10 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+
+from integer_ref.arith import conv_output_size
+
+from .dataflow import OPERAND_DIMS, dataflow as _dataflow
 
 ENCODINGS = ("own", "signmag", "offset")
 
@@ -161,28 +175,15 @@ def _reload_toggles(s, R, C, bits, signed):
 
 def count_toggles(x_gemm: np.ndarray, w_gemm: np.ndarray, x_bits: int, x_signed: bool,
                   w_bits: int, w_signed: bool, dataflow: str, rows: int, cols: int) -> dict:
-    """Multiplier-input toggles of one GEMM X (M, K) @ W (K, N) on a rows x cols array.
+    """Multiplier-input toggles of one GEMM X (M, K) @ W (K, N) on a rows x cols array:
+    count_toggles_grouped with one group.
 
     Registers start from (and pipeline bubbles hold) the encoding of 0."""
-    x = np.ascontiguousarray(np.asarray(x_gemm, dtype=np.int64))
-    w = np.ascontiguousarray(np.asarray(w_gemm, dtype=np.int64))
+    x = np.asarray(x_gemm)
+    w = np.asarray(w_gemm)
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[0]:
         raise ValueError(f"GEMM operands do not match: X {x.shape}, W {w.shape}")
-    M, K = x.shape
-    N = w.shape[1]
-    xs, ws_ = bool(x_signed), bool(w_signed)
-    if dataflow == "ws":
-        tot = _col_stream_toggles(x, x_bits, xs) * np.uint64(N) + _reload_toggles(w, rows, cols, w_bits, ws_)
-    elif dataflow == "os":
-        tot = (_row_stream_toggles(x, x_bits, xs) * np.uint64(N)
-               + _col_stream_toggles(w, w_bits, ws_) * np.uint64(M))
-    elif dataflow == "is":
-        tot = (_row_stream_toggles(w, w_bits, ws_) * np.uint64(M)
-               + _reload_toggles(np.ascontiguousarray(x.T), rows, cols, x_bits, xs))
-    else:
-        raise ValueError(f"unknown dataflow {dataflow!r}")
-    return {"mult_toggles": int(tot[0]), "mult_toggles_signmag": int(tot[1]),
-            "mult_toggles_offset": int(tot[2]), "n_mac": M * K * N}
+    return count_toggles_grouped(x, w, 1, x_bits, x_signed, w_bits, w_signed, dataflow, rows, cols)
 
 
 # --------------------------------------------------------------------------------------
@@ -212,7 +213,6 @@ def _im2col(x, c0, cg, kh, kw, sh, sw, dh, dw, pt, pl, OH, OW, zp):
 def im2col(x: np.ndarray, kernel, *, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0),
            groups: int = 1, group: int = 0, zero_point: int = 0) -> np.ndarray:
     """NCHW integer input -> (N*OH*OW, kh*kw*C/g) for one group; pads with the zero point."""
-    from integer_ref.arith import conv_output_size
     x = np.ascontiguousarray(np.asarray(x, dtype=np.int64))
     kh, kw = kernel
     _, C, H, W = x.shape
@@ -232,39 +232,55 @@ def weight_gemm(weight: np.ndarray, groups: int = 1, group: int = 0) -> np.ndarr
     return np.ascontiguousarray(wg.transpose(2, 3, 1, 0).reshape(-1, og))
 
 
+def _stream_toggles(a: np.ndarray, groups: int, stream_axis: int, bits: int, signed: bool) -> np.ndarray:
+    """Toggles of a grouped operand a (P, g*Q; group gi in columns gi*Q..(gi+1)*Q-1) streamed
+    along stream_axis, each stream from 0, summed: down the columns (axis 0; the columns of
+    all groups are independent streams) or along the rows of each group (axis 1)."""
+    if stream_axis == 0:
+        return _col_stream_toggles(a, bits, signed)
+    P, gQ = a.shape
+    return _row_stream_toggles(a.reshape(P * groups, gQ // groups), bits, signed)
+
+
 def count_toggles_grouped(x_gm: np.ndarray, w_gm: np.ndarray, groups: int, x_bits: int, x_signed: bool,
                           w_bits: int, w_signed: bool, dataflow: str, rows: int, cols: int) -> dict:
     """count_toggles summed over the groups of a grouped conv, in a few whole-layer calls.
 
     x_gm (M, g*Kg): group gi's GEMM input in columns gi*Kg..(gi+1)*Kg-1; w_gm (Kg, g*Ng):
     group gi's weights in columns gi*Ng..(gi+1)*Ng-1. Equal to the sum of count_toggles over
-    the groups, each group on its own (registers from 0): streams are independent per column
-    (ws activations, os weights) or per row (os activations, is weights), so the groups'
-    streams are laid side by side; stationary reloads are counted group by group."""
+    the groups, each group on its own (registers from 0).
+
+    One walk for every dataflow (hwmodel.dataflow): an input operand that indexes the
+    streamed dimension streams, each of its lines seen once by every PE of the dimension it
+    does not index (N for X, M for W): streams are independent per column or row, so the
+    groups' streams are laid side by side. The stationary input operand (W in ws, X in is;
+    os keeps the outputs) changes only at reloads, counted group by group on its tile of
+    the array (its rows dimension on the PE rows)."""
+    df = _dataflow(dataflow)
     x = np.ascontiguousarray(np.asarray(x_gm, dtype=np.int64))
     w = np.ascontiguousarray(np.asarray(w_gm, dtype=np.int64))
     g = int(groups)
+    if x.ndim != 2 or w.ndim != 2:
+        raise ValueError(f"GEMM operands must be matrices: X {x.shape}, W {w.shape}")
     M, gK = x.shape
     Kg, gN = w.shape
     if gK != g * Kg or gN % g:
         raise ValueError(f"grouped GEMM operands do not match: X {x.shape}, W {w.shape}, groups {g}")
     Ng = gN // g
-    xs, ws_ = bool(x_signed), bool(w_signed)
+    # operand: (grouped matrix, its (axis 0, axis 1) dimensions, columns per group, bits,
+    # signed, extent of the dimension it does not index)
+    operands = ((x, OPERAND_DIMS["ifmap"], Kg, x_bits, bool(x_signed), Ng),
+                (w, OPERAND_DIMS["filter"], Ng, w_bits, bool(w_signed), M))
     tot = np.zeros(3, np.uint64)
-    if dataflow == "ws":
-        tot += _col_stream_toggles(x, x_bits, xs) * np.uint64(Ng)
-        for gi in range(g):
-            tot += _reload_toggles(np.ascontiguousarray(w[:, gi * Ng:(gi + 1) * Ng]), rows, cols, w_bits, ws_)
-    elif dataflow == "os":
-        tot += _row_stream_toggles(x.reshape(M * g, Kg), x_bits, xs) * np.uint64(Ng)
-        tot += _col_stream_toggles(w, w_bits, ws_) * np.uint64(M)
-    elif dataflow == "is":
-        w_rows = np.ascontiguousarray(w.reshape(Kg, g, Ng).transpose(1, 0, 2).reshape(g * Kg, Ng))
-        tot += _row_stream_toggles(w_rows, w_bits, ws_) * np.uint64(M)
-        for gi in range(g):
-            tot += _reload_toggles(np.ascontiguousarray(x[:, gi * Kg:(gi + 1) * Kg].T), rows, cols, x_bits, xs)
-    else:
-        raise ValueError(f"unknown dataflow {dataflow!r}")
+    for a, dims, q, bits, signed, other in operands:
+        if df.stream in dims:
+            tot += _stream_toggles(a, g, dims.index(df.stream), bits, signed) * np.uint64(other)
+        else:  # stationary: reloads, group by group, oriented (rows dimension, cols dimension)
+            for gi in range(g):
+                tile = a[:, gi * q:(gi + 1) * q]
+                if dims != (df.rows, df.cols):
+                    tile = tile.T
+                tot += _reload_toggles(np.ascontiguousarray(tile), rows, cols, bits, signed)
     return {"mult_toggles": int(tot[0]), "mult_toggles_signmag": int(tot[1]),
             "mult_toggles_offset": int(tot[2]), "n_mac": M * Kg * gN}
 

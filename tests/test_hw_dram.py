@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from scalesim_compare import NETWORKS, read_report, topology_rows  # noqa: E402
 
 from hwmodel.arch import PRESET_DIR, load_accelerator  # noqa: E402
-from hwmodel.mapping import (DF_CODE, LOOP_ORDERS, _band_fetch, _replay, _splits,  # noqa: E402
+from hwmodel.mapping import (LOOP_ORDERS, _band_fetch, _splits, replay,  # noqa: E402
                              _touched, buffer_block_elems, conv_geometry, ifmap_footprint,
                              loop_nest_traffic, map_conv, packed_bytes)
 
@@ -176,14 +176,13 @@ def test_sram_reads_closed_form_match_replay(df):
         M, K, N = r["gemm_m"], r["gemm_k"], r["gemm_n"]
         ga = np.array([geo["OW"], geo["OH"] * geo["OW"], geo["H"], geo["W"], geo["C"], 0, geo["Cg"],
                        geo["kw"], geo["sh"], geo["sw"], geo["dh"], geo["dw"], geo["pt"], geo["pl"]], np.int64)
-        sx, _ = _replay(DF_CODE[df], 0, M, K, N, 4, 4, buffer_block_elems(64, 8), ga,
-                        geo["N"] * geo["H"] * geo["W"] * geo["C"])
+        sx, _ = replay(df, 0, M, K, N, 4, 4, buffer_block_elems(64, 8), ga,
+                       geo["N"] * geo["H"] * geo["W"] * geo["C"])
         a4 = WS.with_dataflow(df).with_dram_model("scalesim")
         from dataclasses import replace
         a4 = replace(a4, rows=4, cols=4)
         r4 = map_conv(xs, wsh, a4, stride=st, padding=pad)
         assert r4["sram_rd_ifmap"] == sx
-        if df != "ws":
-            sw, _ = _replay(DF_CODE[df], 1, M, K, N, 4, 4, buffer_block_elems(64, 8), ga, K * N)
-            assert r4["sram_rd_filter"] == sw
+        sw, _ = replay(df, 1, M, K, N, 4, 4, buffer_block_elems(64, 8), ga, K * N)
+        assert r4["sram_rd_filter"] == sw
         assert r["sram_rd_ifmap"] < M * K * (-(-N // 32) if df != "is" else 1)  # padding not read
