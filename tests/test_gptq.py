@@ -294,3 +294,16 @@ def test_resnet20_gptq_program_bit_exact(r20_real):
     prep, x_eval = r20_real
     graph = stages.quantize(prep, QuantConfig(w_bits=4, a_bits=4, rounding="gptq"))
     assert stages.check_bitexact(graph, x_eval[:4]).total_mismatches == 0
+
+
+def test_command_line_rounding_reaches_the_config(tmp_path, capsys):
+    from quantsim.cli.simulate import build_parser, main
+    from quantsim.run.options import RunOptions
+    from quantsim.run.single import base_config
+
+    ns = build_parser().parse_args(["cifar_resnet20", "--rounding", "gptq", "--gptq-inputs", "float"])
+    cfg = base_config(RunOptions.from_namespace(ns), 4, 4)
+    assert (cfg.rounding, cfg.gptq_inputs) == ("gptq", "float")
+    assert base_config(RunOptions()).rounding == "nearest"
+    assert main(["cifar_resnet20", "--rounding", "gptq", "--bias-correction", "--out", str(tmp_path / "r")]) == 2
+    assert "error: bias correction" in capsys.readouterr().err
