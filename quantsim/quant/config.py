@@ -15,6 +15,10 @@ CALIB_METHODS = ("minmax", "percentile", "mse") + SEARCH_METHODS
 # computed from float32 scales, so that quantsim.interop.onnx_export gives a model ORT runs bit-exactly
 REQUANT_MODES = ("dyadic", "float32")
 NONLINEAR_MODES = ("integer", "float")
+# weight rounding: nearest (round half to even at the weight scale) or GPTQ's error-fed rounding at
+# the same scale (quantsim.quant.gptq); gptq_inputs: whose inputs the Hessians are taken on
+ROUNDING_METHODS = ("nearest", "gptq")
+GPTQ_INPUTS = ("sequential", "float")
 
 
 @dataclass
@@ -41,6 +45,8 @@ class QuantConfig:
     search_steps: int = 100
     # b' = b - mean quantization error of the layer output on the calibration images
     bias_correction: bool = False
+    rounding: str = "nearest"
+    gptq_inputs: str = "sequential"
 
     def __post_init__(self):
         for b in (self.w_bits, self.a_bits, self.out_bits, *[x for wa in self.layer_bits.values() for x in wa]):
@@ -57,6 +63,13 @@ class QuantConfig:
             raise QuantsimError(f"search steps {self.search_steps}: use an integer >= 2")
         if self.requant not in REQUANT_MODES:
             raise QuantsimError(f"requant mode {self.requant!r}: choose one of {', '.join(REQUANT_MODES)}")
+        if self.rounding not in ROUNDING_METHODS:
+            raise QuantsimError(f"rounding {self.rounding!r}: choose one of {', '.join(ROUNDING_METHODS)}")
+        if self.gptq_inputs not in GPTQ_INPUTS:
+            raise QuantsimError(f"GPTQ inputs {self.gptq_inputs!r}: choose one of {', '.join(GPTQ_INPUTS)}")
+        if self.rounding == "gptq" and self.bias_correction:
+            raise QuantsimError("bias correction measures the error of round-to-nearest weights: it does not "
+                                "combine with --rounding gptq (use one or the other)")
         if not 0 < self.percentile <= 100:
             raise QuantsimError(f"percentile {self.percentile} must be in (0, 100]")
 

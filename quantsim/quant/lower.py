@@ -150,6 +150,20 @@ def _quantize_weight(n: FNode, w_bits: int, cfg: QuantConfig,
     return weight_codes(n.weight, scale, qmax).numpy(), qp
 
 
+def _precomputed_codes(n: FNode, wq: np.ndarray, w_qp: QParams) -> np.ndarray:
+    """Integer weights another method rounded (attrs['weight_codes']: codes, scale, bits), used in
+    place of round-to-nearest only at exactly the width and scale lowering gives this layer."""
+    pre = n.attrs["weight_codes"]
+    codes, scale = np.asarray(pre["codes"]), np.asarray(pre["scale"], np.float64)
+    if pre["bits"] != w_qp.bits or codes.shape != wq.shape or not np.array_equal(scale, np.asarray(w_qp.scale)):
+        raise QuantsimError(f"{n.source or n.name}: its precomputed weight codes were rounded at another width or "
+                            f"scale than lowering gives it (W{pre['bits']} vs W{w_qp.bits}): recompute them")
+    _, qmax = qrange(w_qp.bits, True)
+    if codes.dtype.kind not in "iu" or np.abs(codes).max(initial=0) > qmax:
+        raise QuantsimError(f"{n.source or n.name}: precomputed weight codes outside ±{qmax}")
+    return codes.astype(np.int64)
+
+
 def _mac_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node:
     w_bits, _ = cfg.bits_for(n.name)
     min_scale = None
@@ -158,6 +172,8 @@ def _mac_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node
         # channels, weights ~0 after BN folding, output ~ bias), as ORT's own quantizer does
         min_scale = n.bias.double().abs() / (float(in_q.scale) * F32_BIAS_LIMIT)
     wq, w_qp = _quantize_weight(n, w_bits, cfg, min_scale)
+    if "weight_codes" in n.attrs:  # precomputed integer weights (quantsim.quant.gptq)
+        wq = _precomputed_codes(n, wq, w_qp)
     out_ch = wq.shape[0]
     acc_scale = float(in_q.scale) * np.broadcast_to(w_qp.scale, (out_ch,))
     params: dict[str, np.ndarray] = {"weight": wq}

@@ -35,6 +35,8 @@ class RunOptions:
     percentile: float = 99.99
     search_steps: int = 100
     bias_correction: bool = False
+    rounding: str = "nearest"
+    gptq_inputs: str = "sequential"
     requant: str = "dyadic"
     bitexact_images: int = 8
     allow_mismatch: bool = False

@@ -70,7 +70,8 @@ def base_config(opts: RunOptions, w_bits: int = 8, a_bits: int = 8, **over) -> Q
     """The quantization config these options give at one width (validated by QuantConfig)."""
     return QuantConfig(w_bits=w_bits, a_bits=a_bits, granularity=opts.granularity,
                        calib_method=opts.calib_method, percentile=opts.percentile, requant=opts.requant,
-                       search_steps=opts.search_steps, bias_correction=opts.bias_correction, **over)
+                       search_steps=opts.search_steps, bias_correction=opts.bias_correction,
+                       rounding=opts.rounding, gptq_inputs=opts.gptq_inputs, **over)
 
 
 def check_options(opts: RunOptions) -> Checked:
@@ -144,7 +145,7 @@ def run(opts: RunOptions) -> dict:
         cfg = plan.cfg
     # FP32 runs still lower a W8A8 program: its shapes give the FP32 energy on the same array
     structure_cfg = cfg or QuantConfig(granularity=opts.granularity)
-    graph = plan.graph if plan else stages.quantize(prep, structure_cfg)
+    graph = plan.graph if plan else stages.quantize(prep, structure_cfg, opts.progress)
     eval_loader = datasets.make_loader(eval_ds, batch_size=opts.batch_size)
     acc = stages.evaluate(loaded.model, graph if cfg else None, eval_loader, opts.progress)
     if cfg is not None:
@@ -161,6 +162,7 @@ def run(opts: RunOptions) -> dict:
         "a_bits": None if plan else cfg.a_bits if cfg else 32,
         "granularity": cfg.granularity if cfg else None,
         "calib_method": cfg.calib_method if cfg else None,
+        "rounding": cfg.rounding if cfg else None,
         "requant": cfg.requant if cfg else None,
         "n_calib": len(calib_ds) if cfg else 0,
         **acc.as_dict(),

@@ -19,7 +19,7 @@ from quantsim.emulate import executor as emulate
 from quantsim.quant.calibrate import TensorStats, collect_stats
 from quantsim.graph.capture import FloatGraph, capture, run_float
 from quantsim.quant.config import QuantConfig
-from quantsim.quant import scale_search
+from quantsim.quant import gptq, scale_search
 from quantsim.errors import QuantsimError
 from quantsim.quant.lower import lower
 from quantsim.zoo.metrics import hits, top_indices
@@ -59,11 +59,13 @@ def check_capture(model: torch.nn.Module, g: FloatGraph, x: torch.Tensor) -> Non
                             "an op was traced in a way quantsim cannot follow")
 
 
-def quantize(prep: Prepared, cfg: QuantConfig) -> Graph:
+def quantize(prep: Prepared, cfg: QuantConfig, progress: bool = False) -> Graph:
+    g, stats = prep.fgraph, prep.stats
     if scale_search.needs_search(cfg):  # similarity / ranking search, bias correction
-        g, stats, cfg = scale_search.searched(prep.fgraph, prep.stats, prep.calib, cfg, prep.searched)
-        return lower(g, stats, cfg)
-    return lower(prep.fgraph, prep.stats, cfg)
+        g, stats, cfg = scale_search.searched(g, stats, prep.calib, cfg, prep.searched)
+    if cfg.rounding == "gptq":  # GPTQ codes at the scales lowering gives (cached per config)
+        g = gptq.rounded(g, prep.calib, cfg, prep.searched, progress)
+    return lower(g, stats, cfg)
 
 
 @dataclass

@@ -1,0 +1,79 @@
+"""Weight rounding methods at low bit widths: round-to-nearest vs GPTQ (issue 13), CIFAR-10 ResNet-20.
+
+    nice python benchmarks/ptq_methods.py --eval 1000
+    nice python benchmarks/ptq_methods.py --eval 10000 --bits W4A8,W4A4 --methods nearest,gptq
+
+Calibration: 256 CIFAR-10 training images (the run's default), min-max scales, per-channel
+weights; the same prepared model (capture + statistics) for every row. For each width and
+convention ('all': every layer at the width; 'first/last 8': the first conv and the
+classifier at W8A8, as the peers' defaults do not) and each method: top-1 of the emulated
+integer program on the first N test images (the benchmark's deterministic subset), the
+wall time of quantization (GPTQ included) and the bit-exact check of integer_ref against
+the emulation on --bitexact images (differing elements, every layer). 'ratio' is a row's
+quantization time over the nearest row of the same width and convention, measured in this run.
+Prints a markdown table; writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from common import batched, load_workload, top1
+
+from quantsim.emulate import executor as emulate
+from quantsim.quant.config import QuantConfig, parse_bits
+from quantsim.run import stages
+
+METHODS = {"nearest": {"rounding": "nearest"},
+           "gptq": {"rounding": "gptq", "gptq_inputs": "sequential"},
+           "gptq-float": {"rounding": "gptq", "gptq_inputs": "float"}}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20", choices=["resnet20", "resnet56"])
+    p.add_argument("--eval", type=int, default=1000, help="evaluation images (CIFAR-10 test)")
+    p.add_argument("--calib", type=int, default=256)
+    p.add_argument("--bits", default="W4A8,W4A4")
+    p.add_argument("--methods", default="nearest,gptq,gptq-float")
+    p.add_argument("--conventions", default="all,first-last-8")
+    p.add_argument("--bitexact", type=int, default=2, help="images checked integer_ref vs emulation")
+    args = p.parse_args(argv)
+    wl = load_workload(args.model, args.eval, n_calib=args.calib)
+    t0 = time.perf_counter()
+    prep = stages.prepare(wl.loaded.model, wl.loaded.preprocess.input_size, wl.calib, progress=False)
+    t_prep = time.perf_counter() - t0
+    fp32 = top1(batched(wl.loaded.model, wl.x_eval), wl.y_eval)
+    macs = [n.name for n in prep.fgraph.mac_nodes()]
+    rows = []
+    for bits in args.bits.split(","):
+        wb, ab = parse_bits(bits)
+        for conv in args.conventions.split(","):
+            layer_bits = {macs[0]: [8, 8], macs[-1]: [8, 8]} if conv == "first-last-8" else {}
+            base_t = None
+            for m in args.methods.split(","):
+                cfg = QuantConfig(w_bits=wb, a_bits=ab, granularity="per-channel", layer_bits=layer_bits, **METHODS[m])
+                t = time.perf_counter()
+                graph = stages.quantize(prep, cfg)
+                secs = time.perf_counter() - t
+                acc = top1(batched(emulate.EmulatedModel(graph), wl.x_eval), wl.y_eval)
+                mism = stages.check_bitexact(graph, wl.x_eval[:args.bitexact]).total_mismatches
+                base_t = secs if m == "nearest" else base_t
+                row = {"bits": bits, "convention": conv, "method": m, "top1": round(acc, 2),
+                       "delta_fp32": round(acc - fp32, 2), "quantize_s": round(secs, 2),
+                       "ratio_vs_nearest": round(secs / base_t, 1) if base_t else None, "bitexact_mismatches": mism}
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    print(f"\n{args.model}: FP32 top-1 {fp32:.2f} on {len(wl.y_eval)} test images; calibration {args.calib} images "
+          f"(capture + statistics {t_prep:.1f} s)\n")
+    print("| bits | convention | method | top-1 % | Δ FP32 | quantize s | × nearest | bit-exact mismatches |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['bits']} | {r['convention']} | {r['method']} | {r['top1']:.2f} | {r['delta_fp32']:+.2f} | "
+              f"{r['quantize_s']:.2f} | {r['ratio_vs_nearest'] if r['ratio_vs_nearest'] is not None else '-'} | "
+              f"{r['bitexact_mismatches']} ({args.bitexact} images) |")
+
+
+if __name__ == "__main__":
+    main()
