@@ -52,6 +52,7 @@ from quantsim.errors import QuantsimError
 from quantsim.graph.capture import FloatGraph, FNode, conv_padding, run_node
 from quantsim.quant.config import GPTQ_INPUTS, QuantConfig
 from quantsim.quant.lower import _quantize_weight
+from quantsim.quant.quantizer import quantize
 
 PERCDAMP = 0.01
 BLOCK_SIZE = 128
@@ -95,7 +96,7 @@ def gptq_matrix(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, qmax: int
         u1 = u[:, i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = w1[:, :, i]                                            # (G, O)
-            q = torch.clamp(torch.round(col / s[:, :, 0]), -qmax, qmax)  # round half to even, as lowering
+            q = quantize(col, s[:, :, 0], -qmax, qmax)                   # round half to even, as lowering
             codes[:, :, i1 + i] = q.to(torch.int64)
             seen[:, :, i1 + i] = col
             e = (col - q * s[:, :, 0]) / u1[:, i, i][:, None]           # (G, O)
