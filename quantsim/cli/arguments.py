@@ -7,11 +7,10 @@ import sys
 from typing import Any, Callable
 
 from quantsim.errors import QuantsimError
-
 from quantsim.quant.config import CALIB_METHODS, GPTQ_INPUTS, ROUNDING_METHODS
 from quantsim.run.options import DEFAULT_ACCEL
 
-__all__ = ["add_hw_args", "add_mixed_args", "add_model_data_args", "add_quant_args"]
+__all__ = ["add_hw_args", "add_mixed_args", "add_model_data_args", "add_quant_args", "run_command"]
 
 
 def add_model_data_args(p: argparse.ArgumentParser) -> None:
