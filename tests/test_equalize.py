@@ -239,3 +239,16 @@ def test_command_line_equalize_reaches_config_and_prepare(tmp_path):
     cfg = base_config(RunOptions.from_namespace(ns), 4, 8)
     assert (cfg.equalize, cfg.equalize_relu6, cfg.bias_correction) == (True, "relu", True)
     assert (base_config(RunOptions()).equalize, base_config(RunOptions()).equalize_relu6) == (False, "skip")
+
+
+def test_simulate_with_equalize_and_bias_correction_runs_bit_exact(tmp_path, tiny_ckpt, tiny_data):
+    import json
+
+    from quantsim.cli.simulate import main
+
+    out = tmp_path / "eq"
+    assert main([str(tiny_ckpt), "--bits", "W4A8", "--equalize", "--bias-correction", "--data", f"cifar10:{tiny_data}",
+                 "--calib", "4", "--eval", "4", "--bitexact-images", "2", "--out", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["equalize"] and summary["config"]["bias_correction"]
+    assert summary["equalized_pairs"] == 9 and summary["bitexact_mismatches"] == 0
