@@ -62,6 +62,8 @@ def prepare(model: torch.nn.Module, input_shape, calib_batches: list[torch.Tenso
     if equalize:
         eq = cle.equalize(g, equalize_relu6)
         g = eq.graph
+        if not eq.relu6_replaced:  # exact equalization: still the model's function
+            check_capture(model, g, calib_batches[0][:4])
     stats = collect_stats(g, calib_batches, seed=seed, progress=progress)
     return Prepared(g, stats, time.perf_counter() - t0, list(calib_batches), equalized=eq)
 
