@@ -197,9 +197,18 @@ def test_bias_correction_removes_the_mean_output_error_on_a_cnn():
     gs.w_alpha = {m.name: m.attrs["weight_clip_alpha"] for m in plain.nodes if m.is_mac}
     for r, t in gs.tensors.items():  # the searched scales exactly as the lowering takes them
         t.fixed = max(stats[r].clip_override, 1e-8) / t.qmax
-    for name in ("0", "3"):  # the convs: mean output error per channel, with quantized operands
+    # the convs: mean output error per channel, with quantized operands; a CNN's correction is taken
+    # on the fake-quantized network's inputs (the second conv reads the first's corrected output)
+    for name in ("0", "3"):
         n = plain[name]
-        xq, wq = gs.operand(n.inputs[0]), gs.weight(n)
+        if name == "0":
+            xq = gs.operand(n.inputs[0])
+            wq0 = gs.weight(n)
+            seq = S.run_node(g["0"], [xq], weight=wq0)  # the corrected first conv, quantized operands
+        else:
+            t = gs.tensors[gs.root[n.inputs[0]]]
+            xq = t.quant(seq)
+        wq = gs.weight(n)
         ref = S._mac(n, gs.values[n.inputs[0]], n.weight)
         before = (S._mac(n, xq, wq) - ref).mean(dim=(0, 2, 3)).abs().max()
         after = (S._mac(g[name], xq, wq) - ref).mean(dim=(0, 2, 3)).abs().max()

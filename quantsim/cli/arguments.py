@@ -7,7 +7,7 @@ import sys
 from typing import Any, Callable
 
 from quantsim.errors import QuantsimError
-from quantsim.quant.config import CALIB_METHODS, GPTQ_INPUTS, ROUNDING_METHODS
+from quantsim.quant.config import CALIB_METHODS, EQUALIZE_RELU6, GPTQ_INPUTS, ROUNDING_METHODS
 from quantsim.run.options import DEFAULT_ACCEL
 
 __all__ = ["add_hw_args", "add_mixed_args", "add_model_data_args", "add_quant_args", "run_command"]
@@ -45,13 +45,20 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-steps", type=int, default=100,
                    help="similarity / ranking: points searched in [0.5, 1.2] x max (default 100)")
     p.add_argument("--bias-correction", action="store_true",
-                   help="correct each layer's bias by the mean quantization error of its output (calibration images)")
+                   help="correct each MAC layer's bias (CNNs and ViTs) by the mean quantization error of its output "
+                        "per channel (calibration images, quantsim.quant.scale_search.correct_biases)")
     p.add_argument("--rounding", default="nearest", choices=list(ROUNDING_METHODS),
                    help="weight rounding at the weight scale: nearest, or gptq (Frantar et al. 2023: column by "
                         "column with error feedback from the layer's calibration Hessian, quantsim.quant.gptq)")
     p.add_argument("--gptq-inputs", default="sequential", choices=list(GPTQ_INPUTS),
                    help="gptq: Hessians on the network whose earlier layers carry their GPTQ weights "
                         "(sequential), or on the float network (float)")
+    p.add_argument("--equalize", action="store_true",
+                   help="cross-layer equalization (Nagel et al. 2019) of consecutive conv/linear pairs before "
+                        "calibration (quantsim.quant.equalize); the float function is unchanged")
+    p.add_argument("--equalize-relu6", default="skip", choices=list(EQUALIZE_RELU6),
+                   help="--equalize across a ReLU6 (not scale-invariant): skip such pairs (exact, default), or "
+                        "replace their ReLU6 by a ReLU first as DFQ does (changes the network where inputs exceed 6)")
 
 
 def add_hw_args(p: argparse.ArgumentParser) -> None:

@@ -19,6 +19,9 @@ NONLINEAR_MODES = ("integer", "float")
 # the same scale (quantsim.quant.gptq); gptq_inputs: whose inputs the Hessians are taken on
 ROUNDING_METHODS = ("nearest", "gptq")
 GPTQ_INPUTS = ("sequential", "float")
+# cross-layer equalization across a ReLU6: skip such pairs (the function stays exact) or replace the
+# ReLU6 by a ReLU first (DFQ); quantsim.quant.equalize.RELU6_MODES
+EQUALIZE_RELU6 = ("skip", "relu")
 
 
 @dataclass
@@ -47,6 +50,10 @@ class QuantConfig:
     bias_correction: bool = False
     rounding: str = "nearest"
     gptq_inputs: str = "sequential"
+    # cross-layer equalization (quantsim.quant.equalize, applied when the model is prepared, before
+    # the statistics); equalize_relu6: skip pairs with a ReLU6 between them (exact) or make it a ReLU (DFQ)
+    equalize: bool = False
+    equalize_relu6: str = "skip"
 
     def __post_init__(self):
         for b in (self.w_bits, self.a_bits, self.out_bits, *[x for wa in self.layer_bits.values() for x in wa]):
@@ -67,6 +74,8 @@ class QuantConfig:
             raise QuantsimError(f"rounding {self.rounding!r}: choose one of {', '.join(ROUNDING_METHODS)}")
         if self.gptq_inputs not in GPTQ_INPUTS:
             raise QuantsimError(f"GPTQ inputs {self.gptq_inputs!r}: choose one of {', '.join(GPTQ_INPUTS)}")
+        if self.equalize_relu6 not in EQUALIZE_RELU6:
+            raise QuantsimError(f"equalize relu6 mode {self.equalize_relu6!r}: choose one of {', '.join(EQUALIZE_RELU6)}")
         if self.rounding == "gptq" and self.bias_correction:
             raise QuantsimError("bias correction measures the error of round-to-nearest weights: it does not "
                                 "combine with --rounding gptq (use one or the other)")

@@ -28,8 +28,9 @@ The result flows into lowering unchanged in form: a copy of the FloatGraph whose
 attrs['weight_clip_alpha'] (and corrected biases) and a copy of the statistics whose operand
 tensors carry `clip_override`; `lower` then quantizes with exactly these scales.
 
-Bias correction (cfg.bias_correction, any calib_method): b' = b - E[f(X̂, Ŵ) - f(X, W)] per output
-channel over the calibration images, with the scales the lowering will use.
+Bias correction (cfg.bias_correction, any calib_method): b' = b - (E[f(X̂, Ŵ)] - E[f(X, W)]) per output
+channel over the calibration images, with the scales the lowering will use; X̂ is the quantized
+float input for ViTs, the input in the fake-quantized network for CNNs (`correct_biases`).
 """
 from __future__ import annotations
 
@@ -301,29 +302,62 @@ def _apply(g: FloatGraph, stats: dict[str, TensorStats], w_alpha: dict[str, floa
 # --- bias correction -------------------------------------------------------------------------------
 
 @torch.no_grad()
-def correct_biases(g: FloatGraph, stats: dict[str, TensorStats], images: torch.Tensor, cfg: QuantConfig) -> FloatGraph:
-    """b' = b - E[f(X̂, Ŵ) - f(X, W)] per output channel, for every MAC layer (a copy of g), with
-    the scales the lowering takes from g and stats (clip overrides, weight_clip_alpha, calib_method)."""
+def correct_biases(g: FloatGraph, stats: dict[str, TensorStats], images: torch.Tensor, cfg: QuantConfig,
+                   inputs: str | None = None) -> FloatGraph:
+    """b' = b - (E[f(X̂, Ŵ)] - E[f(X, W)]) per output channel, for every MAC layer (a copy of g), with
+    the scales the lowering takes from g and stats (clip overrides, weight_clip_alpha, calib_method).
+
+    inputs="float" (the default for ViTs): X is the float network's input of the layer, and X̂ that
+    input quantized. inputs="sequential" (the default for CNNs; Nagel et al. 2019's empirical
+    bias correction): E[f(X, W)] is the float network's, X̂ the layer's input in a fake-quantized
+    network (every earlier MAC layer with quantized operands and its corrected bias), so that
+    each correction also absorbs the mean error the earlier layers pass on."""
+    inputs = inputs or ("float" if any(n.op in ("matmul", "layernorm") for n in g.nodes) else "sequential")
     bits = tensor_bits(g, cfg)
     macs = [n for n in g.nodes if n.is_mac]
-    inputs = {n.inputs[0] for n in macs}
+    names = {n.inputs[0] for n in macs}
     values: dict[str, torch.Tensor] = {}
-    run_float(g, images, observe=lambda n, y: values.__setitem__(n.name, y) if n.name in inputs else None)
+    run_float(g, images, observe=lambda n, y: values.__setitem__(n.name, y) if n.name in names else None)
     g = _copy(g)
     w_method = weight_method(cfg.calib_method)
-    for n in (g[m.name] for m in macs):
+
+    def channel_mean(n: FNode, y: torch.Tensor) -> torch.Tensor:
+        axis = 1 if n.op == "conv" else y.dim() - 1
+        return y.transpose(0, axis).reshape(y.shape[axis], -1).double().mean(dim=1)
+
+    def quantized(n: FNode, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         r = _root(g, n.inputs[0])
         qmin, qmax = qrange(bits.get(r, cfg.a_bits), not g.non_negative(r))
-        x = values[n.inputs[0]]
         xq = fake_quant_act(x, act_scale(clip_value(stats[r], cfg.calib_method, qmin, qmax, cfg.percentile), qmax),
                             qmin, qmax)
         wq = _weight_q(n, cfg.bits_for(n.name)[0], cfg.granularity == "per-channel",
                        n.attrs.get("weight_clip_alpha", 1.0), w_method)
-        diff = _mac(n, xq, wq, bias=False) - _mac(n, x, n.weight, bias=False)
-        axis = 1 if n.op == "conv" else diff.dim() - 1
-        shift = diff.transpose(0, axis).reshape(diff.shape[axis], -1).double().mean(dim=1)
+        return xq, wq
+
+    def corrected(n: FNode, shift: torch.Tensor) -> None:
         b = n.bias.double() if n.bias is not None else torch.zeros(n.weight.shape[0], dtype=torch.float64)
         n.bias = (b - shift).float()
+
+    if inputs == "float":
+        for n in (g[m.name] for m in macs):
+            x = values[n.inputs[0]]
+            xq, wq = quantized(n, x)
+            corrected(n, channel_mean(n, _mac(n, xq, wq, bias=False) - _mac(n, x, n.weight, bias=False)))
+        return g
+    if inputs != "sequential":
+        raise ValueError(f"bias correction inputs {inputs!r}: float or sequential")
+    float_mean = {m.name: channel_mean(m, _mac(m, values[m.inputs[0]], m.weight, bias=False)) for m in macs}
+    values.clear()
+
+    def step(n: FNode, xs: list[torch.Tensor]):
+        if not n.is_mac:
+            return None
+        xq, wq = quantized(n, xs[0])
+        y = _mac(n, xq, wq, bias=False)
+        corrected(n, channel_mean(n, y) - float_mean[n.name])
+        return run_node(n, [xq], weight=wq)
+
+    run_float(g, images, transform=step)
     return g
 
 

@@ -37,6 +37,8 @@ class RunOptions:
     bias_correction: bool = False
     rounding: str = "nearest"
     gptq_inputs: str = "sequential"
+    equalize: bool = False
+    equalize_relu6: str = "skip"
     requant: str = "dyadic"
     bitexact_images: int = 8
     allow_mismatch: bool = False

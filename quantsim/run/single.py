@@ -71,7 +71,8 @@ def base_config(opts: RunOptions, w_bits: int = 8, a_bits: int = 8, **over) -> Q
     return QuantConfig(w_bits=w_bits, a_bits=a_bits, granularity=opts.granularity,
                        calib_method=opts.calib_method, percentile=opts.percentile, requant=opts.requant,
                        search_steps=opts.search_steps, bias_correction=opts.bias_correction,
-                       rounding=opts.rounding, gptq_inputs=opts.gptq_inputs, **over)
+                       rounding=opts.rounding, gptq_inputs=opts.gptq_inputs, equalize=opts.equalize,
+                       equalize_relu6=opts.equalize_relu6, **over)
 
 
 def check_options(opts: RunOptions) -> Checked:
@@ -114,7 +115,8 @@ def w8a8_reference(prep, cfg: QuantConfig, hw, accel, images: torch.Tensor, togg
     every energy ratio divides by): `hw` itself when cfg is W8A8, else simulated on `images`."""
     if cfg.label == "W8A8":
         return hw
-    w8_graph = stages.quantize(prep, QuantConfig(granularity=cfg.granularity))
+    w8_graph = stages.quantize(prep, QuantConfig(granularity=cfg.granularity, equalize=cfg.equalize,
+                                                 equalize_relu6=cfg.equalize_relu6))
     return hardware.simulate(w8_graph, None, accel, toggle_images, mac_form, images=images)
 
 
@@ -132,7 +134,8 @@ def run(opts: RunOptions) -> dict:
     inp = load_inputs(opts)
     loaded, calib_ds, eval_ds = inp.loaded, inp.calib_ds, inp.eval_ds
     calib = batches(calib_ds, opts.batch_size)
-    prep = stages.prepare(loaded.model, loaded.preprocess.input_size, calib, opts.seed, opts.progress)
+    prep = stages.prepare(loaded.model, loaded.preprocess.input_size, calib, opts.seed, opts.progress,
+                          equalize=opts.equalize, equalize_relu6=opts.equalize_relu6)
     x = check_images(eval_ds, opts)
     cfg, plan = chk.cfg, None
     if chk.mixed:
@@ -144,7 +147,8 @@ def run(opts: RunOptions) -> dict:
                           rerank=opts.rerank, rerank_data=heldout_labelled(opts, loaded.preprocess, calib_ds))
         cfg = plan.cfg
     # FP32 runs still lower a W8A8 program: its shapes give the FP32 energy on the same array
-    structure_cfg = cfg or QuantConfig(granularity=opts.granularity)
+    structure_cfg = cfg or QuantConfig(granularity=opts.granularity, equalize=opts.equalize,
+                                       equalize_relu6=opts.equalize_relu6)
     graph = plan.graph if plan else stages.quantize(prep, structure_cfg, opts.progress)
     eval_loader = datasets.make_loader(eval_ds, batch_size=opts.batch_size)
     acc = stages.evaluate(loaded.model, graph if cfg else None, eval_loader, opts.progress)
@@ -163,6 +167,7 @@ def run(opts: RunOptions) -> dict:
         "granularity": cfg.granularity if cfg else None,
         "calib_method": cfg.calib_method if cfg else None,
         "rounding": cfg.rounding if cfg else None,
+        "equalized_pairs": len(prep.equalized.pairs) if prep.equalized else 0,
         "requant": cfg.requant if cfg else None,
         "n_calib": len(calib_ds) if cfg else 0,
         **acc.as_dict(),

@@ -19,7 +19,7 @@ from quantsim.emulate import executor as emulate
 from quantsim.quant.calibrate import TensorStats, collect_stats
 from quantsim.graph.capture import FloatGraph, capture, run_float
 from quantsim.quant.config import QuantConfig
-from quantsim.quant import gptq, scale_search
+from quantsim.quant import equalize as cle, gptq, scale_search
 from quantsim.errors import QuantsimError
 from quantsim.quant.lower import lower
 from quantsim.zoo.metrics import hits, top_indices
@@ -38,15 +38,34 @@ class Prepared:
     # searched (graph, stats, config) per config, so that e.g. both nonlinear modes share a search
     calib: list[torch.Tensor] = field(default_factory=list, repr=False)
     searched: dict = field(default_factory=dict, repr=False)
+    # cross-layer equalization applied to fgraph before the statistics were taken (None: none);
+    # quantize refuses a config whose equalize setting differs
+    equalized: cle.Equalized | None = field(default=None, repr=False)
+
+    @property
+    def equalize_key(self) -> tuple:
+        return equalize_key(self.equalized is not None, self.equalized.relu6 if self.equalized else "skip")
+
+
+def equalize_key(equalize: bool, relu6: str) -> tuple:
+    return (True, relu6) if equalize else (False,)
 
 
 def prepare(model: torch.nn.Module, input_shape, calib_batches: list[torch.Tensor], seed: int = 0,
-            progress: bool = True) -> Prepared:
+            progress: bool = True, equalize: bool = False, equalize_relu6: str = "skip") -> Prepared:
+    """Capture, check, [equalize (quant/equalize.py)], then calibration statistics: equalization
+    changes the activation ranges, so the statistics are taken on the equalized graph."""
     t0 = time.perf_counter()
     g = capture(model, tuple(input_shape))
     check_capture(model, g, calib_batches[0][:4])
+    eq = None
+    if equalize:
+        eq = cle.equalize(g, equalize_relu6)
+        g = eq.graph
+        if not eq.relu6_replaced:  # exact equalization: still the model's function
+            check_capture(model, g, calib_batches[0][:4])
     stats = collect_stats(g, calib_batches, seed=seed, progress=progress)
-    return Prepared(g, stats, time.perf_counter() - t0, list(calib_batches))
+    return Prepared(g, stats, time.perf_counter() - t0, list(calib_batches), equalized=eq)
 
 
 @torch.no_grad()
@@ -61,6 +80,10 @@ def check_capture(model: torch.nn.Module, g: FloatGraph, x: torch.Tensor) -> Non
 
 def quantize(prep: Prepared, cfg: QuantConfig, progress: bool = False) -> Graph:
     g, stats = prep.fgraph, prep.stats
+    want = equalize_key(cfg.equalize, cfg.equalize_relu6)
+    if want != prep.equalize_key:
+        raise QuantsimError(f"the config asks for equalize {want} but the model was prepared with {prep.equalize_key}: "
+                            "prepare it again with the config's equalize setting")
     if scale_search.needs_search(cfg):  # similarity / ranking search, bias correction
         g, stats, cfg = scale_search.searched(g, stats, prep.calib, cfg, prep.searched)
     if cfg.rounding == "gptq":  # GPTQ codes at the scales lowering gives (cached per config)

@@ -191,7 +191,8 @@ def run(args: SweepOptions) -> pd.DataFrame:
     loaded, calib_ds, eval_ds = inp.loaded, inp.calib_ds, inp.eval_ds
     out.mkdir(parents=True, exist_ok=True)
     calib = batches(calib_ds, args.batch_size)
-    prep = stages.prepare(loaded.model, loaded.preprocess.input_size, calib, args.seed, progress)
+    prep = stages.prepare(loaded.model, loaded.preprocess.input_size, calib, args.seed, progress,
+                          equalize=args.equalize, equalize_relu6=args.equalize_relu6)
     ev = EvalSet(eval_ds, args.batch_size)
     rerank_data = heldout_labelled(args, loaded.preprocess, calib_ds)
     x = check_images(eval_ds, args)
