@@ -311,3 +311,28 @@ def imagenet_64(imagenet_val_dir):
 def test_timm_se_models_bit_exact_real_images(name, imagenet_64):
     """2 real imagenet-val images at 64x64 (calibrated on 8), W8A8 and W4A8."""
     _check_model(_timm(name), imagenet_64[:2], imagenet_64)
+
+
+def test_torchvision_stochastic_depth_is_identity_in_eval():
+    from torchvision.ops import StochasticDepth
+
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.sd = nn.Conv2d(3, 3, 1), StochasticDepth(0.2, "row")
+
+        def forward(self, x):
+            return x + self.sd(self.conv(x))
+    g = capture(M().eval(), (3, 4, 4))
+    assert [n.op for n in g.nodes] == ["input", "conv", "add"]
+
+
+def test_torchvision_mobilenet_v3_small_bit_exact_random_images():
+    """torchvision's SqueezeExcitation: adaptive_avg_pool2d(x, 1), scale * input (gate first)."""
+    import torchvision
+    torch.manual_seed(0)
+    model = torchvision.models.get_model("mobilenet_v3_small", weights=None).eval()
+    torch.manual_seed(1)
+    calib = torch.randn(4, 3, 64, 64)
+    graphs = _check_model(model, calib[:2], calib)
+    assert sum(n.op == "mul" for n in graphs[8].nodes) == 9

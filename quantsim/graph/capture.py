@@ -49,6 +49,11 @@ try:  # timm's own activation classes: leaves (their forward is x * relu6(x + 3)
 except (ImportError, AttributeError):  # pragma: no cover
     _TIMM_LUT = {}
 
+try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt): the identity in eval mode
+    from torchvision.ops import StochasticDepth
+except ImportError:  # pragma: no cover
+    StochasticDepth = ()
+
 try:  # timm's layers are leaves we understand whole
     from timm.layers.conv2d_same import Conv2dSame  # deferred: a heavy import that only timm-model paths need
     from timm.layers.adaptive_avgmax_pool import SelectAdaptivePool2d  # deferred: a heavy import that only timm-model paths need
@@ -123,7 +128,7 @@ def _leaf_types() -> tuple[type, ...]:
                          nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
                          nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut,
                          nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, *_TIMM_LUT]
-    for t in (SelectAdaptivePool2d, DropPath, LayerScale):
+    for t in (SelectAdaptivePool2d, DropPath, LayerScale, StochasticDepth):
         if isinstance(t, type):
             types.append(t)
     return tuple(types)
@@ -217,7 +222,8 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str) -> list[
         return [FNode(name, lut, [inp], source=source)]
     if isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0)):
         return [FNode(name, "relu6", [inp], source=source)]
-    if isinstance(m, (nn.Identity, nn.Dropout)) or (isinstance(DropPath, type) and isinstance(m, DropPath)):
+    if isinstance(m, (nn.Identity, nn.Dropout)) or any(isinstance(t, type) and isinstance(m, t)
+                                                       for t in (DropPath, StochasticDepth)):
         return [FNode(name, "identity", [inp], source=source)]
     if isinstance(m, nn.MaxPool2d):
         if m.ceil_mode or _pair(m.dilation) != (1, 1):
