@@ -49,7 +49,13 @@ Vision Transformer ops:
   their declared widths), plus the integer operations of their I-BERT kernels counted and
   priced by hwmodel.vector_ops; cycles cover the larger of the movement and the arithmetic.
 - layernorm's gamma/beta, add_const's position embedding and concat_token's class token are
-  read once through the filter buffer (constant_operands). add_const counts one add per
+  read once through the filter buffer (constant_operands).
+- lut (hardswish, hardsigmoid, sigmoid, silu) and mul (squeeze-and-excitation's x * gate) run
+  on the vector unit like the nonlinearities: no MACs (n_mac 0); lut does one table read per
+  element (ops_lut) and reads its table once through the filter buffer (2^b entries at the
+  output width; none for the FP32 reference, which computes the function); mul does one
+  multiply per output element (ops_mul) plus its requantization, reading both inputs (the
+  broadcast gate at its own, smaller size) once (hwmodel.vector_ops.mul_stages). add_const counts one add per
   output like add. take reads only the slice it keeps; permute moves every element once.
 
 Two DRAM models (Accelerator.dram_model, TOML key dram.model):
@@ -93,7 +99,7 @@ from integer_ref.nonlinear import LN_GAMMA_BITS
 
 from .arch import Accelerator
 from .dataflow import dataflow
-from .vector_ops import KINDS, VECTOR_OPS, op_counts, vector_stages
+from .vector_ops import KINDS, VECTOR_OPS, lut_stages, mul_stages, op_counts, vector_stages
 
 ACTIVE_SETS = 50  # SCALE-Sim: active_buf_frac 0.5 of 100 sets
 
@@ -605,6 +611,8 @@ def constant_operands(node, force_bits: int | None = None) -> list[tuple[int, in
         out = [(p["const"].size, signed_width(p["const"]))]
     elif node.op == "concat_token":
         out = [(p["token"].size, node.out.bits)]
+    elif node.op == "lut" and not force_bits:  # the FP32 reference computes the function: no table
+        out = [(p["table"].size, node.out.bits)]
     else:
         out = []
     return [(int(n), force_bits or int(b)) for n, b in out]
@@ -672,8 +680,15 @@ def map_node(graph, node, shapes: dict, accel: Accelerator, force_bits: int | No
             n_add = 0
         # Vector-unit arithmetic of the integer nonlinearities, at the node's real widths
         # (also for the FP32 reference, which prices the same steps at fp32 energies).
-        stages = (vector_stages(node.op, ins[0], graph[node.inputs[0]].out.bits, node.attrs)
-                  if node.op in VECTOR_OPS else [])
+        if node.op in VECTOR_OPS:
+            stages = vector_stages(node.op, ins[0], graph[node.inputs[0]].out.bits, node.attrs)
+        elif node.op == "lut":
+            stages = lut_stages(n_out, in_bits[0], out_bits, 0 if fb else int(node.attrs["in_min"]))
+        elif node.op == "mul":
+            stages = mul_stages(n_out, in_bits[0], in_bits[1], out_bits,
+                                (0, 0) if fb else tuple(graph[i].out.zero_point for i in node.inputs))
+        else:
+            stages = []
         row = map_eltwise(node.op, ins, out_shape, accel, in_bits=in_bits, out_bits=out_bits,
                           n_add=n_add, params=constant_operands(node, fb),
                           vec_steps=op_counts(stages)["n_vec_steps"],

@@ -22,7 +22,7 @@ from .toggles import count_toggles, count_toggles_grouped, grouped_gemm_operands
 
 ROW_COLUMNS = [
     "layer", "op", "gemm_m", "gemm_k", "gemm_n", "groups", "folds", "cycles", "utilization",
-    "n_mac", "n_add", "n_elem", "ops_add", "ops_shift", "ops_mul", "ops_div", "ops_sqrt", "n_vec_ops",
+    "n_mac", "n_add", "n_elem", "ops_add", "ops_shift", "ops_mul", "ops_div", "ops_sqrt", "ops_lut", "n_vec_ops",
     "n_vec_steps", "x_bits", "w_bits", "out_bits",
     "sram_rd_ifmap", "sram_rd_filter", "sram_rd_ofmap", "sram_wr_ofmap",
     "sram_rd_ifmap_bytes", "sram_rd_filter_bytes", "sram_rd_ofmap_bytes", "sram_wr_ofmap_bytes",

@@ -26,6 +26,16 @@ Kinds and energy per operation at width b (pJ), from the accelerator's energy ta
     sqrt   integer square root of a b-bit radicand, digit by digit (non-restoring): b/2 result
            bits, one b-bit subtract each, priced as adds. integer_ref computes the same
            floor(sqrt(x)) by Newton steps (arith.isqrt); hardware would use the digit recurrence.
+    lut    one read of a b-bit table entry (op lut: hardswish, sigmoid, ... over the 2^b input
+           codes): priced as an on-chip SRAM read of b bits, e_sram_bit * b. An upper estimate:
+           that constant describes the operand buffers; a 2^8-entry table is a small register file.
+
+Elementwise ops outside the ViT (CNN activations and squeeze-and-excitation):
+    lut    x - in_min (an add, only where in_min != 0), one table read per element.
+    mul    (a - za)(b - zb): one multiply per OUTPUT element at the wider operand width (the
+           broadcast operand is re-read, not re-multiplied), the zero-point subtractions where a
+           zero point is non-zero, then the dyadic requantization of the (a_bits + b_bits)-bit
+           product (acc*M, +2^(n-1), >>n, clamp).
 
 FP32 reference (the unquantized model's nonlinearities): the same stage list priced per step
 at e_fp32_mult (mul) or e_fp32_add (everything else): a rough stand-in for a float
@@ -44,7 +54,7 @@ import numpy as np
 
 from integer_ref.nonlinear import EXP_CLIP_LN2, LN_FRAC_BITS, LN_GAMMA_BITS, LN_ROW_BITS
 
-KINDS = ("add", "shift", "mul", "div", "sqrt")
+KINDS = ("add", "shift", "mul", "div", "sqrt", "lut")
 VECTOR_OPS = ("softmax", "gelu", "layernorm")
 
 
@@ -157,6 +167,20 @@ def layernorm_stages(n: int, row: int, in_bits: int, attrs: dict) -> list[Stage]
     ] + _requant_stages(n, bacc, int(attrs["out_bits"]), "requant")
 
 
+def lut_stages(n: int, in_bits: int, out_bits: int, in_min: int) -> list[Stage]:
+    """integer_ref.kernels.lut over n elements."""
+    st = [Stage("add", n, in_bits + 1, what="x - in_min")] if in_min else []
+    return st + [Stage("lut", n, out_bits, what="table[x - in_min]")]
+
+
+def mul_stages(n: int, a_bits: int, b_bits: int, out_bits: int, zero_points=(0, 0)) -> list[Stage]:
+    """integer_ref.kernels.mul with n output elements."""
+    st = [Stage("add", n, b + 1, what="x - zx") for b, z in zip((a_bits, b_bits), zero_points) if z]
+    wide = max(a_bits, b_bits) + (1 if any(zero_points) else 0)
+    st.append(Stage("mul", n, wide, what="(a - za)(b - zb)"))
+    return st + _requant_stages(n, a_bits + b_bits, out_bits, "requant")
+
+
 def vector_stages(op: str, in_shape, in_bits: int, attrs: dict) -> list[Stage]:
     """The integer stages of one softmax/gelu/layernorm node on an input of `in_shape`.
 
@@ -191,6 +215,8 @@ def e_op(accel, kind: str, bits: int) -> float:
     en = accel.energy
     if kind == "mul":
         return en.e_mac8_pj * (bits / 8) ** 2
+    if kind == "lut":
+        return en.e_sram_bit_pj * bits
     return en.e_add32_pj * bits / 32
 
 

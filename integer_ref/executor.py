@@ -121,6 +121,12 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
         return K.strided_slice(args[0], a["step"], a["begin"]), 0
     if node.op == "pad_channels":
         return K.pad_channels(args[0], a["before"], a["after"], zin[0]), 0
+    if node.op == "lut":
+        return K.lut(args[0], p["table"], a["in_min"]), 0
+    if node.op == "mul":
+        _dyadic_only(node, rq)
+        return K.mul(args[0], args[1], p["multiplier"], p["shift"], a_zero_point=zin[0],
+                     b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi), 0
     if node.op in kernels_vit.OPS:
         return kernels_vit.run_node(node, args, qp, acc_bits)
     raise NotImplementedError(f"integer_ref has no kernel for op {node.op!r} (node {node.name!r})")

@@ -27,6 +27,12 @@ Ops and their contents (x: input tensor, NCHW for images; all tensors hold integ
 - pad_channels    attrs before, after: pads with the zero point
 - requantize  params multiplier, shift (one each); attrs requant, clamp: y = requant(x - zx) + zy
               (TFLite QUANTIZE between integer types)
+- lut         params table (int64, one entry per input code qmin..qmax); attrs function (hardswish,
+              hardsigmoid, sigmoid, silu: what the table holds, integer_ref.lut), in_min (the input's
+              qmin): y = table[x - in_min], the index clamped to the table
+- mul         two activation inputs [a, b] (b broadcast over a: squeeze-and-excitation's (N, C, 1, 1)
+              gate); params multiplier, shift (one each); attrs requant (dyadic only), clamp:
+              y = requant((a - za)·(b - zb)) + zy
 
 Vision Transformer ops (integer_ref.kernels_vit; tokens are (N, L, C), heads (N, H, L, D)):
 - matmul      two activation inputs [a, b]; params multiplier, shift (one each); attrs transpose_b,
@@ -111,6 +117,8 @@ ATTRS: dict[str, dict[str, Any]] = {
     "strided_slice": {"step": REQUIRED, "begin": [0, 0]},
     "pad_channels": {"before": REQUIRED, "after": REQUIRED},
     "requantize": dict(_REQUANT),
+    "lut": {"function": REQUIRED, "in_min": REQUIRED},
+    "mul": dict(_REQUANT),
     "matmul": {"transpose_b": False, "clamp": None},
     "softmax": {**_fields(NL.SoftmaxParams), **_NONLINEAR},
     "gelu": {**_fields(NL.GeluParams), **_NONLINEAR},

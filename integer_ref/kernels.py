@@ -376,3 +376,18 @@ def strided_slice(x, step, begin=(0, 0)):
 
 def pad_channels(x, before: int, after: int, zero_point: int = 0):
     return np.pad(x, ((0, 0), (int(before), int(after)), (0, 0), (0, 0)), constant_values=zero_point)
+
+
+def lut(x, table, in_min: int):
+    """Table lookup (integer_ref.lut): y = table[x - in_min], the index clamped to the table."""
+    table = np.asarray(table, np.int64)
+    idx = np.clip(np.asarray(x, np.int64) - int(in_min), 0, table.size - 1)
+    return table[idx]
+
+
+def mul(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point=0, lo, hi):
+    """Elementwise product of two activations (b broadcast over a), one dyadic requantization:
+    y = clamp(((a - za)(b - zb)·M + 2^(n-1)) >> n + zy)."""
+    acc = (np.asarray(a, np.int64) - a_zero_point) * (np.asarray(b, np.int64) - b_zero_point)
+    m, n = np.int64(np.ravel(multiplier)[0]), np.int64(np.ravel(shift)[0])
+    return arith.clamp(arith.multiply_rshift_round(acc, m, n) + y_zero_point, lo, hi)

@@ -52,7 +52,7 @@ class _Unsupported(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
-        self.act = nn.SiLU()  # GELU is supported since the ViT path
+        self.act = nn.ELU()  # GELU (ViT path), SiLU, Hardswish, Sigmoid (lookup tables) are supported
 
     def forward(self, x):
         return self.act(self.conv(x))
@@ -69,7 +69,7 @@ class _Concat(nn.Module):
 
 
 def test_unsupported_layer_is_named_with_its_place():
-    with pytest.raises(QuantsimError, match=r"act \(SiLU\)"):
+    with pytest.raises(QuantsimError, match=r"act \(ELU\)"):
         capture(_Unsupported(), (3, 8, 8))
     with pytest.raises(QuantsimError, match=r"cat"):
         capture(_Concat(), (3, 8, 8))

@@ -75,11 +75,11 @@ def test_missing_data_dir(capsys, tmp_path, tiny_ckpt):
 
 def test_unlowerable_layer(capsys, tmp_path, tiny_data):
     model = cifar_resnet20()
-    model.layer1[0].relu1 = torch.nn.SiLU()  # GELU lowers since the ViT path
-    path = tmp_path / "silu.pt"
+    model.layer1[0].relu1 = torch.nn.ELU()  # GELU (ViT path) and SiLU, Hardswish (lookup tables) lower
+    path = tmp_path / "elu.pt"
     torch.save(model, path)
     line = _fails(capsys, [str(path), "--trust-model", *_common(tmp_path / "o", tiny_data)], "layer1.0.relu1")
-    assert "SiLU" in line
+    assert "ELU" in line
     assert not (tmp_path / "o").exists()
 
 

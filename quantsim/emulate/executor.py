@@ -20,8 +20,8 @@ from integer_ref.ir import Graph, Node
 from quantsim.emulate import kernels_vit as emulate_vit
 from quantsim.emulate.arith import dequant_quant_float32, quantize
 from quantsim.emulate.kernels import (add, add_float32, add_gemmlowp, avgpool_round_div, avgpool_sum,
-                                      conv2d_acc_bounded, linear_acc_bounded, maxpool, pad_channels, requantize,
-                                      strided_slice)
+                                      conv2d_acc_bounded, linear_acc_bounded, lut, maxpool, mul, pad_channels,
+                                      requantize, strided_slice)
 
 __all__ = ["Prepared", "run_node", "run", "EmulatedModel"]
 
@@ -47,6 +47,8 @@ class Prepared:
             w = w - zw.reshape((-1,) + (1,) * (w.dim() - 1))
             out["w_centered"] = w.to(self.device)
             out["w_l1_max"] = K.weight_col_l1_max(w.numpy())
+        if node.op == "lut":
+            out["table"] = torch.as_tensor(np.asarray(p["table"], np.int64)).to(self.device)
         return out
 
 
@@ -105,6 +107,13 @@ def run_node(node: Node, args: list, prep: Prepared):
         return strided_slice(x, a["step"], a["begin"]), 0
     if node.op == "pad_channels":
         return pad_channels(x, a["before"], a["after"], zin[0]), 0
+    if node.op == "lut":
+        return lut(x, p["table"], a["in_min"]), 0
+    if node.op == "mul":
+        if mode != "dyadic":
+            raise NotImplementedError(f"op 'mul' has no {mode!r} requantization (node {node.name!r})")
+        return mul(x, args[1], p["multiplier"], p["shift"], a_zero_point=zin[0], b_zero_point=zin[1],
+                   y_zero_point=out.zero_point, lo=lo, hi=hi), 0
     if node.op in emulate_vit.OPS:  # ViT ops: the twin of integer_ref.kernels_vit
         return emulate_vit.run_node(node, args, prep)
     raise NotImplementedError(f"quantsim.emulate.executor has no kernel for op {node.op!r} (node {node.name!r})")

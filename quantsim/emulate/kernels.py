@@ -21,7 +21,7 @@ from quantsim.emulate.arith import (INT32_MAX, divide_round_away, fma_float32, i
 
 __all__ = ["MAX_FLOAT32_DIGITS", "requantize", "digit_plan", "exact_product", "conv2d_acc_bounded", "conv2d_acc",
            "linear_acc_bounded", "add", "add_gemmlowp", "add_float32", "avgpool_round_div", "maxpool",
-           "avgpool_sum", "strided_slice", "pad_channels"]
+           "avgpool_sum", "strided_slice", "pad_channels", "lut", "mul"]
 
 MAX_FLOAT32_DIGITS = 3  # beyond this many float32 passes one float64 pass is cheaper
 
@@ -278,3 +278,16 @@ def strided_slice(x, step, begin=(0, 0)):
 
 def pad_channels(x, before, after, zero_point=0):
     return F.pad(x, (0, 0, 0, 0, int(before), int(after)), value=zero_point)
+
+
+def lut(x, table: torch.Tensor, in_min: int):
+    """kernels.lut: y = table[x - in_min], the index clamped to the table."""
+    return table[(x - int(in_min)).clamp_(0, table.numel() - 1)]
+
+
+def mul(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point=0, lo, hi):
+    """kernels.mul: y = clamp(((a - za)(b - zb)·M + 2^(n-1)) >> n + zy), b broadcast over a."""
+    acc = (a - a_zero_point) * (b - b_zero_point)
+    m = torch.tensor(int(np.ravel(np.asarray(multiplier))[0]), dtype=torch.int64, device=acc.device)
+    n = torch.tensor(int(np.ravel(np.asarray(shift))[0]), dtype=torch.int64, device=acc.device)
+    return (multiply_rshift_round(acc, m, n) + y_zero_point).clamp_(lo, hi)

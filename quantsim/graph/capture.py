@@ -16,6 +16,12 @@ q·kᵀ·scale, softmax and attn·v appear as separate ops. The captured graph t
 - ``concat_token`` (the class token, a constant, prepended along axis 1) and ``add_const``
   (the position embedding, a constant added to every item);
 - timm ``LayerScale`` folded into the linear before it.
+
+Elementwise activations held as lookup tables (integer_ref.lut): ``hardswish``, ``hardsigmoid``,
+``sigmoid``, ``silu`` (nn modules, their functional forms, timm's own classes); and ``mul``,
+the product of two activations with broadcasting (squeeze-and-excitation's ``x * gate``, e.g.
+timm's SqueezeExcite: ``x.mean((2, 3), keepdim=True)`` -> conv -> act -> conv -> gate -> mul);
+``x.mean`` over the spatial axes is a global average pool.
 Extra forward arguments with defaults (timm's attn_mask=None, is_causal=False) are traced
 at their defaults.
 """
@@ -36,6 +42,18 @@ from quantsim.zoo import cifar_resnet
 from quantsim.zoo.cifar_resnet import OptionAShortcut
 from quantsim.errors import QuantsimError
 
+try:  # timm's own activation classes: leaves (their forward is x * relu6(x + 3) / 6 and the like)
+    from timm.layers import activations as _timm_act  # deferred: a heavy import that only timm-model paths need
+    _TIMM_LUT = {_timm_act.HardSwish: "hardswish", _timm_act.HardSigmoid: "hardsigmoid",
+                 _timm_act.Sigmoid: "sigmoid", _timm_act.Swish: "silu"}
+except (ImportError, AttributeError):  # pragma: no cover
+    _TIMM_LUT = {}
+
+try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt): the identity in eval mode
+    from torchvision.ops import StochasticDepth
+except ImportError:  # pragma: no cover
+    StochasticDepth = ()
+
 try:  # timm's layers are leaves we understand whole
     from timm.layers.conv2d_same import Conv2dSame  # deferred: a heavy import that only timm-model paths need
     from timm.layers.adaptive_avgmax_pool import SelectAdaptivePool2d  # deferred: a heavy import that only timm-model paths need
@@ -45,8 +63,10 @@ except ImportError:  # pragma: no cover - timm is a dependency, keep capture imp
 
 # Ops whose output needs a new scale (requantizing producers) vs ops that keep their
 # input's scale exactly (the integer program passes values through unchanged).
-REQUANT_OPS = {"input", "conv", "linear", "add", "avgpool", "gap",
-               "matmul", "layernorm", "gelu", "softmax", "add_const"}
+# Elementwise activations lowered to a lookup table (integer_ref.lut), by FloatGraph op name.
+LUT_OPS = ("hardswish", "hardsigmoid", "sigmoid", "silu")
+REQUANT_OPS = {"input", "conv", "linear", "add", "avgpool", "gap", "mul",
+               "matmul", "layernorm", "gelu", "softmax", "add_const", *LUT_OPS}
 PASSTHROUGH_OPS = {"maxpool", "flatten", "shortcut_a", "relu", "relu6",
                    "reshape", "permute", "take", "concat_token"}
 ACTIVATIONS = {"relu", "relu6"}
@@ -91,11 +111,11 @@ class FloatGraph:
         n = self[name]
         if n.act in ACTIVATIONS or n.op in ACTIVATIONS:
             return True
-        if n.op == "softmax":
+        if n.op in ("softmax", "hardsigmoid", "sigmoid"):
             return True
         if n.op in ("maxpool", "flatten", "shortcut_a", "avgpool", "gap", "reshape", "permute", "take"):
             return self.non_negative(n.inputs[0])
-        if n.op == "add":
+        if n.op in ("add", "mul"):
             return all(self.non_negative(i) for i in n.inputs)
         return False
 
@@ -106,8 +126,9 @@ class FloatGraph:
 def _leaf_types() -> tuple[type, ...]:
     types: list[type] = [nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh,
                          nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
-                         nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut]
-    for t in (SelectAdaptivePool2d, DropPath, LayerScale):
+                         nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut,
+                         nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, *_TIMM_LUT]
+    for t in (SelectAdaptivePool2d, DropPath, LayerScale, StochasticDepth):
         if isinstance(t, type):
             types.append(t)
     return tuple(types)
@@ -196,9 +217,13 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str) -> list[
         return [bn] + _module_node(name + ".act", act, [name], source + ".act")
     if isinstance(m, nn.ReLU):
         return [FNode(name, "relu", [inp], source=source)]
+    lut = _LUT_MODULES.get(type(m)) or _TIMM_LUT.get(type(m))
+    if lut is not None:
+        return [FNode(name, lut, [inp], source=source)]
     if isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0)):
         return [FNode(name, "relu6", [inp], source=source)]
-    if isinstance(m, (nn.Identity, nn.Dropout)) or (isinstance(DropPath, type) and isinstance(m, DropPath)):
+    if isinstance(m, (nn.Identity, nn.Dropout)) or any(isinstance(t, type) and isinstance(m, t)
+                                                       for t in (DropPath, StochasticDepth)):
         return [FNode(name, "identity", [inp], source=source)]
     if isinstance(m, nn.MaxPool2d):
         if m.ceil_mode or _pair(m.dilation) != (1, 1):
@@ -249,6 +274,10 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str) -> list[
     raise QuantsimError(f"cannot lower module {source} ({type(m).__name__}): unsupported layer type")
 
 
+_LUT_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.Sigmoid: "sigmoid", nn.SiLU: "silu"}
+_LUT_FUNCS = {F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", torch.sigmoid: "sigmoid",
+              F.sigmoid: "sigmoid", F.silu: "silu"}
+_LUT_METHODS = {"sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
 _ADD_TARGETS = {operator.add, operator.iadd, torch.add}
 _RELU_TARGETS = {F.relu, torch.relu}
 _PASS_FUNCS = {F.dropout}
@@ -263,6 +292,12 @@ def _function_node(name: str, node: fx.Node, args: list[str]) -> list[FNode]:
         return [FNode(name, "add", args, source=node.name)]
     if t in _RELU_TARGETS:
         return [FNode(name, "relu", args[:1], source=node.name)]
+    if t in _LUT_FUNCS:
+        return [FNode(name, _LUT_FUNCS[t], args[:1], source=node.name)]
+    if t in (operator.mul, operator.imul, torch.mul):
+        if len(args) != 2:
+            raise QuantsimError(f"cannot lower {where}: multiplication by a constant")
+        return [FNode(name, "mul", args, source=node.name)]
     if t is F.relu6 or (t is F.hardtanh and tuple(node.args[1:3]) == (0.0, 6.0)):
         return [FNode(name, "relu6", args[:1], source=node.name)]
     if t in _PASS_FUNCS:
@@ -284,9 +319,29 @@ def _method_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, to
             return [FNode(name, "flatten", args[:1], source=node.name)]
     if node.target in ("relu", "relu_"):
         return [FNode(name, "relu", args[:1], source=node.name)]
+    if node.target in _LUT_METHODS:
+        return [FNode(name, _LUT_METHODS[node.target], args[:1], source=node.name)]
+    if node.target in ("mul", "mul_") and len(args) == 2:
+        return [FNode(name, "mul", args[:2], source=node.name)]
+    if node.target == "mean":
+        return _mean_node(name, node, args, shapes)
     if node.target in ("add", "add_"):
         return [FNode(name, "add", args[:2], source=node.name)]
     raise QuantsimError(f"cannot lower method call .{node.target}() at {node.name}: unsupported operation")
+
+
+def _mean_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, torch.Size]) -> list[FNode]:
+    """x.mean((2, 3), keepdim=...) of an NCHW tensor: a global average pool (then a flatten)."""
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    nd = len(shapes[node.args[0].name])
+    dims = [dims] if isinstance(dims, int) else list(dims or [])
+    if nd != 4 or sorted(d % nd for d in dims) != [2, 3]:
+        raise QuantsimError(f"cannot lower {_where(node)}: mean over axes {dims} (only the spatial axes of NCHW)")
+    if keep:
+        return [FNode(name, "gap", args[:1], source=node.name)]
+    return [FNode(name + ".pool", "gap", args[:1], source=node.name),
+            FNode(name, "flatten", [name + ".pool"], source=node.name)]
 
 
 _MATMUL_TARGETS = {operator.matmul, torch.matmul, torch.bmm}
@@ -695,6 +750,16 @@ def run_node(n: FNode, xs: list[torch.Tensor], weight: torch.Tensor | None = Non
         y = F.linear(x, w, n.bias)
     elif n.op == "add":
         y = xs[0] + xs[1]
+    elif n.op == "mul":
+        y = xs[0] * xs[1]
+    elif n.op == "hardswish":
+        y = F.hardswish(x)
+    elif n.op == "hardsigmoid":
+        y = F.hardsigmoid(x)
+    elif n.op == "sigmoid":
+        y = torch.sigmoid(x)
+    elif n.op == "silu":
+        y = F.silu(x)
     elif n.op == "relu":
         y = F.relu(x)
     elif n.op == "relu6":

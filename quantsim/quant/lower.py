@@ -24,6 +24,12 @@ Vision Transformers (config fields resid_bits, nonlinear_in_bits, nonlinear):
 - ``nonlinear='float'`` evaluates softmax, GELU and LayerNorm in float32 between integer
   tensors (Liu et al. 2021): such a program is NEVER bit-exact between the executors
   (graph.meta['bit_exact_contract'] is False; see float_nodes).
+
+Elementwise activations (hardswish, hardsigmoid, sigmoid, silu) become ``lut`` nodes: a table
+over every input code (integer_ref.lut; hardswish / hardsigmoid entries are the exactly
+computed, correctly rounded values), input at the width its producer was requantized to, output
+calibrated (unsigned for hardsigmoid / sigmoid). ``mul`` of two activations (squeeze-and-
+excitation) is y = requant((a - za)(b - zb)) with m = s_a·s_b/s_y; the broadcast operand second.
 """
 from __future__ import annotations
 
@@ -35,10 +41,11 @@ import torch
 from integer_ref.arith import add_float32_constant, qrange, quantize_multiplier, quantize_multipliers
 from integer_ref.ir import Graph, Node, QParams
 
+from integer_ref import lut as LUT
 from integer_ref import nonlinear as NL
 
 from quantsim.quant.calibrate import TensorStats, clip_value, weight_clip, weight_method
-from quantsim.graph.capture import PASSTHROUGH_OPS, FloatGraph, FNode, run_float
+from quantsim.graph.capture import LUT_OPS, PASSTHROUGH_OPS, FloatGraph, FNode, run_float
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.quantizer import act_scale, scale_from_clip, weight_codes
 from quantsim.errors import QuantsimError
@@ -47,7 +54,7 @@ INPUT_NAME = "image"
 F32_BIAS_LIMIT = 2**30  # float32 mode: |bias| at the accumulator scale, leaving int32 room for the sum
 CONST_BITS = 16  # constant operands of add_const (position embedding), signed, per tensor
 NONLINEAR_OPS = ("softmax", "gelu", "layernorm")
-FLOAT32_UNSUPPORTED = NONLINEAR_OPS + ("matmul", "add_const", "concat_token")
+FLOAT32_UNSUPPORTED = NONLINEAR_OPS + ("matmul", "add_const", "concat_token", "mul") + LUT_OPS
 
 
 def _root(g: FloatGraph, name: str) -> str:
@@ -284,6 +291,34 @@ def _concat_token_node(n: FNode, q: QParams) -> Node:
                 {"token": tok}, n.source, in_q=q)
 
 
+def _lut_node(n: FNode, in_q: QParams, out_q: QParams) -> Node:
+    if in_q.per_channel:
+        raise QuantsimError(f"cannot lower {n.source}: {n.op} of a tensor with a per-channel scale")
+    if in_q.bits > LUT.LUT_MAX_BITS:
+        raise QuantsimError(f"cannot lower {n.source}: {n.op} as a lookup table over {in_q.bits}-bit inputs "
+                            f"(at most {LUT.LUT_MAX_BITS} bits)")
+    lo, hi = _clamp(out_q, None)
+    table = LUT.build_table(n.op, in_q.qmin, in_q.qmax, float(in_q.scale), in_q.zero_point,
+                            float(out_q.scale), out_q.zero_point, lo, hi)
+    return Node(n.name, "lut", list(n.inputs), out_q, {"function": n.op, "in_min": int(in_q.qmin)},
+                {"table": table}, n.source, in_q=in_q)
+
+
+def _mul_node(n: FNode, qa: QParams, qb: QParams, out_q: QParams, shapes: dict, cfg: QuantConfig) -> Node:
+    inputs = list(n.inputs)
+    if tuple(shapes[inputs[0]]) != tuple(shapes[n.name]):  # the broadcast operand goes second
+        inputs, qa, qb = inputs[::-1], qb, qa
+    if tuple(shapes[inputs[0]]) != tuple(shapes[n.name]):
+        raise QuantsimError(f"cannot lower {n.source}: product of tensors of shapes {shapes[n.inputs[0]]} and "
+                            f"{shapes[n.inputs[1]]} (one must broadcast over the other)")
+    if qa.per_channel or qb.per_channel:
+        raise QuantsimError(f"cannot lower {n.source}: product of tensors with per-channel scales")
+    m = float(qa.scale) * float(qb.scale) / float(out_q.scale)
+    mult, shift = quantize_multiplier(m, _mult_bits_for(float(_mag(qa) * _mag(qb)), cfg))
+    return Node(n.name, "mul", inputs, out_q, {"clamp": _clamp(out_q, n.act)},
+                {"multiplier": np.int64(mult), "shift": np.int64(shift)}, n.source, in_q=qa)
+
+
 def float_nodes(graph: Graph) -> list[str]:
     """Nodes evaluated in float (nonlinear='float'): never bit-exact between the executors."""
     return [n.name for n in graph.nodes if n.op in NONLINEAR_OPS and n.attrs.get("mode") == "float"]
@@ -295,8 +330,8 @@ def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Gra
     if cfg.requant == "float32":
         vit = sorted({n.op for n in g.nodes if n.op in FLOAT32_UNSUPPORTED})
         if vit:
-            raise QuantsimError(f"requant mode float32 does not cover the transformer ops {', '.join(vit)}: "
-                                "use --requant dyadic")
+            raise QuantsimError(f"requant mode float32 does not cover the ops {', '.join(vit)} (transformer ops, "
+                                "lookup-table activations, products of activations): use --requant dyadic")
     stats = dict(stats)
     for n in g.nodes:  # the class token shares the patch tokens' quantization: calibrate on both
         if n.op == "concat_token":
@@ -319,6 +354,10 @@ def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Gra
             nodes.append(_mac_node(n, q[n.inputs[0]], out_q, cfg))
         elif n.op == "add":
             nodes.append(_add_node(n, q[n.inputs[0]], q[n.inputs[1]], out_q, cfg))
+        elif n.op == "mul":
+            nodes.append(_mul_node(n, q[n.inputs[0]], q[n.inputs[1]], out_q, shapes, cfg))
+        elif n.op in LUT_OPS:
+            nodes.append(_lut_node(n, q[n.inputs[0]], out_q))
         elif n.op == "gap":
             h, w = shapes[n.inputs[0]][2:]
             nodes.append(_pool_node(n, q[n.inputs[0]], out_q, h * w, "global_avgpool", {}, cfg))
