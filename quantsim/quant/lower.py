@@ -425,7 +425,7 @@ def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Gra
             nodes.append(Node(n.name, n.op, list(n.inputs), out_q, dict(n.attrs), {}, n.source, in_q=out_q))
         else:
             raise QuantsimError(f"cannot lower {n.source}: op {n.op!r} has no integer form")
-    meta = {"acc_bits": cfg.acc_bits, "config": cfg.to_json()}
+    meta = {"acc_bits": cfg.acc_bits, "acc_overflow": cfg.acc_overflow, "config": cfg.to_json()}
     graph = Graph(nodes, INPUT_NAME, tuple(g.input_shape), [g.output], meta)
     if float_nodes(graph):
         graph.meta["bit_exact_contract"] = False  # float nonlinearities: see float_nodes

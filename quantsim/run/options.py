@@ -40,6 +40,7 @@ class RunOptions:
     equalize: bool = False
     equalize_relu6: str = "skip"
     requant: str = "dyadic"
+    acc_overflow: str = "count"
     bitexact_images: int = 8
     allow_mismatch: bool = False
     # hardware

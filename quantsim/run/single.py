@@ -72,7 +72,7 @@ def base_config(opts: RunOptions, w_bits: int = 8, a_bits: int = 8, **over) -> Q
                        calib_method=opts.calib_method, percentile=opts.percentile, requant=opts.requant,
                        search_steps=opts.search_steps, bias_correction=opts.bias_correction,
                        rounding=opts.rounding, gptq_inputs=opts.gptq_inputs, equalize=opts.equalize,
-                       equalize_relu6=opts.equalize_relu6, **over)
+                       equalize_relu6=opts.equalize_relu6, acc_overflow=opts.acc_overflow, **over)
 
 
 def check_options(opts: RunOptions) -> Checked:
