@@ -14,6 +14,8 @@ TOML schema (all keys required; sizes are positive integers)::
     cols = 32                          # PE columns
     dataflow = "ws"                    # "ws" weight-, "os" output-, "is" input-stationary
     acc_bits = 32                      # accumulator (partial sum) width in bits
+    precision = "bit-parallel"         # optional: "bit-parallel" (default) or "bit-serial", see below
+    serial_bits = 1                    # optional, bit-serial only: activation bits a PE takes per cycle
 
     [sram]                             # bytes per operand buffer, double-buffered
     ifmap_bytes = 65536
@@ -43,6 +45,12 @@ iteration of the loops outside it, in whichever tiling and loop order moves fewe
 forgets its whole active half each time it fills: it reproduces SCALE-Sim's DRAM counts
 exactly (tests/test_hw_scalesim.py) and is pessimistic where a layer's ifmap would fit.
 
+array.precision = "bit-serial" is a precision-scalable array in the manner of Stripes (Judd et
+al., MICRO 2016): weights held bit-parallel, activations fed serial_bits bits per cycle, so
+every step of the array's schedule (fill, stream, drain) takes ceil(b_a / serial_bits) cycles
+and a layer's cycles scale with its activation width: W4A4 takes half the cycles of W8A8 on
+the same array. Traffic and the energy terms are those of the bit-parallel array.
+
 A bad file raises ValueError with one line naming the file and the key.
 """
 from __future__ import annotations
@@ -56,6 +64,7 @@ from .dataflow import DATAFLOWS
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DRAM_MODELS = ("reuse", "scalesim")
 DEFAULT_DRAM_MODEL = "reuse"
+PRECISIONS = ("bit-parallel", "bit-serial")
 ENERGY_KEYS = ("e_mac8_pj", "e_add32_pj", "e_fp32_mult_pj", "e_fp32_add_pj",
                "e_sram_bit_pj", "e_dram_bit_pj")
 
@@ -87,6 +96,12 @@ class Accelerator:
     description: str = ""
     path: str = ""
     dram_model: str = DEFAULT_DRAM_MODEL
+    precision: str = "bit-parallel"
+    serial_bits: int = 1
+
+    def cycle_steps(self, x_bits: int) -> int:
+        """Array cycles per step of the schedule for activations of x_bits (1 when bit-parallel)."""
+        return -(-int(x_bits) // self.serial_bits) if self.precision == "bit-serial" else 1
 
     def with_dataflow(self, dataflow: str) -> "Accelerator":
         if dataflow not in DATAFLOWS:
@@ -139,6 +154,17 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
         if dram_model not in DRAM_MODELS:
             raise ValueError(f"accelerator file {where}: key dram.model must be one of "
                              f"{', '.join(DRAM_MODELS)}, got {dram_model!r}")
+    precision, serial_bits = "bit-parallel", 1
+    arr = doc.get("array") if isinstance(doc.get("array"), dict) else {}
+    if "precision" in arr:
+        precision = _get(doc, "array", "precision", str, where)
+        if precision not in PRECISIONS:
+            raise ValueError(f"accelerator file {where}: key array.precision must be one of "
+                             f"{', '.join(PRECISIONS)}, got {precision!r}")
+    if "serial_bits" in arr:
+        serial_bits = _get(doc, "array", "serial_bits", int, where)
+        if precision != "bit-serial":
+            raise ValueError(f"accelerator file {where}: key array.serial_bits needs array.precision = \"bit-serial\"")
     if not 8 <= acc <= 64:
         raise ValueError(f"accelerator file {where}: key array.acc_bits must be in 8..64, got {acc}")
     return Accelerator(
@@ -156,6 +182,8 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
         description=str(doc.get("description", "")),
         path=where,
         dram_model=dram_model,
+        precision=precision,
+        serial_bits=serial_bits,
     )
 
 

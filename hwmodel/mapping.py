@@ -464,7 +464,7 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
                 sram_w *= blocks
             else:
                 sram_x *= blocks
-    cycles = g * folds * per_fold
+    cycles = g * folds * per_fold * accel.cycle_steps(x_bits)  # bit-serial: every step b_a/serial cycles
     row = dict(
         gemm_m=M, gemm_k=K, gemm_n=N, groups=g, row_folds=rf, col_folds=cf, folds=g * folds,
         cycles=cycles, utilization=n_mac / (cycles * R * C), n_mac=n_mac, n_add=0,
