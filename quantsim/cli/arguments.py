@@ -73,6 +73,9 @@ def add_hw_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dram-model", choices=["reuse", "scalesim"], default=None,
                    help="DRAM traffic: 'reuse' (each tile fetched once per reuse window) or 'scalesim' "
                         "(SCALE-Sim 3.0.0's read-buffer replay); default: the preset's")
+    p.add_argument("--residency", choices=["on", "off"], default=None,
+                   help="keep activations in the accelerator's global buffer between layers (sram.global_bytes; "
+                        "hwmodel.residency); default: the preset's")
 
 
 def add_mixed_args(p: argparse.ArgumentParser, budget: bool = True) -> None:

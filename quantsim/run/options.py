@@ -48,6 +48,7 @@ class RunOptions:
     toggle_images: int = 1
     mac_form: str = "max"
     dram_model: str | None = None
+    residency: str | None = None
     # mixed precision
     energy_budget: float | None = None
     candidates: str = "4,6,8"
