@@ -1,0 +1,99 @@
+"""The second-generation hardware model beside the first: on-chip residency of activations in a
+global buffer, and a bit-serial (precision-scalable) array, for CIFAR ResNet-20 and
+EfficientNet-Lite0 at W8A8 / W6A6 / W4A4.
+
+    python benchmarks/hw_generations.py [--models resnet20,lite0] [--calib 32] [--no-docs]
+
+Pairs, each against its baseline in the same run:
+- edge-16x16-ws (no global buffer) vs edge-16x16-gb256k-ws (256 KiB global buffer, residency on);
+- scalesim-32x32-os (bit-parallel) vs bitserial-32x32-os (activations one bit per cycle).
+One real image per inference (operands from integer_ref); weights and data from ../shared.
+Writes the `hw-generations` section of docs/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, replace_section  # noqa: E402
+from energy import MODELS, _images  # noqa: E402
+
+from hwmodel import load_accelerator  # noqa: E402
+from quantsim.quant.config import QuantConfig  # noqa: E402
+from quantsim.run import hardware, stages  # noqa: E402
+from quantsim.zoo import models  # noqa: E402
+
+PAIRS = [("edge-16x16-ws", "edge-16x16-gb256k-ws"), ("scalesim-32x32-os", "bitserial-32x32-os")]
+BITS = [8, 6, 4]
+
+
+def run_model(name: str, n_calib: int) -> list[dict]:
+    spec_fn, calib_spec, tog_spec, _ = MODELS[name]
+    spec, arch = spec_fn()
+    torch.manual_seed(0)
+    loaded = models.load_model(spec, arch=arch)
+    xc = _images(calib_spec, loaded.preprocess, "calib", n_calib, 0)
+    x = _images(tog_spec, loaded.preprocess, "eval", 1, 1)
+    prep = stages.prepare(loaded.model, loaded.preprocess.input_size, list(xc.split(16)), progress=False)
+    rows = []
+    for b in BITS:
+        g = stages.quantize(prep, QuantConfig(w_bits=b, a_bits=b))
+        taps = stages.integer_taps(g, x)
+        for base, new in PAIRS:
+            for preset in (base, new):
+                t0 = time.perf_counter()
+                t = hardware.simulate(g, taps, load_accelerator(preset)).totals
+                rows.append(dict(model=name, pair=f"{base} vs {new}", preset=preset, bits=f"W{b}A{b}",
+                                 cycles=t["cycles"], dram_bytes=t["dram_bytes"], seed_uj=t["e_seed_pj"] / 1e6,
+                                 det_uj=t["e_total_pj"] / 1e6, mac_uj=t["e_mac_pj"] / 1e6,
+                                 sram_uj=t["e_sram_pj"] / 1e6, dram_uj=t["e_dram_pj"] / 1e6,
+                                 fp32_uj=t["e_fp32_pj"] / 1e6, kept=t["resident_tensors"],
+                                 seconds=time.perf_counter() - t0))
+    return rows
+
+
+def markdown(df: pd.DataFrame, n_calib: int) -> str:
+    L = ["## Hardware model, second generation: residency and bit-serial arrays (issue 16)", "",
+         f"`python benchmarks/hw_generations.py` ({n_calib} calibration images, one real image per inference). "
+         "Each new preset beside the one it extends, in the same run. `edge-16x16-gb256k-ws` is `edge-16x16-ws` "
+         "plus a 256 KiB global buffer that keeps each activation on chip while it fits (first come, first kept; "
+         "weights, the image and the logits always cross DRAM; global-buffer bits at 0.82 pJ, interpolated from "
+         "Horowitz's 32 KB and 1 MB SRAM figures). `bitserial-32x32-os` is `scalesim-32x32-os` fed one "
+         "activation bit per cycle (Stripes-style): cycles scale with b_a, traffic and energy terms do not "
+         "change (its per-MAC energy is the same b² law, a simplification).", "",
+         "| model | bits | preset | cycles | DRAM bytes | kept tensors | seed µJ | detailed µJ | MAC / SRAM+GB / DRAM µJ | "
+         "vs baseline: cycles, DRAM bytes, detailed E |", "|---|---|---|---:|---:|---:|---:|---:|---|---|"]
+    for (model, bits, pair), grp in df.groupby(["model", "bits", "pair"], sort=False):
+        base = grp.iloc[0]
+        for _, r in grp.iterrows():
+            rel = "baseline" if r.preset == base.preset else (
+                f"{r.cycles / base.cycles:.3f}, {r.dram_bytes / base.dram_bytes:.3f}, {r.det_uj / base.det_uj:.3f}")
+            L.append(f"| {model} | {bits} | {r.preset} | {int(r.cycles):,} | {int(r.dram_bytes):,} | {int(r.kept)} | "
+                     f"{r.seed_uj:.2f} | {r.det_uj:.2f} | {r.mac_uj:.2f} / {r.sram_uj:.2f} / {r.dram_uj:.2f} | {rel} |")
+    return "\n".join(L) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="resnet20,lite0")
+    ap.add_argument("--calib", type=int, default=32)
+    ap.add_argument("--no-docs", action="store_true")
+    args = ap.parse_args()
+    rows = []
+    for name in args.models.split(","):
+        rows += run_model(name, args.calib)
+    df = pd.DataFrame(rows)
+    pd.set_option("display.width", 200)
+    print(df.drop(columns=["pair"]).to_string(index=False))
+    if not args.no_docs:
+        replace_section(ROOT / "docs" / "results.md", "hw-generations", markdown(df, args.calib))
+
+
+if __name__ == "__main__":
+    main()
