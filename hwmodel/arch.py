@@ -14,6 +14,7 @@ TOML schema (all keys required; sizes are positive integers)::
     cols = 32                          # PE columns
     dataflow = "ws"                    # "ws" weight-, "os" output-, "is" input-stationary
     acc_bits = 32                      # accumulator (partial sum) width in bits
+    clock_mhz = 1000                   # optional: clock, only for latency = cycles / clock
 
     [sram]                             # bytes per operand buffer, double-buffered
     ifmap_bytes = 65536
@@ -87,6 +88,11 @@ class Accelerator:
     description: str = ""
     path: str = ""
     dram_model: str = DEFAULT_DRAM_MODEL
+    clock_mhz: float | None = None  # optional [array] clock_mhz: latency = cycles / clock
+
+    def latency_us(self, cycles: int) -> float | None:
+        """Microseconds for `cycles` at the array's clock; None when the file names no clock."""
+        return cycles / self.clock_mhz if self.clock_mhz else None
 
     def with_dataflow(self, dataflow: str) -> "Accelerator":
         if dataflow not in DATAFLOWS:
@@ -139,6 +145,9 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
         if dram_model not in DRAM_MODELS:
             raise ValueError(f"accelerator file {where}: key dram.model must be one of "
                              f"{', '.join(DRAM_MODELS)}, got {dram_model!r}")
+    clock = None
+    if isinstance(doc.get("array"), dict) and "clock_mhz" in doc["array"]:
+        clock = _get(doc, "array", "clock_mhz", float, where)
     if not 8 <= acc <= 64:
         raise ValueError(f"accelerator file {where}: key array.acc_bits must be in 8..64, got {acc}")
     return Accelerator(
@@ -156,6 +165,7 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
         description=str(doc.get("description", "")),
         path=where,
         dram_model=dram_model,
+        clock_mhz=clock,
     )
 
 
