@@ -8,6 +8,7 @@ or a test can check the page against summary.json.
 """
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -69,6 +70,9 @@ td.t,th.t{text-align:left} tr:hover td{background:#f7f9fc}
 .bar{display:inline-block;height:9px;background:#4c78a8;vertical-align:middle;margin-right:6px}
 figure{margin:10px 0;overflow-x:auto} figure svg{max-width:100%;height:auto}
 pre{background:#f6f8fa;border:1px solid #e6e8ec;padding:10px;overflow-x:auto;font-size:12px}
+img.thumb{width:72px;height:auto;image-rendering:pixelated;border-radius:3px;vertical-align:middle}
+td.w{white-space:normal;min-width:240px;text-align:left} b.new{color:#b42318;font-weight:600}
+.pair{display:flex;flex-wrap:wrap;gap:28px;align-items:flex-start}
 details{margin:8px 0} summary{cursor:pointer;color:#2b4a7e}
 """
 
@@ -149,13 +153,45 @@ def _table(df: pd.DataFrame, cols, tid: str, bar: str | None = None, bar_total: 
 
 
 def _key_numbers(s: dict) -> str:
-    rows = []
-    for key, label, f in KEY_NUMBERS:
-        if key not in s:
-            continue
-        rows.append(f'<tr><td class="t">{_E(label)}</td><td data-key="{key}" data-value="{_value_attr(s[key])}">'
-                    f'{_E(f(s[key]))}</td><td class="t"><code>{key}</code></td></tr>')
-    return f'<table id="key-numbers"><tbody>{"".join(rows)}</tbody></table>'
+    """Two tables side by side: accuracy and bit-exactness; energy and hardware."""
+    split = [k for k, _, _ in KEY_NUMBERS].index("e_total_pj")
+    tables = []
+    for tid, group in (("key-accuracy", KEY_NUMBERS[:split]), ("key-hardware", KEY_NUMBERS[split:])):
+        rows = [f'<tr><td class="t">{_E(label)}</td><td data-key="{key}" data-value="{_value_attr(s[key])}">'
+                f'{_E(f(s[key]))}</td><td class="t"><code>{key}</code></td></tr>'
+                for key, label, f in group if key in s]
+        tables.append(f'<table id="{tid}"><tbody>{"".join(rows)}</tbody></table>')
+    return f'<div class="pair">{"".join(tables)}</div>'
+
+
+def _predictions(pred: pd.DataFrame, thumbs: list[bytes] | None, bits: str) -> str:
+    """Per image: its picture, FP32's and the program's five best classes (the program's classes
+    that FP32's five lack in bold), whether the top-1 agrees, how many of the five are shared."""
+    shown = pred.head(PREDICTIONS_SHOWN)
+    pics = thumbs if thumbs and len(thumbs) == len(pred) else None
+    labelled = shown["label_name"].notna().any()
+    head = ([("picture", "picture")] if pics else []) + [("image", "image")] + (
+        [("label_name", "label")] if labelled else []) + [
+        ("fp32_top5", "FP32 top-5"), ("quant_top5", f"{bits} top-5"), ("top1_agrees", "same top-1"),
+        ("top5_overlap", "shared of 5")]
+    ths = "".join(f'<th data-col="{c}" class="t">{_E(lab)}</th>' for c, lab in head)
+    body = []
+    for i, r in enumerate(shown.to_dict("records")):
+        f5, q5 = str(r["fp32_top5"]).split("|"), str(r["quant_top5"]).split("|")
+        q = ", ".join(_E(c) if c in f5 else f'<b class="new">{_E(c)}</b>' for c in q5)
+        lab = r.get("label_name")
+        cells = [f'<td class="t">{_E(str(r["image"]))}</td>'] + (
+                [f'<td class="t">{_E(lab) if isinstance(lab, str) else ""}</td>'] if labelled else []) + [
+                 f'<td class="t w">{_E(", ".join(f5))}</td>', f'<td class="t w">{q}</td>',
+                 f'<td class="t {"ok" if r["top1_agrees"] else "bad"}">{"yes" if r["top1_agrees"] else "no"}</td>',
+                 f'<td data-v="{int(r["top5_overlap"])}">{int(r["top5_overlap"])}/5</td>']
+        if pics:
+            src = "data:image/png;base64," + base64.b64encode(pics[i]).decode("ascii")
+            cells.insert(0, f'<td class="t" data-v="{i}"><img class="thumb" alt="{_E(str(r["image"]))}" src="{src}"></td>')
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    table = (f'<table class="sortable" id="predictions"><thead><tr>{ths}</tr></thead>'
+             f'<tbody>{"".join(body)}</tbody></table>')
+    return table if len(shown) <= 16 else f'<div class="scroll">{table}</div>'  # a few photos: no scroll box
 
 
 def _card(title: str, value: str, detail: str, cls: str = "") -> str:
@@ -173,9 +209,9 @@ def _cards(s: dict) -> str:
     bx = _card("bit-exact", "yes" if s.get("bitexact_images") and not bad else ("no" if bad else "not checked"),
                f"{fmt.count(bad)} differing integers on {fmt.count(s.get('bitexact_images'))} images",
                "bad" if bad else "ok")
+    w8 = "the W8A8 reference" if str(s.get("bits")).upper() == "W8A8" else f"{fmt.ratio(s.get('energy_ratio_w8a8'))} W8A8"
     en = _card("energy per image", fmt.energy(s.get("e_total_pj")),
-               f"{fmt.ratio(s.get('energy_ratio_fp32'))} FP32, {fmt.ratio(s.get('energy_ratio_w8a8'))} W8A8 "
-               f"(seed model {fmt.energy(s.get('e_seed_pj'))})")
+               f"{fmt.ratio(s.get('energy_ratio_fp32'))} FP32, {w8} (seed model {fmt.energy(s.get('e_seed_pj'))})")
     lat = _card("latency per image", fmt.latency(s.get("latency_us")),
                 f"{fmt.count(s.get('cycles'))} cycles at {fmt.short(s.get('clock_mhz')) or 'n/a'} MHz (assumed); "
                 f"DRAM {fmt.nbytes(s.get('dram_bytes'))}")
@@ -201,8 +237,9 @@ def _flat_summary(s: dict) -> str:
 
 
 def run_report(s: dict, layers: pd.DataFrame | None, pred: pd.DataFrame | None, figures: dict[str, str],
-               text: str) -> str:
-    """report.html of one run; `figures` maps a caption to an SVG document's text."""
+               text: str, thumbs: list[bytes] | None = None) -> str:
+    """report.html of one run; `figures` maps a caption to an SVG document's text, `thumbs` are
+    PNG bytes per evaluation image (shown beside its predictions)."""
     title = f"{s.get('model')} at {s.get('bits')} on {s.get('accelerator')}"
     parts = [f"<h1>{_E(title)}</h1>",
              f'<p class="sub">{_E(str(s.get("granularity") or ""))} {_E(str(s.get("calib_method") or ""))} '
@@ -211,17 +248,20 @@ def run_report(s: dict, layers: pd.DataFrame | None, pred: pd.DataFrame | None, 
              _cards(s)]
     if s.get("note"):
         parts.append(f'<p class="sub">{_E(str(s["note"]))}</p>')
-    parts += ["<h2>Key numbers</h2>", _key_numbers(s)]
+    per_image = []
+    if pred is not None and len(pred):
+        more = f" (first {PREDICTIONS_SHOWN} of {len(pred)}; all in predictions.csv)" if len(pred) > PREDICTIONS_SHOWN else ""
+        per_image = [f"<h2>Per image: five best classes, FP32 and the integer program{_E(more)}</h2>",
+                     '<p class="sub">In bold: the program\'s classes that are not among FP32\'s five.</p>',
+                     _predictions(pred, thumbs, str(s.get("bits")))]
+    few = len(pred) <= (len(thumbs) if thumbs else 0) if pred is not None else False
+    if few:  # a handful of photos (the demo): their story comes first
+        parts += per_image
     for caption, svg in figures.items():
         parts += [f"<h2>{_E(caption)}</h2>", _figure(svg)]
-    if pred is not None and len(pred):
-        shown = pred.head(PREDICTIONS_SHOWN).copy()
-        for c in ("fp32_top5", "quant_top5"):
-            shown[c] = shown[c].str.replace("|", ", ", regex=False)
-        more = f" (first {PREDICTIONS_SHOWN} of {len(pred)}; all in predictions.csv)" if len(pred) > PREDICTIONS_SHOWN else ""
-        parts += [f"<h2>Per image: FP32 and the integer program, five best classes{_E(more)}</h2>",
-                  _table(shown, ("image", "label_name", "fp32_top5", "quant_top5", "top1_agrees", "top5_overlap"),
-                         "predictions")]
+    parts += ["<h2>Key numbers</h2>", _key_numbers(s)]
+    if not few:
+        parts += per_image
     if layers is not None and len(layers):
         tot = float(pd.to_numeric(layers["e_total_pj"], errors="coerce").sum()) if "e_total_pj" in layers else None
         cols = list(LAYER_COLUMNS) + [c for c in layers.columns if c.startswith("sens_")]

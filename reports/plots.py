@@ -45,23 +45,34 @@ def pareto_front(points, acc: str = "top1", energy: str = "e_total_pj") -> np.nd
     return ok & ~dom.any(axis=0)
 
 
+def _energy_unit(max_pj: float) -> tuple[float, str]:
+    """The SI unit an axis of energies up to max_pj (pJ) reads best in: (pJ per unit, name)."""
+    for scale, unit in ((1e9, "mJ"), (1e6, "µJ"), (1e3, "nJ")):
+        if max_pj >= scale:
+            return scale, unit
+    return 1.0, "pJ"
+
+
 def energy_breakdown(rows: pd.DataFrame, path_stem: str | os.PathLike,
                      title: str | None = None) -> tuple[Path, Path]:
-    """Stacked bars per layer: MAC, SRAM and DRAM energy (pJ), in the rows' order."""
+    """Stacked bars per layer: MAC, SRAM and DRAM energy (in pJ, drawn in the unit that reads best),
+    in the rows' order."""
     _require(rows, ["layer"] + [c for c, _ in _PARTS], "energy_breakdown")
     n = len(rows)
     fig = Figure(figsize=(max(6.0, 0.28 * n + 2.0), 4.5))
     ax = fig.add_subplot()
     x = np.arange(n)
     bottom = np.zeros(n)
+    total = sum(rows[c].to_numpy(dtype=float) for c, _ in _PARTS)
+    scale, unit = _energy_unit(float(np.max(total)) if n else 0.0)
     for col, name in _PARTS:
-        v = rows[col].to_numpy(dtype=float)
+        v = rows[col].to_numpy(dtype=float) / scale
         ax.bar(x, v, bottom=bottom, label=name, width=0.8)
         bottom += v
     ax.set_xticks(x)
     ax.set_xticklabels([str(l) for l in rows["layer"]], rotation=90, fontsize=7)
     ax.set_xlim(-0.6, n - 0.4)
-    ax.set_ylabel("energy (pJ)")
+    ax.set_ylabel(f"energy per image ({unit})")
     ax.set_title(title or "Energy per layer")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)

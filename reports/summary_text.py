@@ -53,12 +53,15 @@ def accuracy_lines(s: dict) -> list[str]:
 def energy_lines(s: dict) -> list[str]:
     if fmt.missing(s.get("e_total_pj")):
         return []
+    w8 = str(s.get("bits")).upper() == "W8A8"  # the reference itself: its W8A8 ratio is 1 by definition
     lines = [f"{fmt.energy(s['e_total_pj'])} per image (detailed model): {fmt.ratio(s.get('energy_ratio_fp32'))} "
-             f"FP32's {fmt.energy(s.get('e_fp32_pj'))}, {fmt.ratio(s.get('energy_ratio_w8a8'))} "
-             f"W8A8's {fmt.energy(s.get('e_w8a8_pj'))}"]
+             f"FP32's {fmt.energy(s.get('e_fp32_pj'))}, "
+             + ("this is the W8A8 reference" if w8 else
+                f"{fmt.ratio(s.get('energy_ratio_w8a8'))} W8A8's {fmt.energy(s.get('e_w8a8_pj'))}")]
     if not fmt.missing(s.get("e_seed_pj")):
         lines.append(f"{fmt.energy(s['e_seed_pj'])} per image (seed model, E_MAC ~ b^2 + DRAM): "
-                     f"{fmt.ratio(s.get('seed_ratio_fp32'))} FP32, {fmt.ratio(s.get('seed_ratio_w8a8'))} W8A8")
+                     f"{fmt.ratio(s.get('seed_ratio_fp32'))} FP32"
+                     + ("" if w8 else f", {fmt.ratio(s.get('seed_ratio_w8a8'))} W8A8"))
     tot = s.get("e_total_pj")
     parts = [(k, s.get(f"e_{k.lower()}_pj")) for k in ("MAC", "SRAM", "DRAM")]
     if all(not fmt.missing(v) for _, v in parts) and tot:
@@ -124,7 +127,7 @@ def run_summary(s: dict, layers: pd.DataFrame | None, pred: pd.DataFrame | None,
             f"{i}. {str(r['layer']):<{w}}  {r['op']:<7} {widths(r):<6} {fmt.energy(r['e_total_pj']):>9}  "
             f"{100.0 * float(r['e_total_pj']) / tot:4.1f}% of the energy"
             for i, r in enumerate(top.to_dict("records"), 1)])
-    if s.get("note") and not photos:
+    if s.get("note"):
         lines += _block("Note", [str(s["note"])])
     lines += _block("Files", [f"{Path(out) / 'report.html'}  (open in a browser: plots and every layer)",
                               ", ".join(files)])

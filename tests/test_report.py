@@ -4,6 +4,7 @@ numbers are summary.json's, every layer of layers.csv is in it, nothing is fetch
 the tables sort)."""
 from __future__ import annotations
 
+import base64
 import contextlib
 import html
 import io
@@ -178,7 +179,15 @@ def test_report_html_holds_the_summary_and_every_layer(r20):
     assert len(page.tables["predictions"]) == 1 + 16
     assert text.count("<svg") >= 1 and "<?xml" not in text  # the energy plot, inline
     # self-contained: every link and source is inside the page
-    assert page.urls and all(u.startswith("#") for u in page.urls), [u for u in page.urls if not u.startswith("#")]
+    inside = [u for u in page.urls if u.startswith("#")]
+    thumbs = [u for u in page.urls if u.startswith("data:image/png;base64,")]
+    assert inside and len(inside) + len(thumbs) == len(page.urls), set(page.urls) - set(inside) - set(thumbs)
+    # a thumbnail per image (16: few enough), each the PNG written beside the report
+    assert len(thumbs) == 16
+    for i, u in enumerate(thumbs):
+        png = base64.b64decode(u.split(",", 1)[1])
+        assert png == (out / "thumbs" / f"{i:03d}.png").read_bytes()
+        assert Image.open(io.BytesIO(png)).size == (96, 96)  # CIFAR's 32x32, enlarged 3x
     assert not re.search(r"url\(\s*['\"]?(https?:|//)|@import|<link\b", text)
     assert html.unescape(re.search(r"<pre>(.*?)</pre>", text, re.S).group(1)) == stdout
 

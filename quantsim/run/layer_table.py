@@ -11,7 +11,7 @@ import pandas as pd
 from hwmodel.mapping import packed_bytes
 from integer_ref.ir import MAC_OPS, Graph
 from reports.html import run_report
-from reports.io import ReportDir
+from reports.io import ReportDir, write_bytes_atomic
 from reports.summary_text import run_summary
 
 LAYER_COLUMNS = ["layer", "op", "source", "w_bits", "a_bits", "out_bits", "w_signed", "a_signed", "out_signed",
@@ -79,7 +79,7 @@ FIGURES = (("energy_breakdown.svg", "Energy per layer: MAC, SRAM, DRAM"),
 
 
 def write_reports(out: Path, summary: dict, layers: pd.DataFrame | None, graph: Graph | None = None,
-                  extra=None, predictions: pd.DataFrame | None = None) -> str:
+                  extra=None, predictions: pd.DataFrame | None = None, thumbs: list[bytes] | None = None) -> str:
     """Everything for --out in one staged commit: a failed run leaves no files behind. Last come
     the person's views of those files, summary.txt and report.html; returns the summary text."""
     flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
@@ -90,6 +90,9 @@ def write_reports(out: Path, summary: dict, layers: pd.DataFrame | None, graph: 
             rd.write_csv("layers.csv", layers)
         if predictions is not None:
             rd.write_csv("predictions.csv", predictions)
+        if thumbs:
+            for i, png in enumerate(thumbs):
+                write_bytes_atomic(rd.path(f"thumbs/{i:03d}.png"), png)
         if graph is not None:
             graph.save(rd.path("ir"))
         if extra is not None:
@@ -99,5 +102,5 @@ def write_reports(out: Path, summary: dict, layers: pd.DataFrame | None, graph: 
         files = sorted(p.name for p in rd.staging.iterdir()) + ["summary.txt"]
         text = run_summary(summary, layers, predictions, out, files)
         rd.write_text("summary.txt", text)
-        rd.write_text("report.html", run_report(summary, layers, predictions, figures, text))
+        rd.write_text("report.html", run_report(summary, layers, predictions, figures, text, thumbs))
     return text

@@ -1,14 +1,21 @@
 """predictions.csv: per evaluation image, FP32's and the integer program's five best classes
-(indices and names) and how many of them they share, so "agreement" has a face."""
+(indices and names) and how many of them they share, so "agreement" has a face; for a few
+images (the demo's photos) a thumbnail of each image as the model sees it."""
 from __future__ import annotations
+
+import io
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 from torch.utils.data import Subset
 
 from quantsim.run.stages import Accuracy
+from quantsim.zoo.preprocess import Preprocess
 
-__all__ = ["image_names", "predictions_table"]
+__all__ = ["THUMBNAILS_UP_TO", "image_names", "predictions_table", "thumbnails"]
+
+THUMBNAILS_UP_TO = 16  # evaluation sets this small get a thumbnail per image
 
 
 def image_names(ds) -> list[str]:
@@ -53,3 +60,26 @@ def predictions_table(acc: Accuracy, eval_ds, class_names: list[str] | None) -> 
     df = pd.DataFrame(rows)
     df["label"] = df["label"].astype("Int64")
     return df
+
+
+def thumbnails(eval_ds, preprocess: Preprocess, size: int = 112) -> list[bytes] | None:
+    """PNG bytes per evaluation image (the model's input, normalisation undone, at most `size`
+    pixels a side), for sets of up to THUMBNAILS_UP_TO images; None for larger sets."""
+    if len(eval_ds) > THUMBNAILS_UP_TO:
+        return None
+    mean = np.asarray(preprocess.mean, np.float32)[:, None, None]
+    std = np.asarray(preprocess.std, np.float32)[:, None, None]
+    out = []
+    for i in range(len(eval_ds)):
+        x = np.asarray(eval_ds[i][0], np.float32) * std + mean
+        rgb = np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+        img = Image.fromarray(rgb if rgb.shape[2] == 3 else rgb[:, :, 0])
+        if max(img.size) > size:
+            img.thumbnail((size, size))
+        elif max(img.size) < size // 2:  # CIFAR's 32x32: enlarge, pixels kept sharp
+            k = size // max(img.size)
+            img = img.resize((img.size[0] * k, img.size[1] * k), Image.NEAREST)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=True)
+        out.append(buf.getvalue())
+    return out

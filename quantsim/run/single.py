@@ -24,7 +24,7 @@ from quantsim.run.inputs import (batches, check_images, check_out_dir, heldout_l
                                  load_inputs, parse_candidates)
 from quantsim.run.layer_table import layer_table, merge_rows, write_reports
 from quantsim.run.options import RunOptions
-from quantsim.run.predictions import predictions_table
+from quantsim.run.predictions import predictions_table, thumbnails
 from quantsim.zoo import datasets
 from reports.plots import width_map
 
@@ -200,7 +200,8 @@ def run(opts: RunOptions) -> dict:
         if plan:
             width_map(widths_table(plan, hw), rd.path("width_map"), title=f"{title}: widths and energy share per layer")
     write_reports(chk.out, summary, layers, graph if (opts.save_ir and cfg) else None, extra=figures,
-                  predictions=predictions_table(acc, eval_ds, loaded.class_names) if cfg else None)
-    if inp.note and not opts.quiet:
+                  predictions=predictions_table(acc, eval_ds, loaded.class_names) if cfg else None,
+                  thumbs=thumbnails(eval_ds, loaded.preprocess) if cfg else None)
+    if inp.note and opts.json:  # the human summary carries the note; a script reading JSON sees it here
         print(inp.note, file=sys.stderr)
     return summary
