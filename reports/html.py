@@ -272,18 +272,23 @@ def run_report(s: dict, layers: pd.DataFrame | None, pred: pd.DataFrame | None, 
     return _page(title, "\n".join(parts))
 
 
-def sweep_report(points: pd.DataFrame, meta: dict, frontier, figures: dict[str, str], text: str) -> str:
-    """report.html of a Pareto sweep: the plot, every point (frontier marked), the width maps."""
+def sweep_report(points: pd.DataFrame, meta: dict, frontier, pareto_svg: str | None, width_maps: dict[str, str],
+                 text: str) -> str:
+    """report.html of a Pareto sweep: the plot, every point (frontier marked), the width maps
+    (`width_maps`: a caption per SVG text) folded."""
     title = f"Pareto sweep: {meta.get('model')} on {meta.get('accelerator')}"
     pts = points.copy()
     pts.insert(1, "frontier", [bool(x) for x in frontier])
     parts = [f"<h1>{_E(title)}</h1>",
              f'<p class="sub">{fmt.count(meta.get("n_eval"))} evaluation images, {fmt.count(meta.get("n_calib"))} '
              f'calibration images; energy per image, detailed model; W8A8 {fmt.energy(meta.get("w8a8_pj"))}</p>']
-    for caption, svg in figures.items():
-        parts += [f"<h2>{_E(caption)}</h2>", _figure(svg)]
+    if pareto_svg:
+        parts += ["<h2>Top-1 against energy per image (frontier, FP32 top-1, W8A8 energy)</h2>", _figure(pareto_svg)]
     parts += [f"<h2>Every point ({len(pts)}; click a column to sort)</h2>",
-              _table(pts, ("label", "frontier") + POINT_COLUMNS[1:], "points"),
-              "<h2>Terminal summary</h2>", f"<pre>{_E(text)}</pre>"]
+              _table(pts, ("label", "frontier") + POINT_COLUMNS[1:], "points")]
+    if width_maps:
+        parts.append("<h2>Widths per layer of the mixed points</h2>")
+    for caption, svg in width_maps.items():
+        parts += [f"<details><summary>{_E(caption)}</summary>", _figure(svg), "</details>"]
+    parts += ["<h2>Terminal summary</h2>", f"<pre>{_E(text)}</pre>"]
     return _page(title, "\n".join(parts))
-

@@ -88,9 +88,11 @@ def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
     picks a log energy axis when the energies span more than a factor of 20."""
     _require(points, ["label", "top1", "e_total_pj"], "pareto")
     pts = points.reset_index(drop=True)
-    e = pts["e_total_pj"].to_numpy(dtype=float)
-    a = pts["top1"].to_numpy(dtype=float)
     mask = pareto_front(pts)
+    e_pj = pts["e_total_pj"].to_numpy(dtype=float)
+    scale, unit = _energy_unit(float(np.nanmax(e_pj)) if np.isfinite(e_pj).any() else 0.0)
+    e = e_pj / scale  # drawn in the unit that reads best
+    a = pts["top1"].to_numpy(dtype=float)
 
     fig = Figure(figsize=(8.0, 5.5))
     ax = fig.add_subplot()
@@ -115,14 +117,14 @@ def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
         ax.axhline(fp32_top1, color="tab:gray", ls="--", lw=1,
                    label=f"FP32 top-1 ({fp32_top1:.4g})")
     if w8a8_energy is not None:
-        ax.axvline(w8a8_energy, color="tab:red", ls=":", lw=1,
-                   label=f"W8A8 energy ({w8a8_energy:.4g} pJ)")
+        ax.axvline(w8a8_energy / scale, color="tab:red", ls=":", lw=1,
+                   label=f"W8A8 energy ({w8a8_energy / scale:.4g} {unit})")
     finite = e[np.isfinite(e) & (e > 0)]
     if logx is None:
         logx = finite.size > 1 and finite.max() / finite.min() > 20
     if logx:
         ax.set_xscale("log")
-    ax.set_xlabel("energy (pJ)")
+    ax.set_xlabel(f"energy per image ({unit})")
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(title or "Accuracy against energy")
     ax.grid(alpha=0.3)

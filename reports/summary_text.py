@@ -148,7 +148,7 @@ def sweep_summary(points: pd.DataFrame, meta: dict, out: str | Path, frontier) -
     w = [max(len(x[i]) for x in rows + [head]) for i in range(len(head))]
     for r in [head] + rows:
         lines.append("  ".join(c.ljust(w[i]) if i in (0, 1, 7) else c.rjust(w[i]) for i, c in enumerate(r)).rstrip())
-    lines += ["", "* on the Pareto frontier (no other point has both higher top-1 and lower energy)",
+    lines += ["", "* on the Pareto frontier of the quantized points: no other is as accurate for less energy, or more accurate for no more",
               f"Files      {Path(out) / 'report.html'}  (open in a browser: the plot and every point)",
               "           points.csv, pareto.png/.svg, sweep.json, summary.txt"]
     return "\n".join(lines) + "\n"

@@ -329,17 +329,14 @@ def _plots(out: Path, df: pd.DataFrame, args, title: str) -> None:
 
 def _report(out: Path, df: pd.DataFrame, meta: dict) -> None:
     """summary.txt and report.html: the points, the Pareto plot and the width maps, for a person."""
-    energy = pd.to_numeric(df["e_total_pj"], errors="coerce") if "e_total_pj" in df else None
-    top1 = pd.to_numeric(df["top1"], errors="coerce") if "top1" in df else None
-    front = (pareto_front(pd.DataFrame({"top1": top1, "e_total_pj": energy})) if energy is not None
-             and top1 is not None else np.zeros(len(df), bool))
-    figures = {}
-    if (out / "pareto.svg").exists():
-        figures["Top-1 against energy per image (frontier, FP32 top-1, W8A8 energy)"] = (out / "pareto.svg").read_text()
-    for label in df["label"].astype(str):
-        svg = out / f"width_map_{label}.svg"
-        if svg.exists():
-            figures[f"{label}: widths per layer and their share of energy"] = svg.read_text()
+    # the frontier of the quantized points, as the plot draws it (FP32 is a reference line there)
+    quantized = (df["policy"] != "fp32").to_numpy()
+    pts = pd.DataFrame({"top1": pd.to_numeric(df["top1"], errors="coerce").where(quantized),
+                        "e_total_pj": pd.to_numeric(df["e_total_pj"], errors="coerce")})
+    front = pareto_front(pts)
+    pareto_svg = (out / "pareto.svg").read_text() if (out / "pareto.svg").exists() else None
+    maps = {f"{label}: widths per layer and their share of energy": (out / f"width_map_{label}.svg").read_text()
+            for label in df["label"].astype(str) if (out / f"width_map_{label}.svg").exists()}
     text = sweep_summary(df, meta, out, front)
     write_text_atomic(out / "summary.txt", text)
-    write_text_atomic(out / "report.html", sweep_report(df, meta, front, figures, text))
+    write_text_atomic(out / "report.html", sweep_report(df, meta, front, pareto_svg, maps, text))
