@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
+
 __all__ = ["missing", "energy", "ratio", "pct", "latency", "nbytes", "count", "short"]
 
 NA = "n/a"
@@ -64,7 +66,7 @@ def count(n) -> str:
 
 def short(x) -> str:
     """A table cell: integers with separators, floats with 4 significant digits, text as is."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    if x is None or x is pd.NA or x is pd.NaT or (isinstance(x, float) and math.isnan(x)):
         return ""
     if isinstance(x, bool):
         return "yes" if x else "no"

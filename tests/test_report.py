@@ -209,6 +209,32 @@ def test_quiet_and_json(tmp_path, tiny_ckpt, tiny_data, mode, capsys):
         assert {"model", "bits", "top1", "agreement_fp32", "bitexact_mismatches", "e_total_pj"} <= set(json.loads(lines[0]))
 
 
+def test_fp32_run_summary_says_what_was_not_checked(tmp_path, tiny_ckpt, tiny_data, capsys):
+    out = tmp_path / "fp32"
+    assert simulate.main([str(tiny_ckpt), "--bits", "fp32", "--data", f"cifar10:{tiny_data}", "--calib", "4",
+                          "--eval", "4", "--out", str(out), "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    s = json.loads((out / "summary.json").read_text())
+    assert stdout == (out / "summary.txt").read_text() and stdout.startswith("quantsim: cifar_resnet20 at fp32")
+    assert "Bit-exact  not checked" in stdout and "Costliest" not in stdout  # no integer program, no layers.csv
+    assert s["energy_ratio_fp32"] == 1.0 and s["energy_ratio_w8a8"] > 1
+    page = Page((out / "report.html").read_text())
+    assert check_key_numbers(page, s) >= 10 and "layers" not in page.tables
+
+
+def test_numbers_read_as_a_person_reads_them():
+    assert fmt.energy(1.86e8) == "186 µJ" and fmt.energy(3.45e9) == "3.45 mJ" and fmt.energy(12.0) == "12 pJ"
+    assert fmt.energy(0) == "0 pJ" and fmt.energy(None) == fmt.energy(float("nan")) == "n/a"
+    assert fmt.latency(93.108) == "93.1 µs" and fmt.latency(4035.162) == "4.04 ms" and fmt.latency(0.5) == "500 ns"
+    assert fmt.nbytes(955392) == "933 KiB" and fmt.nbytes(512) == "512 B" and fmt.nbytes(3 * 2 ** 30) == "3 GiB"
+    assert fmt.ratio(0.2214) == "0.221x" and fmt.pct(62.5, 1) == "62.5%" and fmt.count(4035162) == "4,035,162"
+    assert fmt.short(np.float64(9137000.0)) == "9,137,000" and fmt.short(0.012346) == "0.01235"
+    assert fmt.short(np.bool_(True)) == "yes" and fmt.short(pd.NA) == "" and fmt.short(None) == ""
+    for text, value in (("186 µJ", 1.86e8), ("93.1 µs", 93.1), ("933 KiB", 933 * 1024), ("75.00%", 75.0),
+                        ("0.221x", 0.221), ("4,035,162", 4035162), ("9.137e+06", 9.137e6)):
+        assert shown_value(text) == pytest.approx(value)
+
+
 def test_quiet_and_json_exclude_each_other(tmp_path, tiny_ckpt, capsys):
     with pytest.raises(SystemExit) as e:
         simulate.main([str(tiny_ckpt), "--quiet", "--json", "--out", str(tmp_path / "o")])

@@ -99,7 +99,7 @@ def write_reports(out: Path, summary: dict, layers: pd.DataFrame | None, graph: 
             extra(rd)
         figures = {caption: (rd.staging / name).read_text() for name, caption in FIGURES
                    if (rd.staging / name).exists()}
-        files = sorted(p.name for p in rd.staging.iterdir()) + ["summary.txt"]
+        files = sorted(p.name + ("/" if p.is_dir() else "") for p in rd.staging.iterdir()) + ["summary.txt"]
         text = run_summary(summary, layers, predictions, out, files)
         rd.write_text("summary.txt", text)
         rd.write_text("report.html", run_report(summary, layers, predictions, figures, text, thumbs))
