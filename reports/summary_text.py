@@ -27,7 +27,9 @@ def widths(row) -> str:
     w, a = row.get("w_bits"), row.get("a_bits")
     if fmt.missing(w) and fmt.missing(a):
         return "-"
-    return f"W{'-' if fmt.missing(w) else int(w)}A{'-' if fmt.missing(a) else int(a)}"
+    if fmt.missing(w):  # no weights (add, pool): the input's width only
+        return f"A{int(a)}"
+    return f"W{int(w)}" + ("" if fmt.missing(a) else f"A{int(a)}")
 
 
 def accuracy_lines(s: dict) -> list[str]:
@@ -90,12 +92,14 @@ def photo_lines(pred: pd.DataFrame | None, bits: str) -> list[str]:
     if pred is None or pred.empty or len(pred) > PHOTOS_SHOWN:
         return []
     w = max(len(str(x)) for x in pred["image"])
+    b = max(4, len(bits))
     out = [f"Per image, five best classes, FP32 and the {bits} integer program:"]
     for r in pred.to_dict("records"):
         lab = f" (label: {r['label_name']})" if isinstance(r.get("label_name"), str) else ""
         same = "same top-1" if r["top1_agrees"] else "top-1 differs"
-        out.append(f"  {str(r['image']):<{w}}  FP32  {', '.join(r['fp32_top5'].split('|'))}{lab}")
-        out.append(f"  {'':<{w}}  {bits:<4}  {', '.join(r['quant_top5'].split('|'))}  [{same}, {r['top5_overlap']}/5 shared]")
+        out.append(f"  {str(r['image']):<{w}}  {'FP32':<{b}}  {', '.join(r['fp32_top5'].split('|'))}{lab}")
+        out.append(f"  {'':<{w}}  {bits:<{b}}  {', '.join(r['quant_top5'].split('|'))}  "
+                   f"[{same}, {r['top5_overlap']}/5 shared]")
     return out
 
 

@@ -30,7 +30,11 @@ def image_names(ds) -> list[str]:
     if names:
         return [str(names[i]) for i in idx]
     if samples:
-        return [str(samples[i][0].name) for i in idx]
+        paths = [samples[i][0] for i in idx]
+        short = [p.name for p in paths]
+        if len(set(short)) == len(short):
+            return short
+        return [f"{p.parent.name}/{p.name}" for p in paths]  # class folders may repeat file names
     return [f"#{i}" for i in idx]
 
 
