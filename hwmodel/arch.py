@@ -15,11 +15,15 @@ TOML schema (all keys required; sizes are positive integers)::
     dataflow = "ws"                    # "ws" weight-, "os" output-, "is" input-stationary
     acc_bits = 32                      # accumulator (partial sum) width in bits
     clock_mhz = 1000                   # optional: clock, only for latency = cycles / clock
+    precision = "bit-parallel"         # optional: "bit-parallel" (default) or "bit-serial", see below
+    serial_bits = 1                    # optional, bit-serial only: activation bits a PE takes per cycle
 
     [sram]                             # bytes per operand buffer, double-buffered
     ifmap_bytes = 65536
     filter_bytes = 65536
     ofmap_bytes = 65536
+    global_bytes = 262144              # optional: a global buffer that holds activations between layers
+    residency = true                   # optional (needs global_bytes): keep activations on chip, see below
 
     [dram]
     bus_bits = 64                      # DRAM interface width
@@ -44,6 +48,20 @@ iteration of the loops outside it, in whichever tiling and loop order moves fewe
 forgets its whole active half each time it fills: it reproduces SCALE-Sim's DRAM counts
 exactly (tests/test_hw_scalesim.py) and is pessimistic where a layer's ifmap would fit.
 
+sram.global_bytes is a global buffer beside the operand buffers. With residency on
+(sram.residency = true, or --residency on), hwmodel.residency keeps each activation tensor
+there from the layer that writes it to the last layer that reads it whenever it fits beside
+the tensors already held (first come, first kept): its DRAM write and its later DRAM reads
+become global-buffer writes and reads (energy.e_gb_bit_pj per bit, a required key then).
+Weights, the input image and the network's output always cross DRAM. With residency off
+every count is that of the accelerator without a global buffer.
+
+array.precision = "bit-serial" is a precision-scalable array in the manner of Stripes (Judd et
+al., MICRO 2016): weights held bit-parallel, activations fed serial_bits bits per cycle, so
+every step of the array's schedule (fill, stream, drain) takes ceil(b_a / serial_bits) cycles
+and a layer's cycles scale with its activation width: W4A4 takes half the cycles of W8A8 on
+the same array. Traffic and the energy terms are those of the bit-parallel array.
+
 A bad file raises ValueError with one line naming the file and the key.
 """
 from __future__ import annotations
@@ -57,6 +75,7 @@ from .dataflow import DATAFLOWS
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DRAM_MODELS = ("reuse", "scalesim")
 DEFAULT_DRAM_MODEL = "reuse"
+PRECISIONS = ("bit-parallel", "bit-serial")
 ENERGY_KEYS = ("e_mac8_pj", "e_add32_pj", "e_fp32_mult_pj", "e_fp32_add_pj",
                "e_sram_bit_pj", "e_dram_bit_pj")
 
@@ -93,6 +112,22 @@ class Accelerator:
     def latency_us(self, cycles: int) -> float | None:
         """Microseconds for `cycles` at the array's clock; None when the file names no clock."""
         return cycles / self.clock_mhz if self.clock_mhz else None
+    precision: str = "bit-parallel"
+    serial_bits: int = 1
+    sram_global_bytes: int = 0
+    residency: bool = False
+    e_gb_bit_pj: float = 0.0
+    e_gb_bit_source: str = ""
+
+    def cycle_steps(self, x_bits: int) -> int:
+        """Array cycles per step of the schedule for activations of x_bits (1 when bit-parallel)."""
+        return -(-int(x_bits) // self.serial_bits) if self.precision == "bit-serial" else 1
+
+    def with_residency(self, on: bool) -> "Accelerator":
+        """The same accelerator with activation residency in its global buffer on or off."""
+        if on and not self.sram_global_bytes:
+            raise ValueError(f"accelerator {self.name} has no global buffer (sram.global_bytes): residency needs one")
+        return replace(self, residency=bool(on))
 
     def with_dataflow(self, dataflow: str) -> "Accelerator":
         if dataflow not in DATAFLOWS:
@@ -148,6 +183,29 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
     clock = None
     if isinstance(doc.get("array"), dict) and "clock_mhz" in doc["array"]:
         clock = _get(doc, "array", "clock_mhz", float, where)
+    precision, serial_bits = "bit-parallel", 1
+    arr = doc.get("array") if isinstance(doc.get("array"), dict) else {}
+    if "precision" in arr:
+        precision = _get(doc, "array", "precision", str, where)
+        if precision not in PRECISIONS:
+            raise ValueError(f"accelerator file {where}: key array.precision must be one of "
+                             f"{', '.join(PRECISIONS)}, got {precision!r}")
+    if "serial_bits" in arr:
+        serial_bits = _get(doc, "array", "serial_bits", int, where)
+        if precision != "bit-serial":
+            raise ValueError(f"accelerator file {where}: key array.serial_bits needs array.precision = \"bit-serial\"")
+    gb, residency, e_gb, e_gb_src = 0, False, 0.0, ""
+    sram = doc.get("sram") if isinstance(doc.get("sram"), dict) else {}
+    if "global_bytes" in sram:
+        gb = _get(doc, "sram", "global_bytes", int, where)
+        e_gb = _get(doc, "energy", "e_gb_bit_pj", float, where)
+        e_gb_src = _get(doc, "energy", "e_gb_bit_source", str, where)
+    if "residency" in sram:
+        residency = sram["residency"]
+        if not isinstance(residency, bool):
+            raise ValueError(f"accelerator file {where}: key sram.residency must be true or false, got {residency!r}")
+        if residency and not gb:
+            raise ValueError(f"accelerator file {where}: key sram.residency needs sram.global_bytes")
     if not 8 <= acc <= 64:
         raise ValueError(f"accelerator file {where}: key array.acc_bits must be in 8..64, got {acc}")
     return Accelerator(
@@ -166,6 +224,12 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
         path=where,
         dram_model=dram_model,
         clock_mhz=clock,
+        precision=precision,
+        serial_bits=serial_bits,
+        sram_global_bytes=gb,
+        residency=residency,
+        e_gb_bit_pj=e_gb,
+        e_gb_bit_source=e_gb_src,
     )
 
 

@@ -104,6 +104,11 @@ def sram_bits(row: dict) -> int:
                 + row["sram_rd_ofmap_bytes"] + row["sram_wr_ofmap_bytes"])
 
 
+def global_buffer_energy(accel: Accelerator, row: dict) -> float:
+    """Reads and writes of activations held in the global buffer (hwmodel.residency)."""
+    return 8 * (row.get("gb_rd_bytes", 0) + row.get("gb_wr_bytes", 0)) * accel.e_gb_bit_pj
+
+
 def detailed_energy(accel: Accelerator, row: dict, toggles: float | None) -> dict:
     """Detailed model for one mapped layer (row from hwmodel.mapping)."""
     en = accel.energy
@@ -117,7 +122,7 @@ def detailed_energy(accel: Accelerator, row: dict, toggles: float | None) -> dic
     e_mac += row["n_add"] * en.e_add32_pj
     e_vec = stages_energy(accel, row.get("vec_stages", ()))
     e_mac += e_vec
-    e_sram = sram_bits(row) * en.e_sram_bit_pj
+    e_sram = sram_bits(row) * en.e_sram_bit_pj + global_buffer_energy(accel, row)
     e_dram = row["dram_bursts"] * accel.burst_bytes * 8 * en.e_dram_bit_pj
     return {"e_mac_pj": e_mac, "e_vec_pj": e_vec, "e_sram_pj": e_sram, "e_dram_pj": e_dram,
             "e_total_pj": e_mac + e_sram + e_dram}
@@ -128,6 +133,6 @@ def fp32_energy(accel: Accelerator, row32: dict) -> float:
     en = accel.energy
     e = row32["n_mac"] * (en.e_fp32_mult_pj + en.e_fp32_add_pj) + row32["n_add"] * en.e_fp32_add_pj
     e += stages_energy_fp32(accel, row32.get("vec_stages", ()))
-    e += sram_bits(row32) * en.e_sram_bit_pj
+    e += sram_bits(row32) * en.e_sram_bit_pj + global_buffer_energy(accel, row32)
     e += row32["dram_bursts"] * accel.burst_bytes * 8 * en.e_dram_bit_pj
     return e

@@ -464,7 +464,7 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
                 sram_w *= blocks
             else:
                 sram_x *= blocks
-    cycles = g * folds * per_fold
+    cycles = g * folds * per_fold * accel.cycle_steps(x_bits)  # bit-serial: every step b_a/serial cycles
     row = dict(
         gemm_m=M, gemm_k=K, gemm_n=N, groups=g, row_folds=rf, col_folds=cf, folds=g * folds,
         cycles=cycles, utilization=n_mac / (cycles * R * C), n_mac=n_mac, n_add=0,
@@ -488,11 +488,11 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
     row["dram_rd_filter_bytes"] = packed_bytes(dram_w, w_bits)
     row["dram_rd_ofmap_bytes"] = packed_bytes(row["dram_rd_ofmap"], acc)
     row["dram_wr_ofmap_bytes"] = packed_bytes(outs, out_bits) + packed_bytes(psum_dram, acc)
-    _add_bursts(row, accel)
+    add_bursts(row, accel)
     return row
 
 
-def _add_bursts(row: dict, accel: Accelerator) -> None:
+def add_bursts(row: dict, accel: Accelerator) -> None:
     bb = accel.burst_bytes
     row["dram_bursts"] = sum(bursts(row[k], bb) for k in (
         "dram_rd_ifmap_bytes", "dram_rd_filter_bytes", "dram_rd_ofmap_bytes", "dram_wr_ofmap_bytes"))
@@ -558,7 +558,7 @@ def map_eltwise(op: str, in_shapes: list, out_shape, accel: Accelerator, *, in_b
     if n_par:
         row.update(sram_rd_filter=n_par, sram_rd_filter_bytes=par_bytes, dram_rd_filter=n_par,
                    dram_rd_filter_bytes=par_bytes, w_bits=max(b for _, b in params))
-    _add_bursts(row, accel)
+    add_bursts(row, accel)
     return row
 
 

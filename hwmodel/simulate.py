@@ -18,6 +18,7 @@ import numpy as np
 from .arch import Accelerator
 from .energy import detailed_energy, fp32_energy, seed_energy
 from .mapping import constant_operands, input_qparams, map_node, node_conv_geometry, packed_bytes
+from .residency import apply_residency, resident_tensors
 from .toggles import count_toggles, count_toggles_grouped, grouped_gemm_operands, im2col, weight_gemm
 
 ROW_COLUMNS = [
@@ -28,7 +29,7 @@ ROW_COLUMNS = [
     "sram_rd_ifmap_bytes", "sram_rd_filter_bytes", "sram_rd_ofmap_bytes", "sram_wr_ofmap_bytes",
     "dram_rd_ifmap", "dram_rd_filter", "dram_rd_ofmap", "dram_wr_ofmap",
     "dram_rd_ifmap_bytes", "dram_rd_filter_bytes", "dram_rd_ofmap_bytes", "dram_wr_ofmap_bytes",
-    "dram_bursts", "psum_spill", "psum_blocks", "dram_tiles", "dram_order",
+    "dram_bursts", "gb_rd_bytes", "gb_wr_bytes", "psum_spill", "psum_blocks", "dram_tiles", "dram_order",
     "mult_toggles", "mult_toggles_signmag", "mult_toggles_offset",
     "e_mac_pj", "e_vec_pj", "e_sram_pj", "e_dram_pj", "e_total_pj", "e_seed_pj", "e_seed_mac_pj",
     "e_seed_dram_pj", "e_fp32_pj",
@@ -118,14 +119,18 @@ def node_toggles(graph, node, taps: dict, accel: Accelerator, images: int) -> di
     return {k: v / images for k, v in acc.items()}
 
 
-def _seed_mem(graph, node, shapes, row) -> list[tuple[int, int]]:
+def _seed_mem(graph, node, shapes, row, on_chip: tuple[set[str], bool] = (set(), False)) -> list[tuple[int, int]]:
+    """The seed model's DRAM tensors of one node: its inputs, weights, constants and output, less
+    those the global buffer holds (on_chip: apply_residency's inputs read on chip, output kept)."""
     if node.op in ("reshape", "quantize"):
         return []
-    mem = [(int(np.prod(shapes[i])), graph[i].out.bits) for i in node.inputs if i in graph._index]
+    ins, out_kept = on_chip
+    mem = [(int(np.prod(shapes[i])), graph[i].out.bits) for i in node.inputs if i in graph._index and i not in ins]
     if "weight" in node.params:
         mem.append((int(np.prod(node.params["weight"].shape)), node.weight_q.bits))
     mem += constant_operands(node)
-    mem.append((int(np.prod(shapes[node.name])), node.out.bits))
+    if not out_kept:
+        mem.append((int(np.prod(shapes[node.name])), node.out.bits))
     return mem
 
 
@@ -137,10 +142,12 @@ def fp32_reference(graph, shapes: dict, accel: Accelerator) -> dict:
     add, compulsory DRAM traffic of every tensor once at 32 bits."""
     per, seed = {}, 0.0
     en = accel.energy
+    kept = resident_tensors(graph, shapes, accel, force_bits=32)
     for n in graph.nodes:
         row = map_node(graph, n, shapes, accel, force_bits=32)
+        on_chip = apply_residency(graph, n, shapes, row, kept, accel, force_bits=32)
         per[n.name] = fp32_energy(accel, row)
-        mem = sum(k for k, _ in _seed_mem(graph, n, shapes, row))
+        mem = sum(k for k, _ in _seed_mem(graph, n, shapes, row, on_chip))
         seed += (row["n_mac"] * (en.e_fp32_mult_pj + en.e_fp32_add_pj) + row["n_add"] * en.e_fp32_add_pj
                  + 32 * mem * en.e_dram_bit_pj)
     return {"layers": per, "e_fp32_pj": float(sum(per.values())), "e_fp32_seed_pj": float(seed)}
@@ -154,12 +161,15 @@ def simulate_graph(graph, taps: dict, accel: Accelerator, toggle_images: int = 1
     shapes = batch1_shapes(graph, taps)
     fp32 = fp32_reference(graph, shapes, accel)
     rows = []
+    kept = resident_tensors(graph, shapes, accel)
+    on_chip = {}
     for node in graph.nodes:
         row = map_node(graph, node, shapes, accel)
+        on_chip[node.name] = apply_residency(graph, node, shapes, row, kept, accel)
         tg = node_toggles(graph, node, taps, accel, toggle_images)
         row.update(tg or {"mult_toggles": 0, "mult_toggles_signmag": 0, "mult_toggles_offset": 0})
         row.update(seed_energy(accel, row["n_mac"], row["x_bits"], row["w_bits"],
-                               _seed_mem(graph, node, shapes, row), form=mac_form))
+                               _seed_mem(graph, node, shapes, row, on_chip[node.name]), form=mac_form))
         row.update(detailed_energy(accel, row, tg["mult_toggles"] if tg else None))
         row["e_fp32_pj"] = fp32["layers"][node.name]
         row.pop("vec_stages", None)  # the stage list priced above; the counts stay as columns
@@ -178,10 +188,11 @@ def simulate_graph(graph, taps: dict, accel: Accelerator, toggle_images: int = 1
         "e_total_pj": tot("e_total_pj"), "e_mac_pj": tot("e_mac_pj"), "e_vec_pj": tot("e_vec_pj"),
         "n_vec_ops": int(tot("n_vec_ops")),
         "e_sram_pj": tot("e_sram_pj"), "e_dram_pj": tot("e_dram_pj"),
+        "residency": bool(accel.residency), "resident_tensors": len(kept),
         "e_fp32_pj": fp32["e_fp32_pj"], "e_fp32_seed_pj": fp32["e_fp32_seed_pj"],
         "seed_dram_bytes": int(sum(
             packed_bytes(n, b) for node in graph.nodes
-            for n, b in _seed_mem(graph, node, shapes, None))),
+            for n, b in _seed_mem(graph, node, shapes, None, on_chip[node.name]))),
         "dram_bytes": int(tot("dram_rd_ifmap_bytes") + tot("dram_rd_filter_bytes")
                           + tot("dram_rd_ofmap_bytes") + tot("dram_wr_ofmap_bytes")),
         "mult_toggles": tot("mult_toggles"), "mult_toggles_signmag": tot("mult_toggles_signmag"),

@@ -188,6 +188,35 @@ def requantize_scalar(acc, multiplier, shift, zero_point, lo, hi):
     return clamp_scalar(r + zero_point, lo, hi)
 
 
+ACC_OVERFLOW_MODES = ("count", "saturate", "wrap")
+
+
+def accumulator_value(acc: np.ndarray, acc_bits: int, overflow: str) -> np.ndarray:
+    """What an acc_bits accumulator holds of the exact sum `acc` (int64):
+    count: the exact sum (an accumulator wide enough; values outside acc_bits are only counted);
+    saturate: clamped to the signed range (an accumulator with guard bits that saturates when
+    written back: the clamp of the exact sum, whatever the order of the additions);
+    wrap: two's complement modulo 2^acc_bits (the same for any order of the additions)."""
+    if overflow == "count":
+        return acc
+    lim = 2 ** (acc_bits - 1)
+    if overflow == "saturate":
+        return np.clip(acc, -lim, lim - 1)
+    if overflow == "wrap":
+        return ((np.asarray(acc, np.int64) + lim) & (2 * lim - 1)) - lim
+    raise ValueError(f"unknown accumulator overflow mode {overflow!r}; known: {', '.join(ACC_OVERFLOW_MODES)}")
+
+
+@numba.njit(cache=True, nogil=True)
+def accumulator_scalar(v, lim, overflow_code):
+    """accumulator_value on one int64; overflow_code is the index in ACC_OVERFLOW_MODES."""
+    if overflow_code == 1:
+        return min(max(v, -lim), lim - 1)
+    if overflow_code == 2:
+        return ((v + lim) & (2 * lim - 1)) - lim
+    return v
+
+
 def count_outside(acc: np.ndarray, acc_bits: int) -> int:
     """How many accumulator values leave the signed acc_bits range (reported, not wrapped)."""
     lim = 2 ** (acc_bits - 1)

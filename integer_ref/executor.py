@@ -67,7 +67,7 @@ def last_uses(graph: Graph) -> dict[str, int]:
     return last
 
 
-def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
+def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int, acc_overflow: str = "count"):
     """Evaluate one node on its input tensors -> (output, accumulator overflow count)."""
     a, out = node.attrs, node.out  # attrs complete: integer_ref.ir.ATTRS filled the defaults in
     lo, hi = node.clamp_range
@@ -81,12 +81,13 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
                         x_zero_point=zin[0], w_zero_point=p.get("weight_zero_point", 0),
                         y_zero_point=out.zero_point, lo=lo, hi=hi, stride=a["stride"],
                         dilation=a["dilation"], groups=a["groups"],
-                        padding=node.padding, acc_bits=acc_bits,
+                        padding=node.padding, acc_bits=acc_bits, acc_overflow=acc_overflow,
                         x_range=(qp[node.inputs[0]].qmin, qp[node.inputs[0]].qmax), **rq)
     if node.op == "linear":
         return K.linear(args[0], p["weight"], p.get("bias"), p["multiplier"], p["shift"],
                         x_zero_point=zin[0], w_zero_point=p.get("weight_zero_point", 0),
-                        y_zero_point=out.zero_point, lo=lo, hi=hi, acc_bits=acc_bits, **rq)
+                        y_zero_point=out.zero_point, lo=lo, hi=hi, acc_bits=acc_bits,
+                        acc_overflow=acc_overflow, **rq)
     if node.op == "add" and rq["requant"] == "gemmlowp":
         return K.add_gemmlowp(args[0], args[1], p["multiplier"], p["shift"],
                               left_shift=a["left_shift"], a_zero_point=zin[0],
@@ -107,10 +108,12 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
     if node.op == "avgpool":
         return K.avgpool(args[0], p["multiplier"], p["shift"], x_zero_point=zin[0],
                          y_zero_point=out.zero_point, lo=lo, hi=hi, kernel=a["kernel"],
-                         stride=a["stride"], padding=a["padding"], acc_bits=acc_bits, **rq)
+                         stride=a["stride"], padding=a["padding"], acc_bits=acc_bits,
+                         acc_overflow=acc_overflow, **rq)
     if node.op == "global_avgpool":
         return K.global_avgpool(args[0], p["multiplier"], p["shift"], x_zero_point=zin[0],
                                 y_zero_point=out.zero_point, lo=lo, hi=hi, acc_bits=acc_bits,
+                                acc_overflow=acc_overflow,
                                 divide=a["divide"], **rq)
     if node.op == "requantize":
         return K.requantize_tensor(args[0], p.get("multiplier"), p.get("shift"), x_zero_point=zin[0],
@@ -128,7 +131,7 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int):
         return K.mul(args[0], args[1], p["multiplier"], p["shift"], a_zero_point=zin[0],
                      b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi), 0
     if node.op in kernels_vit.OPS:
-        return kernels_vit.run_node(node, args, qp, acc_bits)
+        return kernels_vit.run_node(node, args, qp, acc_bits, acc_overflow)
     raise NotImplementedError(f"integer_ref has no kernel for op {node.op!r} (node {node.name!r})")
 
 
@@ -159,7 +162,8 @@ def interpret(graph: Graph, x, keep: str, eval_node: Callable[[Any, list], tuple
 def run_chunk(graph: Graph, x: np.ndarray, keep: str) -> ExecResult:
     qp = tensor_qparams(graph)
     acc_bits = int(graph.meta.get("acc_bits", 32))
-    return interpret(graph, x, keep, lambda node, args: run_node(node, args, qp, acc_bits))
+    acc_overflow = graph.meta.get("acc_overflow", "count")
+    return interpret(graph, x, keep, lambda node, args: run_node(node, args, qp, acc_bits, acc_overflow))
 
 
 def run(graph: Graph, x: np.ndarray, keep: str = "all", chunk: int = 256) -> ExecResult:

@@ -160,17 +160,18 @@ REQUANT_MODES = ("dyadic", "gemmlowp", "float32", "float32_bias")
 
 def requantize(acc: np.ndarray, bias, multiplier, shift, y_zero_point: int, lo: int, hi: int,
                channel_axis: int, acc_bits: int, mode: str = "dyadic", scale=None,
-               divide=None) -> tuple[np.ndarray, int]:
+               divide=None, acc_overflow: str = "count") -> tuple[np.ndarray, int]:
     """acc + bias -> (clamped output, count of accumulator values outside acc_bits).
 
     acc may be int64 or a float array holding exact integers (from an exact GEMM).
     mode picks the output stage (arith): dyadic (M, n), gemmlowp (Q31 M, n; then an
     optional rounded division by `divide`, TFLite's integer mean), float32 (float32
     `scale`), float32_bias (float32 `scale`, float32 `bias` added before it).
+    acc_overflow: what the accumulator holds of acc + bias (arith.accumulator_value).
     """
     if mode != "dyadic":
         return _requantize_engine(acc, bias, multiplier, shift, y_zero_point, lo, hi, channel_axis,
-                                  acc_bits, mode, scale, divide)
+                                  acc_bits, mode, scale, divide, acc_overflow)
     shape = acc.shape
     ch = shape[channel_axis]
     acc3 = acc.reshape(int(np.prod(shape[:channel_axis])), ch, int(np.prod(shape[channel_axis + 1:])))
@@ -178,11 +179,13 @@ def requantize(acc: np.ndarray, bias, multiplier, shift, y_zero_point: int, lo: 
                    for v in (0 if bias is None else bias, multiplier, shift)]
     y = np.empty(acc3.shape, dtype=np.int64)
     overflows = _requantize_3d(acc3, *per_channel, np.int64(y_zero_point), np.int64(lo),
-                               np.int64(hi), np.int64(2 ** (acc_bits - 1)), y)
+                               np.int64(hi), np.int64(2 ** (acc_bits - 1)),
+                               np.int64(arith.ACC_OVERFLOW_MODES.index(acc_overflow)), y)
     return y.reshape(shape), int(overflows)
 
 
-def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, acc_bits, mode, scale, divide):
+def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, acc_bits, mode, scale, divide,
+                       acc_overflow="count"):
     """The real engines' output stages, vectorised over per-channel parameters."""
     if mode not in REQUANT_MODES:
         raise ValueError(f"unknown requant mode {mode!r}; known: {', '.join(REQUANT_MODES)}")
@@ -197,10 +200,12 @@ def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, a
     acc = acc.astype(np.int64)
     if mode == "float32_bias":
         overflows = arith.count_outside(acc, acc_bits)
+        acc = arith.accumulator_value(acc, acc_bits, acc_overflow)
         bf = None if bias is None else per(bias, np.float32)
         return arith.requantize_float32(acc, per(scale, np.float32), zy, lo, hi, bias_f32=bf), overflows
     wide = acc if bias is None else acc + per(bias, np.int64)
     overflows = arith.count_outside(wide, acc_bits)
+    wide = arith.accumulator_value(wide, acc_bits, acc_overflow)
     if mode == "float32":
         return arith.requantize_float32(wide, per(scale, np.float32), zy, lo, hi), overflows
     v = arith.multiply_by_quantized_multiplier(wide, per(multiplier, np.int64), per(shift, np.int64))
@@ -210,8 +215,8 @@ def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, a
 
 
 @numba.njit(cache=True, nogil=True)
-def _requantize_3d(acc, bias, multiplier, shift, zy, lo, hi, acc_lim, out):
-    """Fused bias + overflow count + arith.requantize_scalar over (outer, channel, inner)."""
+def _requantize_3d(acc, bias, multiplier, shift, zy, lo, hi, acc_lim, overflow_code, out):
+    """Fused bias + overflow count + accumulator + arith.requantize_scalar over (outer, channel, inner)."""
     overflows = 0
     for a in range(acc.shape[0]):
         for ch in range(acc.shape[1]):
@@ -219,13 +224,14 @@ def _requantize_3d(acc, bias, multiplier, shift, zy, lo, hi, acc_lim, out):
             for i in range(acc.shape[2]):
                 v = np.int64(acc[a, ch, i]) + bi
                 overflows += v < -acc_lim or v >= acc_lim
+                v = arith.accumulator_scalar(v, acc_lim, overflow_code)
                 out[a, ch, i] = arith.requantize_scalar(v, m, s, zy, lo, hi)
     return overflows
 
 
 def conv2d(x, weight, bias, multiplier, shift, *, x_zero_point=0, w_zero_point=0, y_zero_point=0,
            lo, hi, stride=1, dilation=1, groups=1, padding=0, acc_bits=32, x_range=None,
-           requant="dyadic", scale=None):
+           requant="dyadic", scale=None, acc_overflow="count"):
     """Integer conv2d: exact accumulation, bias, requantization per output channel
     (dyadic by default; `requant` names another output stage, see requantize)."""
     # Images go through in blocks so that the kh*kw-times expanded im2col buffer stays bounded,
@@ -237,7 +243,8 @@ def conv2d(x, weight, bias, multiplier, shift, *, x_zero_point=0, w_zero_point=0
     def one_block(b0):
         acc = conv2d_acc(x[b0:b0 + block], weight, x_zero_point, w_zero_point, stride, dilation,
                          groups, padding, x_range)
-        return requantize(acc, bias, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits, requant, scale)
+        return requantize(acc, bias, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits, requant, scale,
+                          acc_overflow=acc_overflow)
     starts = range(0, n, block)
     if len(starts) > 1 and CONV_THREADS > 1:
         parts = list(_pool().map(one_block, starts))
@@ -258,14 +265,14 @@ def _pool():
 
 
 def linear(x, weight, bias, multiplier, shift, *, x_zero_point=0, w_zero_point=0, y_zero_point=0,
-           lo, hi, acc_bits=32, requant="dyadic", scale=None):
+           lo, hi, acc_bits=32, requant="dyadic", scale=None, acc_overflow="count"):
     """Integer linear over the last axis: y = requant(sum_k (x - zx)(w - zw) + bias)."""
     xs = np.asarray(x, np.int64) - x_zero_point
     ws = np.asarray(weight, np.int64) - np.reshape(np.asarray(w_zero_point, np.int64), (-1, 1))
     acc = arith.exact_matmul(xs.reshape(-1, xs.shape[-1]), ws.T, weight_col_l1_max(ws))
     acc = acc.reshape(xs.shape[:-1] + (ws.shape[0],))
     return requantize(acc, bias, multiplier, shift, y_zero_point, lo, hi, acc.ndim - 1, acc_bits,
-                      requant, scale)
+                      requant, scale, acc_overflow=acc_overflow)
 
 
 def add(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point=0, lo, hi):
@@ -326,19 +333,21 @@ def avgpool_sum(x, x_zero_point, kernel, stride, padding):
 
 
 def avgpool(x, multiplier, shift, *, x_zero_point=0, y_zero_point=0, lo, hi, kernel, stride=None,
-            padding=0, acc_bits=32, requant="dyadic", scale=None):
+            padding=0, acc_bits=32, requant="dyadic", scale=None, acc_overflow="count"):
     """Window sum then requantization with m = s_in / (count * s_out) (count folded into M)."""
     acc = avgpool_sum(x, x_zero_point, kernel, stride, padding)
-    return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits, requant, scale)
+    return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits, requant, scale,
+                      acc_overflow=acc_overflow)
 
 
 def global_avgpool(x, multiplier, shift, *, x_zero_point=0, y_zero_point=0, lo, hi, acc_bits=32,
-                   requant="dyadic", scale=None, divide=None):
+                   requant="dyadic", scale=None, divide=None, acc_overflow="count"):
     """Sum over H, W (keepdims, (N, C, 1, 1)) then requantization. gemmlowp with `divide` is
     the older TFLite integer_ops Mean: multiply by s_in/s_out, then divide by H·W rounding
     away from zero (current TFLite folds 1/(H·W) into the multiplier: no divide)."""
     acc = (np.asarray(x, np.int64) - x_zero_point).sum(axis=(2, 3), keepdims=True)
-    return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits, requant, scale, divide)
+    return requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, 1, acc_bits, requant, scale, divide,
+                      acc_overflow)
 
 
 def avgpool_round_div(x, *, lo, hi, kernel, stride=None, padding=0):

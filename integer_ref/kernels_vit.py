@@ -82,13 +82,14 @@ def matmul_acc(a, b, *, a_zero_point=0, b_zero_point=0, transpose_b=False, bound
 
 
 def matmul(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point=0, lo, hi,
-           transpose_b=False, a_range, b_range, acc_bits=32):
+           transpose_b=False, a_range, b_range, acc_bits=32, acc_overflow="count"):
     """Integer matmul of two activations, one dyadic requantization -> (y, overflow count)."""
     k = np.shape(a)[-1]
     bound = matmul_bound(k, a_range, a_zero_point, b_range, b_zero_point)
     acc = matmul_acc(a, b, a_zero_point=a_zero_point, b_zero_point=b_zero_point,
                      transpose_b=transpose_b, bound=bound)
-    return K.requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, acc.ndim - 1, acc_bits)
+    return K.requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, acc.ndim - 1, acc_bits,
+                        acc_overflow=acc_overflow)
 
 
 def softmax(x, attrs: dict):
@@ -133,7 +134,7 @@ def take(x, axis: int, index: int):
 
 # --- dispatch (called from integer_ref.executor.run_node) -------------------------------------
 
-def run_node(node, args: list, qp: dict, acc_bits: int):
+def run_node(node, args: list, qp: dict, acc_bits: int, acc_overflow: str = "count"):
     """Evaluate one ViT node -> (output, accumulator overflow count)."""
     a, out, p = node.attrs, node.out, node.params
     lo, hi = node.clamp_range
@@ -143,7 +144,7 @@ def run_node(node, args: list, qp: dict, acc_bits: int):
         return matmul(args[0], args[1], p["multiplier"], p["shift"], a_zero_point=zin[0],
                       b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi,
                       transpose_b=bool(a["transpose_b"]), a_range=(qa.qmin, qa.qmax),
-                      b_range=(qb.qmin, qb.qmax), acc_bits=acc_bits)
+                      b_range=(qb.qmin, qb.qmax), acc_bits=acc_bits, acc_overflow=acc_overflow)
     if node.op in ("softmax", "gelu", "layernorm") and any(zin):
         raise ValueError(f"node {node.name!r} ({node.op}) needs a zero-point-free input")
     if node.op == "softmax":

@@ -90,10 +90,11 @@ class Program:
         return stages.check_bitexact(self.graph, x)
 
     def simulate(self, accel: str = "scalesim-32x32-ws", images: torch.Tensor | None = None,
-                 toggle_images: int = 1, mac_form: str = "max", dram_model: str | None = None) -> Report:
+                 toggle_images: int = 1, mac_form: str = "max", dram_model: str | None = None,
+                 residency: str | None = None) -> Report:
         """Cycles, memory traffic, toggles and energy per layer on the accelerator (a preset name or
         a TOML file); the operands are integer_ref's on `images` (default: calibration images)."""
-        acc = load_accel(accel, dram_model)
+        acc = load_accel(accel, dram_model, residency)
         x = images if images is not None else self.prepared.calib[0]
         x = x[:max(toggle_images, 1)]
         bitexact = stages.check_bitexact(self.graph, x)

@@ -7,7 +7,7 @@ import sys
 from typing import Any, Callable
 
 from quantsim.errors import QuantsimError
-from quantsim.quant.config import CALIB_METHODS, EQUALIZE_RELU6, GPTQ_INPUTS, ROUNDING_METHODS
+from quantsim.quant.config import ACC_OVERFLOW_MODES, CALIB_METHODS, EQUALIZE_RELU6, GPTQ_INPUTS, ROUNDING_METHODS
 from quantsim.run.options import DEFAULT_ACCEL
 
 __all__ = ["add_hw_args", "add_mixed_args", "add_model_data_args", "add_output_args", "add_quant_args",
@@ -43,6 +43,9 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requant", default="dyadic", choices=["dyadic", "float32"],
                    help="dyadic: integer multiplier and shift; float32: ONNX Runtime's float32 multipliers "
                         "(needed by --export-onnx)")
+    p.add_argument("--acc-overflow", default="count", choices=list(ACC_OVERFLOW_MODES),
+                   help="what a 32-bit accumulator holds of a sum outside its range: count (the exact sum; "
+                        "overflows counted in layers.csv), saturate, or wrap (two's complement)")
     p.add_argument("--search-steps", type=int, default=100,
                    help="similarity / ranking: points searched in [0.5, 1.2] x max (default 100)")
     p.add_argument("--bias-correction", action="store_true",
@@ -71,6 +74,9 @@ def add_hw_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dram-model", choices=["reuse", "scalesim"], default=None,
                    help="DRAM traffic: 'reuse' (each tile fetched once per reuse window) or 'scalesim' "
                         "(SCALE-Sim 3.0.0's read-buffer replay); default: the preset's")
+    p.add_argument("--residency", choices=["on", "off"], default=None,
+                   help="keep activations in the accelerator's global buffer between layers (sram.global_bytes; "
+                        "hwmodel.residency); default: the preset's")
 
 
 def add_mixed_args(p: argparse.ArgumentParser, budget: bool = True) -> None:

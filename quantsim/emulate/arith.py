@@ -64,6 +64,18 @@ def multiply_rshift_round(acc: torch.Tensor, multiplier: torch.Tensor, shift: to
 INT32_MIN, INT32_MAX = arith.INT32_MIN, arith.INT32_MAX
 
 
+def accumulator_value(acc: torch.Tensor, acc_bits: int, overflow: str) -> torch.Tensor:
+    """arith.accumulator_value: what an acc_bits accumulator holds of the exact int64 sum."""
+    if overflow == "count":
+        return acc
+    lim = 2 ** (acc_bits - 1)
+    if overflow == "saturate":
+        return acc.clamp(-lim, lim - 1)
+    if overflow == "wrap":
+        return ((acc + lim) & (2 * lim - 1)) - lim
+    raise ValueError(f"unknown accumulator overflow mode {overflow!r}; known: {', '.join(arith.ACC_OVERFLOW_MODES)}")
+
+
 def wrap_int32(x: torch.Tensor) -> torch.Tensor:
     """arith.wrap_int32: two's complement wrap of int64 values to int32."""
     return torch.bitwise_and(x - INT32_MIN, 0xFFFFFFFF) + INT32_MIN

@@ -36,6 +36,7 @@ class Prepared:
         self.device = torch.device(device)
         self.qp = {n.name: n.out for n in graph.nodes}
         self.acc_bits = int(graph.meta.get("acc_bits", 32))
+        self.acc_overflow = graph.meta.get("acc_overflow", "count")
         self.params = {n.name: self._node_params(n) for n in graph.nodes}
 
     def _node_params(self, node: Node) -> dict:
@@ -63,7 +64,8 @@ def run_node(node: Node, args: list, prep: Prepared):
     mode = a.get("requant")  # None: the op does not requantize
     rq = lambda acc, axis, bound=None: requantize(acc, p.get("bias"), p.get("multiplier"), p.get("shift"),
                                                   out.zero_point, lo, hi, axis, prep.acc_bits, bound,
-                                                  mode, p.get("requant_scale"), a.get("divide"))  # global_avgpool's only
+                                                  mode, p.get("requant_scale"), a.get("divide"),  # divide: global_avgpool's
+                                                  prep.acc_overflow)
     if node.op == "quantize":
         scale, zero_point = node.input_quantization
         return quantize(x, float(scale), zero_point, out.qmin, out.qmax), 0

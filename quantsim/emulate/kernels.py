@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from integer_ref import arith
 from integer_ref import kernels as K
-from quantsim.emulate.arith import (INT32_MAX, divide_round_away, fma_float32, ieee_float32,
+from quantsim.emulate.arith import (INT32_MAX, accumulator_value, divide_round_away, fma_float32, ieee_float32,
                                     multiply_by_quantized_multiplier, multiply_rshift_round, pow2,
                                     requantize_float32)
 
@@ -29,7 +29,7 @@ MAX_FLOAT32_DIGITS = 3  # beyond this many float32 passes one float64 pass is ch
 # --- requantization: the torch form of integer_ref.kernels.requantize ---------------------
 
 def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, acc_bits, mode, scale, divide,
-                       acc_abs_bound=None):
+                       acc_abs_bound=None, acc_overflow="count"):
     """kernels._requantize_engine; acc_abs_bound (proven |acc| bound) spares the range scans."""
     if mode not in K.REQUANT_MODES:
         raise ValueError(f"unknown requant mode {mode!r}; known: {', '.join(K.REQUANT_MODES)}")
@@ -53,11 +53,15 @@ def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, a
         return int(((v < -lim) | (v >= lim)).sum())
     if mode == "float32_bias":
         bf = None if bias is None else per(bias, torch.float32)
-        return requantize_float32(acc, per(scale, torch.float32), zy, lo, hi, bf), count(acc)
+        overflows = count(acc)
+        acc = accumulator_value(acc, acc_bits, acc_overflow) if overflows else acc
+        return requantize_float32(acc, per(scale, torch.float32), zy, lo, hi, bf), overflows
     wide = acc if bias is None else acc + per(bias, torch.int64)
-    if mode == "float32":
-        return requantize_float32(wide, per(scale, torch.float32), zy, lo, hi), count(wide)
     overflows = count(wide)
+    if overflows:  # values outside acc_bits exist: the accumulator's overflow rule decides
+        wide = accumulator_value(wide, acc_bits, acc_overflow)
+    if mode == "float32":
+        return requantize_float32(wide, per(scale, torch.float32), zy, lo, hi), overflows
     v = multiply_by_quantized_multiplier(wide, per(multiplier, torch.int64), per(shift, torch.int64), in_int32)
     if divide is not None:
         v = divide_round_away(v, int(divide))
@@ -66,7 +70,8 @@ def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, a
 
 def requantize(acc: torch.Tensor, bias, multiplier, shift, y_zero_point: int, lo: int, hi: int,
                channel_axis: int, acc_bits: int, acc_abs_bound: int | None = None,
-               mode: str = "dyadic", scale=None, divide=None) -> tuple[torch.Tensor, int]:
+               mode: str = "dyadic", scale=None, divide=None,
+               acc_overflow: str = "count") -> tuple[torch.Tensor, int]:
     """kernels.requantize: acc + bias -> (clamped output, accumulator overflow count).
 
     acc_abs_bound (a proven bound on |acc|, e.g. from the GEMM) lets the common case skip
@@ -75,7 +80,7 @@ def requantize(acc: torch.Tensor, bias, multiplier, shift, y_zero_point: int, lo
     """
     if mode != "dyadic":
         return _requantize_engine(acc, bias, multiplier, shift, y_zero_point, lo, hi, channel_axis,
-                                  acc_bits, mode, scale, divide, acc_abs_bound)
+                                  acc_bits, mode, scale, divide, acc_abs_bound, acc_overflow)
     shape = [1] * acc.dim()
     shape[channel_axis] = -1
     as_t = lambda v: torch.as_tensor(v, dtype=torch.int64, device=acc.device).reshape(shape)
@@ -91,6 +96,8 @@ def requantize(acc: torch.Tensor, bias, multiplier, shift, y_zero_point: int, lo
     if total >= lim - 1:
         wide = acc + b
         overflows = int(((wide < -lim) | (wide >= lim)).sum())
+        if overflows and acc_overflow != "count":  # the accumulator's value, bias included
+            acc, b = accumulator_value(wide, acc_bits, acc_overflow), torch.zeros_like(b)
     if total * max(int(m.max()), 1) < 2**62:
         half = torch.where(n > 0, pow2((n - 1).clamp_min(0)), torch.zeros_like(n))
         y = acc * m

@@ -67,7 +67,7 @@ def run_node(node, args: list, prep):
         acc = matmul_acc(x, args[1], a_zero_point=zin[0], b_zero_point=zin[1],
                          transpose_b=bool(a["transpose_b"]), bound=bound)
         return requantize(acc, None, node.params["multiplier"], node.params["shift"], out.zero_point, lo, hi,
-                          acc.dim() - 1, prep.acc_bits, acc_abs_bound=bound)
+                          acc.dim() - 1, prep.acc_bits, acc_abs_bound=bound, acc_overflow=prep.acc_overflow)
     if node.op in ("softmax", "gelu", "layernorm") and any(zin):
         raise ValueError(f"node {node.name!r} ({node.op}) needs a zero-point-free input")
     if node.op == "softmax":

@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from integer_ref.arith import ACC_OVERFLOW_MODES
+
 from quantsim.errors import QuantsimError
 
 MIN_BITS, MAX_BITS = 2, 16
@@ -34,6 +36,9 @@ class QuantConfig:
     out_bits: int = 16  # the network's output (logits) tensor: kept wide so top-1 ties stay rare
     mult_bits: int = 31  # width of the dyadic requantization multiplier M
     acc_bits: int = 32
+    # what the accumulator holds of a sum outside acc_bits (integer_ref.arith.accumulator_value):
+    # count (the exact sum, overflows only counted), saturate or wrap (two's complement)
+    acc_overflow: str = "count"
     requant: str = "dyadic"
     # Vision Transformers (quantsim.quant.lower): the residual stream (patch/position embedding and
     # residual-add outputs, LayerNorm inputs) and the inputs of softmax and GELU (q·kᵀ scores,
@@ -70,6 +75,11 @@ class QuantConfig:
             raise QuantsimError(f"search steps {self.search_steps}: use an integer >= 2")
         if self.requant not in REQUANT_MODES:
             raise QuantsimError(f"requant mode {self.requant!r}: choose one of {', '.join(REQUANT_MODES)}")
+        if self.acc_overflow not in ACC_OVERFLOW_MODES:
+            raise QuantsimError(f"accumulator overflow mode {self.acc_overflow!r}: choose one of "
+                                f"{', '.join(ACC_OVERFLOW_MODES)}")
+        if not 8 <= self.acc_bits <= 62:
+            raise QuantsimError(f"accumulator width {self.acc_bits}: use 8..62 bits")
         if self.rounding not in ROUNDING_METHODS:
             raise QuantsimError(f"rounding {self.rounding!r}: choose one of {', '.join(ROUNDING_METHODS)}")
         if self.gptq_inputs not in GPTQ_INPUTS:

@@ -51,7 +51,7 @@ from integer_ref.arith import qrange
 from quantsim.errors import QuantsimError
 from quantsim.graph.capture import FloatGraph, FNode, conv_padding, run_node
 from quantsim.quant.config import GPTQ_INPUTS, QuantConfig
-from quantsim.quant.lower import _quantize_weight
+from quantsim.quant.lower import _quantize_weight, weight_scale_floors
 from quantsim.quant.quantizer import quantize
 
 PERCDAMP = 0.01
@@ -260,12 +260,15 @@ def with_codes(g: FloatGraph, codes: dict[str, LayerCodes]) -> FloatGraph:
 
 
 def rounded(g: FloatGraph, batches: list[torch.Tensor], cfg: QuantConfig, cache: dict | None = None,
-            progress: bool = False) -> FloatGraph:
-    """g with GPTQ codes on every MAC layer (cfg.rounding == 'gptq'); cached per (graph, config)."""
+            progress: bool = False, stats: dict | None = None) -> FloatGraph:
+    """g with GPTQ codes on every MAC layer (cfg.rounding == 'gptq'); cached per (graph, config).
+    With the calibration `stats`, the codes are rounded at the scales lowering gives once the
+    accumulator's bias floor is applied (lower.weight_scale_floors), as they must be to lower."""
     key = ("gptq", id(g), json.dumps(cfg.to_json(), sort_keys=True))
     if cache is not None and key in cache:
         return cache[key][1]
-    out = with_codes(g, gptq_codes(g, batches, cfg, cfg.gptq_inputs, progress))
+    src = g if stats is None else weight_scale_floors(g, stats, cfg)
+    out = with_codes(src, gptq_codes(src, batches, cfg, cfg.gptq_inputs, progress))
     if cache is not None:
         cache[key] = (g, out)  # g kept alive: its id stays its own
     return out

@@ -34,6 +34,7 @@ excitation) is y = requant((a - za)(b - zb)) with m = s_a·s_b/s_y; the broadcas
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -51,7 +52,6 @@ from quantsim.quant.quantizer import act_scale, scale_from_clip, weight_codes
 from quantsim.errors import QuantsimError
 
 INPUT_NAME = "image"
-F32_BIAS_LIMIT = 2**30  # float32 mode: |bias| at the accumulator scale, leaving int32 room for the sum
 CONST_BITS = 16  # constant operands of add_const (position embedding), signed, per tensor
 NONLINEAR_OPS = ("softmax", "gelu", "layernorm")
 FLOAT32_UNSUPPORTED = NONLINEAR_OPS + ("matmul", "add_const", "concat_token", "mul") + LUT_OPS
@@ -142,13 +142,36 @@ def _mult_bits_for(acc_bound: float, cfg: QuantConfig) -> int:
     return max(8, min(cfg.mult_bits, 62 - int(math.ceil(math.log2(acc_bound + 2)))))
 
 
-def _quantize_weight(n: FNode, w_bits: int, cfg: QuantConfig,
-                     min_scale: torch.Tensor | None = None) -> tuple[np.ndarray, QParams]:
+def bias_limit(acc_bits: int) -> int:
+    """The largest |bias| at the accumulator scale s_x·s_w: half the signed accumulator, leaving
+    the other half to the sum of products."""
+    return 2 ** (acc_bits - 2)
+
+
+def with_weight_scale_floors(g: FloatGraph, q: dict[str, QParams], acc_bits: int) -> FloatGraph:
+    """A copy of g whose MAC nodes with a bias carry attrs['weight_scale_min'] = |b| / (s_x · limit),
+    per output channel: the least weight scale at which the integer bias fits the accumulator.
+    It binds only on near-dead channels (weights ~0 after BN folding, output ~ bias), whose
+    per-channel scale would otherwise put a bias of 2^40 and more into a 32-bit accumulator;
+    ORT's and TFLite's quantizers widen such scales the same way. Lowering and every rounding
+    method (GPTQ) read the floor through _quantize_weight, so they agree on the scale."""
+    nodes = []
+    for n in g.nodes:
+        attrs = n.attrs
+        if n.is_mac and n.bias is not None:
+            attrs = dict(n.attrs)
+            attrs["weight_scale_min"] = n.bias.detach().double().abs() / (float(q[n.inputs[0]].scale) * bias_limit(acc_bits))
+        nodes.append(replace(n, inputs=list(n.inputs), attrs=attrs))
+    return FloatGraph(nodes, g.output, g.input_shape)
+
+
+def _quantize_weight(n: FNode, w_bits: int, cfg: QuantConfig) -> tuple[np.ndarray, QParams]:
     _, qmax = qrange(w_bits, True)
     per_channel = cfg.granularity == "per-channel"
     clip = weight_clip(n.weight, per_channel, weight_method(cfg.calib_method), qmax)
     clip = clip * n.attrs.get("weight_clip_alpha", 1.0)  # searched factor (quantsim.quant.scale_search)
     scale = scale_from_clip(clip, qmax)  # float64: the IR's scales
+    min_scale = n.attrs.get("weight_scale_min")  # the accumulator's floor (with_weight_scale_floors)
     if min_scale is not None:
         scale = torch.maximum(scale, min_scale if per_channel else min_scale.max())
     if cfg.requant == "float32":  # ONNX holds float32 scales: quantize with the value written
@@ -173,12 +196,7 @@ def _precomputed_codes(n: FNode, wq: np.ndarray, w_qp: QParams) -> np.ndarray:
 
 def _mac_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node:
     w_bits, _ = cfg.bits_for(n.name)
-    min_scale = None
-    if cfg.requant == "float32" and n.bias is not None:
-        # ORT holds the bias as int32 at scale s_x·s_w: widen s_w where it would not fit (dead
-        # channels, weights ~0 after BN folding, output ~ bias), as ORT's own quantizer does
-        min_scale = n.bias.double().abs() / (float(in_q.scale) * F32_BIAS_LIMIT)
-    wq, w_qp = _quantize_weight(n, w_bits, cfg, min_scale)
+    wq, w_qp = _quantize_weight(n, w_bits, cfg)
     if "weight_codes" in n.attrs:  # precomputed integer weights (quantsim.quant.gptq)
         wq = _precomputed_codes(n, wq, w_qp)
     out_ch = wq.shape[0]
@@ -324,21 +342,15 @@ def float_nodes(graph: Graph) -> list[str]:
     return [n.name for n in graph.nodes if n.op in NONLINEAR_OPS and n.attrs.get("mode") == "float"]
 
 
-def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Graph:
+def activation_qparams(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> dict[str, QParams]:
+    """The quantization of every FloatGraph tensor."""
     bits = tensor_bits(g, cfg)
-    shapes = shapes_of(g)
-    if cfg.requant == "float32":
-        vit = sorted({n.op for n in g.nodes if n.op in FLOAT32_UNSUPPORTED})
-        if vit:
-            raise QuantsimError(f"requant mode float32 does not cover the ops {', '.join(vit)} (transformer ops, "
-                                "lookup-table activations, products of activations): use --requant dyadic")
     stats = dict(stats)
     for n in g.nodes:  # the class token shares the patch tokens' quantization: calibrate on both
         if n.op == "concat_token":
             r = _root(g, n.inputs[0])
             stats[r] = _merged(stats[r], stats[n.name])
-    q: dict[str, QParams] = {}  # quantization of every FloatGraph tensor
-    nodes: list[Node] = []
+    q: dict[str, QParams] = {}
     for n in g.nodes:
         if n.op in PASSTHROUGH_OPS:
             q[n.name] = q[n.inputs[0]]
@@ -347,6 +359,25 @@ def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Gra
             q[n.name] = QParams(b, False, np.float64(2.0**-b))
         else:
             q[n.name] = _act_qparams(g, n.name, bits.get(n.name, cfg.a_bits), stats[n.name], cfg)
+    return q
+
+
+def weight_scale_floors(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> FloatGraph:
+    """with_weight_scale_floors at the activation scales calibration gives (what lower applies)."""
+    return with_weight_scale_floors(g, activation_qparams(g, stats, cfg), cfg.acc_bits)
+
+
+def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Graph:
+    shapes = shapes_of(g)
+    if cfg.requant == "float32":
+        vit = sorted({n.op for n in g.nodes if n.op in FLOAT32_UNSUPPORTED})
+        if vit:
+            raise QuantsimError(f"requant mode float32 does not cover the ops {', '.join(vit)} (transformer ops, "
+                                "lookup-table activations, products of activations): use --requant dyadic")
+    q = activation_qparams(g, stats, cfg)
+    g = with_weight_scale_floors(g, q, cfg.acc_bits)
+    nodes: list[Node] = []
+    for n in g.nodes:
         out_q = q[n.name]
         if n.op == "input":
             nodes.append(Node("input", "quantize", [INPUT_NAME], out_q, {}, {}, "input"))
@@ -394,7 +425,7 @@ def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Gra
             nodes.append(Node(n.name, n.op, list(n.inputs), out_q, dict(n.attrs), {}, n.source, in_q=out_q))
         else:
             raise QuantsimError(f"cannot lower {n.source}: op {n.op!r} has no integer form")
-    meta = {"acc_bits": cfg.acc_bits, "config": cfg.to_json()}
+    meta = {"acc_bits": cfg.acc_bits, "acc_overflow": cfg.acc_overflow, "config": cfg.to_json()}
     graph = Graph(nodes, INPUT_NAME, tuple(g.input_shape), [g.output], meta)
     if float_nodes(graph):
         graph.meta["bit_exact_contract"] = False  # float nonlinearities: see float_nodes

@@ -40,6 +40,7 @@ class RunOptions:
     equalize: bool = False
     equalize_relu6: str = "skip"
     requant: str = "dyadic"
+    acc_overflow: str = "count"
     bitexact_images: int = 8
     allow_mismatch: bool = False
     # hardware
@@ -47,6 +48,7 @@ class RunOptions:
     toggle_images: int = 1
     mac_form: str = "max"
     dram_model: str | None = None
+    residency: str | None = None
     # mixed precision
     energy_budget: float | None = None
     candidates: str = "4,6,8"

@@ -74,7 +74,7 @@ def base_config(opts: RunOptions, w_bits: int = 8, a_bits: int = 8, **over) -> Q
                        calib_method=opts.calib_method, percentile=opts.percentile, requant=opts.requant,
                        search_steps=opts.search_steps, bias_correction=opts.bias_correction,
                        rounding=opts.rounding, gptq_inputs=opts.gptq_inputs, equalize=opts.equalize,
-                       equalize_relu6=opts.equalize_relu6, **over)
+                       equalize_relu6=opts.equalize_relu6, acc_overflow=opts.acc_overflow, **over)
 
 
 def check_options(opts: RunOptions) -> Checked:
@@ -91,7 +91,7 @@ def check_options(opts: RunOptions) -> Checked:
         raise QuantsimError(f"--oracle {opts.oracle} needs a model quantized by that engine (a .tflite or .onnx file)")
     # ONNX QLinear ops hold 8-bit tensors only: the exported logits are 8-bit
     cfg = base_config(opts, *wa, **({"out_bits": 8} if opts.export_onnx else {})) if wa is not None else None
-    accel = load_accel(opts.accel, opts.dram_model)
+    accel = load_accel(opts.accel, opts.dram_model, opts.residency)
     return Checked(mixed, wa, candidates, cfg, accel, out)
 
 

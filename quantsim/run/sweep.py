@@ -172,7 +172,7 @@ def run(args: SweepOptions) -> pd.DataFrame:
     if args.toggle_images < 1:
         raise QuantsimError("--toggle-images must be at least 1")
     out = check_out_dir(args.out)
-    accel = load_accel(args.accel, args.dram_model)
+    accel = load_accel(args.accel, args.dram_model, args.residency)
     base = base_config(args)
     points_path = out / "points.csv"
     done = read_points(points_path) if args.resume else pd.DataFrame(columns=POINT_COLUMNS)
