@@ -14,6 +14,7 @@ TOML schema (all keys required; sizes are positive integers)::
     cols = 32                          # PE columns
     dataflow = "ws"                    # "ws" weight-, "os" output-, "is" input-stationary
     acc_bits = 32                      # accumulator (partial sum) width in bits
+    clock_mhz = 1000                   # optional: clock, only for latency = cycles / clock
     precision = "bit-parallel"         # optional: "bit-parallel" (default) or "bit-serial", see below
     serial_bits = 1                    # optional, bit-serial only: activation bits a PE takes per cycle
 
@@ -106,6 +107,11 @@ class Accelerator:
     description: str = ""
     path: str = ""
     dram_model: str = DEFAULT_DRAM_MODEL
+    clock_mhz: float | None = None  # optional [array] clock_mhz: latency = cycles / clock
+
+    def latency_us(self, cycles: int) -> float | None:
+        """Microseconds for `cycles` at the array's clock; None when the file names no clock."""
+        return cycles / self.clock_mhz if self.clock_mhz else None
     precision: str = "bit-parallel"
     serial_bits: int = 1
     sram_global_bytes: int = 0
@@ -174,6 +180,9 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
         if dram_model not in DRAM_MODELS:
             raise ValueError(f"accelerator file {where}: key dram.model must be one of "
                              f"{', '.join(DRAM_MODELS)}, got {dram_model!r}")
+    clock = None
+    if isinstance(doc.get("array"), dict) and "clock_mhz" in doc["array"]:
+        clock = _get(doc, "array", "clock_mhz", float, where)
     precision, serial_bits = "bit-parallel", 1
     arr = doc.get("array") if isinstance(doc.get("array"), dict) else {}
     if "precision" in arr:
@@ -214,6 +223,7 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
         description=str(doc.get("description", "")),
         path=where,
         dram_model=dram_model,
+        clock_mhz=clock,
         precision=precision,
         serial_bits=serial_bits,
         sram_global_bytes=gb,

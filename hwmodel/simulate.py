@@ -198,5 +198,7 @@ def simulate_graph(graph, taps: dict, accel: Accelerator, toggle_images: int = 1
         "mult_toggles": tot("mult_toggles"), "mult_toggles_signmag": tot("mult_toggles_signmag"),
         "mult_toggles_offset": tot("mult_toggles_offset"),
     }
+    totals["clock_mhz"] = accel.clock_mhz
+    totals["latency_us"] = accel.latency_us(totals["cycles"])
     totals["energy_vs_fp32_detailed"] = totals["e_total_pj"] / totals["e_fp32_pj"] if totals["e_fp32_pj"] else float("nan")
     return HwResult(rows=rows, totals=totals, accelerator=accel.name)

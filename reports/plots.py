@@ -45,23 +45,34 @@ def pareto_front(points, acc: str = "top1", energy: str = "e_total_pj") -> np.nd
     return ok & ~dom.any(axis=0)
 
 
+def _energy_unit(max_pj: float) -> tuple[float, str]:
+    """The SI unit an axis of energies up to max_pj (pJ) reads best in: (pJ per unit, name)."""
+    for scale, unit in ((1e9, "mJ"), (1e6, "µJ"), (1e3, "nJ")):
+        if max_pj >= scale:
+            return scale, unit
+    return 1.0, "pJ"
+
+
 def energy_breakdown(rows: pd.DataFrame, path_stem: str | os.PathLike,
                      title: str | None = None) -> tuple[Path, Path]:
-    """Stacked bars per layer: MAC, SRAM and DRAM energy (pJ), in the rows' order."""
+    """Stacked bars per layer: MAC, SRAM and DRAM energy (in pJ, drawn in the unit that reads best),
+    in the rows' order."""
     _require(rows, ["layer"] + [c for c, _ in _PARTS], "energy_breakdown")
     n = len(rows)
     fig = Figure(figsize=(max(6.0, 0.28 * n + 2.0), 4.5))
     ax = fig.add_subplot()
     x = np.arange(n)
     bottom = np.zeros(n)
+    total = sum(rows[c].to_numpy(dtype=float) for c, _ in _PARTS)
+    scale, unit = _energy_unit(float(np.max(total)) if n else 0.0)
     for col, name in _PARTS:
-        v = rows[col].to_numpy(dtype=float)
+        v = rows[col].to_numpy(dtype=float) / scale
         ax.bar(x, v, bottom=bottom, label=name, width=0.8)
         bottom += v
     ax.set_xticks(x)
     ax.set_xticklabels([str(l) for l in rows["layer"]], rotation=90, fontsize=7)
     ax.set_xlim(-0.6, n - 0.4)
-    ax.set_ylabel("energy (pJ)")
+    ax.set_ylabel(f"energy per image ({unit})")
     ax.set_title(title or "Energy per layer")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
@@ -77,9 +88,11 @@ def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
     picks a log energy axis when the energies span more than a factor of 20."""
     _require(points, ["label", "top1", "e_total_pj"], "pareto")
     pts = points.reset_index(drop=True)
-    e = pts["e_total_pj"].to_numpy(dtype=float)
-    a = pts["top1"].to_numpy(dtype=float)
     mask = pareto_front(pts)
+    e_pj = pts["e_total_pj"].to_numpy(dtype=float)
+    scale, unit = _energy_unit(float(np.nanmax(e_pj)) if np.isfinite(e_pj).any() else 0.0)
+    e = e_pj / scale  # drawn in the unit that reads best
+    a = pts["top1"].to_numpy(dtype=float)
 
     fig = Figure(figsize=(8.0, 5.5))
     ax = fig.add_subplot()
@@ -104,14 +117,14 @@ def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
         ax.axhline(fp32_top1, color="tab:gray", ls="--", lw=1,
                    label=f"FP32 top-1 ({fp32_top1:.4g})")
     if w8a8_energy is not None:
-        ax.axvline(w8a8_energy, color="tab:red", ls=":", lw=1,
-                   label=f"W8A8 energy ({w8a8_energy:.4g} pJ)")
+        ax.axvline(w8a8_energy / scale, color="tab:red", ls=":", lw=1,
+                   label=f"W8A8 energy ({w8a8_energy / scale:.4g} {unit})")
     finite = e[np.isfinite(e) & (e > 0)]
     if logx is None:
         logx = finite.size > 1 and finite.max() / finite.min() > 20
     if logx:
         ax.set_xscale("log")
-    ax.set_xlabel("energy (pJ)")
+    ax.set_xlabel(f"energy per image ({unit})")
     ax.set_ylabel("top-1 accuracy")
     ax.set_title(title or "Accuracy against energy")
     ax.grid(alpha=0.3)

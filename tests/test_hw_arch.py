@@ -59,6 +59,8 @@ def _mutate(tmp_path, section, key, value):
     ("sram", "ifmap_bytes", "0", "sram.ifmap_bytes must be positive"),
     ("energy", "e_dram_bit_pj", "-1.0", "energy.e_dram_bit_pj must be positive"),
     ("energy", "e_mac8_source", None, "missing key energy.e_mac8_source"),
+    ("array", "clock_mhz", "0", "array.clock_mhz must be positive"),
+    ("array", "clock_mhz", '"1GHz"', "array.clock_mhz must be float"),
 ])
 def test_bad_preset_names_key_and_file(tmp_path, section, key, value, words):
     p = _mutate(tmp_path, section, key, value)
@@ -74,3 +76,14 @@ def test_unknown_preset_and_broken_toml(tmp_path):
         load_accelerator("no-such-accel")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_accelerator(_write(tmp_path, "name = ["))
+
+
+def test_clock_gives_latency_and_is_optional(tmp_path):
+    """Presets name an (assumed) clock: latency = cycles / clock; a file without one has no latency."""
+    for n in list_presets():
+        a = load_accelerator(n)
+        assert a.clock_mhz and a.latency_us(4_000_000) == pytest.approx(4_000_000 / a.clock_mhz)
+    assert "ASSUMED" in (PRESET_DIR / "scalesim-32x32-ws.toml").read_text()
+    no_clock = _mutate(tmp_path, "array", "clock_mhz", None)
+    a = load_accelerator(no_clock)
+    assert a.clock_mhz is None and a.latency_us(1000) is None

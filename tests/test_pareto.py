@@ -33,7 +33,7 @@ def tiny(monkeypatch):
     x = torch.randn(12, 3, 8, 8)
     y = torch.randint(0, 10, (12,))
     loaded = SimpleNamespace(model=model, preprocess=Preprocess((3, 8, 8), (0.0,) * 3, (1.0,) * 3, resize=None),
-                             arch="tiny", source="random init")
+                             arch="tiny", source="random init", class_names=None)
 
     def fake_load(args):
         return inputs.Inputs(loaded, TensorDataset(x[:8], y[:8]), TensorDataset(x[8:], y[8:]), None)

@@ -10,7 +10,8 @@ from quantsim.errors import QuantsimError
 from quantsim.quant.config import ACC_OVERFLOW_MODES, CALIB_METHODS, EQUALIZE_RELU6, GPTQ_INPUTS, ROUNDING_METHODS
 from quantsim.run.options import DEFAULT_ACCEL
 
-__all__ = ["add_hw_args", "add_mixed_args", "add_model_data_args", "add_quant_args", "run_command"]
+__all__ = ["add_hw_args", "add_mixed_args", "add_model_data_args", "add_output_args", "add_quant_args",
+           "run_command"]
 
 
 def add_model_data_args(p: argparse.ArgumentParser) -> None:
@@ -102,6 +103,16 @@ def add_mixed_args(p: argparse.ArgumentParser, budget: bool = True) -> None:
                     help="held-out labelled images for --rerank-by top1 (default 2000)")
     mx.add_argument("--mixed-unit", default="layer", choices=["layer", "module"],
                     help="one width per layer, or per module (a ViT block's MSA and MLP, a ResNet block)")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    """What the command prints on stdout at the end (the files in --out are the same either way)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quiet", action="store_true",
+                   help="print nothing on stdout and no progress bars (errors still go to stderr)")
+    g.add_argument("--json", action="store_true",
+                   help="print the result as one JSON line (summary.json; a sweep's points) instead of the "
+                        "human summary")
 
 
 def run_command(run: Callable[[Any], Any], opts, show: Callable[[Any], None],

@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import pandas as pd
 
-from quantsim.cli.arguments import (add_hw_args, add_mixed_args, add_model_data_args, add_quant_args,
-                                    run_command)
+from quantsim.cli.arguments import (add_hw_args, add_mixed_args, add_model_data_args, add_output_args,
+                                    add_quant_args, run_command)
 from quantsim.run.options import SweepOptions
 from quantsim.run import sweep
 from quantsim.run.sweep import run
+from reports.io import to_jsonable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="keep the points already in OUT/points.csv")
     p.add_argument("--out", default="runs/pareto", help="output directory")
     p.add_argument("--no-progress", action="store_true")
+    add_output_args(p)
     return p
 
 
@@ -35,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def show(df):
-        cols = [c for c in ("label", "top1", "energy_ratio_w8a8", "bitexact_mismatches") if c in df.columns]
-        print(df[cols].to_string(index=False))
+        if args.json:  # the points as one JSON line (points.csv's rows)
+            print(json.dumps(to_jsonable(df.astype(object).where(df.notna(), None).to_dict("records"))))
+        elif not args.quiet:
+            print((Path(args.out) / "summary.txt").read_text(), end="")
 
     return run_command(run, SweepOptions.from_namespace(args), show,
                        lambda df: pd.to_numeric(df.get("bitexact_mismatches"), errors="coerce").fillna(0).sum(),

@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from quantsim.cli.arguments import (add_hw_args, add_mixed_args, add_model_data_args, add_quant_args,
-                                    run_command)
+from quantsim.cli.arguments import (add_hw_args, add_mixed_args, add_model_data_args, add_output_args,
+                                    add_quant_args, run_command)
 from quantsim.run.options import RunOptions
 from quantsim.run.single import run
 
@@ -31,15 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle", choices=["tflite", "onnxruntime"], default=None,
                    help="run the real engine beside integer_ref on the bit-exact images (imported .tflite / .onnx models)")
     p.add_argument("--no-progress", action="store_true")
+    add_output_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    keys = ("model", "bits", "top1", "top1_fp32", "agreement_fp32", "bitexact_mismatches", "oracle_mismatches",
-            "onnx_export")
-    return run_command(run, RunOptions.from_namespace(args),
-                       lambda summary: print(json.dumps({k: summary[k] for k in keys if k in summary})),
+    out = Path(args.out)
+
+    def show(summary) -> None:
+        if args.json:  # summary.json as one line (its keys include the former JSON line's)
+            print(json.dumps(json.loads((out / "summary.json").read_text()), ensure_ascii=False))
+        elif not args.quiet:
+            print((out / "summary.txt").read_text(), end="")
+
+    return run_command(run, RunOptions.from_namespace(args), show,
                        lambda summary: summary.get("bitexact_mismatches", 0),
                        f"bitexact_mismatches in {args.out}/layers.csv")
 

@@ -518,3 +518,15 @@ def energy_share(hw) -> dict[str, float]:
     """Each IR node's share of the program's detailed energy."""
     tot = float(hw.totals["e_total_pj"]) or 1.0
     return {r["layer"]: float(r["e_total_pj"]) / tot for r in hw.rows}
+
+
+def widths_table(plan: MixedPlan, hw) -> pd.DataFrame:
+    """Per MAC layer: the plan's columns, the widths the program runs at, its energy and share."""
+    rows = {r["layer"]: r for r in hw.rows}
+    share = energy_share(hw)
+    df = layer_columns(plan)
+    df["w_bits"] = [int(rows[l]["w_bits"]) for l in df["layer"]]
+    df["a_bits"] = [int(rows[l]["x_bits"]) for l in df["layer"]]
+    df["e_total_pj"] = [float(rows[l]["e_total_pj"]) for l in df["layer"]]
+    df["energy_share"] = [share[l] for l in df["layer"]]
+    return df

@@ -42,7 +42,8 @@ def energy_summary(hw: HwResult, w8: HwResult, fp32: bool = False) -> dict:
         "accelerator": t["accelerator"], "dataflow": t["dataflow"], "dram_model": t["dram_model"],
         "array": f"{t['rows']}x{t['cols']}",
         "mac_form": t["mac_form"], "toggle_images": t["toggle_images"],
-        "cycles": t["cycles"], "n_mac": t["n_mac"], "dram_bytes": t["dram_bytes"],
+        "cycles": t["cycles"], "clock_mhz": t["clock_mhz"], "latency_us": t["latency_us"],
+        "n_mac": t["n_mac"], "dram_bytes": t["dram_bytes"],
         "e_fp32_pj": t["e_fp32_pj"], "e_fp32_seed_pj": t["e_fp32_seed_pj"],
         "e_w8a8_pj": r["e_total_pj"], "e_w8a8_seed_pj": r["e_seed_pj"],
     }

@@ -61,7 +61,7 @@ def run_imported(args, accel) -> dict:
     eval_ds = datasets.deterministic_subset(eval_ds, args.eval, args.seed + 1)
     if len(eval_ds) == 0:
         raise QuantsimError("the data source holds no images")
-    progress = not args.no_progress
+    progress = args.progress
     acc = _accuracy(graph, datasets.make_loader(eval_ds, batch_size=args.batch_size), imp.label_offset, progress)
     n_check = min(max(args.bitexact_images, args.toggle_images, 1), len(eval_ds))
     x = torch.stack([eval_ds[i][0] for i in range(n_check)])

@@ -10,7 +10,9 @@ import pandas as pd
 
 from hwmodel.mapping import packed_bytes
 from integer_ref.ir import MAC_OPS, Graph
-from reports.io import ReportDir
+from reports.html import run_report
+from reports.io import ReportDir, write_bytes_atomic
+from reports.summary_text import run_summary
 
 LAYER_COLUMNS = ["layer", "op", "source", "w_bits", "a_bits", "out_bits", "w_signed", "a_signed", "out_signed",
                  "granularity", "n_mac", "n_params", "weight_bytes", "in_bytes", "out_bytes", "in_shape",
@@ -72,16 +74,33 @@ def merge_rows(layers: pd.DataFrame, hw) -> pd.DataFrame:
     return out
 
 
+FIGURES = (("energy_breakdown.svg", "Energy per layer: MAC, SRAM, DRAM"),
+           ("width_map.svg", "Widths per layer and their share of energy"))
+
+
 def write_reports(out: Path, summary: dict, layers: pd.DataFrame | None, graph: Graph | None = None,
-                  extra=None) -> None:
-    """Everything for --out in one staged commit: a failed run leaves no files behind."""
+                  extra=None, predictions: pd.DataFrame | None = None, thumbs: list[bytes] | None = None) -> str:
+    """Everything for --out in one staged commit: a failed run leaves no files behind. Last come
+    the person's views of those files, summary.txt and report.html; returns the summary text."""
     flat = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
     with ReportDir(out) as rd:
         rd.write_json("summary.json", summary)
         rd.write_csv("summary.csv", pd.DataFrame([flat]))
         if layers is not None:
             rd.write_csv("layers.csv", layers)
+        if predictions is not None:
+            rd.write_csv("predictions.csv", predictions)
+        if thumbs:
+            for i, png in enumerate(thumbs):
+                write_bytes_atomic(rd.path(f"thumbs/{i:03d}.png"), png)
         if graph is not None:
             graph.save(rd.path("ir"))
         if extra is not None:
             extra(rd)
+        figures = {caption: (rd.staging / name).read_text() for name, caption in FIGURES
+                   if (rd.staging / name).exists()}
+        files = sorted(p.name + ("/" if p.is_dir() else "") for p in rd.staging.iterdir()) + ["summary.txt"]
+        text = run_summary(summary, layers, predictions, out, files)
+        rd.write_text("summary.txt", text)
+        rd.write_text("report.html", run_report(summary, layers, predictions, figures, text, thumbs))
+    return text

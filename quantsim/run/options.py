@@ -65,6 +65,8 @@ class RunOptions:
     export_onnx: str | None = None
     oracle: str | None = None
     no_progress: bool = False
+    quiet: bool = False   # nothing on stdout, no progress bars
+    json: bool = False    # summary.json on stdout as one line instead of the human summary
 
     @classmethod
     def from_namespace(cls, ns: argparse.Namespace):
@@ -77,7 +79,7 @@ class RunOptions:
 
     @property
     def progress(self) -> bool:
-        return not self.no_progress
+        return not (self.no_progress or self.quiet)
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from quantsim.errors import QuantsimError
 from quantsim.interop.imported import is_importable
 from quantsim.interop.onnx_export import export_onnx
-from quantsim.mixed.plan import layer_columns, plan_mixed
+from quantsim.mixed.plan import layer_columns, plan_mixed, widths_table
 from quantsim.quant.config import QuantConfig, parse_bits
 from quantsim.run import hardware, stages
 from quantsim.run.imported import run_imported
@@ -24,7 +24,9 @@ from quantsim.run.inputs import (batches, check_images, check_out_dir, heldout_l
                                  load_inputs, parse_candidates)
 from quantsim.run.layer_table import layer_table, merge_rows, write_reports
 from quantsim.run.options import RunOptions
+from quantsim.run.predictions import predictions_table, thumbnails
 from quantsim.zoo import datasets
+from reports.plots import width_map
 
 __all__ = ["Checked", "check_options", "fp32_energy", "measure_program", "run", "w8a8_reference"]
 
@@ -192,8 +194,14 @@ def run(opts: RunOptions) -> dict:
         summary.update(plan.summary())
         summary["seconds_mixed"] = {k: round(v, 2) for k, v in plan.tables.seconds.items()}
     title = f"{loaded.arch} {summary['bits']} on {chk.accel.name}"
-    write_reports(chk.out, summary, layers, graph if (opts.save_ir and cfg) else None,
-                  extra=lambda rd: hardware.plot_energy(hw, rd.path("energy_breakdown"), title))
-    if inp.note:
+
+    def figures(rd):
+        hardware.plot_energy(hw, rd.path("energy_breakdown"), title)
+        if plan:
+            width_map(widths_table(plan, hw), rd.path("width_map"), title=f"{title}: widths and energy share per layer")
+    write_reports(chk.out, summary, layers, graph if (opts.save_ir and cfg) else None, extra=figures,
+                  predictions=predictions_table(acc, eval_ds, loaded.class_names) if cfg else None,
+                  thumbs=thumbnails(eval_ds, loaded.preprocess) if cfg else None)
+    if inp.note and opts.json:  # the human summary carries the note; a script reading JSON sees it here
         print(inp.note, file=sys.stderr)
     return summary

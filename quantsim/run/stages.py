@@ -101,6 +101,16 @@ class Accuracy:
     top5_fp32: int = 0
     agree: int = 0
     predictions: list[np.ndarray] = field(default_factory=list)
+    top5_fp32_idx: list[np.ndarray] = field(default_factory=list)  # per batch: FP32's 5 best classes
+    top5_idx: list[np.ndarray] = field(default_factory=list)       # and the program's
+    labels: list[np.ndarray] = field(default_factory=list)
+
+    def top5_overlap(self) -> np.ndarray:
+        """Per image: how many of FP32's top-5 classes are among the program's top-5."""
+        if not self.top5_idx:
+            return np.zeros(0, np.int64)
+        f, q = np.concatenate(self.top5_fp32_idx), np.concatenate(self.top5_idx)
+        return (f[:, :, None] == q[:, None, :]).any(axis=2).sum(axis=1)
 
     def as_dict(self) -> dict:
         lab = max(self.n_labelled, 1)
@@ -112,6 +122,7 @@ class Accuracy:
             "top1_fp32": 100.0 * self.top1_fp32 / lab if has else None,
             "top5_fp32": 100.0 * self.top5_fp32 / lab if has else None,
             "agreement_fp32": 100.0 * self.agree / max(self.n, 1),
+            "top5_overlap_fp32": float(self.top5_overlap().mean()) if self.top5_idx else None,
         }
 
 
@@ -127,6 +138,9 @@ def evaluate(model: torch.nn.Module, graph: Graph | None, loader, progress: bool
         acc.n += len(x)
         acc.agree += int((pf == pq).sum())
         acc.predictions.append(pq.numpy())
+        acc.top5_fp32_idx.append(top_indices(f, 5))
+        acc.top5_idx.append(top_indices(q, 5))
+        acc.labels.append(np.asarray(y))
         mask = y >= 0
         if mask.any():
             acc.n_labelled += int(mask.sum())

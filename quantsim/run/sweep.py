@@ -15,6 +15,7 @@ Out dir:
 from __future__ import annotations
 
 import io
+import json
 import math
 import sys
 import time
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from quantsim.emulate.executor import EmulatedModel
 from quantsim.errors import QuantsimError
-from quantsim.mixed.plan import energy_share, layer_columns, mixed_tables, plan_mixed
+from quantsim.mixed.plan import mixed_tables, plan_mixed, widths_table
 from quantsim.quant.config import QuantConfig
 from quantsim.run import hardware, stages
 from quantsim.run.inputs import (batches, check_images, check_out_dir, heldout_labelled, load_accel,
@@ -37,8 +38,10 @@ from quantsim.run.options import SweepOptions
 from quantsim.run.single import base_config, fp32_energy, measure_program
 from quantsim.zoo import datasets
 from quantsim.zoo.metrics import hits, top_indices
-from reports.io import write_bytes_atomic, write_csv_atomic, write_json_atomic
-from reports.plots import pareto as pareto_plot, width_map
+from reports.html import sweep_report
+from reports.io import write_bytes_atomic, write_csv_atomic, write_json_atomic, write_text_atomic
+from reports.plots import pareto as pareto_plot, pareto_front, width_map
+from reports.summary_text import sweep_summary
 
 POINT_COLUMNS = ["label", "policy", "granularity", "w_bits", "a_bits", "top1", "top5", "agreement_fp32",
                  "e_total_pj", "e_seed_pj", "energy_ratio_w8a8", "bitexact_mismatches",
@@ -180,10 +183,13 @@ def run(args: SweepOptions) -> pd.DataFrame:
         raise QuantsimError(f"--uniform-granularity {args.uniform_granularity!r}: per-tensor and/or per-channel")
     points = sweep_points(args.granularity, budgets, not args.no_uniform, grans)
     todo = [p for p in points if p.label not in done_labels]
-    progress = not args.no_progress
+    progress = args.progress
     if not todo:
         print(f"all {len(points)} points already in {points_path}", file=sys.stderr)
         _plots(out, pd.DataFrame(rows), args, accel.name)
+        meta_path = out / "sweep.json"
+        _report(out, pd.DataFrame(rows), json.loads(meta_path.read_text()) if meta_path.exists()
+                else {"accelerator": accel.name})
         return pd.DataFrame(rows)
 
     torch.manual_seed(args.seed)
@@ -280,7 +286,7 @@ def run(args: SweepOptions) -> pd.DataFrame:
                    energy_ratio_w8a8=float(hw.totals["e_total_pj"]) / w8_pj,
                    bitexact_mismatches=bx.total_mismatches if bx else None)
         if plan is not None:
-            _write_widths(out, p.label, plan, hw, layer_columns(plan), energy_share(hw), loaded.arch)
+            _write_widths(out, p.label, plan, hw, loaded.arch)
             if plan.rerank:  # what each re-ranked candidate measured, to audit the choice
                 write_json_atomic(out / "state" / f"rerank_{p.label}.json", plan.rerank)
         row["seconds"] = round(time.perf_counter() - t0, 2)
@@ -299,16 +305,12 @@ def run(args: SweepOptions) -> pd.DataFrame:
                     seconds_tables={k: round(v, 2) for k, v in tables.seconds.items()})
     write_json_atomic(out / "sweep.json", meta)
     _plots(out, df, args, f"{loaded.arch} on {accel.name}")
+    _report(out, df, meta)
     return df
 
 
-def _write_widths(out: Path, label: str, plan, hw, cols: pd.DataFrame, share: dict, arch: str) -> None:
-    rows = {r["layer"]: r for r in hw.rows}
-    df = cols.copy()
-    df["w_bits"] = [int(rows[l]["w_bits"]) for l in df["layer"]]
-    df["a_bits"] = [int(rows[l]["x_bits"]) for l in df["layer"]]
-    df["e_total_pj"] = [float(rows[l]["e_total_pj"]) for l in df["layer"]]
-    df["energy_share"] = [share[l] for l in df["layer"]]
+def _write_widths(out: Path, label: str, plan, hw, arch: str) -> None:
+    df = widths_table(plan, hw)
     write_csv_atomic(out / f"widths_{label}.csv", df)
     width_map(df, out / f"width_map_{label}", title=f"{arch} {label}: widths and energy share per layer")
 
@@ -323,3 +325,18 @@ def _plots(out: Path, df: pd.DataFrame, args, title: str) -> None:
     q = pts[pts["policy"] != "fp32"]
     pareto_plot(q, out / "pareto", fp32_top1=float(fp32["top1"].iloc[0]) if len(fp32) else None,
            w8a8_energy=float(ref["e_total_pj"].iloc[0]) if len(ref) else None, title=title)
+
+
+def _report(out: Path, df: pd.DataFrame, meta: dict) -> None:
+    """summary.txt and report.html: the points, the Pareto plot and the width maps, for a person."""
+    # the frontier of the quantized points, as the plot draws it (FP32 is a reference line there)
+    quantized = (df["policy"] != "fp32").to_numpy()
+    pts = pd.DataFrame({"top1": pd.to_numeric(df["top1"], errors="coerce").where(quantized),
+                        "e_total_pj": pd.to_numeric(df["e_total_pj"], errors="coerce")})
+    front = pareto_front(pts)
+    pareto_svg = (out / "pareto.svg").read_text() if (out / "pareto.svg").exists() else None
+    maps = {f"{label}: widths per layer and their share of energy": (out / f"width_map_{label}.svg").read_text()
+            for label in df["label"].astype(str) if (out / f"width_map_{label}.svg").exists()}
+    text = sweep_summary(df, meta, out, front)
+    write_text_atomic(out / "summary.txt", text)
+    write_text_atomic(out / "report.html", sweep_report(df, meta, front, pareto_svg, maps, text))
