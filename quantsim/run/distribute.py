@@ -30,6 +30,7 @@ __all__ = ["FAULTS_ENV", "Job", "check_address", "connect", "run_jobs"]
 
 FAULTS_ENV = "QUANTSIM_RAY_FAULTS"
 # a Ray client address (ray://host:port), a GCS address (host:port) or auto (RAY_ADDRESS / the local head)
+_ROOT = Path(__file__).resolve().parents[2]  # the folder holding the quantsim package
 _ADDRESS = re.compile(r"^(local|auto|ray://[^\s:/]+(:\d+)?|[^\s:/]+:\d+)$")
 
 
@@ -64,7 +65,10 @@ def connect(address: str) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no usage report
     try:
         if address == "local":
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING)
+            # the workers import the quantsim this driver runs (a checkout need not be installed)
+            path = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
+                     runtime_env={"env_vars": {"PYTHONPATH": path}})
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
