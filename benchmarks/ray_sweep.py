@@ -13,6 +13,8 @@ script fails if they do not. Speed-up = serial wall time / Ray wall time (Ray's 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 import time
@@ -53,10 +55,15 @@ def main() -> int:
         t_serial = sweep(Path(tmp) / "serial", args, None)
         t_ray = sweep(Path(tmp) / "ray", args, args.ray)
         a, b = (pd.read_csv(Path(tmp) / d / "points.csv") for d in ("serial", "ray"))
+        tables = [sum(json.loads((Path(tmp) / d / "sweep.json").read_text()).get("seconds_tables", {}).values())
+                  for d in ("serial", "ray")]
     same = list(a.columns) == list(b.columns) and a.drop(columns="seconds").equals(b.drop(columns="seconds"))
-    print(f"points: {len(a)} ({', '.join(a['label'])}); {args.eval} evaluation images, {args.calib} calibration")
-    print(f"serial:       {t_serial:7.1f} s  (sum of the points' own times {a['seconds'].sum():.1f} s)")
-    print(f"--ray {args.ray}: {t_ray:7.1f} s  (sum of the points' own times {b['seconds'].sum():.1f} s)")
+    print(f"points: {len(a)}; {args.eval} evaluation images, {args.calib} calibration; {os.cpu_count()} cores")
+    print(pd.DataFrame({"point": a["label"], "serial_s": a["seconds"], "ray_s": b["seconds"]}).to_string(index=False))
+    print("(a serial sweep measures the mixed tables inside its first mixed point; --ray in the driver, before "
+          f"the tasks: {tables[0]:.1f} s and {tables[1]:.1f} s)")
+    print(f"serial:       {t_serial:7.1f} s")
+    print(f"--ray {args.ray}: {t_ray:7.1f} s  (Ray's start included)")
     print(f"speed-up:     {t_serial / t_ray:7.2f}x   rows identical: {same}")
     return 0 if same else 1
 
