@@ -273,11 +273,6 @@ def measure_point(ctx: SweepContext, p: Point, thr: PointResult | dict | None = 
     return res
 
 
-def _measure_job(ctx: SweepContext, p: Point, thr) -> PointResult:
-    """A --ray task: measure_point with the (args..., dep) order distribute.run_jobs calls."""
-    return measure_point(ctx, p, thr)
-
-
 def run(args: SweepOptions) -> pd.DataFrame:
     """The sweep; each point is a run of quantsim.run.single's measure_program on its program,
     one after another, or (--ray) as Ray tasks with the rows still written in point order."""
@@ -396,7 +391,7 @@ def _run_on_ray(ctx: SweepContext, todo: list[Point], done_rows: list[dict], poi
         record(res)
         write_points(points_path, done_rows + [results[p.label].row for p in todo if p.label in results])
 
-    distribute.run_jobs(_measure_job, replace(ctx, progress=False), jobs, on_done, address=ctx.args.ray,
+    distribute.run_jobs(measure_point, replace(ctx, progress=False), jobs, on_done, address=ctx.args.ray,
                         retries=ctx.args.ray_retries, progress=ctx.progress, desc="pareto")
     return [results[p.label].row for p in todo]
 
