@@ -9,6 +9,17 @@ Each run starts from an empty folder (its own calibration, FP32 pass and sensiti
 tables, which the driver computes before any task starts: the serial part of a Ray sweep).
 Both must write the same points.csv rows (every column but the wall time `seconds`); the
 script fails if they do not. Speed-up = serial wall time / Ray wall time (Ray's start included).
+
+The serial baseline runs with this process's torch / numba threads (each Ray task has one);
+on a machine others are loading, 2 threads per process can be several times slower than 1
+(measured: 304 s against 42 s for the default sweep), so compare at the same thread count:
+OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 .venv/bin/python benchmarks/ray_sweep.py
+
+Measured so (2026-12-03, the 2-core build machine with other jobs running, load average 9-12):
+512 images 42 s serial, 76 s --ray local (0.55x); 1000 images 83 s and 97 s (0.86x). Two
+tasks on two busy cores each ran 1.3-2x slower than the serial point, and Ray's start and
+the driver's serial part (calibration, FP32, the tables) weigh on a sweep this short; the
+speed-up close to the core count needs idle cores or a cluster, and longer points.
 """
 from __future__ import annotations
 
@@ -20,7 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numba
 import pandas as pd
+import torch
 
 from common import SHARED  # noqa: F401  (puts the repo on sys.path)
 
@@ -58,7 +71,9 @@ def main() -> int:
         tables = [sum(json.loads((Path(tmp) / d / "sweep.json").read_text()).get("seconds_tables", {}).values())
                   for d in ("serial", "ray")]
     same = list(a.columns) == list(b.columns) and a.drop(columns="seconds").equals(b.drop(columns="seconds"))
-    print(f"points: {len(a)}; {args.eval} evaluation images, {args.calib} calibration; {os.cpu_count()} cores")
+    print(f"points: {len(a)}; {args.eval} evaluation images, {args.calib} calibration; {os.cpu_count()} cores; "
+          f"serial driver threads: torch {torch.get_num_threads()}, numba {numba.get_num_threads()}; "
+          "Ray tasks: 1 each")
     print(pd.DataFrame({"point": a["label"], "serial_s": a["seconds"], "ray_s": b["seconds"]}).to_string(index=False))
     print("(a serial sweep measures the mixed tables inside its first mixed point; --ray in the driver, before "
           f"the tasks: {tables[0]:.1f} s and {tables[1]:.1f} s)")
