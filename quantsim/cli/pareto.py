@@ -32,6 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/pareto", help="output directory")
     p.add_argument("--no-progress", action="store_true")
     add_output_args(p)
+    p.add_argument("--ray", metavar="local|ADDRESS", default=None,
+                   help="run the points as Ray tasks: local (a local cluster sized to the cores), auto, "
+                        "ray://HOST:10001 or HOST:6379 (a running cluster; see the README); default: one after "
+                        "another in this process")
+    p.add_argument("--ray-retries", type=int, default=2,
+                   help="--ray: times a failed point (exception or lost worker) is retried (default 2)")
     return p
 
 

@@ -91,3 +91,5 @@ class SweepOptions(RunOptions):
     no_uniform: bool = False
     uniform_granularity: str = "per-tensor,per-channel"
     resume: bool = False
+    ray: str | None = None
+    ray_retries: int = 2

@@ -19,7 +19,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from quantsim.emulate.executor import EmulatedModel
 from quantsim.errors import QuantsimError
 from quantsim.mixed.plan import mixed_tables, plan_mixed, widths_table
 from quantsim.quant.config import QuantConfig
-from quantsim.run import hardware, stages
+from quantsim.run import distribute, hardware, stages
 from quantsim.run.inputs import (batches, check_images, check_out_dir, heldout_labelled, load_accel,
                                  load_inputs, parse_candidates)
 from quantsim.run.options import SweepOptions
@@ -108,6 +108,14 @@ class EvalSet:
         self._batches = [(x, y) for x, y in self.loader]
         return self._batches
 
+    def __getstate__(self):
+        """Pickled (a --ray task's copy) with its batches when they fit in memory, else with the
+        loader, whose data set's files must then be at the same paths on every worker."""
+        state = dict(self.__dict__)
+        if self.cached:
+            state.update(_batches=self.batches(), loader=None)
+        return state
+
 
 @torch.no_grad()
 def fp32_predictions(model, ev: EvalSet, progress: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -164,13 +172,122 @@ def write_points(path: Path, rows: list[dict]) -> None:
 # --------------------------------------------------------------------------- the sweep
 
 
+@dataclass
+class SweepContext:
+    """What every point reads, computed once by the driver (under --ray, put in the object
+    store once): the prepared model, the images, the FP32 predictions, the W8A8 reference."""
+
+    args: SweepOptions
+    prep: stages.Prepared
+    base: QuantConfig
+    accel: object
+    calib: list
+    ev: EvalSet
+    x: torch.Tensor
+    toggle_x: torch.Tensor
+    fp32_top5: np.ndarray
+    labels: np.ndarray
+    w8_pj: float
+    fp32: dict
+    candidates: tuple
+    rerank_data: object
+    out: Path
+    progress: bool
+    tables: object = None  # the mixed tables, measured at the first mixed point
+
+    def mixed_tables(self):
+        if self.tables is None:
+            a = self.args
+            self.tables = mixed_tables(self.prep, self.base, self.accel, self.calib, self.toggle_x, self.candidates,
+                                       a.sensitivity_at, a.sensitivity_weighting, a.mac_form,
+                                       a.sensitivity_cache or self.out / "state", self.progress, unit=a.mixed_unit)
+        return self.tables
+
+
+@dataclass
+class PointResult:
+    """A point's row of points.csv and, for a mixed plan, its widths table and re-ranking record
+    (the driver writes them: a worker on another machine has no access to the out dir)."""
+
+    row: dict
+    widths: pd.DataFrame | None = None
+    rerank: dict | None = None
+
+
+def measure_point(ctx: SweepContext, p: Point, thr: PointResult | dict | None = None) -> PointResult:
+    """One point (`thr`: the mixed-thr point's row or result, which mixed-at-thr's budget is)."""
+    t0 = time.perf_counter()
+    args = ctx.args
+    row = {"label": p.label, "policy": p.policy, "granularity": p.granularity,
+           "w_bits": p.w_bits, "a_bits": p.a_bits, "budget": p.budget}
+    if p.policy == "fp32":
+        row.update(accuracy(ctx.fp32_top5, ctx.labels, None))
+        row.update(w_bits=32, a_bits=32, e_total_pj=float(ctx.fp32["e_total_pj"]),
+                   e_seed_pj=float(ctx.fp32["e_seed_pj"]), bitexact_mismatches=0)
+        row["energy_ratio_w8a8"] = row["e_total_pj"] / ctx.w8_pj
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        return PointResult(row)
+    plan = None
+    if p.policy == "uniform":
+        d = ctx.base.to_json()
+        d.update(w_bits=p.w_bits, a_bits=p.a_bits, granularity=p.granularity)
+        graph = stages.quantize(ctx.prep, QuantConfig.from_json(d))
+    else:
+        tables = ctx.mixed_tables()
+        budget = p.budget
+        if p.label == "mixed-at-thr":
+            thr_row = thr.row if isinstance(thr, PointResult) else thr
+            ratio = pd.to_numeric(pd.Series([thr_row.get("energy_ratio_w8a8") if thr_row else None]),
+                                  errors="coerce")[0]
+            if not np.isfinite(ratio):
+                row.update(note="no threshold point to match")
+                return PointResult(row)
+            budget = row["budget"] = float(ratio)
+        try:
+            plan = plan_mixed(ctx.prep, ctx.base, ctx.accel, ctx.calib, ctx.toggle_x, ctx.candidates,
+                              policy="threshold" if p.policy == "mixed-threshold" else "budget",
+                              budget=budget, tables=tables, progress=ctx.progress, rerank=args.rerank,
+                              rerank_data=ctx.rerank_data)
+        except QuantsimError as exc:  # an infeasible budget: record it, keep going
+            row.update(note=str(exc), seconds=round(time.perf_counter() - t0, 2))
+            tqdm.write(f"{p.label}: {exc}", file=sys.stderr)
+            return PointResult(row)
+        graph = plan.graph
+        s = plan.summary()
+        row.update(planned_energy_ratio=s["planned_energy_ratio"], binding=s["binding"],
+                   optimal=s["optimal"], total_sensitivity=s["total_sensitivity"],
+                   widths="-".join(str(b) if isinstance(b, int) else f"W{b[0]}A{b[1]}"
+                                   for b in s["chosen_widths"]),
+                   note="; ".join(x for x in (
+                       f"refinements={s['refinements']}" if s["refinements"] else "",
+                       f"re-ranked: {s['rerank']['chosen']} of {s['rerank']['candidates']}" if s["rerank"] else "")
+                       if x) or None)
+    top5 = quantized_predictions(graph, ctx.ev, ctx.progress, p.label)
+    row.update(accuracy(top5, ctx.labels, ctx.fp32_top5[:, 0]))
+    bx, _, hw = measure_program(graph, ctx.x, args, ctx.accel)
+    row.update(e_total_pj=float(hw.totals["e_total_pj"]), e_seed_pj=float(hw.totals["e_seed_pj"]),
+               energy_ratio_w8a8=float(hw.totals["e_total_pj"]) / ctx.w8_pj,
+               bitexact_mismatches=bx.total_mismatches if bx else None)
+    res = PointResult(row)
+    if plan is not None:
+        res.widths = widths_table(plan, hw)
+        res.rerank = plan.rerank  # what each re-ranked candidate measured, to audit the choice
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return res
+
+
 def run(args: SweepOptions) -> pd.DataFrame:
-    """The sweep; each point is a run of quantsim.run.single's measure_program on its program."""
+    """The sweep; each point is a run of quantsim.run.single's measure_program on its program,
+    one after another, or (--ray) as Ray tasks with the rows still written in point order."""
     t_start = time.perf_counter()
     budgets = parse_budgets(args.budgets)
     candidates = parse_candidates(args.candidates)
     if args.toggle_images < 1:
         raise QuantsimError("--toggle-images must be at least 1")
+    if args.ray is not None:
+        distribute.check_address(args.ray)
+        if args.ray_retries < 0:
+            raise QuantsimError(f"--ray-retries {args.ray_retries}: give 0 or more")
     out = check_out_dir(args.out)
     accel = load_accel(args.accel, args.dram_model, args.residency)
     base = base_config(args)
@@ -221,78 +338,31 @@ def run(args: SweepOptions) -> pd.DataFrame:
                               args.toggle_images, args.mac_form)
     w8_pj = float(w8_hw.totals["e_total_pj"])
     fp32 = fp32_energy(w8_hw)  # what `simulate --bits fp32` reports, from the same function
-    tables = None
+    ctx = SweepContext(args, prep, base, accel, calib, ev, x, toggle_x, fp32_top5, labels, w8_pj, fp32,
+                       candidates, rerank_data, out, progress)
 
-    def finish(row: dict) -> None:
-        rows.append(row)
-        write_points(points_path, rows)
+    def record(res: PointResult) -> None:
+        if res.widths is not None:
+            _write_widths(out, res.row["label"], res.widths, loaded.arch)
+        if res.rerank:
+            write_json_atomic(out / "state" / f"rerank_{res.row['label']}.json", res.rerank)
 
-    bar = tqdm(todo, desc="pareto", unit="point", disable=not progress)
-    for p in bar:
-        bar.set_postfix_str(p.label)
-        t0 = time.perf_counter()
-        row = {"label": p.label, "policy": p.policy, "granularity": p.granularity,
-               "w_bits": p.w_bits, "a_bits": p.a_bits, "budget": p.budget}
-        if p.policy == "fp32":
-            row.update(accuracy(fp32_top5, labels, None))
-            row.update(w_bits=32, a_bits=32, e_total_pj=float(fp32["e_total_pj"]),
-                       e_seed_pj=float(fp32["e_seed_pj"]), bitexact_mismatches=0)
-            row["energy_ratio_w8a8"] = row["e_total_pj"] / w8_pj
-            row["seconds"] = round(time.perf_counter() - t0, 2)
-            finish(row)
-            continue
-        plan = None
-        if p.policy == "uniform":
-            d = base.to_json()
-            d.update(w_bits=p.w_bits, a_bits=p.a_bits, granularity=p.granularity)
-            graph = stages.quantize(prep, QuantConfig.from_json(d))
-        else:
-            if tables is None:
-                tables = mixed_tables(prep, base, accel, calib, toggle_x, candidates, args.sensitivity_at,
-                                      args.sensitivity_weighting, args.mac_form,
-                                      args.sensitivity_cache or out / "state", progress, unit=args.mixed_unit)
-            if p.label == "mixed-at-thr":
-                thr = [r for r in rows if r["label"] == "mixed-thr"]
-                ratio = pd.to_numeric(pd.Series([thr[0].get("energy_ratio_w8a8") if thr else None]), errors="coerce")[0]
-                if not np.isfinite(ratio):
-                    row.update(note="no threshold point to match")
-                    finish(row)
-                    continue
-                p.budget = row["budget"] = float(ratio)
-            try:
-                plan = plan_mixed(prep, base, accel, calib, toggle_x, candidates,
-                                  policy="threshold" if p.policy == "mixed-threshold" else "budget",
-                                  budget=p.budget, tables=tables, progress=progress, rerank=args.rerank,
-                                  rerank_data=rerank_data)
-            except QuantsimError as exc:  # an infeasible budget: record it, keep going
-                row.update(note=str(exc), seconds=round(time.perf_counter() - t0, 2))
-                tqdm.write(f"{p.label}: {exc}", file=sys.stderr)
-                finish(row)
-                continue
-            graph = plan.graph
-            s = plan.summary()
-            row.update(planned_energy_ratio=s["planned_energy_ratio"], binding=s["binding"],
-                       optimal=s["optimal"], total_sensitivity=s["total_sensitivity"],
-                       widths="-".join(str(b) if isinstance(b, int) else f"W{b[0]}A{b[1]}"
-                                       for b in s["chosen_widths"]),
-                       note="; ".join(x for x in (
-                           f"refinements={s['refinements']}" if s["refinements"] else "",
-                           f"re-ranked: {s['rerank']['chosen']} of {s['rerank']['candidates']}" if s["rerank"] else "")
-                           if x) or None)
-        top5 = quantized_predictions(graph, ev, progress, p.label)
-        row.update(accuracy(top5, labels, fp32_top5[:, 0]))
-        bx, _, hw = measure_program(graph, x, args, accel)
-        row.update(e_total_pj=float(hw.totals["e_total_pj"]), e_seed_pj=float(hw.totals["e_seed_pj"]),
-                   energy_ratio_w8a8=float(hw.totals["e_total_pj"]) / w8_pj,
-                   bitexact_mismatches=bx.total_mismatches if bx else None)
-        if plan is not None:
-            _write_widths(out, p.label, plan, hw, loaded.arch)
-            if plan.rerank:  # what each re-ranked candidate measured, to audit the choice
-                write_json_atomic(out / "state" / f"rerank_{p.label}.json", plan.rerank)
-        row["seconds"] = round(time.perf_counter() - t0, 2)
-        finish(row)
-    bar.close()
+    if args.ray is None:
+        def finish(row: dict) -> None:
+            rows.append(row)
+            write_points(points_path, rows)
+
+        bar = tqdm(todo, desc="pareto", unit="point", disable=not progress)
+        for p in bar:
+            bar.set_postfix_str(p.label)
+            res = measure_point(ctx, p, next((r for r in rows if r["label"] == "mixed-thr"), None))
+            record(res)
+            finish(res.row)
+        bar.close()
+    else:
+        rows = rows + _run_on_ray(ctx, todo, rows, points_path, record)
     df = pd.DataFrame(rows)
+    tables = ctx.tables
     meta = {"model": loaded.arch, "accelerator": accel.name, "n_eval": len(eval_ds), "n_calib": len(calib_ds),
             "granularity": args.granularity, "candidates": list(candidates), "budgets": budgets,
             "sensitivity_at": args.sensitivity_at, "sensitivity_weighting": args.sensitivity_weighting,
@@ -309,8 +379,31 @@ def run(args: SweepOptions) -> pd.DataFrame:
     return df
 
 
-def _write_widths(out: Path, label: str, plan, hw, arch: str) -> None:
-    df = widths_table(plan, hw)
+def _run_on_ray(ctx: SweepContext, todo: list[Point], done_rows: list[dict], points_path: Path,
+                record) -> list[dict]:
+    """The points as Ray tasks (quantsim.run.distribute); points.csv rewritten atomically as
+    each finishes, its rows in point order, so --resume works as in a serial sweep. Returns
+    the new rows in point order."""
+    if any(p.policy != "fp32" and p.policy != "uniform" for p in todo):
+        ctx.mixed_tables()  # measured once here, in the driver, then shared with every task
+    thr_done = next((r for r in done_rows if r["label"] == "mixed-thr"), None)
+    labels = {p.label for p in todo}
+    jobs = [distribute.Job(p.label, (p,),
+                           after="mixed-thr" if p.label == "mixed-at-thr" and "mixed-thr" in labels else None,
+                           dep=thr_done if p.label == "mixed-at-thr" else None) for p in todo]
+    results: dict[str, PointResult] = {}
+
+    def on_done(label: str, res: PointResult) -> None:
+        results[label] = res
+        record(res)
+        write_points(points_path, done_rows + [results[p.label].row for p in todo if p.label in results])
+
+    distribute.run_jobs(measure_point, replace(ctx, progress=False), jobs, on_done, address=ctx.args.ray,
+                        retries=ctx.args.ray_retries, progress=ctx.progress, desc="pareto")
+    return [results[p.label].row for p in todo]
+
+
+def _write_widths(out: Path, label: str, df: pd.DataFrame, arch: str) -> None:
     write_csv_atomic(out / f"widths_{label}.csv", df)
     width_map(df, out / f"width_map_{label}", title=f"{arch} {label}: widths and energy share per layer")
 
