@@ -52,8 +52,12 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                    help="correct each MAC layer's bias (CNNs and ViTs) by the mean quantization error of its output "
                         "per channel (calibration images, quantsim.quant.scale_search.correct_biases)")
     p.add_argument("--rounding", default="nearest", choices=list(ROUNDING_METHODS),
-                   help="weight rounding at the weight scale: nearest, or gptq (Frantar et al. 2023: column by "
-                        "column with error feedback from the layer's calibration Hessian, quantsim.quant.gptq)")
+                   help="weight rounding at the weight scale: nearest, gptq (Frantar et al. 2023: column by "
+                        "column with error feedback from the layer's calibration Hessian, quantsim.quant.gptq), or "
+                        "adaround (Nagel et al. 2020: learned up/down rounding per weight from the layer's output "
+                        "reconstruction on the calibration images, quantsim.quant.adaround; --seed makes it reproducible)")
+    p.add_argument("--recon-iters", type=int, default=500,
+                   help="adaround: Adam iterations per layer (batches of 32 calibration inputs; default 500)")
     p.add_argument("--gptq-inputs", default="sequential", choices=list(GPTQ_INPUTS),
                    help="gptq: Hessians on the network whose earlier layers carry their GPTQ weights "
                         "(sequential), or on the float network (float)")

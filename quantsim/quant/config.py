@@ -17,9 +17,10 @@ CALIB_METHODS = ("minmax", "percentile", "mse") + SEARCH_METHODS
 # computed from float32 scales, so that quantsim.interop.onnx_export gives a model ORT runs bit-exactly
 REQUANT_MODES = ("dyadic", "float32")
 NONLINEAR_MODES = ("integer", "float")
-# weight rounding: nearest (round half to even at the weight scale) or GPTQ's error-fed rounding at
-# the same scale (quantsim.quant.gptq); gptq_inputs: whose inputs the Hessians are taken on
-ROUNDING_METHODS = ("nearest", "gptq")
+# weight rounding: nearest (round half to even at the weight scale), GPTQ's error-fed rounding at
+# the same scale (quantsim.quant.gptq) or AdaRound's learned up/down rounding (quantsim.quant.adaround);
+# gptq_inputs: whose inputs the Hessians are taken on
+ROUNDING_METHODS = ("nearest", "gptq", "adaround")
 GPTQ_INPUTS = ("sequential", "float")
 # cross-layer equalization across a ReLU6: skip such pairs (the function stays exact) or replace the
 # ReLU6 by a ReLU first (DFQ); quantsim.quant.equalize.RELU6_MODES
@@ -55,6 +56,9 @@ class QuantConfig:
     bias_correction: bool = False
     rounding: str = "nearest"
     gptq_inputs: str = "sequential"
+    # adaround: Adam iterations per layer, and the seed of its batch sampling (codes reproducible to the bit)
+    recon_iters: int = 500
+    recon_seed: int = 0
     # cross-layer equalization (quantsim.quant.equalize, applied when the model is prepared, before
     # the statistics); equalize_relu6: skip pairs with a ReLU6 between them (exact) or make it a ReLU (DFQ)
     equalize: bool = False
@@ -86,9 +90,13 @@ class QuantConfig:
             raise QuantsimError(f"GPTQ inputs {self.gptq_inputs!r}: choose one of {', '.join(GPTQ_INPUTS)}")
         if self.equalize_relu6 not in EQUALIZE_RELU6:
             raise QuantsimError(f"equalize relu6 mode {self.equalize_relu6!r}: choose one of {', '.join(EQUALIZE_RELU6)}")
-        if self.rounding == "gptq" and self.bias_correction:
+        if self.rounding in ("gptq", "adaround") and self.bias_correction:
             raise QuantsimError("bias correction measures the error of round-to-nearest weights: it does not "
-                                "combine with --rounding gptq (use one or the other)")
+                                f"combine with --rounding {self.rounding} (use one or the other)")
+        if not isinstance(self.recon_iters, int) or self.recon_iters < 1:
+            raise QuantsimError(f"--recon-iters {self.recon_iters}: use an integer >= 1")
+        if not isinstance(self.recon_seed, int):
+            raise QuantsimError(f"AdaRound seed {self.recon_seed!r}: use an integer")
         if not 0 < self.percentile <= 100:
             raise QuantsimError(f"percentile {self.percentile} must be in (0, 100]")
 

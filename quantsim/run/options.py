@@ -37,6 +37,7 @@ class RunOptions:
     bias_correction: bool = False
     rounding: str = "nearest"
     gptq_inputs: str = "sequential"
+    recon_iters: int = 500
     equalize: bool = False
     equalize_relu6: str = "skip"
     requant: str = "dyadic"

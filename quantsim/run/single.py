@@ -73,7 +73,8 @@ def base_config(opts: RunOptions, w_bits: int = 8, a_bits: int = 8, **over) -> Q
     return QuantConfig(w_bits=w_bits, a_bits=a_bits, granularity=opts.granularity,
                        calib_method=opts.calib_method, percentile=opts.percentile, requant=opts.requant,
                        search_steps=opts.search_steps, bias_correction=opts.bias_correction,
-                       rounding=opts.rounding, gptq_inputs=opts.gptq_inputs, equalize=opts.equalize,
+                       rounding=opts.rounding, gptq_inputs=opts.gptq_inputs, recon_iters=opts.recon_iters,
+                       recon_seed=opts.seed, equalize=opts.equalize,
                        equalize_relu6=opts.equalize_relu6, acc_overflow=opts.acc_overflow, **over)
 
 
