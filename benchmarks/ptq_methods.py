@@ -1,14 +1,14 @@
-"""Weight rounding methods at low bit widths: round-to-nearest vs GPTQ (issue 13), CIFAR-10 ResNet-20.
+"""Weight rounding methods at low bit widths: round-to-nearest vs GPTQ vs AdaRound (issue 13), CIFAR-10 ResNet-20.
 
     nice python benchmarks/ptq_methods.py --eval 1000
-    nice python benchmarks/ptq_methods.py --eval 10000 --bits W4A8,W4A4 --methods nearest,gptq
+    nice python benchmarks/ptq_methods.py --eval 10000 --bits W4A8,W4A4 --methods nearest,gptq,adaround
 
 Calibration: 256 CIFAR-10 training images (the run's default), min-max scales, per-channel
 weights; the same prepared model (capture + statistics) for every row. For each width and
 convention ('all': every layer at the width; 'first/last 8': the first conv and the
 classifier at W8A8, as the peers' defaults do not) and each method: top-1 of the emulated
 integer program on the first N test images (the benchmark's deterministic subset), the
-wall time of quantization (GPTQ included) and the bit-exact check of integer_ref against
+wall time of quantization (GPTQ / AdaRound included; AdaRound with --recon-iters per layer, seed 0) and the bit-exact check of integer_ref against
 the emulation on --bitexact images (differing elements, every layer). 'ratio' is a row's
 quantization time over the nearest row of the same width and convention, measured in this run.
 Prints a markdown table; writes nothing.
@@ -27,7 +27,8 @@ from quantsim.run import stages
 
 METHODS = {"nearest": {"rounding": "nearest"},
            "gptq": {"rounding": "gptq", "gptq_inputs": "sequential"},
-           "gptq-float": {"rounding": "gptq", "gptq_inputs": "float"}}
+           "gptq-float": {"rounding": "gptq", "gptq_inputs": "float"},
+           "adaround": {"rounding": "adaround"}}
 
 
 def main(argv=None) -> None:
@@ -36,7 +37,8 @@ def main(argv=None) -> None:
     p.add_argument("--eval", type=int, default=1000, help="evaluation images (CIFAR-10 test)")
     p.add_argument("--calib", type=int, default=256)
     p.add_argument("--bits", default="W4A8,W4A4")
-    p.add_argument("--methods", default="nearest,gptq,gptq-float")
+    p.add_argument("--methods", default="nearest,gptq,gptq-float,adaround")
+    p.add_argument("--recon-iters", type=int, default=QuantConfig.recon_iters, help="adaround: iterations per layer")
     p.add_argument("--conventions", default="all,first-last-8")
     p.add_argument("--bitexact", type=int, default=2, help="images checked integer_ref vs emulation")
     args = p.parse_args(argv)
@@ -53,7 +55,8 @@ def main(argv=None) -> None:
             layer_bits = {macs[0]: [8, 8], macs[-1]: [8, 8]} if conv == "first-last-8" else {}
             base_t = None
             for m in args.methods.split(","):
-                cfg = QuantConfig(w_bits=wb, a_bits=ab, granularity="per-channel", layer_bits=layer_bits, **METHODS[m])
+                cfg = QuantConfig(w_bits=wb, a_bits=ab, granularity="per-channel", layer_bits=layer_bits,
+                                  recon_iters=args.recon_iters, **METHODS[m])
                 t = time.perf_counter()
                 graph = stages.quantize(prep, cfg)
                 secs = time.perf_counter() - t
@@ -66,7 +69,7 @@ def main(argv=None) -> None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     print(f"\n{args.model}: FP32 top-1 {fp32:.2f} on {len(wl.y_eval)} test images; calibration {args.calib} images "
-          f"(capture + statistics {t_prep:.1f} s)\n")
+          f"(capture + statistics {t_prep:.1f} s); adaround {args.recon_iters} iterations per layer\n")
     print("| bits | convention | method | top-1 % | Δ FP32 | quantize s | × nearest | bit-exact mismatches |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
