@@ -30,6 +30,11 @@ Reproducible to the bit: the batches come from one torch.Generator seeded with c
 (CPU float arithmetic is deterministic at a fixed thread count). Cached, as GPTQ, per
 (graph, statistics, config) in the cache dict the caller holds (stages.Prepared.searched).
 
+Combines with --equalize (the prepared graph is the equalized one), the scale searches (their
+weight_clip_alpha sets the scale rounded at), per-channel or per-tensor weights and mixed widths
+(each layer at cfg.bits_for); not with --bias-correction, which measures round-to-nearest's error
+(a QuantConfig error, as for GPTQ).
+
 Graphs: CNNs only. A ViT's MAC inputs come from integer softmax / GELU / LayerNorm at their own
 widths, which this fake-quantized network does not model: such a graph is an error (use
 --rounding gptq), as is a MAC layer op it does not know.
