@@ -122,6 +122,8 @@ def _seed_mem(graph, node, shapes, row) -> list[tuple[int, int]]:
     if node.op in ("reshape", "quantize"):
         return []
     mem = [(int(np.prod(shapes[i])), graph[i].out.bits) for i in node.inputs if i in graph._index]
+    if node.op in ("slice", "take"):  # reads only the part it keeps
+        mem = [(int(np.prod(shapes[node.name])), b) for _, b in mem]
     if "weight" in node.params:
         mem.append((int(np.prod(node.params["weight"].shape)), node.weight_q.bits))
     mem += constant_operands(node)
