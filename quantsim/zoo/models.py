@@ -140,7 +140,7 @@ def _tv_create(arch: str, **kwargs: Any) -> nn.Module:
     return _torchvision_models().get_model(name, weights=None, **kwargs)
 
 
-def _tv_preprocess(arch: str) -> Preprocess:
+def torchvision_preprocess(arch: str) -> Preprocess:
     """Resize / crop / mean / std / interpolation of the weights enum's transforms()."""
     t = _tv_weights(arch).transforms()
     crop = int(t.crop_size[0])
@@ -231,7 +231,7 @@ def _arch_preprocess(arch: str, model: nn.Module | None = None) -> tuple[Preproc
     if arch in ARCHS:
         return ARCHS[arch].preprocess, ARCHS[arch].dataset_hint
     if is_torchvision_name(arch):
-        return _tv_preprocess(arch), "imagenet"
+        return torchvision_preprocess(arch), "imagenet"
     cfg = getattr(model, "pretrained_cfg", None) if model is not None else None
     if cfg is None and _is_timm_name(arch):
         import timm  # deferred: a heavy import that only timm-model paths need
@@ -640,7 +640,7 @@ def _load_torchvision(name: str, arch: str | None, pretrained: bool, weights: st
     if weights is not None and pretrained:
         raise QuantsimError("--weights and --pretrained both given: choose one source of weights")
     model = create_model(name, **arch_kwargs)
-    pre = _tv_preprocess(name)
+    pre = torchvision_preprocess(name)
     if pretrained:
         w = _tv_weights(name)
         try:
