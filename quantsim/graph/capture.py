@@ -17,6 +17,11 @@ q·kᵀ·scale, softmax and attn·v appear as separate ops. The captured graph t
   (the position embedding, a constant added to every item);
 - timm ``LayerScale`` folded into the linear before it.
 
+ConvNeXt (torchvision): ``LayerNorm2d`` is permute(0, 2, 3, 1) -> layernorm over the last axis ->
+permute(0, 3, 1, 2); the block's per-channel layer scale (``self.layer_scale * x``, a constant of
+shape (C, 1, 1)) is folded into the linear (or conv) before it, through the permute between
+them; nn.GELU is the ViT path's integer GELU.
+
 Elementwise activations held as lookup tables (integer_ref.lut): ``hardswish``, ``hardsigmoid``,
 ``sigmoid``, ``silu`` (nn modules, their functional forms, timm's own classes); and ``mul``,
 the product of two activations with broadcasting (squeeze-and-excitation's ``x * gate``, e.g.
@@ -66,6 +71,11 @@ try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt): the identity in
     from torchvision.ops import StochasticDepth
 except ImportError:  # pragma: no cover
     StochasticDepth = ()
+
+try:  # torchvision ConvNeXt's LayerNorm over the channels of NCHW (a subclass of nn.LayerNorm)
+    from torchvision.models.convnext import LayerNorm2d
+except ImportError:  # pragma: no cover
+    LayerNorm2d = ()
 
 try:  # timm's layers are leaves we understand whole
     from timm.layers.conv2d_same import Conv2dSame  # deferred: a heavy import that only timm-model paths need
@@ -308,6 +318,13 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
         if m.start_dim != 1 or m.end_dim != -1:
             raise QuantsimError(f"cannot lower {source}: flatten from dim {m.start_dim}")
         return [FNode(name, "flatten", [inp], source=source)]
+    if isinstance(LayerNorm2d, type) and isinstance(m, LayerNorm2d):
+        c = m.normalized_shape[0]
+        gamma = m.weight.detach().clone() if m.weight is not None else torch.ones(c)
+        beta = m.bias.detach().clone() if m.bias is not None else torch.zeros(c)
+        return [FNode(name + ".to_nhwc", "permute", [inp], {"perm": [0, 2, 3, 1]}, source=source),
+                FNode(name + ".ln", "layernorm", [name + ".to_nhwc"], {"eps": float(m.eps)}, gamma, beta, source=source),
+                FNode(name, "permute", [name + ".ln"], {"perm": [0, 3, 1, 2]}, source=source)]
     if isinstance(m, nn.LayerNorm):
         if len(m.normalized_shape) != 1:
             raise QuantsimError(f"cannot lower {source}: LayerNorm over {tuple(m.normalized_shape)} (only the last axis)")
@@ -424,6 +441,18 @@ _MUL_TARGETS = {operator.mul, torch.mul}
 _SOFTMAX_TARGETS = {F.softmax, torch.softmax}
 
 
+def _channel_axis(c: torch.Tensor, out_shape) -> int | None:
+    """The one axis along which constant `c` (broadcast against out_shape) varies, or None."""
+    nd = len(out_shape)
+    if c.dim() > nd or c.dim() == 0:
+        return None
+    sizes = [1] * (nd - c.dim()) + list(c.shape)
+    axes = [i for i, v in enumerate(sizes) if v != 1]
+    if len(axes) != 1 or axes[0] == 0 or sizes[axes[0]] != out_shape[axes[0]]:
+        return None
+    return axes[0]
+
+
 def _where(node: fx.Node) -> str:
     t = node.target
     trace = node.stack_trace.strip().splitlines()[-1].strip() if node.stack_trace else node.format_node()
@@ -457,6 +486,10 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
         other = [a for a in node.args if not isinstance(a, fx.Node)]
         if len(other) == 1 and isinstance(other[0], (int, float)) and other[0] > 0:
             return [FNode(name, "scale", args, {"value": float(other[0])}, source=src)]
+        const = [consts[a.name] for a in node.args if isinstance(a, fx.Node) and a.name in consts]
+        axis = _channel_axis(const[0], out_shape) if len(const) == 1 else None
+        if axis is not None:  # a per-channel constant (ConvNeXt's layer scale)
+            return [FNode(name, "layerscale", args, {"axis": axis}, const[0].detach().reshape(-1).clone(), source=src)]
         raise QuantsimError(f"cannot lower {_where(node)}: multiplication by a tensor or a non-positive constant")
     # the attention mask helpers of timm, traced with attn_mask=None, is_causal=False
     if kind == "call_function" and fname == "resolve_self_attn_mask":
@@ -738,14 +771,25 @@ def _fuse_activations(g: FloatGraph) -> None:
 
 def _fold_layerscale(g: FloatGraph) -> None:
     """timm LayerScale (per-channel gamma) into the linear before it."""
-    for ls in [n for n in g.nodes if n.op == "layerscale"]:
+    scales = [n for n in g.nodes if n.op == "layerscale"]
+    dims: dict[str, int] = {}
+    if any(ls.attrs.get("axis", -1) != -1 for ls in scales):  # every tensor's rank, once
+        run_float(g, torch.zeros(1, *g.input_shape), observe=lambda n, y: dims.__setitem__(n.name, y.dim()))
+    for ls in scales:
         prod = g[ls.inputs[0]]
-        if prod.op != "linear" or len(g.consumers(prod.name)) != 1:
-            raise QuantsimError(f"cannot lower {ls.source}: LayerScale that does not follow a linear layer")
-        prod.weight = prod.weight * ls.weight.reshape(-1, 1)
+        axis = ls.attrs.get("axis", -1)  # timm's LayerScale: the last axis
+        if prod.op == "permute" and len(g.consumers(prod.name)) == 1 and axis != -1:
+            axis = prod.attrs["perm"][axis]  # through ConvNeXt's permute back to NCHW
+            prod = g[prod.inputs[0]]
+        fits = ((prod.op == "linear" and (axis == -1 or axis == dims[prod.name] - 1)) or (prod.op == "conv" and axis == 1))
+        if not fits or len(g.consumers(prod.name)) != 1:
+            raise QuantsimError(f"cannot lower {ls.source}: a per-channel scale that does not follow a linear "
+                                "or conv layer's output channels")
+        prod.weight = prod.weight * ls.weight.reshape(-1, *([1] * (prod.weight.dim() - 1)))
         if prod.bias is not None:
             prod.bias = prod.bias * ls.weight
         _remove(g, ls)
+
 
 
 def _commute_take_permute(g: FloatGraph) -> None:
@@ -922,7 +966,10 @@ def run_node(n: FNode, xs: list[torch.Tensor], weight: torch.Tensor | None = Non
     elif n.op == "scale":
         y = x * n.attrs["value"]
     elif n.op == "layerscale":
-        y = x * w
+        axis = n.attrs.get("axis", -1)
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        y = x * w.reshape(shape)
     elif n.op == "reshape":
         y = x.reshape(x.shape[0], *n.attrs["shape"][1:])
     elif n.op == "permute":
