@@ -17,6 +17,10 @@ q·kᵀ·scale, softmax and attn·v appear as separate ops. The captured graph t
   (the position embedding, a constant added to every item);
 - timm ``LayerScale`` folded into the linear before it.
 
+nn.MultiheadAttention (torchvision's ViT: batch_first self-attention, no mask) is written out as the
+same ops: the in-projection linear, reshape (N, L, 3, H, D), take + permute per q, k, v, q·kᵀ with
+alpha 1/sqrt(D), softmax, attn·v, permute, reshape, the out-projection linear; ``out[0]`` is its output.
+
 ConvNeXt (torchvision): ``LayerNorm2d`` is permute(0, 2, 3, 1) -> layernorm over the last axis ->
 permute(0, 3, 1, 2); the block's per-channel layer scale (``self.layer_scale * x``, a constant of
 shape (C, 1, 1)) is folded into the linear (or conv) before it, through the permute between
@@ -147,7 +151,7 @@ class FloatGraph:
 # Tracing
 # --------------------------------------------------------------------------------------
 def _leaf_types() -> tuple[type, ...]:
-    types: list[type] = [nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh,
+    types: list[type] = [nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MultiheadAttention,
                          nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
                          nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut,
                          nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, *_TIMM_LUT]
@@ -216,6 +220,43 @@ def _conv_node(name: str, m: nn.Conv2d, inp: str, source: str) -> FNode:
         attrs["padding"] = [ph, ph, pw, pw]
     bias = m.bias.detach().clone() if m.bias is not None else None
     return FNode(name, "conv", [inp], attrs, m.weight.detach().clone(), bias, source=source)
+
+
+def _attention_nodes(name: str, m: nn.MultiheadAttention, node: fx.Node, args: list[str],
+                     shapes: dict[str, Any]) -> list[FNode]:
+    """nn.MultiheadAttention(x, x, x) as the ViT path's ops (module docstring)."""
+    src = node.target
+    fx_args = [a for a in node.args if isinstance(a, fx.Node)]
+    masks = [node.kwargs.get(k) for k in ("key_padding_mask", "attn_mask")] + list(node.args[3:4])
+    if len(fx_args) != 3 or len({a.name for a in fx_args}) != 1 or any(v is not None for v in masks[:2]):
+        raise QuantsimError(f"cannot lower {src}: attention other than unmasked self-attention (query is key is value)")
+    if not m.batch_first or not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        raise QuantsimError(f"cannot lower {src}: MultiheadAttention without batch_first, or with separate q/k/v "
+                            "sizes, bias_k/bias_v or add_zero_attn")
+    if node.kwargs.get("is_causal"):
+        raise QuantsimError(f"cannot lower {src}: causal attention")
+    shape = shapes[fx_args[0].name]
+    if len(shape) != 3:
+        raise QuantsimError(f"cannot lower {src}: attention over a tensor of shape {tuple(shape)} (only (N, L, E))")
+    length, e = int(shape[1]), int(shape[2])
+    h = m.num_heads
+    d = e // h
+    bias = m.in_proj_bias.detach().clone() if m.in_proj_bias is not None else None
+    out_bias = m.out_proj.bias.detach().clone() if m.out_proj.bias is not None else None
+    nodes = [FNode(f"{name}.qkv", "linear", args[:1], {}, m.in_proj_weight.detach().clone(), bias, source=src),
+             FNode(f"{name}.qkv.reshape", "reshape", [f"{name}.qkv"], {"shape": [-1, length, 3, h, d]}, source=src)]
+    for i, part in enumerate("qkv"):
+        nodes += [FNode(f"{name}.{part}.take", "take", [f"{name}.qkv.reshape"], {"axis": 2, "index": i}, source=src),
+                  FNode(f"{name}.{part}", "permute", [f"{name}.{part}.take"], {"perm": [0, 2, 1, 3]}, source=src)]
+    nodes += [FNode(f"{name}.scores", "matmul", [f"{name}.q", f"{name}.k"],
+                    {"alpha": float(d) ** -0.5, "transpose_b": True}, source=src),
+              FNode(f"{name}.softmax", "softmax", [f"{name}.scores"], source=src),
+              FNode(f"{name}.attn_v", "matmul", [f"{name}.softmax", f"{name}.v"], {"alpha": 1.0, "transpose_b": False},
+                    source=src),
+              FNode(f"{name}.heads", "permute", [f"{name}.attn_v"], {"perm": [0, 2, 1, 3]}, source=src),
+              FNode(f"{name}.merge", "reshape", [f"{name}.heads"], {"shape": [-1, length, e]}, source=src),
+              FNode(name, "linear", [f"{name}.merge"], {}, m.out_proj.weight.detach().clone(), out_bias, source=src)]
+    return nodes
 
 
 def _ceil_extra(size: int, k: int, s: int, p: int) -> int:
@@ -650,6 +691,7 @@ def _raw_graph(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> FloatGr
     alias: dict[str, str] = {}  # fx node name -> FNode name that holds its value
     consts: dict[str, torch.Tensor] = {}  # fx node name -> parameter read directly in forward
     unbinds: dict[str, tuple[str, int]] = {}  # fx unbind node -> (FNode name, axis)
+    attn_outputs: set[str] = set()  # fx nodes of nn.MultiheadAttention calls: (output, weights)
     nodes: list[FNode] = []
     used: set[str] = set()
     output = None
@@ -678,6 +720,12 @@ def _raw_graph(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> FloatGr
             continue
         if node.op != "call_module" and kinds.get(node.name) == "other":
             continue  # shape queries, asserts, comparisons: nothing to compute
+        if (node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node)
+                and node.args[0].name in attn_outputs):
+            if node.args[1] != 0:
+                raise QuantsimError(f"cannot lower {_where(node)}: attention weights (only the attention output)")
+            alias[node.name] = alias[node.args[0].name]
+            continue
         args = []
         for a in node.args:
             if isinstance(a, fx.Node) and a.name in alias:
@@ -692,7 +740,10 @@ def _raw_graph(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> FloatGr
         if name in used:  # a module called twice: each call is its own tensor
             name = f"{name}#{sum(1 for u in used if u.split('#')[0] == name)}"
         used.add(name)
-        if node.op == "call_module":
+        if node.op == "call_module" and isinstance(modules[node.target], nn.MultiheadAttention):
+            new = _attention_nodes(name, modules[node.target], node, args, shapes)
+            attn_outputs.add(node.name)
+        elif node.op == "call_module":
             arg0 = node.args[0] if node.args else None
             new = _module_node(name, modules[node.target], args, node.target,
                                shapes.get(arg0.name) if isinstance(arg0, fx.Node) else None)
