@@ -57,6 +57,10 @@ Vision Transformer ops:
   multiply per output element (ops_mul) plus its requantization, reading both inputs (the
   broadcast gate at its own, smaller size) once (hwmodel.vector_ops.mul_stages). add_const counts one add per
   output like add. take reads only the slice it keeps; permute moves every element once.
+- concat (DenseNet, Inception, SqueezeNet's fire modules) and slice (ShuffleNet's channel split)
+  are pass-through copies on the vector unit, no arithmetic: concat reads every input once and
+  writes the joined output (its inputs share its quantization, so nothing is requantized);
+  slice reads only the elements it keeps (in_elems) and writes them.
 
 Two DRAM models (Accelerator.dram_model, TOML key dram.model):
 
@@ -692,7 +696,7 @@ def map_node(graph, node, shapes: dict, accel: Accelerator, force_bits: int | No
         row = map_eltwise(node.op, ins, out_shape, accel, in_bits=in_bits, out_bits=out_bits,
                           n_add=n_add, params=constant_operands(node, fb),
                           vec_steps=op_counts(stages)["n_vec_steps"],
-                          in_elems=[n_out] if node.op == "take" else None)
+                          in_elems=[n_out] if node.op in ("take", "slice") else None)
         row.update(op_counts(stages), vec_stages=stages)
     row = {"layer": node.name, "op": node.op, **VECTOR_DEFAULTS, "vec_stages": [], **row}
     row["n_elem"] = 0 if node.op in ("reshape", "quantize") else int(np.prod(out_shape))

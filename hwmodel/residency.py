@@ -61,8 +61,8 @@ def _input_reads(graph, node, shapes: dict, row: dict, force_bits: int | None) -
     if node.op in VIEW_OPS or node.op == "quantize":
         return []
     out = []
-    for name in node.inputs:  # element-wise ops read each input once (take: the elements it takes)
-        n = int(np.prod(shapes[node.name] if node.op == "take" else shapes[name]))
+    for name in node.inputs:  # element-wise ops read each input once (take, slice: the elements they keep)
+        n = int(np.prod(shapes[node.name] if node.op in ("take", "slice") else shapes[name]))
         out.append((name, "dram_rd_ifmap", n, packed_bytes(n, force_bits or graph[name].out.bits)))
     return out
 

@@ -126,6 +126,8 @@ def _seed_mem(graph, node, shapes, row, on_chip: tuple[set[str], bool] = (set(),
         return []
     ins, out_kept = on_chip
     mem = [(int(np.prod(shapes[i])), graph[i].out.bits) for i in node.inputs if i in graph._index and i not in ins]
+    if node.op in ("slice", "take"):  # reads only the part it keeps
+        mem = [(int(np.prod(shapes[node.name])), b) for _, b in mem]
     if "weight" in node.params:
         mem.append((int(np.prod(node.params["weight"].shape)), node.weight_q.bits))
     mem += constant_operands(node)

@@ -44,18 +44,32 @@ def tensor_qparams(graph: Graph) -> dict[str, QParams]:
 
 # Ops that pass input values through unchanged (plus padding values): their output range
 # must cover the input's, because both executors size exact GEMMs from declared ranges.
-PASS_THROUGH_OPS = ("maxpool", "reshape", "strided_slice", "pad_channels")
+PASS_THROUGH_OPS = ("maxpool", "reshape", "strided_slice", "pad_channels", "concat", "slice")
+
+
+def _same_quantization(a: QParams, b: QParams) -> bool:
+    return (a.zero_point == b.zero_point and a.scale.shape == b.scale.shape
+            and bool(np.array_equal(a.scale, b.scale)))
 
 
 def check_value_ranges(graph: Graph) -> None:
-    """Raise if a pass-through op declares a narrower range than its input can carry."""
+    """Raise if a pass-through op declares a narrower range than its input can carry, or a
+    concat's input is quantized otherwise than its output (concat copies integers unchanged)."""
     qp = tensor_qparams(graph)
     for n in graph.nodes:
-        if n.op in PASS_THROUGH_OPS and n.inputs[0] in qp:
-            src = qp[n.inputs[0]]
+        if n.op not in PASS_THROUGH_OPS:
+            continue
+        for i in (n.inputs if n.op == "concat" else n.inputs[:1]):
+            if i not in qp:
+                continue
+            src = qp[i]
             if src.qmin < n.out.qmin or src.qmax > n.out.qmax:
                 raise ValueError(f"node {n.name!r} ({n.op}) declares range [{n.out.qmin}, {n.out.qmax}] "
-                                 f"narrower than its input's [{src.qmin}, {src.qmax}]")
+                                 f"narrower than its input {i!r}'s [{src.qmin}, {src.qmax}]")
+            if n.op == "concat" and not _same_quantization(src, n.out):
+                raise ValueError(f"node {n.name!r} (concat): input {i!r} is quantized with scale {src.scale} "
+                                 f"zero point {src.zero_point}, the output with {n.out.scale} {n.out.zero_point}: "
+                                 f"a concat's inputs must share its quantization")
 
 
 def last_uses(graph: Graph) -> dict[str, int]:
@@ -124,6 +138,10 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int, acc_
         return K.strided_slice(args[0], a["step"], a["begin"]), 0
     if node.op == "pad_channels":
         return K.pad_channels(args[0], a["before"], a["after"], zin[0]), 0
+    if node.op == "concat":
+        return K.concat(args, a["axis"]), 0
+    if node.op == "slice":
+        return K.slice_axis(args[0], a["axis"], a["start"], a["stop"]), 0
     if node.op == "lut":
         return K.lut(args[0], p["table"], a["in_min"]), 0
     if node.op == "mul":

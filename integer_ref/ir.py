@@ -25,6 +25,10 @@ Ops and their contents (x: input tensor, NCHW for images; all tensors hold integ
 - reshape     attrs shape (with -1 for the batch axis kept as is): flatten is shape [-1, C]
 - strided_slice   attrs step [sh, sw] on the spatial axes
 - pad_channels    attrs before, after: pads with the zero point
+- concat      inputs [a, b, ...]; attrs axis (not the batch axis): the inputs joined along it. A pure
+              copy: lowering gives every input the output's quantization (one shared QParams)
+- slice       attrs axis, start, stop: x[..., start:stop, ...] along one non-batch axis (torch.chunk /
+              split along channels: ShuffleNet's channel split)
 - requantize  params multiplier, shift (one each); attrs requant, clamp: y = requant(x - zx) + zy
               (TFLite QUANTIZE between integer types)
 - lut         params table (int64, one entry per input code qmin..qmax); attrs function (hardswish,
@@ -116,6 +120,8 @@ ATTRS: dict[str, dict[str, Any]] = {
     "reshape": {"shape": REQUIRED},  # a leading -1 keeps the batch axis
     "strided_slice": {"step": REQUIRED, "begin": [0, 0]},
     "pad_channels": {"before": REQUIRED, "after": REQUIRED},
+    "concat": {"axis": 1},  # inputs share the output's quantization: a pure copy
+    "slice": {"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED},
     "requantize": dict(_REQUANT),
     "lut": {"function": REQUIRED, "in_min": REQUIRED},
     "mul": dict(_REQUANT),

@@ -387,6 +387,18 @@ def pad_channels(x, before: int, after: int, zero_point: int = 0):
     return np.pad(x, ((0, 0), (int(before), int(after)), (0, 0), (0, 0)), constant_values=zero_point)
 
 
+def concat(xs, axis: int = 1):
+    """The inputs joined along `axis` (all at the output's quantization: no arithmetic)."""
+    return np.concatenate([np.asarray(x, np.int64) for x in xs], axis=int(axis))
+
+
+def slice_axis(x, axis: int, start: int, stop: int):
+    """x[start:stop] along one axis."""
+    index = [slice(None)] * np.ndim(x)
+    index[int(axis)] = slice(int(start), int(stop))
+    return np.asarray(x)[tuple(index)]
+
+
 def lut(x, table, in_min: int):
     """Table lookup (integer_ref.lut): y = table[x - in_min], the index clamped to the table."""
     table = np.asarray(table, np.int64)

@@ -65,13 +65,13 @@ class _Concat(nn.Module):
 
     def forward(self, x):
         y = self.conv(x)
-        return torch.cat([y, y], dim=1)
+        return torch.cat([y, y], dim=0)  # along the batch axis: channel concatenation is supported
 
 
 def test_unsupported_layer_is_named_with_its_place():
     with pytest.raises(QuantsimError, match=r"act \(ELU\)"):
         capture(_Unsupported(), (3, 8, 8))
-    with pytest.raises(QuantsimError, match=r"cat"):
+    with pytest.raises(QuantsimError, match=r"\(cat\) in forward.*concatenation along axis 0"):
         capture(_Concat(), (3, 8, 8))
 
 

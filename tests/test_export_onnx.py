@@ -130,6 +130,32 @@ def test_small_mobile_onnxruntime_identical(tmp_path):
     _assert_ort_identical(graph, res.path, torch.randn(6, 3, 16, 16) * 1.3)
 
 
+class SmallFire(nn.Module):
+    """SqueezeNet's fire module (a ReLU branch and a signed branch concatenated) and ShuffleNet's
+    channel split: Concat (inputs at one shared quantization) and Slice."""
+
+    def __init__(self):
+        super().__init__()
+        self.squeeze = nn.Conv2d(3, 4, 1)
+        self.e1, self.e3 = nn.Conv2d(4, 4, 1), nn.Conv2d(4, 6, 3, padding=1)
+        self.fc = nn.Linear(5, 4)
+
+    def forward(self, x):
+        s = torch.relu(self.squeeze(x))
+        y = torch.cat([torch.relu(self.e1(s)), self.e3(s)], 1)
+        a, b = y.chunk(2, dim=1)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(a + b, 1), 1))
+
+
+def test_concat_and_slice_onnxruntime_identical(tmp_path):
+    cfg = QuantConfig(requant="float32", out_bits=8)
+    graph = _lowered(SmallFire(), cfg, seed=2)
+    assert {"concat", "slice"} <= {n.op for n in graph.nodes}
+    res = export_onnx(graph, PRE16, tmp_path / "fire.onnx")
+    graph.meta["onnx_tensors"] = res.tensors
+    _assert_ort_identical(graph, res.path, torch.randn(6, 3, 16, 16) * 1.3)
+
+
 def test_clamp_inside_the_type_exports_a_clip(tmp_path):
     """A ReLU6 whose 6 lies inside the uint8 range (scale > 6/255) clamps below the type's
     saturation point: the exporter adds a Clip after the QLinearConv. Forced here on the

@@ -281,3 +281,63 @@ def test_weights_file_for_timm_model(tmp_path: Path):
     assert load_model("resnet10t", weights=str(pth)).source == str(pth)
     with pytest.raises(QuantsimError, match="does not fit the architecture: missing keys"):
         load_model("resnet18", weights=str(pth))
+
+
+# ----------------------------------------------------------------------------- torchvision by name
+
+def test_torchvision_name_local_weights_and_enum_preprocess(tmp_path: Path):
+    import torchvision
+    torch.manual_seed(0)
+    src = torchvision.models.get_model("regnet_x_400mf", weights=None).eval()
+    p = tmp_path / "regnet.pth"
+    torch.save(src.state_dict(), p)  # the published weights' format: a plain state dict
+    x = torch.randn(2, 3, 64, 64)
+    for lm in (load_model("torchvision:regnet_x_400mf", weights=str(p)),
+               load_model(str(p), arch="torchvision:regnet_x_400mf")):
+        assert lm.arch == "torchvision:regnet_x_400mf" and lm.source == str(p) and lm.num_classes == 1000
+        # resize 232 / crop 224 (the V2 recipe), not the 256 / 224 of the generic ImageNet preprocessing
+        assert lm.preprocess == Preprocess((3, 224, 224), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
+                                           resize=232, interpolation="bilinear")
+        assert lm.class_names[:2] == ["tench", "goldfish"] and len(lm.class_names) == 1000
+        with torch.no_grad():
+            assert torch.equal(lm.model(x), src(x))
+    with pytest.raises(QuantsimError, match="does not fit the architecture: missing keys"):
+        load_model("torchvision:regnet_x_800mf", weights=str(p))
+
+
+def test_torchvision_googlenet_aux_heads_and_input_transform(tmp_path: Path):
+    import torchvision
+    torch.manual_seed(0)
+    # the published format: auxiliary heads present, transform_input=True
+    src = torchvision.models.googlenet(weights=None, aux_logits=True, transform_input=True, init_weights=False).eval()
+    p = tmp_path / "googlenet.pth"
+    torch.save(src.state_dict(), p)
+    lm = load_model("torchvision:googlenet", weights=str(p))
+    assert lm.model.aux1 is None and not lm.model.transform_input
+    assert lm.preprocess.mean == (0.5,) * 3 and lm.preprocess.std == (0.5,) * 3
+    pixels = torch.rand(2, 3, 64, 64)
+    mean, std = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1), torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+    with torch.no_grad():
+        ours = lm.model((pixels - 0.5) / 0.5)
+        theirs = src((pixels - mean) / std)
+    assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_torchvision_default_weights_never_downloaded(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(QuantsimError, match=r"torchvision:squeezenet1_1: its default weights "
+                                            r"SqueezeNet1_1_Weights.IMAGENET1K_V1 are not in the torch hub cache"):
+        load_model("torchvision:squeezenet1_1")
+    torch.manual_seed(0)
+    src = create_model("torchvision:squeezenet1_1")
+    (tmp_path / "checkpoints").mkdir()
+    cached = tmp_path / "checkpoints" / "squeezenet1_1-b8a52dc0.pth"
+    torch.save(src.state_dict(), cached)  # where torchvision's downloader would have put it
+    lm = load_model("torchvision:squeezenet1_1")
+    assert lm.source == str(cached)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(lm.model(x), src(x))
+    with pytest.raises(QuantsimError, match=r"unknown torchvision classification model 'squeezenet'.*"
+                                            r"did you mean torchvision:squeezenet1_0"):
+        load_model("torchvision:squeezenet")

@@ -17,11 +17,11 @@ __all__ = ["add_hw_args", "add_mixed_args", "add_model_data_args", "add_output_a
 def add_model_data_args(p: argparse.ArgumentParser) -> None:
     """Model and data options (shared by every command)."""
     p.add_argument("model", nargs="?", help="model name (resnet18, resnet18_cifar, cifar_resnet20, "
-                   "tf_efficientnet_lite0, any timm name) or a file (.pt/.pth/.th checkpoint, .pt2 export)")
-    p.add_argument("--arch", help="architecture of a plain state-dict file")
+                   "tf_efficientnet_lite0, any timm name, torchvision:NAME) or a file (.pt/.pth/.th checkpoint, .pt2 export)")
+    p.add_argument("--arch", help="architecture of a plain state-dict file (a registry, timm or torchvision:NAME name)")
     p.add_argument("--trust-model", action="store_true", help="allow unpickling a full module (runs code from the file)")
-    p.add_argument("--pretrained", action="store_true", help="download timm's released weights (needs internet)")
-    p.add_argument("--weights", help="local weights file (.pth/.safetensors) for a named timm model")
+    p.add_argument("--pretrained", action="store_true", help="download the released weights of a timm or torchvision:NAME model (needs internet)")
+    p.add_argument("--weights", help="local weights file (.pth/.safetensors) for a named timm or torchvision:NAME model")
     p.add_argument("--data", help="evaluation data: imagenet:DIR, cifar10:DIR, cifar100:DIR, folder:DIR")
     p.add_argument("--calib-data", help="calibration data (default: the training split of --data, or --data itself)")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR when missing")

@@ -287,6 +287,16 @@ def pad_channels(x, before, after, zero_point=0):
     return F.pad(x, (0, 0, 0, 0, int(before), int(after)), value=zero_point)
 
 
+def concat(xs, axis: int = 1):
+    """kernels.concat: the inputs joined along `axis`."""
+    return torch.cat(list(xs), dim=int(axis))
+
+
+def slice_axis(x, axis: int, start: int, stop: int):
+    """kernels.slice_axis: x[start:stop] along one axis."""
+    return x.narrow(int(axis), int(start), int(stop) - int(start))
+
+
 def lut(x, table: torch.Tensor, in_min: int):
     """kernels.lut: y = table[x - in_min], the index clamped to the table."""
     return table[(x - int(in_min)).clamp_(0, table.numel() - 1)]

