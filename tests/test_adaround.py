@@ -17,6 +17,7 @@ from quantsim.quant import adaround, gptq
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.lower import lower
 from quantsim.run import stages
+from small_models import SmallConvNet
 
 
 def test_rectified_sigmoid_starts_at_the_fraction_and_beta_anneals():
@@ -48,26 +49,11 @@ def test_config_and_graph_errors():
 
 # --- a small network: the pipeline, the cache, the seed ----------------------------------------------
 
-class _Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.dw = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8)
-        self.c2 = torch.nn.Conv2d(8, 16, 3, padding=1, groups=2)
-        self.pool = torch.nn.AdaptiveAvgPool2d(1)
-        self.fc = torch.nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.c1(x))
-        x = torch.relu(self.dw(x))
-        x = torch.relu(self.c2(x))
-        return self.fc(torch.flatten(self.pool(x), 1))
-
 
 @pytest.fixture(scope="module")
 def small_prep():
     torch.manual_seed(0)
-    model = _Net().eval()
+    model = SmallConvNet().eval()
     calib = list(torch.randn(64, 3, 12, 12).split(32))
     return stages.prepare(model, (3, 12, 12), calib, progress=False)
 

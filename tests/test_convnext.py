@@ -13,6 +13,7 @@ from quantsim.quant.calibrate import collect_stats
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.lower import lower
 from quantsim.run.stages import check_bitexact
+from small_models import imagenet_images
 
 
 def _small_convnext() -> nn.Module:
@@ -60,11 +61,7 @@ def test_layer_scale_after_no_linear_is_refused():
 
 @pytest.fixture(scope="module")
 def calib_48(imagenet_calib_dir):
-    from quantsim.zoo import datasets
-    from quantsim.zoo.preprocess import Preprocess
-    pre = Preprocess((3, 48, 48), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), resize=55)
-    ds = datasets.deterministic_subset(datasets.build_dataset(f"imagenet:{imagenet_calib_dir}", pre), 2, 0)
-    return torch.stack([ds[i][0] for i in range(len(ds))])
+    return imagenet_images(imagenet_calib_dir, 48, 55)
 
 
 def test_small_convnext_bit_exact_real_images(calib_48):

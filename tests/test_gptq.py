@@ -17,6 +17,7 @@ from quantsim.graph.capture import FNode, run_float, run_node
 from quantsim.quant import gptq
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.lower import lower
+from small_models import SmallConvNet
 
 
 # --- the reference: Optimal Brain Quantizer, fixed column order, direct inverses -------------------
@@ -175,28 +176,13 @@ def test_config_rejects_bad_combinations():
 
 # --- through lowering, on a small network and on ResNet-20 ---------------------------------------
 
-class _Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
-        self.dw = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8)
-        self.c2 = torch.nn.Conv2d(8, 16, 3, padding=2, dilation=2, groups=2)
-        self.pool = torch.nn.AdaptiveAvgPool2d(1)
-        self.fc = torch.nn.Linear(16, 10)
-
-    def forward(self, x):
-        x = torch.relu(self.c1(x))
-        x = torch.relu(self.dw(x))
-        x = torch.relu(self.c2(x))
-        return self.fc(torch.flatten(self.pool(x), 1))
-
 
 @pytest.fixture(scope="module")
 def small_prep():
     from quantsim.run import stages
 
     torch.manual_seed(0)
-    model = _Net().eval()
+    model = SmallConvNet(dilation=2).eval()
     calib = list(torch.randn(64, 3, 12, 12).split(16))
     return model, stages.prepare(model, (3, 12, 12), calib, progress=False)
 

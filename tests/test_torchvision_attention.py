@@ -13,6 +13,7 @@ from quantsim.quant.calibrate import collect_stats
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.lower import lower
 from quantsim.run.stages import check_bitexact
+from small_models import imagenet_images
 
 
 def _small_vit() -> nn.Module:
@@ -28,11 +29,7 @@ def _small_vit() -> nn.Module:
 
 @pytest.fixture(scope="module")
 def calib_32(imagenet_calib_dir):
-    from quantsim.zoo import datasets
-    from quantsim.zoo.preprocess import Preprocess
-    pre = Preprocess((3, 32, 32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), resize=36)
-    ds = datasets.deterministic_subset(datasets.build_dataset(f"imagenet:{imagenet_calib_dir}", pre), 2, 0)
-    return torch.stack([ds[i][0] for i in range(len(ds))])
+    return imagenet_images(imagenet_calib_dir, 32, 36)
 
 
 def test_torchvision_vit_attention_bit_exact_real_images(calib_32):
