@@ -5,7 +5,9 @@ from pathlib import Path
 
 import torch
 
+from quantsim.run import stages
 from quantsim.zoo import datasets
+from quantsim.zoo.models import load_model
 from quantsim.zoo.preprocess import Preprocess
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -35,3 +37,14 @@ def imagenet_images(directory: Path, size: int, resize: int, n: int = 2) -> torc
     pre = Preprocess((3, size, size), IMAGENET_MEAN, IMAGENET_STD, resize=resize)
     ds = datasets.deterministic_subset(datasets.build_dataset(f"imagenet:{directory}", pre), n, 0)
     return torch.stack([ds[i][0] for i in range(len(ds))])
+
+
+def resnet20_prepared(checkpoint: Path, cifar10_dir: Path, n_calib: int, calib_batch: int, n_eval: int = 16):
+    """CIFAR-10 ResNet-20 prepared on n_calib real training images, and n_eval real test images."""
+    lm = load_model(str(checkpoint), arch="cifar_resnet20")
+    data = f"cifar10:{cifar10_dir}"
+    calib = datasets.deterministic_subset(datasets.build_dataset(data, lm.preprocess, role="calib"), n_calib, 0)
+    held = datasets.deterministic_subset(datasets.build_dataset(data, lm.preprocess, role="eval"), n_eval, 1)
+    cal = [x for x, _ in datasets.make_loader(calib, batch_size=calib_batch)]
+    x_eval = torch.cat([x for x, _ in datasets.make_loader(held, batch_size=n_eval)])
+    return stages.prepare(lm.model, lm.preprocess.input_size, cal, progress=False), x_eval

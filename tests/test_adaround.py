@@ -17,7 +17,7 @@ from quantsim.quant import adaround, gptq
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.lower import lower
 from quantsim.run import stages
-from small_models import SmallConvNet
+from small_models import SmallConvNet, resnet20_prepared
 
 
 def test_rectified_sigmoid_starts_at_the_fraction_and_beta_anneals():
@@ -116,16 +116,7 @@ def test_small_program_is_bit_exact_and_carries_the_codes(small_prep):
 
 @pytest.fixture(scope="module")
 def r20_real(resnet20_checkpoint: Path, cifar10_dir: Path):
-    from quantsim.zoo.datasets import build_dataset, deterministic_subset, make_loader
-    from quantsim.zoo.models import load_model
-
-    lm = load_model(str(resnet20_checkpoint), arch="cifar_resnet20")
-    data = f"cifar10:{cifar10_dir}"
-    calib = deterministic_subset(build_dataset(data, lm.preprocess, role="calib"), 64, 0)
-    held = deterministic_subset(build_dataset(data, lm.preprocess, role="eval"), 16, 1)
-    cal = [x for x, _ in make_loader(calib, batch_size=32)]
-    x_eval = torch.cat([x for x, _ in make_loader(held, batch_size=16)])
-    return stages.prepare(lm.model, lm.preprocess.input_size, cal, progress=False), x_eval
+    return resnet20_prepared(resnet20_checkpoint, cifar10_dir, 64, 32)
 
 
 def _inputs(prep, cfg, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:

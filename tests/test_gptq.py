@@ -17,7 +17,7 @@ from quantsim.graph.capture import FNode, run_float, run_node
 from quantsim.quant import gptq
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.lower import lower
-from small_models import SmallConvNet
+from small_models import SmallConvNet, resnet20_prepared
 
 
 # --- the reference: Optimal Brain Quantizer, fixed column order, direct inverses -------------------
@@ -233,17 +233,7 @@ def test_lower_rejects_codes_at_another_scale(small_prep):
 
 @pytest.fixture(scope="module")
 def r20_real(resnet20_checkpoint: Path, cifar10_dir: Path):
-    from quantsim.run import stages
-    from quantsim.zoo.datasets import build_dataset, deterministic_subset, make_loader
-    from quantsim.zoo.models import load_model
-
-    lm = load_model(str(resnet20_checkpoint), arch="cifar_resnet20")
-    data = f"cifar10:{cifar10_dir}"
-    calib = deterministic_subset(build_dataset(data, lm.preprocess, role="calib"), 128, 0)
-    held = deterministic_subset(build_dataset(data, lm.preprocess, role="eval"), 16, 1)
-    cal = [x for x, _ in make_loader(calib, batch_size=64)]
-    x_eval = torch.cat([x for x, _ in make_loader(held, batch_size=64)])
-    return stages.prepare(lm.model, lm.preprocess.input_size, cal, progress=False), x_eval
+    return resnet20_prepared(resnet20_checkpoint, cifar10_dir, 128, 64)
 
 
 @pytest.mark.parametrize("bits", [3, 4])
