@@ -15,7 +15,7 @@ from quantsim.errors import QuantsimError
 from quantsim.graph.capture import FloatGraph, FNode, run_node
 from quantsim.quant import adaround, gptq
 from quantsim.quant.config import QuantConfig
-from quantsim.quant.lower import lower
+from quantsim.quant.lower import lower, mac_input_quantizer
 from quantsim.run import stages
 from small_models import SmallConvNet, resnet20_prepared
 
@@ -121,7 +121,7 @@ def r20_real(resnet20_checkpoint: Path, cifar10_dir: Path):
 
 def _inputs(prep, cfg, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(the layer's input in the fake-quantized float network, its float output) on images x."""
-    fq = adaround.mac_input_quantizer(prep.fgraph, prep.stats, cfg)
+    fq = mac_input_quantizer(prep.fgraph, prep.stats, cfg)
     vals: dict[str, torch.Tensor] = {}
     for n in prep.fgraph.nodes:
         vals[n.name] = x if n.op == "input" else run_node(n, [vals[i] for i in n.inputs])

@@ -54,11 +54,11 @@ from integer_ref.arith import qrange
 
 from quantsim.errors import QuantsimError
 from quantsim.graph.capture import FloatGraph, FNode, run_node
-from quantsim.quant.calibrate import TensorStats, clip_value
+from quantsim.quant.calibrate import TensorStats
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.gptq import LayerCodes, dequantized, weight_scale, with_codes
-from quantsim.quant.lower import _root, tensor_bits, weight_scale_floors
-from quantsim.quant.quantizer import act_scale, channel_view, fake_quant_act
+from quantsim.quant.lower import mac_input_quantizer, weight_scale_floors
+from quantsim.quant.quantizer import channel_view
 
 ZETA, GAMMA = 1.1, -0.1          # the rectified sigmoid's stretch
 LAMBDA = 0.01                    # weight of the rounding regulariser
@@ -184,18 +184,6 @@ def adaround_layer(n: FNode, x_q: torch.Tensor, target: torch.Tensor, w_bits: in
 
 
 # --- the whole graph --------------------------------------------------------------------------------
-
-def mac_input_quantizer(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig):
-    """x -> x fake-quantized at the scale and width lowering gives the MAC layer's input tensor."""
-    bits = tensor_bits(g, cfg)
-
-    def fq(n: FNode, x: torch.Tensor) -> torch.Tensor:
-        r = _root(g, n.inputs[0])
-        qmin, qmax = qrange(bits.get(r, cfg.a_bits), not g.non_negative(r))
-        return fake_quant_act(x, act_scale(clip_value(stats[r], cfg.calib_method, qmin, qmax, cfg.percentile), qmax),
-                              qmin, qmax)
-    return fq
-
 
 @torch.no_grad()
 def adaround_codes(g: FloatGraph, stats: dict[str, TensorStats], batches: list[torch.Tensor], cfg: QuantConfig,

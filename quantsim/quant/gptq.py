@@ -259,16 +259,16 @@ def with_codes(g: FloatGraph, codes: dict[str, LayerCodes]) -> FloatGraph:
     return FloatGraph(nodes, g.output, g.input_shape)
 
 
-def rounded(g: FloatGraph, batches: list[torch.Tensor], cfg: QuantConfig, cache: dict | None = None,
-            progress: bool = False, stats: dict | None = None) -> FloatGraph:
-    """g with GPTQ codes on every MAC layer (cfg.rounding == 'gptq'); cached per (graph, config).
-    With the calibration `stats`, the codes are rounded at the scales lowering gives once the
-    accumulator's bias floor is applied (lower.weight_scale_floors), as they must be to lower."""
-    key = ("gptq", id(g), json.dumps(cfg.to_json(), sort_keys=True))
+def rounded(g: FloatGraph, stats: dict, batches: list[torch.Tensor], cfg: QuantConfig, cache: dict | None = None,
+            progress: bool = False) -> FloatGraph:
+    """g with GPTQ codes on every MAC layer (cfg.rounding == 'gptq'), rounded at the scales lowering
+    gives with the calibration `stats` (the accumulator's bias floor included:
+    lower.weight_scale_floors); cached per (graph, statistics, config)."""
+    key = ("gptq", id(g), id(stats), json.dumps(cfg.to_json(), sort_keys=True))
     if cache is not None and key in cache:
-        return cache[key][1]
-    src = g if stats is None else weight_scale_floors(g, stats, cfg)
+        return cache[key][2]
+    src = weight_scale_floors(g, stats, cfg)
     out = with_codes(src, gptq_codes(src, batches, cfg, cfg.gptq_inputs, progress))
     if cache is not None:
-        cache[key] = (g, out)  # g kept alive: its id stays its own
+        cache[key] = (g, stats, out)  # g and stats kept alive: their ids stay their own
     return out

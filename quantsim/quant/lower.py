@@ -53,7 +53,7 @@ from integer_ref import nonlinear as NL
 from quantsim.quant.calibrate import TensorStats, clip_value, weight_clip, weight_method
 from quantsim.graph.capture import LUT_OPS, PASSTHROUGH_OPS, FloatGraph, FNode, run_float
 from quantsim.quant.config import QuantConfig
-from quantsim.quant.quantizer import act_scale, scale_from_clip, weight_codes
+from quantsim.quant.quantizer import act_scale, fake_quant_act, scale_from_clip, weight_codes
 from quantsim.errors import QuantsimError
 
 INPUT_NAME = "image"
@@ -415,6 +415,17 @@ def activation_qparams(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantC
         else:
             q[n.name] = _act_qparams(g, n.name, bits.get(n.name, cfg.a_bits), stats[n.name], cfg)
     return q
+
+
+def mac_input_quantizer(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig):
+    """(MAC node, x) -> x fake-quantized on the grid lowering gives that node's input tensor
+    (activation_qparams: its scale, width and range; a zero point shifts the range)."""
+    q = activation_qparams(g, stats, cfg)
+
+    def fq(n: FNode, x: torch.Tensor) -> torch.Tensor:
+        qp = q[n.inputs[0]]
+        return fake_quant_act(x, float(qp.scale), qp.qmin - qp.zero_point, qp.qmax - qp.zero_point)
+    return fq
 
 
 def weight_scale_floors(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> FloatGraph:

@@ -49,7 +49,7 @@ from quantsim.quant import ranking as R
 from quantsim.quant.calibrate import TensorStats, clip_value, weight_clip, weight_method
 from quantsim.graph.capture import FloatGraph, FNode, run_float, run_node
 from quantsim.quant.config import SEARCH_METHODS, QuantConfig
-from quantsim.quant.lower import _root, shapes_of, tensor_bits
+from quantsim.quant.lower import _root, mac_input_quantizer, shapes_of, tensor_bits
 from quantsim.quant.quantizer import ACT_CLIP_FLOOR, act_scale, fake_quant_act, fake_quant_weight, scale_from_clip
 
 SEARCH_IMAGES = 32  # calibration images the search and the bias correction run on (the first ones)
@@ -313,7 +313,7 @@ def correct_biases(g: FloatGraph, stats: dict[str, TensorStats], images: torch.T
     network (every earlier MAC layer with quantized operands and its corrected bias), so that
     each correction also absorbs the mean error the earlier layers pass on."""
     inputs = inputs or ("float" if any(n.op in ("matmul", "layernorm") for n in g.nodes) else "sequential")
-    bits = tensor_bits(g, cfg)
+    fq = mac_input_quantizer(g, stats, cfg)
     macs = [n for n in g.nodes if n.is_mac]
     names = {n.inputs[0] for n in macs}
     values: dict[str, torch.Tensor] = {}
@@ -326,10 +326,7 @@ def correct_biases(g: FloatGraph, stats: dict[str, TensorStats], images: torch.T
         return y.transpose(0, axis).reshape(y.shape[axis], -1).double().mean(dim=1)
 
     def quantized(n: FNode, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        r = _root(g, n.inputs[0])
-        qmin, qmax = qrange(bits.get(r, cfg.a_bits), not g.non_negative(r))
-        xq = fake_quant_act(x, act_scale(clip_value(stats[r], cfg.calib_method, qmin, qmax, cfg.percentile), qmax),
-                            qmin, qmax)
+        xq = fq(n, x)
         wq = _weight_q(n, cfg.bits_for(n.name)[0], cfg.granularity == "per-channel",
                        n.attrs.get("weight_clip_alpha", 1.0), w_method)
         return xq, wq

@@ -87,7 +87,7 @@ def quantize(prep: Prepared, cfg: QuantConfig, progress: bool = False) -> Graph:
     if scale_search.needs_search(cfg):  # similarity / ranking search, bias correction
         g, stats, cfg = scale_search.searched(g, stats, prep.calib, cfg, prep.searched)
     if cfg.rounding == "gptq":  # GPTQ codes at the scales lowering gives (cached per config)
-        g = gptq.rounded(g, prep.calib, cfg, prep.searched, progress, stats)
+        g = gptq.rounded(g, stats, prep.calib, cfg, prep.searched, progress)
     elif cfg.rounding == "adaround":  # AdaRound codes at the same scales (cached per config)
         g = adaround.rounded(g, stats, prep.calib, cfg, prep.searched, progress)
     return lower(g, stats, cfg)
