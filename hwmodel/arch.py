@@ -146,6 +146,20 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
 
 
+def _has(doc: dict, section: str, key: str) -> bool:
+    return isinstance(doc.get(section), dict) and key in doc[section]
+
+
+def _choice(doc: dict, section: str, key: str, choices: tuple, default: str, where: str) -> str:
+    """An optional string key that must be one of `choices`."""
+    if not _has(doc, section, key):
+        return default
+    v = _get(doc, section, key, str, where)
+    if v not in choices:
+        raise ValueError(f"accelerator file {where}: key {section}.{key} must be one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
 def _get(doc: dict, section: str | None, key: str, typ, where: str, positive: bool = True):
     table = doc if section is None else doc.get(section)
     full = key if section is None else f"{section}.{key}"
@@ -174,34 +188,21 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
     sources = {k: _get(doc, "energy", k.removesuffix("_pj") + "_source", str, where)
                for k in ENERGY_KEYS}
     acc = _get(doc, "array", "acc_bits", int, where)
-    dram_model = DEFAULT_DRAM_MODEL
-    if isinstance(doc.get("dram"), dict) and "model" in doc["dram"]:
-        dram_model = _get(doc, "dram", "model", str, where)
-        if dram_model not in DRAM_MODELS:
-            raise ValueError(f"accelerator file {where}: key dram.model must be one of "
-                             f"{', '.join(DRAM_MODELS)}, got {dram_model!r}")
-    clock = None
-    if isinstance(doc.get("array"), dict) and "clock_mhz" in doc["array"]:
-        clock = _get(doc, "array", "clock_mhz", float, where)
-    precision, serial_bits = "bit-parallel", 1
-    arr = doc.get("array") if isinstance(doc.get("array"), dict) else {}
-    if "precision" in arr:
-        precision = _get(doc, "array", "precision", str, where)
-        if precision not in PRECISIONS:
-            raise ValueError(f"accelerator file {where}: key array.precision must be one of "
-                             f"{', '.join(PRECISIONS)}, got {precision!r}")
-    if "serial_bits" in arr:
+    dram_model = _choice(doc, "dram", "model", DRAM_MODELS, DEFAULT_DRAM_MODEL, where)
+    clock = _get(doc, "array", "clock_mhz", float, where) if _has(doc, "array", "clock_mhz") else None
+    precision = _choice(doc, "array", "precision", PRECISIONS, "bit-parallel", where)
+    serial_bits = 1
+    if _has(doc, "array", "serial_bits"):
         serial_bits = _get(doc, "array", "serial_bits", int, where)
         if precision != "bit-serial":
             raise ValueError(f"accelerator file {where}: key array.serial_bits needs array.precision = \"bit-serial\"")
     gb, residency, e_gb, e_gb_src = 0, False, 0.0, ""
-    sram = doc.get("sram") if isinstance(doc.get("sram"), dict) else {}
-    if "global_bytes" in sram:
+    if _has(doc, "sram", "global_bytes"):
         gb = _get(doc, "sram", "global_bytes", int, where)
         e_gb = _get(doc, "energy", "e_gb_bit_pj", float, where)
         e_gb_src = _get(doc, "energy", "e_gb_bit_source", str, where)
-    if "residency" in sram:
-        residency = sram["residency"]
+    if _has(doc, "sram", "residency"):
+        residency = doc["sram"]["residency"]
         if not isinstance(residency, bool):
             raise ValueError(f"accelerator file {where}: key sram.residency must be true or false, got {residency!r}")
         if residency and not gb:

@@ -108,6 +108,8 @@ from .vector_ops import KINDS, VECTOR_OPS, lut_stages, mul_stages, op_counts, ve
 ACTIVE_SETS = 50  # SCALE-Sim: active_buf_frac 0.5 of 100 sets
 
 
+PARTIAL_READ_OPS = ("take", "slice")  # ops that read only the elements they keep (output-sized)
+
 def buffer_block_elems(sram_bytes: int, bits: int) -> int:
     """Distinct elements the active half of a read buffer holds (SCALE-Sim's set model)."""
     elems = (sram_bytes * 8) // bits
@@ -696,7 +698,7 @@ def map_node(graph, node, shapes: dict, accel: Accelerator, force_bits: int | No
         row = map_eltwise(node.op, ins, out_shape, accel, in_bits=in_bits, out_bits=out_bits,
                           n_add=n_add, params=constant_operands(node, fb),
                           vec_steps=op_counts(stages)["n_vec_steps"],
-                          in_elems=[n_out] if node.op in ("take", "slice") else None)
+                          in_elems=[n_out] if node.op in PARTIAL_READ_OPS else None)
         row.update(op_counts(stages), vec_stages=stages)
     row = {"layer": node.name, "op": node.op, **VECTOR_DEFAULTS, "vec_stages": [], **row}
     row["n_elem"] = 0 if node.op in ("reshape", "quantize") else int(np.prod(out_shape))

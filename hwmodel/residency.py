@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from integer_ref.executor import last_uses
+
 from .arch import Accelerator
-from .mapping import add_bursts, packed_bytes
+from .mapping import PARTIAL_READ_OPS, add_bursts, packed_bytes
 
 VIEW_OPS = ("reshape",)
 
@@ -29,17 +31,14 @@ def resident_tensors(graph, shapes: dict, accel: Accelerator, force_bits: int | 
     """Names of the tensors the global buffer keeps (empty when residency is off)."""
     if not accel.residency:
         return set()
-    index = {n.name: i for i, n in enumerate(graph.nodes)}
-    last_use: dict[str, int] = {}
-    for n in graph.nodes:
-        for i in n.inputs:
-            r = _root(graph, i)
-            last_use[r] = max(last_use.get(r, -1), index[n.name])
+    last_use: dict[str, int] = {}  # per tensor, through its views
+    for name, i in last_uses(graph).items():
+        r = _root(graph, name)
+        last_use[r] = max(last_use.get(r, -1), i)
     outputs = {_root(graph, o) for o in graph.outputs}
     held: dict[str, int] = {}
     kept: set[str] = set()
-    for n in graph.nodes:
-        i = index[n.name]
+    for i, n in enumerate(graph.nodes):
         for r in [r for r in held if last_use.get(r, -1) < i]:
             del held[r]
         if n.op in VIEW_OPS or n.op == "quantize" or n.name in outputs or n.name not in last_use:
@@ -61,8 +60,8 @@ def _input_reads(graph, node, shapes: dict, row: dict, force_bits: int | None) -
     if node.op in VIEW_OPS or node.op == "quantize":
         return []
     out = []
-    for name in node.inputs:  # element-wise ops read each input once (take, slice: the elements they keep)
-        n = int(np.prod(shapes[node.name] if node.op in ("take", "slice") else shapes[name]))
+    for name in node.inputs:  # element-wise ops read each input once (PARTIAL_READ_OPS: what they keep)
+        n = int(np.prod(shapes[node.name] if node.op in PARTIAL_READ_OPS else shapes[name]))
         out.append((name, "dram_rd_ifmap", n, packed_bytes(n, force_bits or graph[name].out.bits)))
     return out
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .arch import Accelerator
 from .energy import detailed_energy, fp32_energy, seed_energy
-from .mapping import constant_operands, input_qparams, map_node, node_conv_geometry, packed_bytes
+from .mapping import PARTIAL_READ_OPS, constant_operands, input_qparams, map_node, node_conv_geometry, packed_bytes
 from .residency import apply_residency, resident_tensors
 from .toggles import count_toggles, count_toggles_grouped, grouped_gemm_operands, im2col, weight_gemm
 
@@ -126,7 +126,7 @@ def _seed_mem(graph, node, shapes, row, on_chip: tuple[set[str], bool] = (set(),
         return []
     ins, out_kept = on_chip
     mem = [(int(np.prod(shapes[i])), graph[i].out.bits) for i in node.inputs if i in graph._index and i not in ins]
-    if node.op in ("slice", "take"):  # reads only the part it keeps
+    if node.op in PARTIAL_READ_OPS:
         mem = [(int(np.prod(shapes[node.name])), b) for _, b in mem]
     if "weight" in node.params:
         mem.append((int(np.prod(node.params["weight"].shape)), node.weight_q.bits))
