@@ -269,9 +269,13 @@ def _ceil_extra(size: int, k: int, s: int, p: int) -> int:
 
 
 def _pool_node(name: str, op: str, inp: str, kernel, stride, padding, ceil_mode: bool, in_shape, source: str,
-               **extra) -> FNode:
-    """maxpool / avgpool FNode; ceil_mode as extra bottom/right padding (max pool only: an average
-    pool's divisor would change, so there ceil_mode must add no window)."""
+               dilation=1, divisor_override=None, **extra) -> FNode:
+    """maxpool / avgpool FNode (module or functional form); ceil_mode as extra bottom/right padding
+    (max pool only: an average pool's divisor would change, so there ceil_mode must add no window)."""
+    if _pair(dilation) != (1, 1):
+        raise QuantsimError(f"cannot lower {source}: {op} with dilation {dilation}")
+    if divisor_override:
+        raise QuantsimError(f"cannot lower {source}: {op} with divisor_override")
     k = _pair(kernel)
     s = _pair(stride) if stride not in (None, [], ()) else k
     p = _pair(padding)
@@ -338,14 +342,11 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
                                                        for t in (DropPath, StochasticDepth)):
         return [FNode(name, "identity", [inp], source=source)]
     if isinstance(m, nn.MaxPool2d):
-        if _pair(m.dilation) != (1, 1):
-            raise QuantsimError(f"cannot lower {source}: maxpool with dilation {m.dilation}")
-        return [_pool_node(name, "maxpool", inp, m.kernel_size, m.stride, m.padding, m.ceil_mode, in_shape, source)]
+        return [_pool_node(name, "maxpool", inp, m.kernel_size, m.stride, m.padding, m.ceil_mode, in_shape, source,
+                           dilation=m.dilation)]
     if isinstance(m, nn.AvgPool2d):
-        if m.divisor_override:
-            raise QuantsimError(f"cannot lower {source}: avgpool with divisor_override")
         return [_pool_node(name, "avgpool", inp, m.kernel_size, m.stride, m.padding, m.ceil_mode, in_shape, source,
-                           count_include_pad=m.count_include_pad)]
+                           divisor_override=m.divisor_override, count_include_pad=m.count_include_pad)]
     if isinstance(m, nn.AdaptiveAvgPool2d):
         return _adaptive_avg_nodes(name, inp, m.output_size, in_shape, source)
     if isinstance(SelectAdaptivePool2d, type) and isinstance(m, SelectAdaptivePool2d):
@@ -429,16 +430,14 @@ def _function_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, 
         return [FNode(name, "flatten", args[:1], source=node.name)]
     if t is F.max_pool2d:
         kw = _normalized_kwargs(node)
-        if kw.get("return_indices") or _pair(kw.get("dilation", 1)) != (1, 1):
-            raise QuantsimError(f"cannot lower {where}: max pool with dilation or returned indices")
+        if kw.get("return_indices"):
+            raise QuantsimError(f"cannot lower {where}: max pool that returns its indices")
         return [_pool_node(name, "maxpool", args[0], kw["kernel_size"], kw.get("stride"), kw.get("padding", 0),
-                           bool(kw.get("ceil_mode")), in_shape, node.name)]
+                           bool(kw.get("ceil_mode")), in_shape, node.name, dilation=kw.get("dilation", 1))]
     if t is F.avg_pool2d:
         kw = _normalized_kwargs(node)
-        if kw.get("divisor_override"):
-            raise QuantsimError(f"cannot lower {where}: avgpool with divisor_override")
         return [_pool_node(name, "avgpool", args[0], kw["kernel_size"], kw.get("stride"), kw.get("padding", 0),
-                           bool(kw.get("ceil_mode")), in_shape, node.name,
+                           bool(kw.get("ceil_mode")), in_shape, node.name, divisor_override=kw.get("divisor_override"),
                            count_include_pad=bool(kw.get("count_include_pad", True)))]
     if t is F.adaptive_avg_pool2d:
         return _adaptive_avg_nodes(name, args[0], _normalized_kwargs(node)["output_size"], in_shape, node.name)
