@@ -124,7 +124,7 @@ def test_terminal_summary_is_summary_txt_and_tells_the_numbers(r20):
     s = json.loads((out / "summary.json").read_text())
     layers = pd.read_csv(out / "layers.csv")
     assert stdout == (out / "summary.txt").read_text()
-    assert stdout.startswith(f"quantsim: cifar_resnet20 at W4A8")
+    assert stdout.startswith("quantsim: cifar_resnet20 at W4A8")
     m = re.search(r"top-1 ([\d.]+)% \(FP32 ([\d.]+)%\).* on (\d+) labelled images", stdout)
     assert m and float(m.group(1)) == pytest.approx(s["top1"], abs=0.005)
     assert float(m.group(2)) == pytest.approx(s["top1_fp32"], abs=0.005) and int(m.group(3)) == s["n_labelled"] == 16
