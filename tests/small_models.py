@@ -48,3 +48,12 @@ def resnet20_prepared(checkpoint: Path, cifar10_dir: Path, n_calib: int, calib_b
     cal = [x for x, _ in datasets.make_loader(calib, batch_size=calib_batch)]
     x_eval = torch.cat([x for x, _ in datasets.make_loader(held, batch_size=n_eval)])
     return stages.prepare(lm.model, lm.preprocess.input_size, cal, progress=False), x_eval
+
+
+def assert_bitexact(graph, x: torch.Tensor, label: str):
+    """integer_ref against the torch twin on every node of x: zero differing elements anywhere.
+    Returns the check (its reference tensors, per-node counts) for further assertions."""
+    be = stages.check_bitexact(graph, x)
+    bad = {k: v for k, v in be.mismatches.items() if v}
+    assert not bad, f"{label}: differing elements per node: {bad}"
+    return be

@@ -24,6 +24,7 @@ from quantsim.quant.calibrate import collect_stats
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.lower import lower
 from quantsim.run.stages import check_bitexact
+from small_models import assert_bitexact
 
 SETTINGS = settings(max_examples=40, deadline=None)
 
@@ -285,8 +286,6 @@ def test_torchvision_concat_models_bit_exact_real_images(name, size, ops, calib_
         if name == "densenet121":  # norm1 of every dense layer and norm5 read a concat
             assert sum(n.op == "conv2d" and n.attrs["groups"] > 1 and n.attrs["kernel"] == [1, 1]
                        for n in graph.nodes) >= 58
-        be = check_bitexact(graph, calib)
-        bad = {k: v for k, v in be.mismatches.items() if v}
-        assert not bad, f"{name} W{w_bits}A8: differing elements per node: {bad}"
+        be = assert_bitexact(graph, calib, f"{name} W{w_bits}A8")
         assert len(be.mismatches) == len(graph.nodes)
         assert be.ref_tensors[graph.outputs[0]].std() > 0

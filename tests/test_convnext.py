@@ -12,8 +12,7 @@ from quantsim.graph.capture import capture, run_float
 from quantsim.quant.calibrate import collect_stats
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.lower import lower
-from quantsim.run.stages import check_bitexact
-from small_models import imagenet_images
+from small_models import assert_bitexact, imagenet_images
 
 
 def _small_convnext() -> nn.Module:
@@ -71,7 +70,5 @@ def test_small_convnext_bit_exact_real_images(calib_48):
     for w_bits in (8, 4):
         graph = lower(g, stats, QuantConfig(w_bits=w_bits, a_bits=8))
         assert {"layernorm", "gelu", "permute"} <= {n.op for n in graph.nodes}
-        be = check_bitexact(graph, calib_48)
-        bad = {k: v for k, v in be.mismatches.items() if v}
-        assert not bad, f"W{w_bits}A8: differing elements per node: {bad}"
+        be = assert_bitexact(graph, calib_48, f"W{w_bits}A8")
         assert be.ref_tensors[graph.outputs[0]].std() > 0

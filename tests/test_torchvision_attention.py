@@ -12,8 +12,7 @@ from quantsim.graph.capture import capture, run_float
 from quantsim.quant.calibrate import collect_stats
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.lower import lower
-from quantsim.run.stages import check_bitexact
-from small_models import imagenet_images
+from small_models import assert_bitexact, imagenet_images
 
 
 def _small_vit() -> nn.Module:
@@ -45,9 +44,7 @@ def test_torchvision_vit_attention_bit_exact_real_images(calib_32):
     stats = collect_stats(g, [calib_32], progress=False)
     for w_bits in (8, 4):
         graph = lower(g, stats, QuantConfig(w_bits=w_bits, a_bits=8))
-        be = check_bitexact(graph, calib_32)
-        bad = {k: v for k, v in be.mismatches.items() if v}
-        assert not bad, f"W{w_bits}A8: differing elements per node: {bad}"
+        be = assert_bitexact(graph, calib_32, f"W{w_bits}A8")
         assert be.ref_tensors[graph.outputs[0]].std() > 0
 
 
