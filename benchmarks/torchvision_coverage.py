@@ -1,8 +1,8 @@
 """Coverage: which torchvision classifiers run bit-exactly through quantsim.
 
-    python benchmarks/coverage.py                    # every model <= 20 GFLOPs, resumable
-    python benchmarks/coverage.py --models squeezenet1_1,googlenet --size 64
-    python benchmarks/coverage.py --table-only       # the table from the rows saved so far
+    python benchmarks/torchvision_coverage.py                    # every model <= 20 GFLOPs, resumable
+    python benchmarks/torchvision_coverage.py --models squeezenet1_1,googlenet --size 64
+    python benchmarks/torchvision_coverage.py --table-only       # the table from the rows saved so far
 
 Every classification model of ``torchvision.models.list_models(module=torchvision.models)`` whose
 FP32 forward is at most --max-gflops (the weights enum's ``_ops``, at its own input size), random
@@ -184,7 +184,7 @@ def main() -> None:
         state[name] = row
         print(f"{name:28s} {'ok' if row['bitexact'] else 'FAIL'} {row['seconds']:7.1f}s {row['reason']}", flush=True)
     if not args.no_write:
-        cmd = "python benchmarks/coverage.py" + (f" --size {args.size}" if args.size != 64 else "")
+        cmd = "python benchmarks/torchvision_coverage.py" + (f" --size {args.size}" if args.size != 64 else "")
         replace_section(RESULTS, "coverage", table(list(state.values()), cands, cmd))
 
 
