@@ -17,9 +17,13 @@ OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 .venv/bin/python benchmarks/ray_sweep.py
 
 Measured so (2026-12-03, the 2-core build machine with other jobs running, load average 9-12):
 512 images 42 s serial, 76 s --ray local (0.55x); 1000 images 83 s and 97 s (0.86x). Two
-tasks on two busy cores each ran 1.3-2x slower than the serial point, and Ray's start and
-the driver's serial part (calibration, FP32, the tables) weigh on a sweep this short; the
-speed-up close to the core count needs idle cores or a cluster, and longer points.
+tasks on two busy cores each ran 1.3-2x slower than the serial point.
+On the quiet machine (load average 0.2-1.3), OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1, rows
+identical both times: --eval 1000: 37.7 s serial, 31.1 s --ray local (1.21x); --eval 10000:
+199.8 s serial, 141.1 s --ray local (1.42x; points 23-27 s serial, 20-30 s as tasks). The
+driver's serial part (calibration, the FP32 pass, the sensitivity and energy tables) and
+Ray's start bound the speed-up below the core count (2) on this machine; longer points or
+more cores move it closer.
 """
 from __future__ import annotations
 
