@@ -17,12 +17,14 @@ from quantsim.quant.config import parse_bits
 from quantsim.run.options import DEFAULT_MODEL, RunOptions
 from quantsim.zoo import datasets, models
 
-__all__ = ["Inputs", "check_out_dir", "heldout_indices", "heldout_labelled", "load_accel", "load_inputs",
-           "parse_candidates", "batches"]
+__all__ = ["Inputs", "check_out_dir", "check_sources", "heldout_indices", "heldout_labelled", "load_accel",
+           "load_inputs", "parse_candidates", "batches"]
 
 EMBEDDED_NOTE = ("embedded default: real photos from scikit-image carry no ImageNet labels, so the report gives "
                  "agreement with FP32 instead of accuracy; point it at labelled data with e.g. "
                  "`python -m quantsim.simulate tf_efficientnet_lite0 --data imagenet:DIR --calib-data imagenet:DIR2`")
+
+NO_DATA = "no evaluation data: pass --data imagenet:DIR, cifar10:DIR, cifar100:DIR or folder:DIR"
 
 
 def check_out_dir(out: str | Path) -> Path:
@@ -85,6 +87,18 @@ class Inputs:
     note: str | None
 
 
+def check_sources(opts: RunOptions) -> None:
+    """The model and data options name things that exist (nothing is loaded): what load_inputs
+    would refuse first, found before any run of a sweep file starts."""
+    models.check_model_spec(opts.model or DEFAULT_MODEL, opts.weights)
+    if opts.data:
+        datasets.check_data_spec(opts.data, opts.download)
+        if opts.calib_data:
+            datasets.check_data_spec(opts.calib_data, opts.download)
+    elif opts.model:
+        raise QuantsimError(NO_DATA)
+
+
 def load_inputs(opts: RunOptions) -> Inputs:
     spec = opts.model or DEFAULT_MODEL
     loaded = models.load_model(spec, arch=opts.arch, trust_model=opts.trust_model,
@@ -96,7 +110,7 @@ def load_inputs(opts: RunOptions) -> Inputs:
         note = None
     else:
         if opts.model:
-            raise QuantsimError("no evaluation data: pass --data imagenet:DIR, cifar10:DIR, cifar100:DIR or folder:DIR")
+            raise QuantsimError(NO_DATA)
         eval_ds = calib_ds = datasets.embedded_photos(pre)
         note = EMBEDDED_NOTE
     calib_ds = datasets.deterministic_subset(calib_ds, opts.calib, opts.seed)

@@ -32,7 +32,7 @@ from quantsim.errors import QuantsimError
 from quantsim.mixed.plan import mixed_tables, plan_mixed, widths_table
 from quantsim.quant.config import QuantConfig
 from quantsim.run import distribute, hardware, stages
-from quantsim.run.inputs import (batches, check_images, check_out_dir, heldout_labelled, load_accel,
+from quantsim.run.inputs import (batches, check_images, check_out_dir, check_sources, heldout_labelled, load_accel,
                                  load_inputs, parse_candidates)
 from quantsim.run.options import SweepOptions
 from quantsim.run.single import base_config, fp32_energy, measure_program
@@ -276,10 +276,20 @@ def measure_point(ctx: SweepContext, p: Point, thr: PointResult | dict | None = 
     return res
 
 
-def run(args: SweepOptions) -> pd.DataFrame:
-    """The sweep; each point is a run of quantsim.run.single's measure_program on its program,
-    one after another, or (--ray) as Ray tasks with the rows still written in point order."""
-    t_start = time.perf_counter()
+@dataclass
+class CheckedSweep:
+    """What `check` derives from a sweep's options, before anything loads."""
+    budgets: list[float]
+    candidates: tuple
+    out: Path
+    accel: object
+    base: QuantConfig
+    points: list[Point]
+
+
+def check(args: SweepOptions) -> CheckedSweep:
+    """Every check of a sweep that needs no model or data: bad input fails here, before any
+    loading (a sweep file checks all its runs so before the first starts)."""
     budgets = parse_budgets(args.budgets)
     candidates = parse_candidates(args.candidates)
     if args.toggle_images < 1:
@@ -291,14 +301,25 @@ def run(args: SweepOptions) -> pd.DataFrame:
     out = check_out_dir(args.out)
     accel = load_accel(args.accel, args.dram_model, args.residency)
     base = base_config(args)
+    check_sources(args)
+    grans = [g.strip() for g in args.uniform_granularity.split(",") if g.strip()]
+    if not grans or any(g not in GRAN_TAG for g in grans):
+        raise QuantsimError(f"--uniform-granularity {args.uniform_granularity!r}: per-tensor and/or per-channel")
+    return CheckedSweep(budgets, candidates, out, accel, base,
+                        sweep_points(args.granularity, budgets, not args.no_uniform, grans))
+
+
+def run(args: SweepOptions) -> pd.DataFrame:
+    """The sweep; each point is a run of quantsim.run.single's measure_program on its program,
+    one after another, or (--ray) as Ray tasks with the rows still written in point order."""
+    t_start = time.perf_counter()
+    chk = check(args)
+    budgets, candidates, out, accel, base, points = (chk.budgets, chk.candidates, chk.out, chk.accel,
+                                                     chk.base, chk.points)
     points_path = out / "points.csv"
     done = read_points(points_path) if args.resume else pd.DataFrame(columns=POINT_COLUMNS)
     rows = [r for r in done.to_dict("records")]
     done_labels = {str(r["label"]) for r in rows}
-    grans = [g.strip() for g in args.uniform_granularity.split(",") if g.strip()]
-    if not grans or any(g not in GRAN_TAG for g in grans):
-        raise QuantsimError(f"--uniform-granularity {args.uniform_granularity!r}: per-tensor and/or per-channel")
-    points = sweep_points(args.granularity, budgets, not args.no_uniform, grans)
     todo = [p for p in points if p.label not in done_labels]
     progress = args.progress
     if not todo:

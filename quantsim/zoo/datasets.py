@@ -341,25 +341,41 @@ def embedded_photos(preprocess: Preprocess) -> Dataset:
 
 # ----------------------------------------------------------------------------- entry points
 
+def _parse_spec(spec: str) -> tuple[str, Path]:
+    """'kind:DIR' -> (kind, DIR), the kind one of SPEC_FORMS'."""
+    spec = str(spec)
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise QuantsimError(f"data spec {spec!r} has no form prefix; use one of {SPEC_FORMS}")
+    if kind not in ("imagenet", "cifar10", "cifar100", "folder"):
+        raise QuantsimError(f"unknown data spec prefix {kind!r} in {spec!r}; use one of {SPEC_FORMS}")
+    return kind, Path(rest).expanduser()
+
+
+def check_data_spec(spec: str, download: bool = False) -> None:
+    """What build_dataset would refuse first, without reading images: a spec without a known
+    form, or a directory that is not there (cifar with --download may be created)."""
+    if str(spec) == "embedded":
+        return
+    kind, d = _parse_spec(spec)
+    if kind in ("cifar10", "cifar100") and download and not d.exists():
+        return
+    _require_dir(d, kind)
+
+
 def build_dataset(spec: str, preprocess: Preprocess, role: str = "eval", download: bool = False) -> Dataset:
     """Data set for ``spec`` (see module docstring); items are (float32 CHW tensor, int label)."""
     if role not in ROLES:
         raise QuantsimError(f"unknown data role {role!r}; use one of {', '.join(ROLES)}")
-    spec = str(spec)
-    if spec == "embedded":
+    if str(spec) == "embedded":
         return embedded_photos(preprocess)
-    kind, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise QuantsimError(f"data spec {spec!r} has no form prefix; use one of {SPEC_FORMS}")
-    d = Path(rest).expanduser()
+    kind, d = _parse_spec(spec)
     tf = preprocess.transform()
     if kind == "imagenet":
         return _imagenet(d, tf)
     if kind in ("cifar10", "cifar100"):
         return _cifar(kind, d, tf, role, download)
-    if kind == "folder":
-        return _folder(d, tf)
-    raise QuantsimError(f"unknown data spec prefix {kind!r} in {spec!r}; use one of {SPEC_FORMS}")
+    return _folder(d, tf)
 
 
 def deterministic_subset(ds: Dataset, n: int | None, seed: int) -> Subset:

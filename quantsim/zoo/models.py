@@ -509,11 +509,15 @@ def _load_exported(path: Path, arch: str | None) -> LoadedModel:
                        dataset_hint=hint)
 
 
-def _load_file(path: Path, arch: str | None, trust_model: bool, arch_kwargs: dict) -> LoadedModel:
+def _check_model_file(path: Path) -> None:
     if not path.exists():
         raise QuantsimError(f"model file {path} does not exist")
     if path.is_dir():
         raise QuantsimError(f"model path {path} is a directory, not a model file")
+
+
+def _load_file(path: Path, arch: str | None, trust_model: bool, arch_kwargs: dict) -> LoadedModel:
+    _check_model_file(path)
     if path.suffix == ".pt2":
         return _load_exported(path, arch)
     if path.suffix == ".safetensors":
@@ -587,6 +591,21 @@ _FILE_SUFFIXES = {".pt", ".pth", ".th", ".pt2", ".bin", ".safetensors", ".ckpt",
 def _looks_like_path(spec: str) -> bool:
     return (os.sep in spec or "/" in spec or Path(spec).suffix.lower() in _FILE_SUFFIXES
             or os.path.exists(spec))
+
+
+def check_model_spec(spec: str, weights: str | None = None) -> None:
+    """What load_model would refuse first, without building anything: an unknown name, a
+    model file or --weights file that does not exist (a sweep file checks every run so)."""
+    spec = str(spec)
+    if is_torchvision_name(spec):
+        _tv_name(spec)
+    elif not (spec in ARCHS or (not _looks_like_path(spec) and _is_timm_name(spec))):
+        if not _looks_like_path(spec):
+            raise QuantsimError(f"unknown model {spec!r}: not a file and not a known name "
+                                f"({_known_names_line()})")
+        _check_model_file(Path(spec))
+    if weights is not None and not Path(weights).exists():
+        raise QuantsimError(f"weights file {weights} does not exist")
 
 
 def load_model(spec: str, arch: str | None = None, trust_model: bool = False, pretrained: bool = False,
