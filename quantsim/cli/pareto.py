@@ -11,7 +11,7 @@ import pandas as pd
 from quantsim.cli.arguments import (add_hw_args, add_mixed_args, add_model_data_args, add_output_args,
                                     add_quant_args, run_command)
 from quantsim.run.options import SweepOptions
-from quantsim.run import sweep
+from quantsim.run import sweep, sweep_file
 from quantsim.run.sweep import run
 from reports.io import to_jsonable
 
@@ -38,15 +38,51 @@ def build_parser() -> argparse.ArgumentParser:
                         "another in this process")
     p.add_argument("--ray-retries", type=int, default=2,
                    help="--ray: times a failed point (exception or lost worker) is retried (default 2)")
+    p.add_argument("--sweep", metavar="FILE.toml", default=None,
+                   help="run a sweep file: models x accelerators x methods, each sweep in its own folder "
+                        "(see the README); options given here override the file's in every run")
     return p
+
+
+def records_json(df: pd.DataFrame) -> str:
+    """A table's rows as one JSON line (missing values as null)."""
+    return json.dumps(to_jsonable(df.astype(object).where(df.notna(), None).to_dict("records")))
+
+
+def given_options(argv: list[str] | None) -> dict:
+    """The options the command line sets explicitly (a parser whose defaults are all suppressed)."""
+    p = build_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return vars(p.parse_args(argv))
+
+
+def main_sweep_file(args: argparse.Namespace, argv: list[str] | None) -> int:
+    if args.model is not None:
+        print(f"error: --sweep {args.sweep}: the models come from the file; drop {args.model!r}", file=sys.stderr)
+        return 2
+    given = {k: v for k, v in given_options(argv).items() if k not in ("sweep", "json", "quiet")}
+
+    def show(table):
+        if args.json:
+            print(records_json(table))
+        elif not args.quiet:
+            print(sweep_file.summary_text(table, Path(table["out"].iloc[0]).parent), end="")
+
+    return run_command(lambda opts: sweep_file.run_sweep_file(args.sweep, given, opts.progress),
+                       SweepOptions.from_namespace(args), show,
+                       lambda t: pd.to_numeric(t["bitexact_mismatches"], errors="coerce").fillna(0).sum(),
+                       "the runs' points.csv")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.sweep is not None:
+        return main_sweep_file(args, argv)
 
     def show(df):
         if args.json:  # the points as one JSON line (points.csv's rows)
-            print(json.dumps(to_jsonable(df.astype(object).where(df.notna(), None).to_dict("records"))))
+            print(records_json(df))
         elif not args.quiet:
             print((Path(args.out) / "summary.txt").read_text(), end="")
 

@@ -94,3 +94,4 @@ class SweepOptions(RunOptions):
     resume: bool = False
     ray: str | None = None
     ray_retries: int = 2
+    sweep: str | None = None   # a sweep file (quantsim.run.sweep_file): its runs instead of one model

@@ -588,7 +588,7 @@ def _fit_state_dict(arch: str, sd: Mapping[str, torch.Tensor]) -> dict[str, torc
 _FILE_SUFFIXES = {".pt", ".pth", ".th", ".pt2", ".bin", ".safetensors", ".ckpt", ".tar"}
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     return (os.sep in spec or "/" in spec or Path(spec).suffix.lower() in _FILE_SUFFIXES
             or os.path.exists(spec))
 
@@ -599,8 +599,8 @@ def check_model_spec(spec: str, weights: str | None = None) -> None:
     spec = str(spec)
     if is_torchvision_name(spec):
         _tv_name(spec)
-    elif not (spec in ARCHS or (not _looks_like_path(spec) and _is_timm_name(spec))):
-        if not _looks_like_path(spec):
+    elif not (spec in ARCHS or (not looks_like_path(spec) and _is_timm_name(spec))):
+        if not looks_like_path(spec):
             raise QuantsimError(f"unknown model {spec!r}: not a file and not a known name "
                                 f"({_known_names_line()})")
         _check_model_file(Path(spec))
@@ -614,9 +614,9 @@ def load_model(spec: str, arch: str | None = None, trust_model: bool = False, pr
     spec = str(spec)
     if is_torchvision_name(spec):
         return _load_torchvision(spec, arch, pretrained, weights, arch_kwargs)
-    is_name = spec in ARCHS or (not _looks_like_path(spec) and _is_timm_name(spec))
+    is_name = spec in ARCHS or (not looks_like_path(spec) and _is_timm_name(spec))
     if not is_name:
-        if _looks_like_path(spec):
+        if looks_like_path(spec):
             if weights is not None:
                 raise QuantsimError("--weights goes with a model name, not with a model file")
             return _load_file(Path(spec), arch, trust_model, arch_kwargs)
