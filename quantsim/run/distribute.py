@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -109,6 +110,23 @@ def _cause(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {text[-1] if text else ''}".rstrip(": ")
 
 
+@contextmanager
+def cluster(address: str | None):
+    """Ray connected (or started) for the duration of a block, e.g. a sweep file's runs, so that
+    each run's run_jobs reuses it instead of starting its own; nothing when address is None."""
+    if address is None:
+        yield
+        return
+    import ray  # optional dependency: only --ray needs it
+
+    owned = connect(address)
+    try:
+        yield
+    finally:
+        if owned:
+            ray.shutdown()
+
+
 def run_jobs(fn: Callable, shared, jobs: list[Job], on_done: Callable[[str, Any], None], *,
              address: str = "local", retries: int = 2, cpus_per_task: int = 1, progress: bool = True,
              desc: str = "points") -> None:
@@ -120,12 +138,8 @@ def run_jobs(fn: Callable, shared, jobs: list[Job], on_done: Callable[[str, Any]
     has finished and been handed to `on_done`."""
     import ray  # optional dependency: only --ray needs it
 
-    owned = connect(address)
-    try:
+    with cluster(address):
         _run(ray, fn, shared, jobs, on_done, retries, cpus_per_task, progress, desc)
-    finally:
-        if owned:
-            ray.shutdown()
 
 
 def _run(ray, fn, shared, jobs, on_done, retries, cpus_per_task, progress, desc) -> None:

@@ -43,7 +43,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from quantsim.errors import QuantsimError
-from quantsim.run import sweep
+from quantsim.run import distribute, sweep
 from quantsim.run.options import DEFAULT_ACCEL, SweepOptions
 from quantsim.zoo.models import is_torchvision_name, looks_like_path
 from reports.io import write_csv_atomic, write_text_atomic
@@ -293,17 +293,20 @@ def run_sweep_file(path: str | Path, overrides: dict | None = None, progress: bo
         write_text_atomic(out_root / "summary.txt", summary_text(table, out_root))
         return table
 
+    addresses = {r.options.ray for r in runs if r.options.ray is not None}
     bar = tqdm(list(enumerate(runs)), desc="sweep file", unit="run", disable=not progress, position=0)
-    for i, r in bar:
-        bar.set_postfix_str(r.name)
-        t0 = time.perf_counter()
-        try:
-            df, error = sweep.run(replace(r.options, no_progress=r.options.no_progress or not progress)), None
-        except QuantsimError as e:
-            df, error = None, str(e)
-            print(f"run {r.name} failed: {e}", file=sys.stderr)
-        rows[i] = _run_row(r, df, time.perf_counter() - t0, error)
-        table = write()
+    # one Ray session for every run when they share an address (no cluster start per run)
+    with distribute.cluster(addresses.pop() if len(addresses) == 1 else None):
+        for i, r in bar:
+            bar.set_postfix_str(r.name)
+            t0 = time.perf_counter()
+            try:
+                df, error = sweep.run(replace(r.options, no_progress=r.options.no_progress or not progress)), None
+            except QuantsimError as e:
+                df, error = None, str(e)
+                print(f"run {r.name} failed: {e}", file=sys.stderr)
+            rows[i] = _run_row(r, df, time.perf_counter() - t0, error)
+            table = write()
     bar.close()
     failed = [r["run"] for r in rows if r["status"] == "failed"]
     if failed:
