@@ -129,31 +129,47 @@ def cluster(address: str | None):
 
 def run_jobs(fn: Callable, shared, jobs: list[Job], on_done: Callable[[str, Any], None], *,
              address: str = "local", retries: int = 2, cpus_per_task: int = 1, progress: bool = True,
-             desc: str = "points") -> None:
+             desc: str = "points", later: Callable[[], tuple[Any, list[Job]]] | None = None) -> None:
     """Each job a Ray task running `fn` (a module-level function, imported by the workers) on
     `shared` (put in the object store once), on the cluster `connect(address)` gives (shut
     down again if it started it); `on_done(key, result)` in the driver as each finishes, in
     completion order. A task is retried `retries` times (worker deaths and exceptions alike);
     the jobs that still fail are one QuantsimError naming each, raised once every other job
-    has finished and been handed to `on_done`."""
+    has finished and been handed to `on_done`.
+
+    `later`: called in the driver once `jobs` are submitted, so its work overlaps theirs; it
+    returns a second shared object and the jobs that need it (their `after` may name any job)."""
     import ray  # optional dependency: only --ray needs it
 
     with cluster(address):
-        _run(ray, fn, shared, jobs, on_done, retries, cpus_per_task, progress, desc)
+        _run(ray, fn, shared, jobs, on_done, retries, cpus_per_task, progress, desc, later)
 
 
-def _run(ray, fn, shared, jobs, on_done, retries, cpus_per_task, progress, desc) -> None:
+def _run(ray, fn, shared, jobs, on_done, retries, cpus_per_task, progress, desc, later) -> None:
     faults = os.environ.get(FAULTS_ENV) or None
     remote = ray.remote(_task).options(num_cpus=cpus_per_task, max_retries=retries, retry_exceptions=True)
-    shared_ref = ray.put(shared)
     refs: dict[str, Any] = {}
-    for job in jobs:
-        dep = refs[job.after] if job.after is not None else job.dep
-        refs[job.key] = remote.remote(fn, shared_ref, job.args, dep, job.key, cpus_per_task, faults)
+    after: dict[str, str | None] = {}
+
+    def submit(shared_obj, batch: list[Job]) -> None:
+        shared_ref = ray.put(shared_obj)
+        for job in batch:
+            dep = refs[job.after] if job.after is not None else job.dep
+            refs[job.key] = remote.remote(fn, shared_ref, job.args, dep, job.key, cpus_per_task, faults)
+            after[job.key] = job.after
+
+    submit(shared, jobs)
+    try:
+        if later is not None:
+            late_shared, late_jobs = later()
+            submit(late_shared, late_jobs)
+    except BaseException:
+        for ref in refs.values():
+            ray.cancel(ref, force=True)
+        raise
     pending = {ref: key for key, ref in refs.items()}
-    after = {job.key: job.after for job in jobs}
     failed, errors = set(), []
-    bar = tqdm(total=len(jobs), desc=desc, unit="point", disable=not progress)
+    bar = tqdm(total=len(refs), desc=desc, unit="point", disable=not progress)
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

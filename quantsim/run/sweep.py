@@ -405,13 +405,18 @@ def _run_on_ray(ctx: SweepContext, todo: list[Point], done_rows: list[dict], poi
     """The points as Ray tasks (quantsim.run.distribute); points.csv rewritten atomically as
     each finishes, its rows in point order, so --resume works as in a serial sweep. Returns
     the new rows in point order."""
-    if any(p.policy != "fp32" and p.policy != "uniform" for p in todo):
-        ctx.mixed_tables()  # measured once here, in the driver, then shared with every task
     thr_done = next((r for r in done_rows if r["label"] == "mixed-thr"), None)
     labels = {p.label for p in todo}
     jobs = [distribute.Job(p.label, (p,),
                            after="mixed-thr" if p.label == "mixed-at-thr" and "mixed-thr" in labels else None,
                            dep=thr_done if p.label == "mixed-at-thr" else None) for p in todo]
+    needs_tables = {p.label for p in todo if p.policy not in ("fp32", "uniform")}
+
+    def mixed_jobs():
+        # the mixed points' tables, measured once here in the driver while the uniform points run
+        ctx.mixed_tables()
+        return replace(ctx, progress=False), [j for j in jobs if j.key in needs_tables]
+
     results: dict[str, PointResult] = {}
 
     def on_done(label: str, res: PointResult) -> None:
@@ -419,8 +424,9 @@ def _run_on_ray(ctx: SweepContext, todo: list[Point], done_rows: list[dict], poi
         record(res)
         write_points(points_path, done_rows + [results[p.label].row for p in todo if p.label in results])
 
-    distribute.run_jobs(measure_point, replace(ctx, progress=False), jobs, on_done, address=ctx.args.ray,
-                        retries=ctx.args.ray_retries, progress=ctx.progress, desc="pareto")
+    distribute.run_jobs(measure_point, replace(ctx, progress=False), [j for j in jobs if j.key not in needs_tables],
+                        on_done, address=ctx.args.ray, retries=ctx.args.ray_retries, progress=ctx.progress,
+                        desc="pareto", later=mixed_jobs if needs_tables else None)
     return [results[p.label].row for p in todo]
 
 
