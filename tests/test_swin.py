@@ -1,8 +1,9 @@
-"""torchvision Swin Transformer v1 / v2: the ops it needs in both executors against plain Python
-oracles (pad, roll, the masked softmax, the L2 normalize, per-head matmul multipliers), its capture
-(constant-folded relative position bias and cpb_mlp, the written-out shifted-window attention and
-patch merging) against the torch model, hwmodel rows, and small Swins built from torchvision's own
-classes bit-exact at W8A8 and W4A8 on real images."""
+"""torchvision Swin Transformer v1 / v2 and MaxViT: the ops they need in both executors against plain
+Python oracles (pad, roll, the masked softmax, the L2 normalize, per-head matmul multipliers, the tanh
+table), their capture (constant-folded relative position bias and cpb_mlp, the written-out
+shifted-window attention and patch merging, einsum as a batched matmul) against the torch model,
+hwmodel rows, and small models built from torchvision's own classes bit-exact at W8A8 and W4A8 on
+real images."""
 from __future__ import annotations
 
 import itertools
@@ -17,7 +18,9 @@ from hypothesis import given, settings, strategies as st
 from hwmodel.arch import load_accelerator
 from hwmodel.simulate import simulate_graph
 from hwmodel.vector_ops import layernorm_stages, op_counts, softmax_stages
+from integer_ref import arith
 from integer_ref import kernels as K
+from integer_ref import lut as LUT
 from integer_ref import kernels_vit as KV
 from integer_ref import nonlinear as NL
 from integer_ref.ir import Graph
@@ -256,3 +259,73 @@ def test_small_swin_bit_exact_real_images(calib_40, v2, tmp_path):
             st_ = layernorm_stages(int(np.prod(shape[1:])), shape[-1], graph[n.inputs[0]].out.bits, n.attrs)
             assert r["n_vec_ops"] == op_counts(st_)["n_vec_ops"] > 0
             assert not any("mean" in s.what for s in st_)
+
+
+# --- MaxViT: einsum, swapaxes, tanh -------------------------------------------------------------------
+
+@SETTINGS
+@given(st.integers(2, 12), st.floats(1e-3, 0.5), st.floats(1e-3, 0.5))
+def test_tanh_table_is_the_rounded_function(bits, s_in, s_out):
+    in_min, in_max = arith.qrange(bits, True)
+    lo, hi = arith.qrange(8, True)
+    table = LUT.build_table("tanh", in_min, in_max, s_in, 0, s_out, 0, lo, hi)
+    for q, t in zip(range(in_min, in_max + 1), table.tolist()):  # Python's math.tanh, half to even
+        assert t == min(max(round(math.tanh(s_in * q) / s_out), lo), hi)
+
+
+@pytest.mark.parametrize("eq, transpose_b", [("bgid,bgjd->bgij", True), ("B G H I J, B G H J D -> B G H I D", False)])
+def test_einsum_batched_matmul_is_a_matmul(eq, transpose_b):
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            a = x.reshape(x.shape[0], 3, 4, 4) if "H" not in eq else x.reshape(x.shape[0], 3, 1, 4, 4)
+            return torch.einsum(eq, a, self.lin(a))
+    torch.manual_seed(0)
+    m = M().eval()
+    g = capture(m, (3, 4, 4))
+    mm = [n for n in g.nodes if n.op == "matmul"]
+    assert len(mm) == 1 and mm[0].attrs["transpose_b"] is transpose_b
+    x = torch.randn(2, 3, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(run_float(g, x), m(x), atol=1e-6)
+
+
+def test_einsum_other_than_a_matmul_is_refused():
+    class M(nn.Module):
+        def forward(self, x):
+            return torch.einsum("bchw,bchw->bhw", x, x)
+    with pytest.raises(QuantsimError, match=r"cannot lower einsum.*'bchw,bchw->bhw'.*only a batched matmul"):
+        capture(M().eval(), (3, 4, 4))
+
+
+def _small_maxvit() -> nn.Module:
+    """torchvision's MaxVit class, two stages of one block (MBConv with squeeze-excitation, window and
+    grid attention with relative position bias via einsum, the LayerNorm / tanh head), at 32 px."""
+    from torchvision.models.maxvit import MaxVit
+    torch.manual_seed(0)
+    m = MaxVit((32, 32), 16, 2, [16, 32], [1, 1], 8, 0.0, num_classes=10).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if hasattr(mod, "relative_position_bias_table"):
+                mod.relative_position_bias_table.normal_(0, 1)
+    return m
+
+
+def test_small_maxvit_capture_and_bit_exact_real_images(imagenet_calib_dir):
+    m = _small_maxvit()
+    g = capture(m, (3, 32, 32))
+    x = imagenet_images(imagenet_calib_dir, 32, 37)
+    with torch.no_grad():
+        ref = m(x)
+        assert torch.allclose(run_float(g, x), ref, atol=1e-5 * float(ref.abs().max()))
+    ops = [n.op for n in g.nodes]
+    assert ops.count("matmul") == 2 * 2 * 2 and ops.count("add_const") == 2 * 2 and "tanh" in ops
+    assert all(n.attrs["alpha"] != 1.0 for n in g.nodes if n.op == "matmul" and n.attrs["transpose_b"])
+    stats = collect_stats(g, [x], progress=False)
+    for w_bits in (8, 4):
+        graph = lower(g, stats, QuantConfig(w_bits=w_bits, a_bits=8))
+        assert "tanh" in {n.attrs["function"] for n in graph.nodes if n.op == "lut"}
+        assert_bitexact(graph, x, f"MaxViT W{w_bits}A8")
