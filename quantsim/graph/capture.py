@@ -590,7 +590,7 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
             # the same constant for every item, or one broadcast over the leading item axes (MaxViT's
             # relative position bias (1, heads, P, P) over the windows)
             fits = c.dim() <= len(items) and all(cs in (1, o) for cs, o in zip(reversed(c.shape), reversed(items)))
-            if not fits or torch.broadcast_shapes(tuple(c.shape), items) != items:
+            if not fits:
                 raise QuantsimError(f"cannot lower {_where(node)}: constant of shape {tuple(c.shape)} added to "
                                     f"items of shape {tuple(out_shape[1:])}")
             return [FNode(name, "add_const", args, {}, c.clone(), source=src)]
