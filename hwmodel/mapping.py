@@ -45,9 +45,13 @@ Vision Transformer ops:
 - matmul (q @ k^T, attn @ v; both operands activations) is one GEMM per head, mapped as a
   grouped linear layer whose weights are the second operand, held in the filter buffer at
   its own activation width (matmul_geometry): same folds, cycles, SRAM and DRAM rules.
-- softmax, gelu, layernorm run on the vector unit: read the input, write the output (at
+- softmax, gelu, layernorm, l2norm run on the vector unit: read the input, write the output (at
   their declared widths), plus the integer operations of their I-BERT kernels counted and
   priced by hwmodel.vector_ops; cycles cover the larger of the movement and the arithmetic.
+  A masked softmax (Swin's shifted windows) reads its mask once (1 bit per entry) and adds
+  three selects per element.
+- pad and roll (Swin's window padding, cyclic shift) are copies like permute: every element
+  moved once, no arithmetic.
 - layernorm's gamma/beta, add_const's position embedding and concat_token's class token are
   read once through the filter buffer (constant_operands).
 - lut (hardswish, hardsigmoid, sigmoid, silu) and mul (squeeze-and-excitation's x * gate) run
@@ -609,7 +613,7 @@ def constant_operands(node, force_bits: int | None = None) -> list[tuple[int, in
     (LN_GAMMA_BITS) and beta, add_const's constant, concat_token's token (at the output's
     quantization). Widths not declared in the IR are the narrowest signed width of the values."""
     p = node.params
-    if node.op == "layernorm" and node.attrs["mode"] == "integer":
+    if node.op in ("layernorm", "l2norm") and node.attrs["mode"] == "integer":
         out = [(p["gamma"].size, LN_GAMMA_BITS), (p["beta"].size, signed_width(p["beta"]))]
     elif node.op == "layernorm":
         out = [(p["gamma_float"].size, 32), (p["beta_float"].size, 32)]
@@ -619,6 +623,8 @@ def constant_operands(node, force_bits: int | None = None) -> list[tuple[int, in
         out = [(p["token"].size, node.out.bits)]
     elif node.op == "lut" and not force_bits:  # the FP32 reference computes the function: no table
         out = [(p["table"].size, node.out.bits)]
+    elif node.op == "softmax" and "mask" in p:  # one bit per entry (FP32: the float model's additive mask)
+        out = [(p["mask"].size, 1)]
     else:
         out = []
     return [(int(n), force_bits or int(b)) for n, b in out]
@@ -687,7 +693,8 @@ def map_node(graph, node, shapes: dict, accel: Accelerator, force_bits: int | No
         # Vector-unit arithmetic of the integer nonlinearities, at the node's real widths
         # (also for the FP32 reference, which prices the same steps at fp32 energies).
         if node.op in VECTOR_OPS:
-            stages = vector_stages(node.op, ins[0], graph[node.inputs[0]].out.bits, node.attrs)
+            stages = vector_stages(node.op, ins[0], graph[node.inputs[0]].out.bits, node.attrs,
+                                   masked="mask" in node.params)
         elif node.op == "lut":
             stages = lut_stages(n_out, in_bits[0], out_bits, 0 if fb else int(node.attrs["in_min"]))
         elif node.op == "mul":

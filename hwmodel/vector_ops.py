@@ -55,7 +55,7 @@ import numpy as np
 from integer_ref.nonlinear import EXP_CLIP_LN2, LN_FRAC_BITS, LN_GAMMA_BITS, LN_ROW_BITS
 
 KINDS = ("add", "shift", "mul", "div", "sqrt", "lut")
-VECTOR_OPS = ("softmax", "gelu", "layernorm")
+VECTOR_OPS = ("softmax", "gelu", "layernorm", "l2norm")
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,9 @@ def _requant_stages(n: int, acc_bits: int, out_bits: int, what: str) -> list[Sta
             Stage("add", 2 * n, out_bits + 1, what=f"{what}: clamp")]
 
 
-def softmax_stages(n: int, row: int, in_bits: int, attrs: dict) -> list[Stage]:
-    """integer_ref.nonlinear.softmax_int over rows of `row` elements (n elements in all)."""
+def softmax_stages(n: int, row: int, in_bits: int, attrs: dict, masked: bool = False) -> list[Stage]:
+    """integer_ref.nonlinear.softmax_int over rows of `row` elements (n elements in all); masked (Swin's
+    shifted windows): one select per element before the row max and one after exp (e := 0)."""
     e = attrs["exp"]
     rows = n // row
     t, x0, b, c = int(e["shift"]), int(e["x0"]), int(e["b"]), int(e["c"])
@@ -98,7 +99,8 @@ def softmax_stages(n: int, row: int, in_bits: int, attrs: dict) -> list[Stage]:
     bz = _bl(c) + 1                          # 0 < z <= c (r(r+b) <= 0)
     bsum = bz + _clog2(row)                  # sum of a row of e
     qf = max(1, P - _bl(c) + 1)              # f = 2^P / sum < 2^P / c
-    st = [
+    st = [Stage("add", n, in_bits, what="mask: x or min before the row max")] if masked else []
+    st += [
         Stage("add", rows * (row - 1), in_bits, what="row max"),
         Stage("add", n, in_bits + 1, what="x - max"),
         Stage("add", n, in_bits + 1, what="exp: clip at -pre_clip"),
@@ -112,6 +114,10 @@ def softmax_stages(n: int, row: int, in_bits: int, attrs: dict) -> list[Stage]:
         Stage("mul", n, bd, what="exp: x0*q"), Stage("add", n, bd, what="exp: r = d - x0*q"),
         Stage("add", n, brb, what="exp: r + b"), Stage("mul", n, brb, what="exp: r(r + b)"),
         Stage("add", n, bz, what="exp: + c"), Stage("shift", n, bz, what="exp: >> q"),
+    ]
+    if masked:
+        st += [Stage("add", n, in_bits + 1, what="mask: min(x - max, 0)"), Stage("add", n, bz, what="mask: e or 0")]
+    st += [
         Stage("add", rows * (row - 1), bsum, what="row sum"),
         Stage("div", rows, bsum, steps=qf, what="f = 2^P // sum"),
         Stage("mul", n, max(bz, qf), what="e*f"),
@@ -141,7 +147,8 @@ def gelu_stages(n: int, in_bits: int, attrs: dict) -> list[Stage]:
 
 
 def layernorm_stages(n: int, row: int, in_bits: int, attrs: dict) -> list[Stage]:
-    """integer_ref.nonlinear.layernorm_int over rows of `row` (= channels) elements."""
+    """integer_ref.nonlinear.layernorm_int over rows of `row` (= channels) elements; attrs center 0
+    (l2norm: F.normalize) skips the mean's stages."""
     rows = n // row
     h, k, Q = int(attrs["mean_shift"]), int(attrs["sqrt_shift"]), int(attrs["recip_bits"])
     bsx = in_bits + _clog2(row) + h + 1          # (sum x) << h, doubled for round_div
@@ -150,12 +157,15 @@ def layernorm_stages(n: int, row: int, in_bits: int, attrs: dict) -> list[Stage]
     binv = max(1, Q - k + 1)                      # inv = 2^Q // r with r >= 2^k
     bu = LN_FRAC_BITS + 2                         # u = z/sqrt(C) * 2^15 with |z| <= sqrt(C)
     bacc = max(bu, LN_GAMMA_BITS) + bu + 1        # u*gamma + beta
-    return [
+    mean = [
         Stage("add", rows * (row - 1), bsx, what="sum x"),
         Stage("shift", rows, bsx, what="(sum x) << h"),
         Stage("add", rows, bsx, what="2a + C (round_div)"),
         Stage("div", rows, bsx, steps=by, what="mean = round((sum x << h) / C)"),
-        Stage("shift", n, by, what="x << h"), Stage("add", n, by, what="y = x*2^h - mean"),
+    ] if int(attrs["center"]) else []
+    return mean + [
+        Stage("shift", n, by, what="x << h"),
+    ] + ([Stage("add", n, by, what="y = x*2^h - mean")] if mean else []) + [
         Stage("mul", n, by, what="y^2"), Stage("add", n, bv, what="sum y^2 + eps"),
         Stage("shift", rows, LN_ROW_BITS, what="v << 2k"),
         Stage("sqrt", rows, LN_ROW_BITS, steps=LN_ROW_BITS // 2, what="r = isqrt(v << 2k)"),
@@ -181,8 +191,10 @@ def mul_stages(n: int, a_bits: int, b_bits: int, out_bits: int, zero_points=(0, 
     return st + _requant_stages(n, a_bits + b_bits, out_bits, "requant")
 
 
-def vector_stages(op: str, in_shape, in_bits: int, attrs: dict) -> list[Stage]:
-    """The integer stages of one softmax/gelu/layernorm node on an input of `in_shape`.
+def vector_stages(op: str, in_shape, in_bits: int, attrs: dict, masked: bool = False) -> list[Stage]:
+    """The integer stages of one softmax/gelu/layernorm/l2norm node on an input of `in_shape`
+    (masked: a softmax with a mask).
+
 
     Float-mode nodes (attrs mode "float") get no stages: their float arithmetic is not modelled
     (their memory traffic is)."""
@@ -191,10 +203,10 @@ def vector_stages(op: str, in_shape, in_bits: int, attrs: dict) -> list[Stage]:
     n = int(np.prod(in_shape))
     row = int(in_shape[-1])
     if op == "softmax":
-        return softmax_stages(n, row, in_bits, attrs)
+        return softmax_stages(n, row, in_bits, attrs, masked)
     if op == "gelu":
         return gelu_stages(n, in_bits, attrs)
-    if op == "layernorm":
+    if op in ("layernorm", "l2norm"):
         return layernorm_stages(n, row, in_bits, attrs)
     raise ValueError(f"no vector-unit op list for {op!r}")
 

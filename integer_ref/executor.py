@@ -44,7 +44,7 @@ def tensor_qparams(graph: Graph) -> dict[str, QParams]:
 
 # Ops that pass input values through unchanged (plus padding values): their output range
 # must cover the input's, because both executors size exact GEMMs from declared ranges.
-PASS_THROUGH_OPS = ("maxpool", "reshape", "strided_slice", "pad_channels", "concat", "slice")
+PASS_THROUGH_OPS = ("maxpool", "reshape", "strided_slice", "pad_channels", "concat", "slice", "pad", "roll")
 
 
 def _same_quantization(a: QParams, b: QParams) -> bool:
@@ -138,6 +138,10 @@ def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int, acc_
         return K.strided_slice(args[0], a["step"], a["begin"]), 0
     if node.op == "pad_channels":
         return K.pad_channels(args[0], a["before"], a["after"], zin[0]), 0
+    if node.op == "pad":
+        return K.pad(args[0], a["pads"], zin[0]), 0
+    if node.op == "roll":
+        return K.roll(args[0], a["shifts"], a["dims"]), 0
     if node.op == "concat":
         return K.concat(args, a["axis"]), 0
     if node.op == "slice":

@@ -29,6 +29,9 @@ Ops and their contents (x: input tensor, NCHW for images; all tensors hold integ
               copy: lowering gives every input the output's quantization (one shared QParams)
 - slice       attrs axis, start, stop: x[..., start:stop, ...] along one non-batch axis (torch.chunk /
               split along channels: ShuffleNet's channel split)
+- pad         attrs pads [[before, after], ...] per axis (the batch axis [0, 0]): constant padding with
+              the zero point, a pure copy (Swin's padding of the token grid to whole windows)
+- roll        attrs shifts, dims: torch.roll, a pure copy (Swin's cyclic shift)
 - requantize  params multiplier, shift (one each); attrs requant, clamp: y = requant(x - zx) + zy
               (TFLite QUANTIZE between integer types)
 - lut         params table (int64, one entry per input code qmin..qmax); attrs function (hardswish,
@@ -39,10 +42,15 @@ Ops and their contents (x: input tensor, NCHW for images; all tensors hold integ
               y = requant((a - za)·(b - zb)) + zy
 
 Vision Transformer ops (integer_ref.kernels_vit; tokens are (N, L, C), heads (N, H, L, D)):
-- matmul      two activation inputs [a, b]; params multiplier, shift (one each); attrs transpose_b,
-              clamp: y = requant((a - za) @ (b - zb)[ᵀ]), batched over the leading axes
+- matmul      two activation inputs [a, b]; params multiplier, shift (one each, or one per index of
+              the output axis attrs channel_axis: Swin v2's per-head logit scale); attrs transpose_b,
+              clamp, channel_axis: y = requant((a - za) @ (b - zb)[ᵀ]), batched over the leading axes
 - softmax     attrs SoftmaxParams.to_attrs(), mode, in_scale: over the last axis, unsigned out_bits
-              at scale 2^-out_bits
+              at scale 2^-out_bits; optional params mask (int8, 1 = left out, broadcast against each
+              item): a masked softmax (Swin's shifted-window mask)
+- l2norm      params gamma, beta (int64, from layernorm_params with center 0); attrs
+              LayerNormParams.to_attrs() (center 0), mode (integer only), in_scale: x / ‖x‖ over the
+              last axis (F.normalize: Swin v2's cosine attention), LayerNorm's kernel without the mean
 - gelu        attrs GeluParams.to_attrs(), mode, in_scale
 - layernorm   params gamma, beta (int64; gamma_float, beta_float in float mode); attrs
               LayerNormParams.to_attrs(), mode, in_scale, eps_float: over the last axis
@@ -122,14 +130,17 @@ ATTRS: dict[str, dict[str, Any]] = {
     "pad_channels": {"before": REQUIRED, "after": REQUIRED},
     "concat": {"axis": 1},  # inputs share the output's quantization: a pure copy
     "slice": {"axis": REQUIRED, "start": REQUIRED, "stop": REQUIRED},
+    "pad": {"pads": REQUIRED},
+    "roll": {"shifts": REQUIRED, "dims": REQUIRED},
     "requantize": dict(_REQUANT),
     "lut": {"function": REQUIRED, "in_min": REQUIRED},
     "mul": dict(_REQUANT),
-    "matmul": {"transpose_b": False, "clamp": None},
+    "matmul": {"transpose_b": False, "clamp": None, "channel_axis": None},  # None: one multiplier
     "softmax": {**_fields(NL.SoftmaxParams), **_NONLINEAR},
     "gelu": {**_fields(NL.GeluParams), **_NONLINEAR},
     "layernorm": {**_fields(NL.LayerNormParams, drop=("gamma", "beta")), **_NONLINEAR,
-                  "eps_float": REQUIRED},
+                  "eps_float": REQUIRED, "center": 1},
+    "l2norm": {**_fields(NL.LayerNormParams, drop=("gamma", "beta")), **_NONLINEAR, "center": 0},
     "concat_token": {"axis": 1, "clamped": 0},  # clamped: the token was clamped to the range
     "add_const": {**_REQUANT, "const_scale": REQUIRED},
     "permute": {"perm": REQUIRED},

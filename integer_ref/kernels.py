@@ -387,6 +387,16 @@ def pad_channels(x, before: int, after: int, zero_point: int = 0):
     return np.pad(x, ((0, 0), (int(before), int(after)), (0, 0), (0, 0)), constant_values=zero_point)
 
 
+def pad(x, pads, zero_point: int = 0):
+    """Constant padding with the zero point (the real value 0): pads = [[before, after], ...] per axis."""
+    return np.pad(np.asarray(x, np.int64), [(int(b), int(a)) for b, a in pads], constant_values=zero_point)
+
+
+def roll(x, shifts, dims):
+    """Cyclic shift (torch.roll): element i of axis d moves to (i + shift) mod size."""
+    return np.roll(np.asarray(x, np.int64), [int(v) for v in shifts], axis=[int(d) for d in dims])
+
+
 def concat(xs, axis: int = 1):
     """The inputs joined along `axis` (all at the output's quantization: no arithmetic)."""
     return np.concatenate([np.asarray(x, np.int64) for x in xs], axis=int(axis))

@@ -5,9 +5,12 @@ The op set (see integer_ref.ir for the node contents):
 - matmul        two activation operands, batched over the leading axes (heads):
                 acc = (a - za) @ (b - zb) [transposed on its last two axes: transpose_b],
                 exact (float BLAS only where the bound K·max|a|·max|b| proves it), then one
-                dyadic requantization for the whole tensor (multiplier, shift).
+                dyadic requantization for the whole tensor (multiplier, shift), or one per index of
+                the output axis channel_axis (Swin v2: the per-head logit scale folded in).
+- l2norm        integer_ref.nonlinear.layernorm_int with center 0: x / ‖x‖ over the last axis.
 - softmax       integer_ref.nonlinear.softmax_int over the last axis; unsigned output at
-                scale 2^-out_bits. attrs: SoftmaxParams.to_attrs().
+                scale 2^-out_bits. attrs: SoftmaxParams.to_attrs(); optional params mask (a masked
+                softmax: Swin's shifted windows).
 - gelu          integer_ref.nonlinear.gelu_int, elementwise. attrs: GeluParams.to_attrs().
 - layernorm     integer_ref.nonlinear.layernorm_int over the last axis. params gamma, beta
                 (int64, from layernorm_params); attrs: LayerNormParams.to_attrs().
@@ -35,7 +38,7 @@ from . import arith
 from . import kernels as K
 from . import nonlinear as NL
 
-OPS = {"matmul", "softmax", "gelu", "layernorm", "concat_token", "add_const", "permute", "take"}
+OPS = {"matmul", "softmax", "gelu", "layernorm", "l2norm", "concat_token", "add_const", "permute", "take"}
 NONLINEAR_MODES = ("integer", "float")
 
 
@@ -82,20 +85,24 @@ def matmul_acc(a, b, *, a_zero_point=0, b_zero_point=0, transpose_b=False, bound
 
 
 def matmul(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point=0, lo, hi,
-           transpose_b=False, a_range, b_range, acc_bits=32, acc_overflow="count"):
-    """Integer matmul of two activations, one dyadic requantization -> (y, overflow count)."""
+           transpose_b=False, a_range, b_range, acc_bits=32, acc_overflow="count", channel_axis=None):
+    """Integer matmul of two activations, one dyadic requantization (per index of channel_axis
+    where given) -> (y, overflow count)."""
     k = np.shape(a)[-1]
     bound = matmul_bound(k, a_range, a_zero_point, b_range, b_zero_point)
     acc = matmul_acc(a, b, a_zero_point=a_zero_point, b_zero_point=b_zero_point,
                      transpose_b=transpose_b, bound=bound)
-    return K.requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, acc.ndim - 1, acc_bits,
+    axis = acc.ndim - 1 if channel_axis is None else int(channel_axis)
+    return K.requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, axis, acc_bits,
                         acc_overflow=acc_overflow)
 
 
-def softmax(x, attrs: dict):
+def softmax(x, attrs: dict, mask=None):
     if nonlinear_mode(attrs) == "float":
+        if mask is not None:
+            raise NotImplementedError("a masked softmax has no float-nonlinearity mode")
         return NL.float_softmax(x, attrs["in_scale"], int(attrs["out_bits"]))[0]
-    return NL.softmax_int(x, softmax_params(attrs))
+    return NL.softmax_int(x, softmax_params(attrs), mask)
 
 
 def gelu(x, attrs: dict):
@@ -105,6 +112,7 @@ def gelu(x, attrs: dict):
 
 
 def layernorm(x, attrs: dict, params: dict):
+    """layernorm and l2norm (center 0) nodes."""
     if nonlinear_mode(attrs) == "float":
         return NL.float_layernorm(x, attrs["in_scale"], params["gamma_float"], params["beta_float"],
                                   attrs["eps_float"], attrs["out_scale"], int(attrs["out_bits"]))[0]
@@ -144,14 +152,15 @@ def run_node(node, args: list, qp: dict, acc_bits: int, acc_overflow: str = "cou
         return matmul(args[0], args[1], p["multiplier"], p["shift"], a_zero_point=zin[0],
                       b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi,
                       transpose_b=bool(a["transpose_b"]), a_range=(qa.qmin, qa.qmax),
-                      b_range=(qb.qmin, qb.qmax), acc_bits=acc_bits, acc_overflow=acc_overflow)
-    if node.op in ("softmax", "gelu", "layernorm") and any(zin):
+                      b_range=(qb.qmin, qb.qmax), acc_bits=acc_bits, acc_overflow=acc_overflow,
+                      channel_axis=a["channel_axis"])
+    if node.op in ("softmax", "gelu", "layernorm", "l2norm") and any(zin):
         raise ValueError(f"node {node.name!r} ({node.op}) needs a zero-point-free input")
     if node.op == "softmax":
-        return softmax(args[0], a), 0
+        return softmax(args[0], a, p.get("mask")), 0
     if node.op == "gelu":
         return gelu(args[0], a), 0
-    if node.op == "layernorm":
+    if node.op in ("layernorm", "l2norm"):
         return layernorm(args[0], a, p), 0
     if node.op == "concat_token":
         return concat_token(args[0], p["token"], a["axis"]), 0

@@ -10,7 +10,7 @@ unit), it is exact by construction, and one op covers every elementwise function
 - ``hardsigmoid`` f(r) = relu6(r + 3) / 6          computed EXACTLY (fractions.Fraction of the
   float64 scales, which are dyadic rationals) and rounded half to even: each entry is the
   correctly rounded real value, the best any integer form (multiply + dyadic requant) can give;
-- ``sigmoid``, ``silu`` (r · sigmoid(r)): float64 evaluation, rounded half to even (no
+- ``sigmoid``, ``silu`` (r · sigmoid(r)), ``tanh`` (MaxViT's head): float64 evaluation, rounded half to even (no
   exact rational form; the table, not its construction, is the contract between executors).
 
 Entry i is f(s_in · (in_min + i - z_in)) quantized to the output: rint(f / s_out) + z_out,
@@ -23,7 +23,7 @@ from fractions import Fraction
 import numpy as np
 
 LUT_MAX_BITS = 16  # a 2^16-entry table at most
-FUNCTIONS = ("hardswish", "hardsigmoid", "sigmoid", "silu")
+FUNCTIONS = ("hardswish", "hardsigmoid", "sigmoid", "silu", "tanh")
 
 
 def _hardswish(r: Fraction) -> Fraction:
@@ -48,6 +48,8 @@ def float_function(name: str, r: np.ndarray) -> np.ndarray:
         return 1.0 / (1.0 + np.exp(-r))
     if name == "silu":
         return r / (1.0 + np.exp(-r))
+    if name == "tanh":
+        return np.tanh(r)
     raise ValueError(f"no lookup table for function {name!r}; known: {', '.join(FUNCTIONS)}")
 
 

@@ -175,10 +175,19 @@ def softmax_params(scale: float, out_bits: int = 8) -> SoftmaxParams:
     return SoftmaxParams(exp_params(scale), SOFTMAX_RECIP_BITS, int(out_bits))
 
 
-def softmax_int(x: np.ndarray, p: SoftmaxParams) -> np.ndarray:
-    """Integer softmax over the last axis -> unsigned out_bits at scale 2^-out_bits."""
+def softmax_int(x: np.ndarray, p: SoftmaxParams, mask=None) -> np.ndarray:
+    """Integer softmax over the last axis -> unsigned out_bits at scale 2^-out_bits.
+
+    mask (broadcast against x's trailing axes, true = left out): masked entries take no part in the
+    row's max or sum and come out 0 (Swin's shifted-window mask; see quantsim.graph.swin). Every row
+    must keep at least one entry."""
     x = np.asarray(x, dtype=np.int64)
-    e = exp_int(x - x.max(axis=-1, keepdims=True), p.exp)
+    if mask is not None:
+        mask = np.broadcast_to(np.asarray(mask, bool), x.shape)
+        row_max = np.where(mask, np.iinfo(np.int64).min, x).max(axis=-1, keepdims=True)
+        e = np.where(mask, 0, exp_int(np.minimum(x - row_max, 0), p.exp))
+    else:
+        e = exp_int(x - x.max(axis=-1, keepdims=True), p.exp)
     total = e.sum(axis=-1, keepdims=True)  # >= p.exp.c > 0
     f = np.floor_divide(np.int64(1) << np.int64(p.recip_bits), total)
     y = arith.rounding_rshift(e * f, np.int64(p.recip_bits - p.out_bits))
@@ -266,6 +275,7 @@ class LayerNormParams(SignedOutput):
     rshift: int
     out_bits: int
     out_scale: float
+    center: int = 1   # 1: LayerNorm (subtract the mean, divide by √(Σy²/C)); 0: L2 normalize (x / ‖x‖)
 
     def to_attrs(self) -> dict:
         """Plain-number attributes (IR node attrs); gamma and beta are the node's params."""
@@ -275,7 +285,9 @@ class LayerNormParams(SignedOutput):
 
 
 def layernorm_params(scale: float, gamma, beta, eps: float, out_scale: float, out_bits: int = 8,
-                     in_bits: int = 16) -> LayerNormParams:
+                     in_bits: int = 16, center: bool = True) -> LayerNormParams:
+    """center=False: the L2 normalization x / sqrt(‖x‖² + eps) (F.normalize; Swin v2's cosine attention):
+    the same kernel without the mean, v = ‖x‖² (not C·var), so eps and the output scale lose their C."""
     gamma = np.asarray(gamma, dtype=np.float64).ravel()
     beta = np.asarray(beta, dtype=np.float64).ravel()
     c = gamma.size
@@ -285,7 +297,8 @@ def layernorm_params(scale: float, gamma, beta, eps: float, out_scale: float, ou
         raise ValueError(f"LayerNorm input bits {in_bits} outside 2..24")
     scale, out_scale = float(scale), float(out_scale)
     h = max(0, min(LN_MEAN_FRAC_BITS, (LN_ROW_BITS - 2 - c.bit_length() - 2 * in_bits) // 2))
-    eps_int = min(round(float(eps) * c * 4**h / scale**2), LN_EPS_MAX)
+    norm = c if center else 1  # v / norm is what the square root normalises by: C·var / C, or ‖x‖²
+    eps_int = min(round(float(eps) * norm * 4**h / scale**2), LN_EPS_MAX)
     v_max = c * (1 << (2 * (in_bits + h))) + eps_int    # |y| <= 2^(in_bits + h)
     if v_max.bit_length() > LN_ROW_BITS:
         raise ValueError(f"LayerNorm over {c} channels of {in_bits}-bit inputs overflows int64")
@@ -297,13 +310,13 @@ def layernorm_params(scale: float, gamma, beta, eps: float, out_scale: float, ou
     g_max = float(np.abs(gamma).max())
     gamma_scale = g_max / _signed_max(LN_GAMMA_BITS) if g_max > 0 else 1.0
     g_int = np.clip(np.rint(gamma / gamma_scale), -_signed_max(LN_GAMMA_BITS), _signed_max(LN_GAMMA_BITS))
-    acc_scale = gamma_scale * math.sqrt(c) / 2**LN_FRAC_BITS
+    acc_scale = gamma_scale * math.sqrt(norm) / 2**LN_FRAC_BITS
     b_int = np.rint(beta / acc_scale)
     m, n = arith.quantize_multiplier(acc_scale / out_scale)
     return LayerNormParams(channels=c, in_bits=int(in_bits), mean_shift=h, eps=int(eps_int), sqrt_shift=k, recip_bits=q,
                            norm_shift=norm_shift, gamma=g_int.astype(np.int64), beta=b_int.astype(np.int64),
                            gamma_scale=gamma_scale, multiplier=m, rshift=n, out_bits=int(out_bits),
-                           out_scale=out_scale)
+                           out_scale=out_scale, center=int(bool(center)))
 
 
 def layernorm_int(x: np.ndarray, p: LayerNormParams) -> np.ndarray:
@@ -314,8 +327,9 @@ def layernorm_int(x: np.ndarray, p: LayerNormParams) -> np.ndarray:
     lim = 2 ** (p.in_bits - 1)
     if x.size and (x.min() < -lim or x.max() >= lim):
         raise ValueError(f"LayerNorm input leaves its declared {p.in_bits}-bit range")
-    y = np.left_shift(x, p.mean_shift) - round_div(
-        np.left_shift(x.sum(axis=-1, keepdims=True), p.mean_shift), np.int64(p.channels))
+    y = np.left_shift(x, p.mean_shift)
+    if p.center:
+        y = y - round_div(np.left_shift(x.sum(axis=-1, keepdims=True), p.mean_shift), np.int64(p.channels))
     v = (y * y).sum(axis=-1, keepdims=True) + p.eps
     r = np.maximum(isqrt(np.left_shift(v, 2 * p.sqrt_shift)), 1)
     inv = np.floor_divide(np.int64(1) << np.int64(p.recip_bits), r)

@@ -20,8 +20,8 @@ from integer_ref.ir import Graph, Node
 from quantsim.emulate import kernels_vit as emulate_vit
 from quantsim.emulate.arith import dequant_quant_float32, quantize
 from quantsim.emulate.kernels import (add, add_float32, add_gemmlowp, avgpool_round_div, avgpool_sum, concat,
-                                      conv2d_acc_bounded, linear_acc_bounded, lut, maxpool, mul, pad_channels,
-                                      requantize, slice_axis, strided_slice)
+                                      conv2d_acc_bounded, linear_acc_bounded, lut, maxpool, mul, pad, pad_channels,
+                                      requantize, roll, slice_axis, strided_slice)
 
 __all__ = ["Prepared", "run_node", "run", "EmulatedModel"]
 
@@ -109,6 +109,10 @@ def run_node(node: Node, args: list, prep: Prepared):
         return strided_slice(x, a["step"], a["begin"]), 0
     if node.op == "pad_channels":
         return pad_channels(x, a["before"], a["after"], zin[0]), 0
+    if node.op == "pad":
+        return pad(x, a["pads"], zin[0]), 0
+    if node.op == "roll":
+        return roll(x, a["shifts"], a["dims"]), 0
     if node.op == "concat":
         return concat(args, a["axis"]), 0
     if node.op == "slice":

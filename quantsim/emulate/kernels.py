@@ -287,6 +287,17 @@ def pad_channels(x, before, after, zero_point=0):
     return F.pad(x, (0, 0, 0, 0, int(before), int(after)), value=zero_point)
 
 
+def pad(x, pads, zero_point: int = 0):
+    """kernels.pad: constant padding with the zero point, pads [[before, after], ...] per axis."""
+    flat = [int(v) for b, a in reversed(pads) for v in (b, a)]  # F.pad lists the last axis first
+    return F.pad(x, flat, value=zero_point)
+
+
+def roll(x, shifts, dims):
+    """kernels.roll: torch.roll."""
+    return torch.roll(x, [int(v) for v in shifts], [int(d) for d in dims])
+
+
 def concat(xs, axis: int = 1):
     """kernels.concat: the inputs joined along `axis`."""
     return torch.cat(list(xs), dim=int(axis))

@@ -66,19 +66,23 @@ def run_node(node, args: list, prep):
         bound = KV.matmul_bound(x.shape[-1], (qa.qmin, qa.qmax), zin[0], (qb.qmin, qb.qmax), zin[1])
         acc = matmul_acc(x, args[1], a_zero_point=zin[0], b_zero_point=zin[1],
                          transpose_b=bool(a["transpose_b"]), bound=bound)
+        axis = acc.dim() - 1 if a["channel_axis"] is None else int(a["channel_axis"])
         return requantize(acc, None, node.params["multiplier"], node.params["shift"], out.zero_point, lo, hi,
-                          acc.dim() - 1, prep.acc_bits, acc_abs_bound=bound, acc_overflow=prep.acc_overflow)
-    if node.op in ("softmax", "gelu", "layernorm") and any(zin):
+                          axis, prep.acc_bits, acc_abs_bound=bound, acc_overflow=prep.acc_overflow)
+    if node.op in ("softmax", "gelu", "layernorm", "l2norm") and any(zin):
         raise ValueError(f"node {node.name!r} ({node.op}) needs a zero-point-free input")
     if node.op == "softmax":
+        mask = _tensor(node, "mask", x.device) if "mask" in node.params else None
         if _nonlinear_float(node):
+            if mask is not None:
+                raise NotImplementedError("a masked softmax has no float-nonlinearity mode")
             return NT.float_softmax(x, a["in_scale"], int(a["out_bits"]))[0], 0
-        return NT.softmax_int(x, KV.softmax_params(a)), 0
+        return NT.softmax_int(x, KV.softmax_params(a), mask), 0
     if node.op == "gelu":
         if _nonlinear_float(node):
             return NT.float_gelu(x, a["in_scale"], a["out_scale"], int(a["out_bits"]))[0], 0
         return NT.gelu_int(x, KV.gelu_params(a)), 0
-    if node.op == "layernorm":
+    if node.op in ("layernorm", "l2norm"):
         if _nonlinear_float(node):
             return NT.float_layernorm(x, a["in_scale"], node.params["gamma_float"], node.params["beta_float"],
                                       a["eps_float"], a["out_scale"], int(a["out_bits"]))[0], 0

@@ -89,9 +89,15 @@ def i_exp(x: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     return exp_int(x, p), p.out_scale
 
 
-def softmax_int(x: torch.Tensor, p: SoftmaxParams) -> torch.Tensor:
+def softmax_int(x: torch.Tensor, p: SoftmaxParams, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """nonlinear.softmax_int; mask (bool, broadcast against x, true = left out) as there."""
     x = _i64(x)
-    e = exp_int(x - x.amax(dim=-1, keepdim=True), p.exp)
+    if mask is not None:
+        mask = mask.to(torch.bool).expand(x.shape)
+        row_max = x.masked_fill(mask, torch.iinfo(torch.int64).min).amax(dim=-1, keepdim=True)
+        e = exp_int((x - row_max).clamp_max_(0), p.exp).masked_fill_(mask, 0)
+    else:
+        e = exp_int(x - x.amax(dim=-1, keepdim=True), p.exp)
     total = e.sum(dim=-1, keepdim=True)
     f = torch.div(torch.full_like(total, 1 << p.recip_bits), total, rounding_mode="floor")
     y = rounding_rshift(e * f, _scalar(p.recip_bits - p.out_bits, e))
@@ -131,8 +137,9 @@ def layernorm_int(x: torch.Tensor, p: LayerNormParams) -> torch.Tensor:
     lim = 2 ** (p.in_bits - 1)
     if x.numel() and (int(x.min()) < -lim or int(x.max()) >= lim):
         raise ValueError(f"LayerNorm input leaves its declared {p.in_bits}-bit range")
-    mean = round_div(torch.bitwise_left_shift(x.sum(dim=-1, keepdim=True), p.mean_shift), p.channels)
-    y = torch.bitwise_left_shift(x, p.mean_shift) - mean
+    y = torch.bitwise_left_shift(x, p.mean_shift)
+    if p.center:
+        y = y - round_div(torch.bitwise_left_shift(x.sum(dim=-1, keepdim=True), p.mean_shift), p.channels)
     v = (y * y).sum(dim=-1, keepdim=True) + p.eps
     r = isqrt(torch.bitwise_left_shift(v, 2 * p.sqrt_shift)).clamp_min(1)
     inv = torch.div(torch.full_like(r, 1 << p.recip_bits), r, rounding_mode="floor")

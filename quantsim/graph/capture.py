@@ -45,6 +45,13 @@ sizes that divide the input an average pool with even windows (uneven windows ar
 the functional forms F.max_pool2d / F.avg_pool2d / F.adaptive_avg_pool2d as the modules.
 A BatchNorm that follows no convolution (DenseNet's norm after each concat) is a depthwise 1x1
 convolution: its per-channel affine, quantized like any conv.
+
+Constant folding: every traced value that depends only on parameters and buffers (no path from the
+input) is evaluated once, in float, on the shape-recording run, and enters the graph as a constant
+(Swin's relative position bias, v2's cpb_mlp over its coordinate table); its readers take it as
+they take a parameter. torchvision Swin's fx-wrapped window attention and patch merging are written
+out as graph ops in quantsim.graph.swin (``pad`` and ``roll``: integer copies; ``l2norm``; a
+masked softmax; per-head matmul alpha).
 """
 from __future__ import annotations
 
@@ -60,6 +67,7 @@ import torch.nn.functional as F
 from torch.fx.operator_schemas import normalize_function
 
 from integer_ref.arith import tf_same_padding
+from quantsim.graph.swin import is_swin_function, swin_nodes
 from quantsim.zoo import cifar_resnet
 from quantsim.zoo.cifar_resnet import OptionAShortcut
 from quantsim.errors import QuantsimError
@@ -91,11 +99,11 @@ except ImportError:  # pragma: no cover - timm is a dependency, keep capture imp
 # Ops whose output needs a new scale (requantizing producers) vs ops that keep their
 # input's scale exactly (the integer program passes values through unchanged).
 # Elementwise activations lowered to a lookup table (integer_ref.lut), by FloatGraph op name.
-LUT_OPS = ("hardswish", "hardsigmoid", "sigmoid", "silu")
+LUT_OPS = ("hardswish", "hardsigmoid", "sigmoid", "silu", "tanh")
 REQUANT_OPS = {"input", "conv", "linear", "add", "avgpool", "gap", "mul",
-               "matmul", "layernorm", "gelu", "softmax", "add_const", *LUT_OPS}
+               "matmul", "layernorm", "l2norm", "gelu", "softmax", "add_const", *LUT_OPS}
 PASSTHROUGH_OPS = {"maxpool", "flatten", "shortcut_a", "relu", "relu6",
-                   "reshape", "permute", "take", "concat_token", "concat", "slice"}
+                   "reshape", "permute", "take", "concat_token", "concat", "slice", "pad", "roll"}
 ACTIVATIONS = {"relu", "relu6"}
 
 
@@ -140,7 +148,8 @@ class FloatGraph:
             return True
         if n.op in ("softmax", "hardsigmoid", "sigmoid"):
             return True
-        if n.op in ("maxpool", "flatten", "shortcut_a", "avgpool", "gap", "reshape", "permute", "take", "slice"):
+        if n.op in ("maxpool", "flatten", "shortcut_a", "avgpool", "gap", "reshape", "permute", "take", "slice",
+                    "pad", "roll"):
             return self.non_negative(n.inputs[0])
         if n.op in ("add", "mul", "concat"):
             return all(self.non_negative(i) for i in n.inputs)
@@ -154,7 +163,7 @@ def _leaf_types() -> tuple[type, ...]:
     types: list[type] = [nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MultiheadAttention,
                          nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
                          nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut,
-                         nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, *_TIMM_LUT]
+                         nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.Tanh, *_TIMM_LUT]
     for t in (SelectAdaptivePool2d, DropPath, LayerScale, StochasticDepth):
         if isinstance(t, type):
             types.append(t)
@@ -386,10 +395,11 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
     raise QuantsimError(f"cannot lower module {source} ({type(m).__name__}): unsupported layer type")
 
 
-_LUT_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.Sigmoid: "sigmoid", nn.SiLU: "silu"}
+_LUT_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.Sigmoid: "sigmoid", nn.SiLU: "silu",
+                nn.Tanh: "tanh"}
 _LUT_FUNCS = {F.hardswish: "hardswish", F.hardsigmoid: "hardsigmoid", torch.sigmoid: "sigmoid",
-              F.sigmoid: "sigmoid", F.silu: "silu"}
-_LUT_METHODS = {"sigmoid": "sigmoid", "sigmoid_": "sigmoid"}
+              F.sigmoid: "sigmoid", F.silu: "silu", torch.tanh: "tanh", F.tanh: "tanh"}
+_LUT_METHODS = {"sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh"}
 _ADD_TARGETS = {operator.add, operator.iadd, torch.add}
 _RELU_TARGETS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _PASS_FUNCS = {F.dropout}
@@ -522,6 +532,16 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
         if len(args) != 2:
             raise QuantsimError(f"cannot lower {_where(node)}: matmul with a constant operand")
         return [FNode(name, "matmul", args, {"alpha": 1.0, "transpose_b": False}, source=src)]
+    if kind == "call_function" and t is torch.einsum:
+        if len(args) != 2 or len(node.args) != 3 or not isinstance(node.args[0], str):
+            raise QuantsimError(f"cannot lower {_where(node)}: einsum other than of two activations")
+        return [FNode(name, "matmul", args, {"alpha": 1.0, "transpose_b": _einsum_transpose_b(node)}, source=src)]
+    if kind in ("call_function", "call_method") and getattr(t, "__name__", t) in ("swapaxes", "swapdims"):
+        nd = len(in_shape)
+        a, b = (int(v) % nd for v in node.args[1:3])
+        perm = list(range(nd))
+        perm[a], perm[b] = perm[b], perm[a]
+        return [FNode(name, "permute", args[:1], {"perm": perm}, source=src)]
     if kind == "call_function" and t in _MUL_TARGETS and len(args) == 1:
         other = [a for a in node.args if not isinstance(a, fx.Node)]
         if len(other) == 1 and isinstance(other[0], (int, float)) and other[0] > 0:
@@ -566,7 +586,11 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
             c = consts[next(n for n in names if n in consts)].detach()
             if c.dim() == len(out_shape) and c.shape[0] == 1:
                 c = c[0]
-            if tuple(c.shape) != tuple(out_shape[1:]):
+            items = tuple(int(v) for v in out_shape[1:])
+            # the same constant for every item, or one broadcast over the leading item axes (MaxViT's
+            # relative position bias (1, heads, P, P) over the windows)
+            fits = c.dim() <= len(items) and all(cs in (1, o) for cs, o in zip(reversed(c.shape), reversed(items)))
+            if not fits:
                 raise QuantsimError(f"cannot lower {_where(node)}: constant of shape {tuple(c.shape)} added to "
                                     f"items of shape {tuple(out_shape[1:])}")
             return [FNode(name, "add_const", args, {}, c.clone(), source=src)]
@@ -591,6 +615,28 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
         unbinds[node.name] = (args[0], int(dim) % len(in_shape))
         return []
     return None
+
+
+def _einsum_transpose_b(node: fx.Node) -> bool:
+    """A two-operand einsum that is a batched matmul, a @ b or a @ bᵀ: both operands and the output
+    share their leading (batch) letters; a is (.., i, k), b is (.., k, j) or (.., j, k) -> (.., i, j).
+    MaxViT's attention: 'BGHID,BGHJD->BGHIJ' (q·kᵀ) and 'BGHIJ,BGHJD->BGHID' (attn·v)."""
+    eq = node.args[0].replace(" ", "")
+    ins, _, out = eq.partition("->")
+    parts = ins.split(",")
+    ok = len(parts) == 2 and out and "." not in eq and all(len(p) >= 2 for p in parts)
+    if ok:
+        a, b = parts
+        batch = a[:-2]
+        i, k = a[-2:]
+        ok = (b[:-2] == batch and len(b) == len(a) and out[:-2] == batch and len(out) == len(a)
+              and len(set(a)) == len(a) and len(set(b)) == len(b))
+        if ok and b[-2:] == k + out[-1] and out[-2] == i and out[-1] not in a:
+            return False
+        if ok and b[-2:] == out[-1] + k and out[-2] == i and out[-1] not in a:
+            return True
+    raise QuantsimError(f"cannot lower {_where(node)}: einsum {node.args[0]!r} (only a batched matmul: "
+                        "'..ik,..kj->..ij' or '..ik,..jk->..ij' with the same leading letters)")
 
 
 def _perm(node: fx.Node, in_shape, kw: dict | None = None) -> list[int]:
@@ -651,16 +697,24 @@ def _getitem_node(name, node, args, shapes, unbinds) -> list[FNode] | None:
     raise QuantsimError(f"cannot lower {_where(node)}: indexing {idx} (only x[:, ..., i] and x[:, ..., a:b])")
 
 
-def _shape_map(gm: fx.GraphModule, example: torch.Tensor,
-               kinds: dict[str, str] | None = None) -> dict[str, Any]:
+def _shape_map(gm: fx.GraphModule, example: torch.Tensor, kinds: dict[str, str] | None = None,
+               folded: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """Run the traced module once, recording every node's output shape (and in `kinds`
-    whether it is a 'tensor', a tuple of 'tensors' or some 'other' value)."""
+    whether it is a 'tensor', a tuple of 'tensors' or some 'other' value; in `folded` the value of
+    every computed tensor that depends on parameters and buffers only: the constant folding)."""
     shapes: dict[str, Any] = {}
     kinds = {} if kinds is None else kinds
+    folded = {} if folded is None else folded
+    constant: set[str] = set()  # get_attr nodes and everything computed from them alone
 
     class _Recorder(fx.Interpreter):
         def run_node(self, n):
             out = super().run_node(n)
+            if n.op == "get_attr" or (n.op in ("call_function", "call_method", "call_module")
+                                      and all(a.name in constant for a in n.all_input_nodes)):
+                constant.add(n.name)
+                if n.op != "get_attr" and isinstance(out, torch.Tensor):
+                    folded[n.name] = out.detach().clone()
             shapes[n.name] = out.shape if isinstance(out, torch.Tensor) else out
             if isinstance(out, torch.Tensor):
                 kinds[n.name] = "tensor"
@@ -686,7 +740,8 @@ def _scoped_name(node: fx.Node) -> str:
 def _raw_graph(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> FloatGraph:
     modules = dict(gm.named_modules())
     kinds: dict[str, str] = {}
-    shapes = _shape_map(gm, torch.zeros(2, *input_shape), kinds)  # batch 2: the batch axis is visible
+    folded: dict[str, torch.Tensor] = {}
+    shapes = _shape_map(gm, torch.zeros(2, *input_shape), kinds, folded)  # batch 2: the batch axis is visible
     alias: dict[str, str] = {}  # fx node name -> FNode name that holds its value
     consts: dict[str, torch.Tensor] = {}  # fx node name -> parameter read directly in forward
     unbinds: dict[str, tuple[str, int]] = {}  # fx unbind node -> (FNode name, axis)
@@ -716,6 +771,9 @@ def _raw_graph(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> FloatGr
             if not isinstance(value, torch.Tensor):
                 raise QuantsimError(f"cannot lower {node.target}: a non-tensor attribute used in forward")
             consts[node.name] = value.detach()
+            continue
+        if node.name in folded:  # computed from parameters and buffers alone: a constant
+            consts[node.name] = folded[node.name]
             continue
         if node.op != "call_module" and kinds.get(node.name) == "other":
             continue  # shape queries, asserts, comparisons: nothing to compute
@@ -750,6 +808,11 @@ def _raw_graph(gm: fx.GraphModule, input_shape: tuple[int, int, int]) -> FloatGr
             if node.op == "call_function" and node.target is getattr and not args:
                 continue
             if node.op == "call_method" and node.target == "size":  # shape queries feed view()
+                continue
+            if node.op == "call_function" and is_swin_function(node.target):
+                new = [FNode(*spec, source=node.name) for spec in swin_nodes(name, node, args, shapes, consts)]
+                nodes.extend(new)
+                alias[node.name] = new[-1].name
                 continue
             new = _vit_node(name, node, args, shapes, consts, unbinds, alias)
             if new is None and node.op == "call_function":
@@ -878,7 +941,7 @@ def _fold_into_matmul(g: FloatGraph) -> None:
                 g.index.pop(b.name)
         for k, i in enumerate(list(mm.inputs)):
             sc = g[i]
-            if sc.op == "scale" and len(g.consumers(sc.name)) == 1:
+            if sc.op == "scale" and len(g.consumers(sc.name)) == 1 and not isinstance(mm.attrs["alpha"], list):
                 mm.attrs["alpha"] *= sc.attrs["value"]
                 mm.inputs[k] = sc.inputs[0]
                 g.nodes.remove(sc)
@@ -982,6 +1045,8 @@ def run_node(n: FNode, xs: list[torch.Tensor], weight: torch.Tensor | None = Non
         y = torch.sigmoid(x)
     elif n.op == "silu":
         y = F.silu(x)
+    elif n.op == "tanh":
+        y = torch.tanh(x)
     elif n.op == "relu":
         y = F.relu(x)
     elif n.op == "relu6":
@@ -1006,13 +1071,20 @@ def run_node(n: FNode, xs: list[torch.Tensor], weight: torch.Tensor | None = Non
         y = F.layer_norm(x, (x.shape[-1],), w, n.bias, n.attrs["eps"])
     elif n.op == "gelu":
         y = F.gelu(x)
-    elif n.op == "softmax":
-        y = torch.softmax(x, dim=-1)
+    elif n.op == "l2norm":
+        y = F.normalize(x, dim=-1)
+    elif n.op == "softmax":  # a mask (Swin's shifted windows): its entries left out (quantsim.graph.swin)
+        y = torch.softmax(x if w is None else x.masked_fill(w, float("-inf")), dim=-1)
     elif n.op == "matmul":
         b = xs[1].transpose(-1, -2) if n.attrs["transpose_b"] else xs[1]
         y = torch.matmul(x, b)
-        if n.attrs["alpha"] != 1.0:
-            y = y * n.attrs["alpha"]
+        alpha = n.attrs["alpha"]
+        if isinstance(alpha, list):  # one per index of alpha_axis (Swin v2's per-head logit scale)
+            shape = [1] * y.dim()
+            shape[n.attrs["alpha_axis"]] = -1
+            y = y * torch.tensor(alpha, dtype=y.dtype).reshape(shape)
+        elif alpha != 1.0:
+            y = y * alpha
     elif n.op == "scale":
         y = x * n.attrs["value"]
     elif n.op == "layerscale":
@@ -1030,6 +1102,10 @@ def run_node(n: FNode, xs: list[torch.Tensor], weight: torch.Tensor | None = Non
         y = torch.cat(xs, dim=n.attrs["axis"])
     elif n.op == "slice":
         y = x.narrow(n.attrs["axis"], n.attrs["start"], n.attrs["stop"] - n.attrs["start"])
+    elif n.op == "pad":
+        y = F.pad(x, [v for b, a in reversed(n.attrs["pads"]) for v in (b, a)])
+    elif n.op == "roll":
+        y = torch.roll(x, n.attrs["shifts"], n.attrs["dims"])
     elif n.op == "concat_token":
         tok = w.to(x.dtype)
         y = torch.cat([tok.expand(x.shape[0], *tok.shape), x], dim=n.attrs["axis"])

@@ -58,7 +58,7 @@ from quantsim.errors import QuantsimError
 
 INPUT_NAME = "image"
 CONST_BITS = 16  # constant operands of add_const (position embedding), signed, per tensor
-NONLINEAR_OPS = ("softmax", "gelu", "layernorm")
+NONLINEAR_OPS = ("softmax", "gelu", "layernorm", "l2norm")
 FLOAT32_UNSUPPORTED = NONLINEAR_OPS + ("matmul", "add_const", "concat_token", "mul") + LUT_OPS
 
 
@@ -301,22 +301,44 @@ def _mag(q: QParams) -> int:
 
 
 def _matmul_node(n: FNode, qa: QParams, qb: QParams, out_q: QParams, k: int, cfg: QuantConfig) -> Node:
-    m = n.attrs["alpha"] * float(qa.scale) * float(qb.scale) / float(out_q.scale)
-    mult, shift = quantize_multiplier(m, _mult_bits_for(float(k * _mag(qa) * _mag(qb)), cfg))
-    return Node(n.name, "matmul", list(n.inputs), out_q, {"transpose_b": bool(n.attrs["transpose_b"]),
-                                                         "clamp": _clamp(out_q, None)},
-                {"multiplier": np.int64(mult), "shift": np.int64(shift)}, n.source, in_q=qa)
+    """alpha a scalar (q·kᵀ·D^-0.5), or one per index of attrs alpha_axis (Swin v2's per-head logit
+    scale): then one multiplier per index, the node's channel_axis."""
+    alpha = n.attrs["alpha"]
+    m = np.asarray(alpha, np.float64) * float(qa.scale) * float(qb.scale) / float(out_q.scale)
+    mult_bits = _mult_bits_for(float(k * _mag(qa) * _mag(qb)), cfg)
+    attrs = {"transpose_b": bool(n.attrs["transpose_b"]), "clamp": _clamp(out_q, None)}
+    if isinstance(alpha, list):
+        mult, shift = quantize_multipliers(m, mult_bits)
+        attrs["channel_axis"] = int(n.attrs["alpha_axis"])
+    else:
+        mult, shift = (np.int64(v) for v in quantize_multiplier(float(m), mult_bits))
+    return Node(n.name, "matmul", list(n.inputs), out_q, attrs, {"multiplier": mult, "shift": shift},
+                n.source, in_q=qa)
 
 
-def _nonlinear_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node:
+def _nonlinear_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig, channels: int) -> Node:
     s_in, s_out = float(in_q.scale), float(out_q.scale)
     if in_q.zero_point or in_q.per_channel:
         raise QuantsimError(f"cannot lower {n.source}: {n.op} of a tensor with a zero point or per-channel scale")
     params: dict[str, np.ndarray] = {}
+    mode = cfg.nonlinear
     if n.op == "softmax":
         attrs = NL.softmax_params(s_in, out_q.bits).to_attrs()
+        if n.weight is not None:  # a masked softmax (quantsim.graph.swin): 1 = left out
+            if mode == "float":
+                raise QuantsimError(f"cannot lower {n.source}: a masked softmax with nonlinear='float' (integer only)")
+            mask = n.weight.bool()
+            if mask.all(dim=-1).any():
+                raise QuantsimError(f"cannot lower {n.source}: a softmax mask that leaves a row empty")
+            params["mask"] = mask.numpy().astype(np.int8)
     elif n.op == "gelu":
         attrs = NL.gelu_params(s_in, s_out, out_q.bits).to_attrs()
+    elif n.op == "l2norm":  # LayerNorm's integer kernel without the mean; integer only (no float mode)
+        mode = "integer"
+        p = NL.layernorm_params(s_in, np.ones(channels), np.zeros(channels), n.attrs["eps"], s_out, out_q.bits,
+                                in_bits=in_q.bits + (0 if in_q.signed else 1), center=False)
+        attrs = p.to_attrs()
+        params = {"gamma": p.gamma, "beta": p.beta}
     else:
         gamma, beta = n.weight.double().numpy(), n.bias.double().numpy()
         p = NL.layernorm_params(s_in, gamma, beta, n.attrs["eps"], s_out, out_q.bits,
@@ -325,7 +347,7 @@ def _nonlinear_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -
         params = {"gamma": p.gamma, "beta": p.beta}
         if cfg.nonlinear == "float":
             params.update(gamma_float=gamma.astype(np.float32), beta_float=beta.astype(np.float32))
-    attrs.update(mode=cfg.nonlinear, in_scale=s_in)
+    attrs.update(mode=mode, in_scale=s_in)
     return Node(n.name, n.op, list(n.inputs), out_q, attrs, params, n.source, in_q=in_q)
 
 
@@ -482,12 +504,12 @@ def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Gra
         elif n.op == "matmul":
             nodes.append(_matmul_node(n, q[n.inputs[0]], q[n.inputs[1]], out_q, shapes[n.inputs[0]][-1], cfg))
         elif n.op in NONLINEAR_OPS:
-            nodes.append(_nonlinear_node(n, q[n.inputs[0]], out_q, cfg))
+            nodes.append(_nonlinear_node(n, q[n.inputs[0]], out_q, cfg, shapes[n.inputs[0]][-1]))
         elif n.op == "add_const":
             nodes.append(_add_const_node(n, q[n.inputs[0]], out_q, cfg))
         elif n.op == "concat_token":
             nodes.append(_concat_token_node(n, out_q))
-        elif n.op in ("reshape", "permute", "take", "concat", "slice"):
+        elif n.op in ("reshape", "permute", "take", "concat", "slice", "pad", "roll"):
             nodes.append(Node(n.name, n.op, list(n.inputs), out_q, dict(n.attrs), {}, n.source, in_q=out_q))
         else:
             raise QuantsimError(f"cannot lower {n.source}: op {n.op!r} has no integer form")
