@@ -285,12 +285,14 @@ def test_sweep_summary_and_page(tiny, tmp_path, capsys):  # noqa: F811
     for r in pts.itertuples():
         line = next(l for l in stdout.splitlines() if re.match(rf"[* ] {re.escape(r.label)} ", l))
         assert fmt.pct(r.top1) in line and fmt.energy(r.e_total_pj) in line
+        assert fmt.latency(r.latency_us) in line and fmt.edp(r.edp_pj_us) in line
     page = Page((out / "report.html").read_text())
     head, rows = page.tables["points"][0], page.tables["points"][1:]
     assert [r[head.index("label")] for r in rows] == list(pts["label"])
     for r, (_, want) in zip(rows, pts.iterrows()):
         assert shown_value(r[head.index("top1")]) == pytest.approx(want["top1"], rel=1e-3)
         assert shown_value(r[head.index("e_total_pj")]) == pytest.approx(want["e_total_pj"], rel=1e-3)
+        assert shown_value(r[head.index("latency_us")]) == pytest.approx(want["latency_us"], rel=1e-3)
     front = [r[head.index("frontier")] == "yes" for r in rows]
     # the frontier marks, among the quantized points (FP32 is the plot's reference line): a point is
     # marked exactly when no other is at least as good on both axes and better on one
@@ -301,7 +303,8 @@ def test_sweep_summary_and_page(tiny, tmp_path, capsys):  # noqa: F811
         beaten = ((q["top1"] >= a) & (q["e_total_pj"] <= e) & ((q["top1"] > a) | (q["e_total_pj"] < e))).any()
         assert on == (not beaten), pts.iloc[i]["label"]
     text = (out / "report.html").read_text()
-    assert text.count("<svg") >= 2  # the Pareto plot and width maps, inline
+    assert text.count("<svg") >= 3  # the Pareto plots (energy, latency) and width maps, inline
+    assert "Top-1 against latency per image" in text
     assert all(u.startswith("#") for u in page.urls)
     # --json: the points as one JSON line
     assert pareto.main(argv + ["--resume", "--json"]) == 0
