@@ -76,7 +76,7 @@ def run_model(name: str, n_calib: int) -> tuple[list[dict], list[dict]]:
 
 
 def markdown(df: pd.DataFrame, stalled: pd.DataFrame, n_calib: int) -> str:
-    L = ["## Hardware model, second generation: residency and bit-serial arrays (issue 16)", "",
+    L = ["## Hardware model, second generation: residency, bit-serial arrays, DRAM stalls (issue 16)", "",
          f"`python benchmarks/hw_generations.py` ({n_calib} calibration images, one real image per inference). "
          "Each new preset beside the one it extends, in the same run. `edge-16x16-gb256k-ws` is `edge-16x16-ws` "
          "plus a 256 KiB global buffer that keeps each activation on chip while it fits (first come, first kept; "
@@ -106,7 +106,10 @@ def markdown(df: pd.DataFrame, stalled: pd.DataFrame, n_calib: int) -> str:
         clock = r.cycles / r.latency_us
         L.append(f"| {r.model} | {r.bits} | {r.preset} | {r.bytes_per_cycle:.3g} | {int(r.compute_cycles):,} | "
                  f"{int(r.stall_cycles):,} | {int(r.stalled_layers)} | {r.latency_us:,.1f} | "
-                 f"{r.compute_cycles / clock:,.1f} | {r.det_uj:.2f} | {r.edp_pj_us * 1e-9:.3g} |")
+                 f"{r.compute_cycles / clock:,.1f} | {r.det_uj:.2f} | {r.edp_pj_us * 1e-9:,.1f} |")
+    L += ["", "Stalled layers at W8A8 by op: " + "; ".join(
+        f"{model} on {preset}: " + ", ".join(f"{n} {op}" for op, n in grp["op"].value_counts().items())
+        for (model, preset), grp in stalled.groupby(["model", "preset"], sort=False)) + "."]
     L += ["", f"Per preset at W8A8, the {STALLED_SHOWN} layers that wait longest for DRAM (cycles per image; "
           "DRAM bytes as the bus moves them, whole bursts):", "",
           "| model | preset | layer | op | compute cycles | DRAM bus cycles | stall cycles | DRAM bytes |",

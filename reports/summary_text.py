@@ -165,5 +165,5 @@ def sweep_summary(points: pd.DataFrame, meta: dict, out: str | Path, frontier) -
     lines += ["", "* on the Pareto frontier of the quantized points: no other is as accurate for less energy, or more accurate for no more",
               "latency per image includes DRAM stalls; EDP = detailed energy x latency",
               f"Files      {Path(out) / 'report.html'}  (open in a browser: the plot and every point)",
-              "           points.csv, pareto.png/.svg, sweep.json, summary.txt"]
+              "           points.csv, pareto.png/.svg, pareto_latency.png/.svg, sweep.json, summary.txt"]
     return "\n".join(lines) + "\n"
