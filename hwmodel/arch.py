@@ -72,6 +72,10 @@ its DRAM bursts need on the bus): compute and DRAM transfers overlap (double-buf
 what the bus needs beyond the compute is stall_cycles. dram.stalls = false, or a file without
 transfer_mts, gives cycles that ignore DRAM bandwidth (the model before stalls were counted).
 
+The memories may instead be given as [[memory]] levels, innermost first (registers, one SRAM
+per operand, a global buffer, DRAM: size, word width, energy per bit, DRAM's bandwidth):
+hwmodel.hierarchy, which writes them as the sections above.
+
 A bad file raises ValueError with one line naming the file and the key.
 """
 from __future__ import annotations
@@ -83,6 +87,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from .dataflow import DATAFLOWS
+from .hierarchy import levels_to_flat
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DRAM_MODELS = ("reuse", "scalesim")
@@ -214,6 +219,8 @@ def _get(doc: dict, section: str | None, key: str, typ, where: str, positive: bo
 
 
 def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
+    if "memory" in doc:  # the memories as [[memory]] levels (hwmodel.hierarchy): the same Accelerator
+        doc = levels_to_flat(doc, where)
     name = _get(doc, None, "name", str, where)
     df = _get(doc, "array", "dataflow", str, where)
     if df not in DATAFLOWS:
