@@ -127,24 +127,32 @@ def test_residency_removes_stalls_that_dram_traffic_caused(simulated):
         assert a["compute_cycles"] == b["compute_cycles"] and a["stall_cycles"] <= b["stall_cycles"], a["layer"]
 
 
-def test_dram_rate_keys_are_checked(tmp_path):
-    doc = (PRESET_DIR / "edge-16x16-ws.toml").read_text()
+EDGE = (PRESET_DIR / "edge-16x16-ws.toml").read_text()
+NO_RATE = "\n".join(line for line in EDGE.splitlines() if not line.startswith("transfer_"))
+
+
+@pytest.mark.parametrize("text,pattern", [
+    (EDGE.replace("clock_mhz = 500", ""), "dram.transfer_mts needs array.clock_mhz"),
+    (EDGE.replace("stalls = true", 'stalls = "yes"'), "dram.stalls must be true or false"),
+    (NO_RATE, "dram.stalls needs dram.transfer_mts"),
+    (EDGE.replace("transfer_source", "transfer_note"), "missing key dram.transfer_source"),
+])
+def test_bad_dram_rate_keys_are_refused(tmp_path, text, pattern):
     bad = tmp_path / "bad.toml"
-    bad.write_text(doc.replace("clock_mhz = 500", ""))
-    with pytest.raises(ValueError, match="dram.transfer_mts needs array.clock_mhz"):
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=pattern):
         load_accelerator(bad)
-    bad.write_text(doc.replace("stalls = true", 'stalls = "yes"'))
-    with pytest.raises(ValueError, match="dram.stalls must be true or false"):
-        load_accelerator(bad)
-    no_rate = "\n".join(line for line in doc.splitlines() if not line.startswith("transfer_"))
-    bad.write_text(no_rate)
-    with pytest.raises(ValueError, match="dram.stalls needs dram.transfer_mts"):
-        load_accelerator(bad)
-    bad.write_text(no_rate.replace("stalls = true", ""))  # a file of the older schema: no bandwidth, no stalls
-    old = load_accelerator(bad)
-    assert not old.dram_stalls and old.dram_bytes_per_cycle() is None and old.dram_cycles(10 ** 6) == 0
+
+
+def test_no_rate_means_no_stalls_and_stalls_can_be_turned_off(tmp_path):
+    old = tmp_path / "old.toml"
+    old.write_text(NO_RATE.replace("stalls = true", ""))  # a file of the older schema: no bandwidth, no stalls
+    a = load_accelerator(old)
+    assert not a.dram_stalls and a.dram_bytes_per_cycle() is None and a.dram_cycles(10 ** 6) == 0
     with pytest.raises(ValueError, match="names no DRAM data rate"):
-        old.with_stalls(True)
-    bad.write_text(doc.replace("stalls = true", "stalls = false"))
-    off = load_accelerator(bad)
-    assert not off.dram_stalls and off.dram_bytes_per_cycle() == pytest.approx(25.6)
+        a.with_stalls(True)
+    off = tmp_path / "off.toml"
+    off.write_text(EDGE.replace("stalls = true", "stalls = false"))
+    b = load_accelerator(off)
+    assert not b.dram_stalls and b.dram_bytes_per_cycle() == pytest.approx(25.6)
+    assert replace(b.with_stalls(True), path="") == replace(load_accelerator("edge-16x16-ws"), path="")
