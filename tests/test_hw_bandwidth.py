@@ -1,7 +1,8 @@
 """DRAM bandwidth stalls (hwmodel.bandwidth): a layer takes max(compute, DRAM bus cycles).
 
-With dram.stalls off every per-layer cycle of ResNet-20 is the one hwmodel gave before stalls
-were modelled (tests/fixtures/bandwidth: main's simulate_graph, every preset, W8A8 and W4A4),
+With dram.stalls off every per-layer cycle of ResNet-20 and EfficientNet-Lite0 is the one
+hwmodel gave before stalls were modelled (tests/fixtures/bandwidth: main's simulate_graph, every
+preset; ResNet-20 at W8A8 and W4A4, Lite0 at W8A8 on three presets of the seven kept there),
 and nothing but the cycles changes when they are on. With them on, a residual add, whose
 traffic the bus cannot move in its vector-unit cycles, waits exactly the cycles its shapes
 give; latency and energy-delay product follow the cycles."""
@@ -21,9 +22,12 @@ import quantsim
 from hwmodel.arch import PRESET_DIR, list_presets, load_accelerator
 from quantsim.quant.config import QuantConfig
 from quantsim.run import hardware, stages
+from quantsim.zoo.datasets import build_dataset
 from quantsim.zoo.models import load_model
 
-BEFORE = json.loads((Path(__file__).parent / "fixtures" / "bandwidth" / "resnet20_cycles_before_stalls.json").read_text())
+FIX = Path(__file__).parent / "fixtures" / "bandwidth"
+BEFORE = json.loads((FIX / "resnet20_cycles_before_stalls.json").read_text())
+LITE0_BEFORE = json.loads((FIX / "lite0_cycles_before_stalls.json").read_text())
 STALL_COLUMNS = ("cycles", "stall_cycles")
 
 
@@ -66,7 +70,24 @@ def test_stalls_off_gives_the_cycles_before_stalls(simulated, preset, bits):
 
 
 def test_every_preset_is_in_the_fixture():
-    assert sorted(BEFORE["cycles"]) == list_presets()  # a new preset needs its row there
+    assert sorted(BEFORE["cycles"]) == sorted(LITE0_BEFORE["cycles"]) == list_presets()  # a new preset needs its row
+
+
+@pytest.fixture(scope="module")
+def lite0(imagenet_calib_dir):
+    lm = load_model("tf_efficientnet_lite0")
+    ds = build_dataset(f"imagenet:{imagenet_calib_dir}", lm.preprocess, role="calib")
+    x = torch.stack([ds[i][0] for i in range(4)])
+    g = quantsim.quantize(lm.model, QuantConfig(w_bits=8, a_bits=8), x).graph
+    return g, stages.integer_taps(g, x[:1])
+
+
+@pytest.mark.parametrize("preset", ["edge-16x16-ws", "scalesim-32x32-os", "bitserial-32x32-os"])
+def test_lite0_stalls_off_gives_the_cycles_before_stalls(lite0, preset):
+    g, taps = lite0
+    hw = hardware.simulate(g, taps, load_accelerator(preset).with_stalls(False))
+    assert {r["layer"]: r["cycles"] for r in hw.rows} == LITE0_BEFORE["cycles"][preset]["W8A8"]
+    assert hw.totals["latency_us"] == pytest.approx(LITE0_BEFORE["latency_us"][preset]["W8A8"], rel=1e-12)
 
 
 @pytest.mark.parametrize("preset", ["scalesim-32x32-ws", "bitserial-32x32-os"])
