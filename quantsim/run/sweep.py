@@ -307,7 +307,7 @@ def check(args: SweepOptions) -> CheckedSweep:
         if args.ray_retries < 0:
             raise QuantsimError(f"--ray-retries {args.ray_retries}: give 0 or more")
     out = check_out_dir(args.out)
-    accel = load_accel(args.accel, args.dram_model, args.residency)
+    accel = load_accel(args.accel, args.dram_model, args.residency, args.dram_stalls)
     base = base_config(args)
     check_sources(args)
     grans = [g.strip() for g in args.uniform_granularity.split(",") if g.strip()]
