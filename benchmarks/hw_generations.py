@@ -98,7 +98,8 @@ def markdown(df: pd.DataFrame, stalled: pd.DataFrame, n_calib: int) -> str:
           "LPDDR4-3200 on the edge and SCALE-Sim-sized presets, HBM2 at 2 Gb/s per pin on hbm-64x64-os; the "
           "pairing and the clocks are assumptions, named in each preset). A layer takes max(compute, the cycles its "
           "DRAM bursts need): transfers overlap compute (double-buffered SRAM), and the rest is stall. "
-          "Latency = cycles / clock; EDP = detailed energy x latency. `dram.stalls = false` in a preset, or `--dram-stalls off`, gives "
+          "Latency = cycles / clock; EDP = detailed energy x latency. `dram.stalls = false` in a preset, "
+          "or `--dram-stalls off`, gives "
           "the cycles without stalls (tests/test_hw_bandwidth.py: main's cycles, layer for layer).", "",
           "| model | bits | preset | B/cycle | compute cycles | stall cycles | stalled layers | latency µs | "
           "latency without stalls µs | detailed µJ | EDP nJ·s |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
