@@ -81,7 +81,7 @@ def hardware_lines(s: dict) -> list[str]:
         lines.append(f"of which {fmt.count(s.get('stall_cycles'))} wait for DRAM "
                      f"({float(s['dram_bytes_per_cycle']):.3g} bytes per cycle)")
     elif not fmt.missing(s.get("dram_bytes_per_cycle")):
-        lines.append("DRAM bandwidth not counted in the cycles (dram.stalls = false)")
+        lines.append("DRAM bandwidth not counted in the cycles (stalls off: dram.stalls = false or --dram-stalls off)")
     if not fmt.missing(s.get("edp_pj_us")):
         w8 = "" if str(s.get("bits")).upper() == "W8A8" else f", {fmt.ratio(s.get('edp_ratio_w8a8'))} W8A8's"
         lines.append(f"energy-delay product {fmt.edp(s['edp_pj_us'])} (detailed energy x latency){w8}")
