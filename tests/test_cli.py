@@ -108,6 +108,8 @@ def test_dram_stalls_on_and_off(capsys, tmp_path, tiny_ckpt, tiny_data):
     assert on["latency_us"] > off["latency_us"] and on["edp_pj_us"] > off["edp_pj_us"]
     for k in ("e_total_pj", "e_seed_pj", "dram_bytes", "energy_ratio_w8a8"):
         assert on[k] == off[k], k
+    assert f"of which {on['stall_cycles']:,} wait for DRAM" in (tmp_path / "on" / "summary.txt").read_text()
+    assert "DRAM bandwidth not counted in the cycles" in (tmp_path / "off" / "summary.txt").read_text()
     doc = (Path(__file__).resolve().parents[1] / "hwmodel" / "presets" / "scalesim-32x32-os.toml").read_text()
     no_rate = tmp_path / "no_rate.toml"
     no_rate.write_text("\n".join(l for l in doc.splitlines() if not l.startswith(("transfer_", "stalls"))))
