@@ -1,8 +1,9 @@
 """DRAM bandwidth stalls (hwmodel.bandwidth): a layer takes max(compute, DRAM bus cycles).
 
 With dram.stalls off every per-layer cycle of ResNet-20 and EfficientNet-Lite0 is the one
-hwmodel gave before stalls were modelled (tests/fixtures/bandwidth, made by make_fixtures.py there: main's simulate_graph, every
-preset; ResNet-20 at W8A8 and W4A4, Lite0 at W8A8 on two presets of the seven kept there),
+hwmodel gave before stalls were modelled (tests/fixtures/bandwidth, made by make_fixtures.py
+there from main's simulate_graph, every preset; ResNet-20 at W8A8 and W4A4 checked, Lite0 at
+W8A8 on two presets of the seven kept),
 and nothing but the cycles changes when they are on. With them on, a residual add, whose
 traffic the bus cannot move in its vector-unit cycles, waits exactly the cycles its shapes
 give; latency and energy-delay product follow the cycles."""
