@@ -29,6 +29,9 @@ TOML schema (all keys required; sizes are positive integers)::
     bus_bits = 64                      # DRAM interface width
     burst_bytes = 64                   # bytes per DRAM transaction (burst)
     model = "reuse"                    # optional: "reuse" (default) or "scalesim", see below
+    transfer_mts = 3200                # optional (needs array.clock_mhz): transfers per second per pin, millions
+    transfer_source = "..."            # where that data rate comes from (required with it)
+    stalls = true                      # optional (needs transfer_mts; default true with it): see below
 
     [energy]                           # picojoules, each with a *_source string
     e_mac8_pj = 0.23                   # 8x8-bit multiply + add (b^2 law scales it)
@@ -62,15 +65,29 @@ every step of the array's schedule (fill, stream, drain) takes ceil(b_a / serial
 and a layer's cycles scale with its activation width: W4A4 takes half the cycles of W8A8 on
 the same array. Traffic and the energy terms are those of the bit-parallel array.
 
+dram.transfer_mts is the DRAM data rate: the interface moves bus_bits/8 bytes per transfer, so
+bus_bits/8 * transfer_mts / clock_mhz bytes per array cycle (DDR4-3200 on a 64-bit bus at 1 GHz:
+25.6). With dram.stalls on (hwmodel.bandwidth) a layer takes max(its compute cycles, the cycles
+its DRAM bursts need on the bus): compute and DRAM transfers overlap (double-buffered SRAM), and
+what the bus needs beyond the compute is stall_cycles. dram.stalls = false, or a file without
+transfer_mts, gives cycles that ignore DRAM bandwidth (the model before stalls were counted).
+
+The memories may instead be given as [[memory]] levels, innermost first (registers, one SRAM
+per operand, a global buffer, DRAM: size, word width, energy per bit, DRAM's bandwidth):
+hwmodel.hierarchy, which writes them as the sections above.
+
 A bad file raises ValueError with one line naming the file and the key.
 """
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 from pathlib import Path
 
 from .dataflow import DATAFLOWS
+from .hierarchy import levels_to_flat
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DRAM_MODELS = ("reuse", "scalesim")
@@ -118,6 +135,29 @@ class Accelerator:
     residency: bool = False
     e_gb_bit_pj: float = 0.0
     e_gb_bit_source: str = ""
+    dram_transfer_mts: float | None = None  # optional [dram] transfer_mts: the DRAM data rate
+    dram_transfer_source: str = ""
+    dram_stalls: bool = False  # [dram] stalls: cycles wait for DRAM bandwidth (hwmodel.bandwidth)
+
+    def dram_bytes_per_cycle(self) -> float | None:
+        """DRAM bandwidth in bytes per array cycle; None when the file names no data rate."""
+        if not self.dram_transfer_mts:
+            return None
+        return self.dram_bus_bits / 8 * self.dram_transfer_mts / self.clock_mhz
+
+    def dram_cycles(self, nbytes: int) -> int:
+        """Array cycles the DRAM interface needs to move nbytes: ceil(nbytes / bytes per cycle), in
+        exact rational arithmetic so that a test can derive the same integer (0 without a data rate)."""
+        if not self.dram_transfer_mts or not nbytes:
+            return 0
+        per_cycle = Fraction(self.dram_bus_bits, 8) * Fraction(self.dram_transfer_mts) / Fraction(self.clock_mhz)
+        return math.ceil(Fraction(int(nbytes)) / per_cycle)
+
+    def with_stalls(self, on: bool) -> "Accelerator":
+        """The same accelerator with DRAM bandwidth stalls counted in its cycles, or not."""
+        if on and not self.dram_transfer_mts:
+            raise ValueError(f"accelerator {self.name} names no DRAM data rate (dram.transfer_mts): stalls need one")
+        return replace(self, dram_stalls=bool(on))
 
     def cycle_steps(self, x_bits: int) -> int:
         """Array cycles per step of the schedule for activations of x_bits (1 when bit-parallel)."""
@@ -179,6 +219,8 @@ def _get(doc: dict, section: str | None, key: str, typ, where: str, positive: bo
 
 
 def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
+    if "memory" in doc:  # the memories as [[memory]] levels (hwmodel.hierarchy): the same Accelerator
+        doc = levels_to_flat(doc, where)
     name = _get(doc, None, "name", str, where)
     df = _get(doc, "array", "dataflow", str, where)
     if df not in DATAFLOWS:
@@ -207,6 +249,20 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
             raise ValueError(f"accelerator file {where}: key sram.residency must be true or false, got {residency!r}")
         if residency and not gb:
             raise ValueError(f"accelerator file {where}: key sram.residency needs sram.global_bytes")
+    mts, mts_src, stalls = None, "", False
+    if _has(doc, "dram", "transfer_mts"):
+        mts = _get(doc, "dram", "transfer_mts", float, where)
+        mts_src = _get(doc, "dram", "transfer_source", str, where)
+        if clock is None:
+            raise ValueError(f"accelerator file {where}: key dram.transfer_mts needs array.clock_mhz "
+                             "(DRAM bytes per array cycle)")
+        stalls = True
+    if _has(doc, "dram", "stalls"):
+        stalls = doc["dram"]["stalls"]
+        if not isinstance(stalls, bool):
+            raise ValueError(f"accelerator file {where}: key dram.stalls must be true or false, got {stalls!r}")
+        if stalls and mts is None:
+            raise ValueError(f"accelerator file {where}: key dram.stalls needs dram.transfer_mts")
     if not 8 <= acc <= 64:
         raise ValueError(f"accelerator file {where}: key array.acc_bits must be in 8..64, got {acc}")
     return Accelerator(
@@ -231,6 +287,9 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
         residency=residency,
         e_gb_bit_pj=e_gb,
         e_gb_bit_source=e_gb_src,
+        dram_transfer_mts=mts,
+        dram_transfer_source=mts_src,
+        dram_stalls=stalls,
     )
 
 

@@ -2,12 +2,18 @@
 
     res = simulate_graph(graph, taps, load_accelerator("scalesim-32x32-ws"))
     res.rows    # one dict per IR node (columns below), counts for ONE image
-    res.totals  # energy totals (seed, detailed, breakdown, FP32), cycles, preset name
+    res.totals  # energy totals (seed, detailed, breakdown, FP32), cycles, latency, EDP, preset name
 
 `taps` maps every node name to its integer output for a batch of images (batch axis
 first), as integer_ref's executor produces them. All counts and energies are per image
 (batch 1): energy per inference. Toggles come from the real operands of the first
 `toggle_images` images and are averaged over them.
+
+A row's cycles include its DRAM bandwidth stalls (hwmodel.bandwidth: compute_cycles,
+dram_cycles, stall_cycles); the totals' cycles and latency_us are their sums, and the
+energy-delay product edp_pj_us = e_total_pj * latency_us (detailed energy per image times
+latency per image, pJ·µs; None without a clock). The FP32 reference has its own cycles
+(cycles_fp32: every tensor at 32 bits, so more DRAM stalls) and edp_fp32_pj_us.
 """
 from __future__ import annotations
 
@@ -18,11 +24,13 @@ import numpy as np
 from .arch import Accelerator
 from .energy import detailed_energy, fp32_energy, seed_energy
 from .mapping import PARTIAL_READ_OPS, constant_operands, input_qparams, map_node, node_conv_geometry, packed_bytes
+from .bandwidth import apply_bandwidth
 from .residency import apply_residency, resident_tensors
 from .toggles import count_toggles, count_toggles_grouped, grouped_gemm_operands, im2col, weight_gemm
 
 ROW_COLUMNS = [
-    "layer", "op", "gemm_m", "gemm_k", "gemm_n", "groups", "folds", "cycles", "utilization",
+    "layer", "op", "gemm_m", "gemm_k", "gemm_n", "groups", "folds", "cycles", "compute_cycles",
+    "dram_cycles", "stall_cycles", "utilization",
     "n_mac", "n_add", "n_elem", "ops_add", "ops_shift", "ops_mul", "ops_div", "ops_sqrt", "ops_lut", "n_vec_ops",
     "n_vec_steps", "x_bits", "w_bits", "out_bits",
     "sram_rd_ifmap", "sram_rd_filter", "sram_rd_ofmap", "sram_wr_ofmap",
@@ -142,17 +150,26 @@ def fp32_reference(graph, shapes: dict, accel: Accelerator) -> dict:
     Detailed: every tensor at 32 bits through the same mapping (SRAM, DRAM bursts), an fp32
     multiply + add per MAC. Seed: fp32 multiply + add per MAC, fp32 add per pool/residual
     add, compulsory DRAM traffic of every tensor once at 32 bits."""
-    per, seed = {}, 0.0
+    per, seed, cycles, stalls = {}, 0.0, 0, 0
     en = accel.energy
     kept = resident_tensors(graph, shapes, accel, force_bits=32)
     for n in graph.nodes:
         row = map_node(graph, n, shapes, accel, force_bits=32)
         on_chip = apply_residency(graph, n, shapes, row, kept, accel, force_bits=32)
+        apply_bandwidth(row, accel)
+        cycles += row["cycles"]
+        stalls += row["stall_cycles"]
         per[n.name] = fp32_energy(accel, row)
         mem = sum(k for k, _ in _seed_mem(graph, n, shapes, row, on_chip))
         seed += (row["n_mac"] * (en.e_fp32_mult_pj + en.e_fp32_add_pj) + row["n_add"] * en.e_fp32_add_pj
                  + 32 * mem * en.e_dram_bit_pj)
-    return {"layers": per, "e_fp32_pj": float(sum(per.values())), "e_fp32_seed_pj": float(seed)}
+    return {"layers": per, "e_fp32_pj": float(sum(per.values())), "e_fp32_seed_pj": float(seed),
+            "cycles_fp32": int(cycles), "stall_cycles_fp32": int(stalls)}
+
+
+def edp(e_pj: float, latency_us: float | None) -> float | None:
+    """Energy-delay product per image in pJ·µs (None without a latency, i.e. without a clock)."""
+    return None if latency_us is None else float(e_pj) * float(latency_us)
 
 
 def simulate_graph(graph, taps: dict, accel: Accelerator, toggle_images: int = 1,
@@ -168,6 +185,7 @@ def simulate_graph(graph, taps: dict, accel: Accelerator, toggle_images: int = 1
     for node in graph.nodes:
         row = map_node(graph, node, shapes, accel)
         on_chip[node.name] = apply_residency(graph, node, shapes, row, kept, accel)
+        apply_bandwidth(row, accel)
         tg = node_toggles(graph, node, taps, accel, toggle_images)
         row.update(tg or {"mult_toggles": 0, "mult_toggles_signmag": 0, "mult_toggles_offset": 0})
         row.update(seed_energy(accel, row["n_mac"], row["x_bits"], row["w_bits"],
@@ -184,7 +202,9 @@ def simulate_graph(graph, taps: dict, accel: Accelerator, toggle_images: int = 1
         "accelerator": accel.name, "dataflow": accel.dataflow, "dram_model": accel.dram_model,
         "rows": accel.rows,
         "cols": accel.cols, "mac_form": mac_form, "toggle_images": int(toggle_images),
-        "cycles": int(tot("cycles")), "n_mac": int(tot("n_mac")),
+        "cycles": int(tot("cycles")), "compute_cycles": int(tot("compute_cycles")),
+        "stall_cycles": int(tot("stall_cycles")), "dram_stalls": bool(accel.dram_stalls),
+        "dram_bytes_per_cycle": accel.dram_bytes_per_cycle(), "n_mac": int(tot("n_mac")),
         "e_seed_pj": tot("e_seed_pj"), "e_seed_mac_pj": tot("e_seed_mac_pj"),
         "e_seed_dram_pj": tot("e_seed_dram_pj"),
         "e_total_pj": tot("e_total_pj"), "e_mac_pj": tot("e_mac_pj"), "e_vec_pj": tot("e_vec_pj"),
@@ -202,5 +222,10 @@ def simulate_graph(graph, taps: dict, accel: Accelerator, toggle_images: int = 1
     }
     totals["clock_mhz"] = accel.clock_mhz
     totals["latency_us"] = accel.latency_us(totals["cycles"])
+    totals["edp_pj_us"] = edp(totals["e_total_pj"], totals["latency_us"])
+    totals["cycles_fp32"] = fp32["cycles_fp32"]
+    totals["stall_cycles_fp32"] = fp32["stall_cycles_fp32"]
+    totals["latency_fp32_us"] = accel.latency_us(fp32["cycles_fp32"])
+    totals["edp_fp32_pj_us"] = edp(fp32["e_fp32_pj"], totals["latency_fp32_us"])
     totals["energy_vs_fp32_detailed"] = totals["e_total_pj"] / totals["e_fp32_pj"] if totals["e_fp32_pj"] else float("nan")
     return HwResult(rows=rows, totals=totals, accelerator=accel.name)

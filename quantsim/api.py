@@ -91,10 +91,10 @@ class Program:
 
     def simulate(self, accel: str = "scalesim-32x32-ws", images: torch.Tensor | None = None,
                  toggle_images: int = 1, mac_form: str = "max", dram_model: str | None = None,
-                 residency: str | None = None) -> Report:
+                 residency: str | None = None, dram_stalls: str | None = None) -> Report:
         """Cycles, memory traffic, toggles and energy per layer on the accelerator (a preset name or
         a TOML file); the operands are integer_ref's on `images` (default: calibration images)."""
-        acc = load_accel(accel, dram_model, residency)
+        acc = load_accel(accel, dram_model, residency, dram_stalls)
         x = images if images is not None else self.prepared.calib[0]
         x = x[:max(toggle_images, 1)]
         bitexact = stages.check_bitexact(self.graph, x)

@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-__all__ = ["missing", "energy", "ratio", "pct", "latency", "nbytes", "count", "short"]
+__all__ = ["missing", "energy", "ratio", "pct", "latency", "edp", "nbytes", "count", "short"]
 
 NA = "n/a"
 
@@ -48,6 +48,14 @@ def latency(us) -> str:
     if missing(us):
         return NA
     return _si(float(us), ((1e6, "s"), (1e3, "ms"), (1.0, "µs"), (1e-3, "ns")))
+
+
+def edp(pj_us) -> str:
+    """An energy-delay product given in pJ·µs, read in J·s with an SI prefix (1e18 pJ·µs = 1 J·s)."""
+    if missing(pj_us):
+        return NA
+    return _si(float(pj_us) * 1e-18, ((1.0, "J·s"), (1e-3, "mJ·s"), (1e-6, "µJ·s"), (1e-9, "nJ·s"),
+                                      (1e-12, "pJ·s"), (1e-15, "fJ·s")))
 
 
 def nbytes(n) -> str:

@@ -36,17 +36,22 @@ KEY_NUMBERS = (
     ("e_fp32_pj", "FP32 energy per image", fmt.energy), ("e_w8a8_pj", "W8A8 energy per image", fmt.energy),
     ("e_mac_pj", "MAC energy", fmt.energy), ("e_sram_pj", "SRAM energy", fmt.energy),
     ("e_dram_pj", "DRAM energy", fmt.energy),
-    ("cycles", "cycles per image", fmt.count), ("latency_us", "latency per image", fmt.latency),
+    ("cycles", "cycles per image", fmt.count),
+    ("stall_cycles", "  of which waiting for DRAM", fmt.count), ("latency_us", "latency per image", fmt.latency),
+    ("edp_pj_us", "energy-delay product (detailed energy x latency)", fmt.edp),
+    ("edp_ratio_w8a8", "  vs W8A8", fmt.ratio),
+    ("dram_bytes_per_cycle", "DRAM bandwidth, bytes per cycle", lambda x: fmt.NA if fmt.missing(x) else f"{float(x):.4g}"),
     ("clock_mhz", "clock (assumed), MHz", lambda x: fmt.NA if fmt.missing(x) else f"{float(x):g}"),
     ("dram_bytes", "DRAM traffic per image", fmt.nbytes), ("n_mac", "MACs per image", fmt.count),
 )
 
 # layers.csv columns shown in the page's table (all of them stay in layers.csv)
-LAYER_COLUMNS = ("layer", "op", "w_bits", "a_bits", "chosen_bits", "out_shape", "n_mac", "cycles", "utilization",
+LAYER_COLUMNS = ("layer", "op", "w_bits", "a_bits", "chosen_bits", "out_shape", "n_mac", "cycles", "stall_cycles", "utilization",
                  "sqnr_db", "e_mac_pj", "e_sram_pj", "e_dram_pj", "e_total_pj", "e_seed_pj", "e_fp32_pj",
                  "bitexact_mismatches")
 POINT_COLUMNS = ("label", "policy", "granularity", "w_bits", "a_bits", "top1", "top5", "agreement_fp32",
-                 "e_total_pj", "e_seed_pj", "energy_ratio_w8a8", "bitexact_mismatches", "budget", "widths", "note")
+                 "e_total_pj", "e_seed_pj", "energy_ratio_w8a8", "latency_us", "edp_pj_us", "bitexact_mismatches",
+                 "budget", "widths", "note")
 PREDICTIONS_SHOWN = 100
 
 CSS = """
@@ -213,8 +218,9 @@ def _cards(s: dict) -> str:
     en = _card("energy per image", fmt.energy(s.get("e_total_pj")),
                f"{fmt.ratio(s.get('energy_ratio_fp32'))} FP32, {w8} (seed model {fmt.energy(s.get('e_seed_pj'))})")
     lat = _card("latency per image", fmt.latency(s.get("latency_us")),
-                f"{fmt.count(s.get('cycles'))} cycles at {fmt.short(s.get('clock_mhz')) or 'n/a'} MHz (assumed); "
-                f"DRAM {fmt.nbytes(s.get('dram_bytes'))}")
+                f"{fmt.count(s.get('cycles'))} cycles at {fmt.short(s.get('clock_mhz')) or 'n/a'} MHz (assumed), "
+                f"{fmt.count(s.get('stall_cycles'))} waiting for DRAM; DRAM {fmt.nbytes(s.get('dram_bytes'))}; "
+                f"EDP {fmt.edp(s.get('edp_pj_us'))}")
     return f'<div class="cards">{acc}{bx}{en}{lat}</div>'
 
 
@@ -273,8 +279,9 @@ def run_report(s: dict, layers: pd.DataFrame | None, pred: pd.DataFrame | None, 
 
 
 def sweep_report(points: pd.DataFrame, meta: dict, frontier, pareto_svg: str | None, width_maps: dict[str, str],
-                 text: str) -> str:
-    """report.html of a Pareto sweep: the plot, every point (frontier marked), the width maps
+                 text: str, latency_svg: str | None = None) -> str:
+    """report.html of a Pareto sweep: the plots (accuracy against energy, and against latency when
+    the points have one), every point (frontier marked: the energy frontier), the width maps
     (`width_maps`: a caption per SVG text) folded."""
     title = f"Pareto sweep: {meta.get('model')} on {meta.get('accelerator')}"
     pts = points.copy()
@@ -284,6 +291,9 @@ def sweep_report(points: pd.DataFrame, meta: dict, frontier, pareto_svg: str | N
              f'calibration images; energy per image, detailed model; W8A8 {fmt.energy(meta.get("w8a8_pj"))}</p>']
     if pareto_svg:
         parts += ["<h2>Top-1 against energy per image (frontier, FP32 top-1, W8A8 energy)</h2>", _figure(pareto_svg)]
+    if latency_svg:
+        parts += ["<h2>Top-1 against latency per image, DRAM stalls included (frontier, FP32 top-1, W8A8 latency)</h2>",
+                  _figure(latency_svg)]
     parts += [f"<h2>Every point ({len(pts)}; click a column to sort)</h2>",
               _table(pts, ("label", "frontier") + POINT_COLUMNS[1:], "points")]
     if width_maps:

@@ -24,6 +24,21 @@ __all__ = ["pareto_front", "energy_breakdown", "pareto", "width_map"]
 _PARTS = (("e_mac_pj", "MAC"), ("e_sram_pj", "SRAM"), ("e_dram_pj", "DRAM"))
 _MARKERS = "osD^vP*Xhp<>"
 
+# the cost axes a Pareto plot can have: column -> (what it is, its units largest first, the base unit)
+COSTS = {
+    "e_total_pj": ("energy", ((1e9, "mJ"), (1e6, "µJ"), (1e3, "nJ")), "pJ"),
+    "latency_us": ("latency", ((1e6, "s"), (1e3, "ms")), "µs"),
+}
+
+
+def _cost_unit(cost: str, largest: float) -> tuple[float, str]:
+    """The unit an axis of `cost` values up to `largest` reads best in: (values per unit, name)."""
+    _, units, base = COSTS[cost]
+    for scale, unit in units:
+        if largest >= scale:
+            return scale, unit
+    return 1.0, base
+
 
 def _require(df: pd.DataFrame, cols: Sequence[str], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
@@ -45,14 +60,6 @@ def pareto_front(points, acc: str = "top1", energy: str = "e_total_pj") -> np.nd
     return ok & ~dom.any(axis=0)
 
 
-def _energy_unit(max_pj: float) -> tuple[float, str]:
-    """The SI unit an axis of energies up to max_pj (pJ) reads best in: (pJ per unit, name)."""
-    for scale, unit in ((1e9, "mJ"), (1e6, "µJ"), (1e3, "nJ")):
-        if max_pj >= scale:
-            return scale, unit
-    return 1.0, "pJ"
-
-
 def energy_breakdown(rows: pd.DataFrame, path_stem: str | os.PathLike,
                      title: str | None = None) -> tuple[Path, Path]:
     """Stacked bars per layer: MAC, SRAM and DRAM energy (in pJ, drawn in the unit that reads best),
@@ -64,7 +71,7 @@ def energy_breakdown(rows: pd.DataFrame, path_stem: str | os.PathLike,
     x = np.arange(n)
     bottom = np.zeros(n)
     total = sum(rows[c].to_numpy(dtype=float) for c, _ in _PARTS)
-    scale, unit = _energy_unit(float(np.max(total)) if n else 0.0)
+    scale, unit = _cost_unit("e_total_pj", float(np.max(total)) if n else 0.0)
     for col, name in _PARTS:
         v = rows[col].to_numpy(dtype=float) / scale
         ax.bar(x, v, bottom=bottom, label=name, width=0.8)
@@ -81,17 +88,21 @@ def energy_breakdown(rows: pd.DataFrame, path_stem: str | os.PathLike,
 
 def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
            fp32_top1: float | None = None, w8a8_energy: float | None = None,
-           title: str | None = None, logx: bool | None = None) -> tuple[Path, Path]:
-    """Accuracy against energy: every point labelled, grouped by ``policy`` when that
-    column is there, the Pareto frontier as a step line (the best accuracy reachable at or
-    below each energy), FP32 accuracy and W8A8 energy as reference lines. ``logx=None``
-    picks a log energy axis when the energies span more than a factor of 20."""
-    _require(points, ["label", "top1", "e_total_pj"], "pareto")
+           title: str | None = None, logx: bool | None = None, cost: str = "e_total_pj") -> tuple[Path, Path]:
+    """Accuracy against a cost per image, ``cost``: "e_total_pj" (energy, the default) or
+    "latency_us": every point labelled, grouped by ``policy`` when that column is there, the
+    Pareto frontier as a step line (the best accuracy reachable at or below each cost), FP32
+    accuracy and the W8A8 point's cost (``w8a8_energy``, in the cost's own unit) as reference
+    lines. ``logx=None`` picks a log cost axis when the costs span more than a factor of 20."""
+    if cost not in COSTS:
+        raise ValueError(f"pareto: cost {cost!r} is not one of {', '.join(COSTS)}")
+    what = COSTS[cost][0]
+    _require(points, ["label", "top1", cost], "pareto")
     pts = points.reset_index(drop=True)
-    mask = pareto_front(pts)
-    e_pj = pts["e_total_pj"].to_numpy(dtype=float)
-    scale, unit = _energy_unit(float(np.nanmax(e_pj)) if np.isfinite(e_pj).any() else 0.0)
-    e = e_pj / scale  # drawn in the unit that reads best
+    mask = pareto_front(pts, energy=cost)
+    c_raw = pd.to_numeric(pts[cost], errors="coerce").to_numpy(dtype=float)
+    scale, unit = _cost_unit(cost, float(np.nanmax(c_raw)) if np.isfinite(c_raw).any() else 0.0)
+    e = c_raw / scale  # drawn in the unit that reads best
     a = pts["top1"].to_numpy(dtype=float)
 
     fig = Figure(figsize=(8.0, 5.5))
@@ -118,15 +129,15 @@ def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
                    label=f"FP32 top-1 ({fp32_top1:.4g})")
     if w8a8_energy is not None:
         ax.axvline(w8a8_energy / scale, color="tab:red", ls=":", lw=1,
-                   label=f"W8A8 energy ({w8a8_energy / scale:.4g} {unit})")
+                   label=f"W8A8 {what} ({w8a8_energy / scale:.4g} {unit})")
     finite = e[np.isfinite(e) & (e > 0)]
     if logx is None:
         logx = finite.size > 1 and finite.max() / finite.min() > 20
     if logx:
         ax.set_xscale("log")
-    ax.set_xlabel(f"energy per image ({unit})")
+    ax.set_xlabel(f"{what} per image ({unit})")
     ax.set_ylabel("top-1 accuracy")
-    ax.set_title(title or "Accuracy against energy")
+    ax.set_title(title or f"Accuracy against {what}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return save_figure_atomic(fig, path_stem)

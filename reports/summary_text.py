@@ -76,7 +76,16 @@ def hardware_lines(s: dict) -> list[str]:
     cyc = f"{fmt.count(s.get('cycles'))} cycles per image"
     if not fmt.missing(s.get("latency_us")):
         cyc += f" = {fmt.latency(s['latency_us'])} at {float(s['clock_mhz']):g} MHz (an assumed clock)"
-    return [where, cyc, f"{fmt.nbytes(s.get('dram_bytes'))} DRAM traffic per image"]
+    lines = [where, cyc]
+    if s.get("dram_stalls"):
+        lines.append(f"of which {fmt.count(s.get('stall_cycles'))} wait for DRAM "
+                     f"({float(s['dram_bytes_per_cycle']):.3g} bytes per cycle)")
+    elif not fmt.missing(s.get("dram_bytes_per_cycle")):
+        lines.append("DRAM bandwidth not counted in the cycles (stalls off: dram.stalls = false or --dram-stalls off)")
+    if not fmt.missing(s.get("edp_pj_us")):
+        w8 = "" if str(s.get("bits")).upper() == "W8A8" else f", {fmt.ratio(s.get('edp_ratio_w8a8'))} W8A8's"
+        lines.append(f"energy-delay product {fmt.edp(s['edp_pj_us'])} (detailed energy x latency){w8}")
+    return lines + [f"{fmt.nbytes(s.get('dram_bytes'))} DRAM traffic per image"]
 
 
 def bitexact_line(s: dict) -> str:
@@ -146,13 +155,15 @@ def sweep_summary(points: pd.DataFrame, meta: dict, out: str | Path, frontier) -
     for on, r in zip(frontier, points.to_dict("records")):
         rows.append([("* " if on else "  ") + str(r.get("label")), str(r.get("policy")),
                      fmt.pct(r.get("top1")), fmt.pct(r.get("agreement_fp32"), 1), fmt.energy(r.get("e_total_pj")),
-                     fmt.ratio(r.get("energy_ratio_w8a8")), fmt.count(r.get("bitexact_mismatches")),
+                     fmt.ratio(r.get("energy_ratio_w8a8")), fmt.latency(r.get("latency_us")), fmt.edp(r.get("edp_pj_us")),
+                     fmt.count(r.get("bitexact_mismatches")),
                      str(r.get("note")) if isinstance(r.get("note"), str) else ""])
-    head = ["  point", "policy", "top-1", "agrees", "energy", "vs W8A8", "mismatch", "note"]
+    head = ["  point", "policy", "top-1", "agrees", "energy", "vs W8A8", "latency", "EDP", "mismatch", "note"]
     w = [max(len(x[i]) for x in rows + [head]) for i in range(len(head))]
     for r in [head] + rows:
-        lines.append("  ".join(c.ljust(w[i]) if i in (0, 1, 7) else c.rjust(w[i]) for i, c in enumerate(r)).rstrip())
+        lines.append("  ".join(c.ljust(w[i]) if i in (0, 1, 9) else c.rjust(w[i]) for i, c in enumerate(r)).rstrip())
     lines += ["", "* on the Pareto frontier of the quantized points: no other is as accurate for less energy, or more accurate for no more",
+              "latency per image includes DRAM stalls; EDP = detailed energy x latency",
               f"Files      {Path(out) / 'report.html'}  (open in a browser: the plot and every point)",
-              "           points.csv, pareto.png/.svg, sweep.json, summary.txt"]
+              "           points.csv, pareto.png/.svg, pareto_latency.png/.svg, sweep.json, summary.txt"]
     return "\n".join(lines) + "\n"

@@ -91,6 +91,33 @@ def test_bad_accelerator(capsys, tmp_path, tiny_ckpt, tiny_data):
     assert not (tmp_path / "o").exists()
 
 
+def test_dram_stalls_on_and_off(capsys, tmp_path, tiny_ckpt, tiny_data):
+    """--dram-stalls off: the cycles without bandwidth stalls; on: the same compute cycles plus the
+    stalls, and the same traffic and energy. A file naming no DRAM rate cannot turn them on."""
+    summaries = {}
+    for mode in ("on", "off"):
+        out = tmp_path / mode
+        argv = [str(tiny_ckpt), "--bits", "W8A8", "--accel", "scalesim-32x32-os", "--dram-stalls", mode]
+        assert main(argv + _common(out, tiny_data)) == 0
+        summaries[mode] = json.loads((out / "summary.json").read_text())
+        layers = pd.read_csv(out / "layers.csv")
+        assert (layers["cycles"] == layers["compute_cycles"] + layers["stall_cycles"]).all()
+    on, off = summaries["on"], summaries["off"]
+    assert off["stall_cycles"] == 0 and off["cycles"] == off["compute_cycles"] == on["compute_cycles"]
+    assert on["stall_cycles"] > 0 and on["cycles"] == on["compute_cycles"] + on["stall_cycles"]
+    assert on["latency_us"] > off["latency_us"] and on["edp_pj_us"] > off["edp_pj_us"]
+    for k in ("e_total_pj", "e_seed_pj", "dram_bytes", "energy_ratio_w8a8"):
+        assert on[k] == off[k], k
+    assert f"of which {on['stall_cycles']:,} wait for DRAM" in (tmp_path / "on" / "summary.txt").read_text()
+    assert "DRAM bandwidth not counted in the cycles" in (tmp_path / "off" / "summary.txt").read_text()
+    doc = (Path(__file__).resolve().parents[1] / "hwmodel" / "presets" / "scalesim-32x32-os.toml").read_text()
+    no_rate = tmp_path / "no_rate.toml"
+    no_rate.write_text("\n".join(l for l in doc.splitlines() if not l.startswith(("transfer_", "stalls"))))
+    _fails(capsys, [str(tiny_ckpt), "--accel", str(no_rate), "--dram-stalls", "on",
+                    *_common(tmp_path / "o", tiny_data)], "names no DRAM data rate")
+    assert not (tmp_path / "o").exists()
+
+
 def test_failed_run_keeps_previous_report(capsys, tmp_path, tiny_ckpt, tiny_data):
     out = tmp_path / "o"
     assert main([str(tiny_ckpt), "--bits", "8", *_common(out, tiny_data)]) == 0

@@ -14,6 +14,8 @@ from hwmodel.mapping import packed_bytes
 from hwmodel.residency import resident_tensors
 from hwmodel.simulate import batch1_shapes
 from quantsim.quant.config import QuantConfig
+from quantsim.run import hardware, stages
+from quantsim.zoo.datasets import build_dataset
 from quantsim.zoo.models import load_model
 
 GB = "edge-16x16-gb256k-ws"
@@ -52,7 +54,24 @@ def test_residency_off_reproduces_the_accelerator_without_a_global_buffer(progra
     on = program.simulate(GB)
     s_on, s_off = on.summary, off.summary
     assert s_on["e_dram_pj"] < s_off["e_dram_pj"] and s_on["e_seed_pj"] < s_off["e_seed_pj"]
-    assert on.layers["cycles"].tolist() == off.layers["cycles"].tolist()  # residency moves data, not compute
+    # residency moves data, not compute (fewer DRAM bytes: stalls can only fall, tests/test_hw_bandwidth.py)
+    assert on.layers["compute_cycles"].tolist() == off.layers["compute_cycles"].tolist()
+    assert (on.layers["stall_cycles"] <= off.layers["stall_cycles"]).all()
+
+
+def test_residency_off_reproduces_the_buffer_less_accelerator_on_lite0(imagenet_calib_dir):
+    lm = load_model("tf_efficientnet_lite0")
+    ds = build_dataset(f"imagenet:{imagenet_calib_dir}", lm.preprocess, role="calib")
+    x = torch.stack([ds[i][0] for i in range(4)])
+    g = quantsim.quantize(lm.model, QuantConfig(w_bits=8, a_bits=8), x).graph
+    taps = stages.integer_taps(g, x[:1])
+    off = hardware.simulate(g, taps, load_accelerator(GB).with_residency(False))
+    base = hardware.simulate(g, taps, load_accelerator("edge-16x16-ws"))
+    assert len(off.rows) == len(base.rows) == len(g.nodes) > 50
+    for a, b in zip(off.rows, base.rows):  # every count and energy, layer for layer
+        assert a == b, a["layer"]
+    keys = [k for k in off.totals if k not in ("accelerator", "resident_tensors")]
+    assert {k: off.totals[k] for k in keys} == {k: base.totals[k] for k in keys}
 
 
 def test_a_small_buffer_keeps_what_fits_at_every_step(program):

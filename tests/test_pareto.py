@@ -76,8 +76,15 @@ def test_sweep_writes_points_and_resume_skips_them(tiny, tmp_path, capsys):
     # spent budget the first plan left unused (quantsim.mixed.plan, "refinements")
     assert m["energy_ratio_w8a8"] <= 0.8 * (1 + 1e-9)
     assert m["planned_energy_ratio"] <= 0.8 or "refinements" in str(m["note"])
-    for f in ("pareto.png", "pareto.svg", "width_map_mixed-0.8.png", "widths_mixed-thr.csv", "sweep.json"):
+    for f in ("pareto.png", "pareto.svg", "pareto_latency.png", "pareto_latency.svg", "width_map_mixed-0.8.png",
+              "widths_mixed-thr.csv", "sweep.json"):
         assert (out / f).exists(), f
+    # latency per image (DRAM stalls included) and EDP on every measured point; FP32 moves 32-bit
+    # tensors, so it waits longer for DRAM than W8A8 on the same array
+    measured = pts[pts["top1"].notna()].set_index("label")
+    assert (measured["latency_us"] > 0).all()
+    assert np.allclose(measured["edp_pj_us"], measured["e_total_pj"] * measured["latency_us"], rtol=1e-12)
+    assert measured.loc["FP32", "latency_us"] > measured.loc["W8A8-pc", "latency_us"]
     at = pts.set_index("label").loc["mixed-at-thr"]
     thr = pts.set_index("label").loc["mixed-thr"]
     assert at["budget"] == thr["energy_ratio_w8a8"] and at["energy_ratio_w8a8"] <= at["budget"]
@@ -93,6 +100,24 @@ def test_sweep_writes_points_and_resume_skips_them(tiny, tmp_path, capsys):
     assert again.loc["W8A8-pc", "top1"] == 123.0
     assert "mixed-0.9" in again.index and len(again) == len(labels) + 1
     assert tiny == ["mixed-0.9"]
+
+
+def test_resume_of_a_points_file_without_latency(tiny, tmp_path, capsys):
+    """points.csv written before latency was recorded: its points are kept, latency unknown (a
+    warning says so), and new points get theirs."""
+    out = tmp_path / "sweep"
+    assert pareto.main(_argv(out, "--no-uniform", "--budgets", "0.8")) == 0
+    old = pd.read_csv(out / "points.csv").drop(columns=["latency_us", "edp_pj_us"])
+    old.to_csv(out / "points.csv", index=False)
+    capsys.readouterr()
+    tiny.clear()
+    assert pareto.main(_argv(out, "--no-uniform", "--budgets", "0.8,0.9", "--resume")) == 0
+    assert "has no latency_us / edp_pj_us column (an older quantsim)" in capsys.readouterr().err
+    again = pd.read_csv(out / "points.csv").set_index("label")
+    assert tiny == ["mixed-0.9"]
+    assert again.loc[list(old["label"]), "latency_us"].isna().all()
+    assert again.loc["mixed-0.9", "latency_us"] > 0 and again.loc["mixed-0.9", "edp_pj_us"] > 0
+    assert again.loc["mixed-0.8", "e_total_pj"] == pytest.approx(old.set_index("label").loc["mixed-0.8", "e_total_pj"])
 
 
 def test_uniform_points_of_one_granularity(tiny, tmp_path):
@@ -209,6 +234,10 @@ def test_fp32_point_energy_equals_simulate_fp32(tiny, tmp_path):
     assert fp32["e_total_pj"] == pytest.approx(s["e_total_pj"], rel=1e-12)
     assert fp32["e_seed_pj"] == pytest.approx(s["e_seed_pj"], rel=1e-12)
     assert s["e_seed_pj"] != s["e_total_pj"]  # the two energy models differ, so the test can fail
+    # and the same latency: the FP32 program's own cycles (32-bit traffic, its own DRAM stalls)
+    assert fp32["latency_us"] == pytest.approx(s["latency_us"], rel=1e-12)
+    assert fp32["edp_pj_us"] == pytest.approx(s["edp_pj_us"], rel=1e-12)
+    assert s["cycles"] == s["compute_cycles"] + s["stall_cycles"] and s["stall_cycles"] > 0
 
 
 @pytest.mark.parametrize("command", ["simulate", "pareto"])

@@ -75,12 +75,14 @@ class Page(HTMLParser):
 
 
 UNITS = {"pJ": 1.0, "nJ": 1e3, "µJ": 1e6, "mJ": 1e9, "J": 1e12, "ns": 1e-3, "µs": 1.0, "ms": 1e3, "s": 1e6,
-         "B": 1.0, "KiB": 2.0 ** 10, "MiB": 2.0 ** 20, "GiB": 2.0 ** 30, "%": 1.0, "x": 1.0, "": 1.0}
+         "B": 1.0, "KiB": 2.0 ** 10, "MiB": 2.0 ** 20, "GiB": 2.0 ** 30, "%": 1.0, "x": 1.0, "": 1.0,
+         # energy-delay products, whose summary.json value is in pJ·µs (1 J·s = 1e18 pJ·µs)
+         "fJ·s": 1e3, "pJ·s": 1e6, "nJ·s": 1e9, "µJ·s": 1e12, "mJ·s": 1e15, "J·s": 1e18}
 
 
 def shown_value(text: str) -> float:
     """The number a person reads in '186 µJ', '93.1 µs', '75.00%', '0.221x', '93,108'."""
-    m = re.fullmatch(r"(-?[\d,]*\.?\d+(?:e[-+]?\d+)?)\s*([a-zA-Zµ%]*)", text.strip())
+    m = re.fullmatch(r"(-?[\d,]*\.?\d+(?:e[-+]?\d+)?)\s*([a-zA-Zµ%·]*)", text.strip())
     assert m, f"not a number with a unit: {text!r}"
     return float(m.group(1).replace(",", "")) * UNITS[m.group(2)]
 
@@ -139,6 +141,15 @@ def test_terminal_summary_is_summary_txt_and_tells_the_numbers(r20):
     m = re.search(r"([\d,]+) cycles per image = (\S+ \S+) at (\d+) MHz", stdout)
     assert int(m.group(1).replace(",", "")) == s["cycles"] and int(m.group(3)) == s["clock_mhz"]
     assert shown_value(m.group(2)) == pytest.approx(s["cycles"] / s["clock_mhz"], rel=6e-3)
+    m = re.search(r"of which ([\d,]+) wait for DRAM \(([\d.]+) bytes per cycle\)", stdout)
+    assert int(m.group(1).replace(",", "")) == s["stall_cycles"] == s["cycles"] - s["compute_cycles"] > 0
+    assert float(m.group(2)) == pytest.approx(s["dram_bytes_per_cycle"], rel=1e-3)
+    assert s["stall_cycles"] == layers["stall_cycles"].sum() and s["cycles"] == layers["cycles"].sum()
+    m = re.search(r"energy-delay product (\S+ \S+) \(detailed energy x latency\), (\S+) W8A8's", stdout)
+    assert shown_value(m.group(1)) == pytest.approx(s["edp_pj_us"], rel=6e-3)
+    assert s["edp_pj_us"] == pytest.approx(s["e_total_pj"] * s["latency_us"], rel=1e-12)
+    assert shown_value(m.group(2)) == pytest.approx(s["edp_ratio_w8a8"], rel=6e-3)
+    assert s["edp_ratio_w8a8"] == pytest.approx(s["edp_pj_us"] / s["edp_w8a8_pj_us"], rel=1e-12)
     m = re.search(r"(\S+ \S+) DRAM traffic per image", stdout)
     assert shown_value(m.group(1)) == pytest.approx(s["dram_bytes"], rel=6e-3)
     shares = dict(re.findall(r"(MAC|SRAM|DRAM) (\d+)%", stdout))
@@ -167,7 +178,8 @@ def test_report_html_holds_the_summary_and_every_layer(r20):
     text = (out / "report.html").read_text()
     page = Page(text)
     for key in ("top1", "top1_fp32", "agreement_fp32", "bitexact_mismatches", "e_total_pj", "e_seed_pj",
-                "energy_ratio_fp32", "energy_ratio_w8a8", "seed_ratio_w8a8", "cycles", "latency_us", "dram_bytes"):
+                "energy_ratio_fp32", "energy_ratio_w8a8", "seed_ratio_w8a8", "cycles", "latency_us", "dram_bytes",
+                "stall_cycles", "edp_pj_us", "edp_ratio_w8a8"):
         assert key in page.keys, key
     assert check_key_numbers(page, s) >= 20
     rows = page.tables["layers"]
@@ -273,12 +285,14 @@ def test_sweep_summary_and_page(tiny, tmp_path, capsys):  # noqa: F811
     for r in pts.itertuples():
         line = next(l for l in stdout.splitlines() if re.match(rf"[* ] {re.escape(r.label)} ", l))
         assert fmt.pct(r.top1) in line and fmt.energy(r.e_total_pj) in line
+        assert fmt.latency(r.latency_us) in line and fmt.edp(r.edp_pj_us) in line
     page = Page((out / "report.html").read_text())
     head, rows = page.tables["points"][0], page.tables["points"][1:]
     assert [r[head.index("label")] for r in rows] == list(pts["label"])
     for r, (_, want) in zip(rows, pts.iterrows()):
         assert shown_value(r[head.index("top1")]) == pytest.approx(want["top1"], rel=1e-3)
         assert shown_value(r[head.index("e_total_pj")]) == pytest.approx(want["e_total_pj"], rel=1e-3)
+        assert shown_value(r[head.index("latency_us")]) == pytest.approx(want["latency_us"], rel=1e-3)
     front = [r[head.index("frontier")] == "yes" for r in rows]
     # the frontier marks, among the quantized points (FP32 is the plot's reference line): a point is
     # marked exactly when no other is at least as good on both axes and better on one
@@ -289,7 +303,8 @@ def test_sweep_summary_and_page(tiny, tmp_path, capsys):  # noqa: F811
         beaten = ((q["top1"] >= a) & (q["e_total_pj"] <= e) & ((q["top1"] > a) | (q["e_total_pj"] < e))).any()
         assert on == (not beaten), pts.iloc[i]["label"]
     text = (out / "report.html").read_text()
-    assert text.count("<svg") >= 2  # the Pareto plot and width maps, inline
+    assert text.count("<svg") >= 3  # the Pareto plots (energy, latency) and width maps, inline
+    assert "Top-1 against latency per image" in text
     assert all(u.startswith("#") for u in page.urls)
     # --json: the points as one JSON line
     assert pareto.main(argv + ["--resume", "--json"]) == 0

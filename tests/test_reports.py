@@ -220,6 +220,12 @@ def test_pareto_plot(tmp_path):
     paths = plots.pareto(pts.drop(columns="policy").assign(
         top1=[0.92, 0.918, 0.80, float("nan"), 0.91]), tmp_path / "p2", logx=False)
     _assert_png_svg(paths, ["W8A8 pt", "W4A4 pc"])
+    # against latency: its own axis, unit and reference line
+    paths = plots.pareto(pts.assign(latency_us=[3000.0, 900.0, 500.0, 700.0, 800.0]), tmp_path / "lat",
+                         fp32_top1=0.92, w8a8_energy=900.0, cost="latency_us")
+    _assert_png_svg(paths, ["latency per image (ms)", "W8A8 latency (0.9 ms)", "Pareto frontier"])
+    with pytest.raises(ValueError, match="cost 'cycles' is not one of"):
+        plots.pareto(pts.assign(cycles=1), tmp_path / "bad", cost="cycles")
 
 
 def test_width_map_plot(tmp_path):

@@ -81,6 +81,9 @@ def add_hw_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--residency", choices=["on", "off"], default=None,
                    help="keep activations in the accelerator's global buffer between layers (sram.global_bytes; "
                         "hwmodel.residency); default: the preset's")
+    p.add_argument("--dram-stalls", choices=["on", "off"], default=None,
+                   help="count the cycles a layer waits for DRAM bandwidth (dram.transfer_mts; hwmodel.bandwidth); "
+                        "off: cycles ignore bandwidth, as before stalls were modelled; default: the preset's")
 
 
 def add_mixed_args(p: argparse.ArgumentParser, budget: bool = True) -> None:

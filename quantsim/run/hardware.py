@@ -33,7 +33,10 @@ def energy_summary(hw: HwResult, w8: HwResult, fp32: bool = False) -> dict:
     `w8` is the W8A8 program of the same model on the same accelerator and DRAM model (pass
     `hw` itself for a W8A8 run): energy_ratio_w8a8 / seed_ratio_w8a8 compare the detailed /
     seed totals with it, energy_ratio_fp32 / seed_ratio_fp32 with the FP32 reference of the
-    same model. For an FP32 run (fp32=True) the totals are the FP32 reference's."""
+    same model. For an FP32 run (fp32=True) the totals are the FP32 reference's, its cycles,
+    latency and energy-delay product too (every tensor at 32 bits: more DRAM stalls).
+    edp_pj_us is hwmodel's detailed energy times latency (pJ·µs, None without a clock);
+    edp_ratio_w8a8 divides it by the W8A8 program's."""
     t, r = hw.totals, w8.totals
     for k in ("accelerator", "dram_model", "mac_form"):
         if t.get(k) != r.get(k):
@@ -42,7 +45,10 @@ def energy_summary(hw: HwResult, w8: HwResult, fp32: bool = False) -> dict:
         "accelerator": t["accelerator"], "dataflow": t["dataflow"], "dram_model": t["dram_model"],
         "array": f"{t['rows']}x{t['cols']}",
         "mac_form": t["mac_form"], "toggle_images": t["toggle_images"],
-        "cycles": t["cycles"], "clock_mhz": t["clock_mhz"], "latency_us": t["latency_us"],
+        "cycles": t["cycles"], "compute_cycles": t["compute_cycles"], "stall_cycles": t["stall_cycles"],
+        "dram_stalls": t["dram_stalls"], "dram_bytes_per_cycle": t["dram_bytes_per_cycle"],
+        "clock_mhz": t["clock_mhz"], "latency_us": t["latency_us"], "edp_pj_us": t["edp_pj_us"],
+        "latency_w8a8_us": r["latency_us"], "edp_w8a8_pj_us": r["edp_pj_us"],
         "n_mac": t["n_mac"], "dram_bytes": t["dram_bytes"],
         "e_fp32_pj": t["e_fp32_pj"], "e_fp32_seed_pj": t["e_fp32_seed_pj"],
         "e_w8a8_pj": r["e_total_pj"], "e_w8a8_seed_pj": r["e_seed_pj"],
@@ -50,7 +56,10 @@ def energy_summary(hw: HwResult, w8: HwResult, fp32: bool = False) -> dict:
     if fp32:  # the float model: only its reference energy is meaningful
         out.update(e_total_pj=t["e_fp32_pj"], e_seed_pj=t["e_fp32_seed_pj"], energy_ratio_fp32=1.0,
                    seed_ratio_fp32=1.0, energy_ratio_w8a8=t["e_fp32_pj"] / r["e_total_pj"],
-                   seed_ratio_w8a8=t["e_fp32_seed_pj"] / r["e_seed_pj"])
+                   seed_ratio_w8a8=t["e_fp32_seed_pj"] / r["e_seed_pj"],
+                   cycles=t["cycles_fp32"], stall_cycles=t["stall_cycles_fp32"],
+                   compute_cycles=t["cycles_fp32"] - t["stall_cycles_fp32"], latency_us=t["latency_fp32_us"],
+                   edp_pj_us=t["edp_fp32_pj_us"], edp_ratio_w8a8=_ratio(t["edp_fp32_pj_us"], r["edp_pj_us"]))
         return out
     out.update({
         "e_total_pj": t["e_total_pj"], "e_mac_pj": t["e_mac_pj"], "e_sram_pj": t["e_sram_pj"],
@@ -60,10 +69,15 @@ def energy_summary(hw: HwResult, w8: HwResult, fp32: bool = False) -> dict:
         "seed_ratio_fp32": t["e_seed_pj"] / t["e_fp32_seed_pj"],
         "energy_ratio_w8a8": t["e_total_pj"] / r["e_total_pj"],
         "seed_ratio_w8a8": t["e_seed_pj"] / r["e_seed_pj"],
+        "edp_ratio_w8a8": _ratio(t["edp_pj_us"], r["edp_pj_us"]),
         "mult_toggles": t["mult_toggles"], "mult_toggles_signmag": t["mult_toggles_signmag"],
         "mult_toggles_offset": t["mult_toggles_offset"],
     })
     return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else float(a) / float(b)
 
 
 def plot_energy(hw: HwResult, path_stem, title: str) -> None:

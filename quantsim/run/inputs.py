@@ -66,12 +66,16 @@ def parse_candidates(text: str) -> tuple:
     return tuple(sorted(cands, key=width_order))
 
 
-def load_accel(spec: str, dram_model: str | None = None, residency: str | None = None) -> Accelerator:
-    """The accelerator preset or file, with --dram-model and --residency on|off (None: the preset's)."""
+def load_accel(spec: str, dram_model: str | None = None, residency: str | None = None,
+               dram_stalls: str | None = None) -> Accelerator:
+    """The accelerator preset or file, with --dram-model, --residency on|off and --dram-stalls on|off
+    (None: the preset's)."""
     try:
         accel = load_accelerator(spec)
         if residency is not None:
             accel = accel.with_residency(residency == "on")
+        if dram_stalls is not None:
+            accel = accel.with_stalls(dram_stalls == "on")
         return accel.with_dram_model(dram_model) if dram_model else accel
     except (ValueError, OSError) as exc:
         raise QuantsimError(f"--accel {spec}: {exc}".splitlines()[0]) from exc

@@ -50,6 +50,7 @@ class RunOptions:
     mac_form: str = "max"
     dram_model: str | None = None
     residency: str | None = None
+    dram_stalls: str | None = None
     # mixed precision
     energy_budget: float | None = None
     candidates: str = "4,6,8"

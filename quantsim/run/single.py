@@ -92,7 +92,7 @@ def check_options(opts: RunOptions) -> Checked:
         raise QuantsimError(f"--oracle {opts.oracle} needs a model quantized by that engine (a .tflite or .onnx file)")
     # ONNX QLinear ops hold 8-bit tensors only: the exported logits are 8-bit
     cfg = base_config(opts, *wa, **({"out_bits": 8} if opts.export_onnx else {})) if wa is not None else None
-    accel = load_accel(opts.accel, opts.dram_model, opts.residency)
+    accel = load_accel(opts.accel, opts.dram_model, opts.residency, opts.dram_stalls)
     return Checked(mixed, wa, candidates, cfg, accel, out)
 
 

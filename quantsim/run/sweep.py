@@ -9,6 +9,7 @@ Out dir:
   points.csv       one row per point, rewritten atomically as each point finishes
                    (an interrupted sweep keeps what it finished; --resume skips those)
   pareto.png/.svg  top-1 against energy, the frontier, FP32 and W8A8 reference lines
+  pareto_latency.png/.svg  top-1 against latency per image (DRAM stalls included), the same way
   widths_<label>.csv, width_map_<label>.png/.svg   per layer widths beside energy shares
   state/           FP32 predictions and the sensitivity cache (reused on --resume)
 """
@@ -44,7 +45,7 @@ from reports.plots import pareto as pareto_plot, pareto_front, width_map
 from reports.summary_text import sweep_summary
 
 POINT_COLUMNS = ["label", "policy", "granularity", "w_bits", "a_bits", "top1", "top5", "agreement_fp32",
-                 "e_total_pj", "e_seed_pj", "energy_ratio_w8a8", "bitexact_mismatches",
+                 "e_total_pj", "e_seed_pj", "energy_ratio_w8a8", "latency_us", "edp_pj_us", "bitexact_mismatches",
                  "budget", "planned_energy_ratio", "binding", "optimal", "total_sensitivity", "widths",
                  "seconds", "note"]
 UNIFORM = ((8, 8), (6, 6), (4, 8), (4, 4))
@@ -160,6 +161,11 @@ def read_points(path: Path) -> pd.DataFrame:
         raise QuantsimError(f"--resume: cannot read {path}: {exc}".splitlines()[0]) from exc
     if "label" not in df.columns:
         raise QuantsimError(f"--resume: {path} has no label column")
+    older = [c for c in ("latency_us", "edp_pj_us") if c not in df.columns]
+    if older:  # written before latency was recorded: its points keep their numbers, latency unknown
+        df = df.assign(**{c: float("nan") for c in older})
+        print(f"warning: {path} has no {' / '.join(older)} column (an older quantsim): its {len(df)} points "
+              "stay out of the latency frontier; run the sweep without --resume to measure them", file=sys.stderr)
     return df
 
 
@@ -223,7 +229,8 @@ def measure_point(ctx: SweepContext, p: Point, thr: PointResult | dict | None = 
     if p.policy == "fp32":
         row.update(accuracy(ctx.fp32_top5, ctx.labels, None))
         row.update(w_bits=32, a_bits=32, e_total_pj=float(ctx.fp32["e_total_pj"]),
-                   e_seed_pj=float(ctx.fp32["e_seed_pj"]), bitexact_mismatches=0)
+                   e_seed_pj=float(ctx.fp32["e_seed_pj"]), latency_us=ctx.fp32["latency_us"],
+                   edp_pj_us=ctx.fp32["edp_pj_us"], bitexact_mismatches=0)
         row["energy_ratio_w8a8"] = row["e_total_pj"] / ctx.w8_pj
         row["seconds"] = round(time.perf_counter() - t0, 2)
         return PointResult(row)
@@ -267,6 +274,7 @@ def measure_point(ctx: SweepContext, p: Point, thr: PointResult | dict | None = 
     bx, _, hw = measure_program(graph, ctx.x, args, ctx.accel)
     row.update(e_total_pj=float(hw.totals["e_total_pj"]), e_seed_pj=float(hw.totals["e_seed_pj"]),
                energy_ratio_w8a8=float(hw.totals["e_total_pj"]) / ctx.w8_pj,
+               latency_us=hw.totals["latency_us"], edp_pj_us=hw.totals["edp_pj_us"],
                bitexact_mismatches=bx.total_mismatches if bx else None)
     res = PointResult(row)
     if plan is not None:
@@ -299,7 +307,7 @@ def check(args: SweepOptions) -> CheckedSweep:
         if args.ray_retries < 0:
             raise QuantsimError(f"--ray-retries {args.ray_retries}: give 0 or more")
     out = check_out_dir(args.out)
-    accel = load_accel(args.accel, args.dram_model, args.residency)
+    accel = load_accel(args.accel, args.dram_model, args.residency, args.dram_stalls)
     base = base_config(args)
     check_sources(args)
     grans = [g.strip() for g in args.uniform_granularity.split(",") if g.strip()]
@@ -443,8 +451,13 @@ def _plots(out: Path, df: pd.DataFrame, args, title: str) -> None:
     ref = pts[(pts["label"] == f"W8A8-{GRAN_TAG[args.granularity]}")]
     # the FP32 point costs about 2.5x W8A8: drawn as a line, not as a point, so the axis stays readable
     q = pts[pts["policy"] != "fp32"]
-    pareto_plot(q, out / "pareto", fp32_top1=float(fp32["top1"].iloc[0]) if len(fp32) else None,
-           w8a8_energy=float(ref["e_total_pj"].iloc[0]) if len(ref) else None, title=title)
+    fp32_top1 = float(fp32["top1"].iloc[0]) if len(fp32) else None
+    pareto_plot(q, out / "pareto", fp32_top1=fp32_top1,
+                w8a8_energy=float(ref["e_total_pj"].iloc[0]) if len(ref) else None, title=title)
+    if "latency_us" in q.columns and pd.to_numeric(q["latency_us"], errors="coerce").notna().any():
+        w8_lat = pd.to_numeric(ref["latency_us"], errors="coerce") if len(ref) else pd.Series(dtype=float)
+        pareto_plot(q, out / "pareto_latency", fp32_top1=fp32_top1, cost="latency_us", title=title,
+                    w8a8_energy=float(w8_lat.iloc[0]) if w8_lat.notna().any() else None)
 
 
 def _report(out: Path, df: pd.DataFrame, meta: dict) -> None:
@@ -455,8 +468,9 @@ def _report(out: Path, df: pd.DataFrame, meta: dict) -> None:
                         "e_total_pj": pd.to_numeric(df["e_total_pj"], errors="coerce")})
     front = pareto_front(pts)
     pareto_svg = (out / "pareto.svg").read_text() if (out / "pareto.svg").exists() else None
+    latency_svg = (out / "pareto_latency.svg").read_text() if (out / "pareto_latency.svg").exists() else None
     maps = {f"{label}: widths per layer and their share of energy": (out / f"width_map_{label}.svg").read_text()
             for label in df["label"].astype(str) if (out / f"width_map_{label}.svg").exists()}
     text = sweep_summary(df, meta, out, front)
     write_text_atomic(out / "summary.txt", text)
-    write_text_atomic(out / "report.html", sweep_report(df, meta, front, pareto_svg, maps, text))
+    write_text_atomic(out / "report.html", sweep_report(df, meta, front, pareto_svg, maps, text, latency_svg))
