@@ -171,6 +171,18 @@ class RoundingVariable:
         return LayerCodes(self.codes(), self.scale, self.w_bits, seconds)
 
 
+def track(it: int, iters: int, rec: torch.Tensor, loss: torch.Tensor, losses: list[float], bar: tqdm | None,
+          **label) -> None:
+    """An optimisation step's bookkeeping: the reconstruction loss of the first and last iteration
+    kept in `losses`, the progress bar advanced, its postfix (label, current losses) every 50."""
+    if it == 0 or it == iters - 1:
+        losses.append(float(rec.detach()))
+    if bar is not None:
+        bar.update(1)
+        if it % 50 == 0 or it == iters - 1:
+            bar.set_postfix(**label, rec=f"{float(rec.detach()):.4g}", loss=f"{float(loss.detach()):.4g}", refresh=False)
+
+
 def adaround_layer(n: FNode, x_q: torch.Tensor, target: torch.Tensor, w_bits: int, cfg: QuantConfig,
                    gen: torch.Generator, iters: int | None = None,
                    bar: tqdm | None = None) -> tuple[LayerCodes, dict]:
@@ -194,12 +206,7 @@ def adaround_layer(n: FNode, x_q: torch.Tensor, target: torch.Tensor, w_bits: in
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if it == 0 or it == iters - 1:
-            losses.append(float(rec.detach()))
-        if bar is not None:
-            bar.update(1)
-            if it % 50 == 0 or it == iters - 1:
-                bar.set_postfix(layer=n.name, rec=f"{float(rec.detach()):.4g}", loss=f"{float(loss.detach()):.4g}", refresh=False)
+        track(it, iters, rec, loss, losses, bar, layer=n.name)
     info = {"loss_start": losses[0] if losses else math.nan, "loss_end": losses[-1] if losses else math.nan,
             "iters": iters}
     return rv.layer_codes(time.perf_counter() - t0), info

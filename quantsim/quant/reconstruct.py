@@ -52,10 +52,10 @@ import torch
 from tqdm import tqdm
 
 from quantsim.errors import QuantsimError
-from quantsim.graph.capture import PASSTHROUGH_OPS, FloatGraph, FNode, run_node
+from quantsim.graph.capture import PASSTHROUGH_OPS, FloatGraph, run_node
 from quantsim.quant import adaround
 from quantsim.quant.adaround import BATCH, LAMBDA, OPT_THREADS, RoundingVariable, beta_at, reconstruction, \
-    regulariser, torch_threads
+    regulariser, torch_threads, track
 from quantsim.quant.calibrate import TensorStats
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.gptq import LayerCodes, dequantized, weight_scale, with_codes
@@ -204,13 +204,7 @@ def reconstruct_unit(g: FloatGraph, names: list[str], ext_q: dict[str, torch.Ten
         loss.backward()
         for o in opts:
             o.step()
-        if it == 0 or it == iters - 1:
-            losses.append(float(rec.detach()))
-        if bar is not None:
-            bar.update(1)
-            if it % 50 == 0 or it == iters - 1:
-                bar.set_postfix(unit=label, rec=f"{float(rec.detach()):.4g}", loss=f"{float(loss.detach()):.4g}",
-                                refresh=False)
+        track(it, iters, rec, loss, losses, bar, unit=label)
     for name in learned:  # fixed at the scale lowering will give it: clip = s·qmax, scale = act_scale(clip)
         st = steps[name]
         st.clip = float(torch.exp(st.log_s.detach()).double()) * st.qmax
@@ -226,7 +220,7 @@ class Reconstructed:
     codes: dict[str, LayerCodes]
     clips: dict[str, float]         # tensor -> learned clip (TensorStats.clip_override)
     scales: dict[str, float]        # tensor -> the scale lowering gives it: act_scale(clip, qmax)
-    info: dict[str, dict]           # unit (its first MAC layer) -> loss info
+    info: dict                      # unit (its first MAC layer) -> loss info; 'floor_rerounded': channels
 
 
 def check_config(cfg: QuantConfig) -> None:
@@ -244,6 +238,8 @@ def reconstruct(g: FloatGraph, stats: dict[str, TensorStats], batches: list[torc
     adaround.check_graph(g)
     if not batches:
         raise QuantsimError("block reconstruction needs the calibration images (Prepared.calib is empty)")
+    if not g.mac_nodes():
+        raise QuantsimError("reconstruction learns the rounding of conv / linear layers: this graph has none")
     parts = units(g, cfg.reconstruct)
     todo = parts if n_units is None else parts[:n_units]
     steps = _steps(g, stats, cfg)
