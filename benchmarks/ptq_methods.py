@@ -1,9 +1,14 @@
-"""Weight rounding methods at low bit widths: round-to-nearest vs GPTQ vs AdaRound (issue 13), CIFAR-10 ResNet-20.
+"""Weight rounding methods at low bit widths: round-to-nearest vs GPTQ vs AdaRound vs block reconstruction (issue 13), CIFAR-10 ResNet-20.
 
     nice python benchmarks/ptq_methods.py --eval 1000
     nice python benchmarks/ptq_methods.py --eval 10000 --bits W4A8,W4A4 --methods nearest,gptq,adaround
+    OMP_NUM_THREADS=1 nice python benchmarks/ptq_methods.py --eval 10000 --methods nearest,block --calib-method mse
 
-Calibration: 256 CIFAR-10 training images (the run's default), min-max scales, per-channel
+'block' is BRECQ-style block reconstruction with QDrop (quantsim.quant.reconstruct: AdaRound
+rounding plus learned activation scales per residual block, --qdrop, --recon-iters per block);
+'layer' the same with one MAC layer per unit.
+
+Calibration: 256 CIFAR-10 training images (the run's default), --calib-method scales (min-max by default), per-channel
 weights; the same prepared model (capture + statistics) for every row. For each width and
 convention ('all': every layer at the width; 'first/last 8': the first conv and the
 classifier at W8A8, as the peers' defaults do not) and each method: top-1 of the emulated
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from common import batched, load_workload, top1
 
@@ -28,7 +34,9 @@ from quantsim.run import stages
 METHODS = {"nearest": {"rounding": "nearest"},
            "gptq": {"rounding": "gptq", "gptq_inputs": "sequential"},
            "gptq-float": {"rounding": "gptq", "gptq_inputs": "float"},
-           "adaround": {"rounding": "adaround"}}
+           "adaround": {"rounding": "adaround"},
+           "layer": {"rounding": "adaround", "reconstruct": "layer"},
+           "block": {"rounding": "adaround", "reconstruct": "block"}}
 
 
 def main(argv=None) -> None:
@@ -39,8 +47,12 @@ def main(argv=None) -> None:
     p.add_argument("--bits", default="W4A8,W4A4")
     p.add_argument("--methods", default="nearest,gptq,gptq-float,adaround")
     p.add_argument("--recon-iters", type=int, default=QuantConfig.recon_iters, help="adaround: iterations per layer")
+    p.add_argument("--qdrop", type=float, default=QuantConfig.qdrop, help="layer / block: QDrop probability")
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"])
     p.add_argument("--conventions", default="all,first-last-8")
     p.add_argument("--bitexact", type=int, default=2, help="images checked integer_ref vs emulation")
+    p.add_argument("--log", default=None, help="JSON lines file: rows already there are kept and not rerun "
+                                               "(a long run resumes), new rows appended as they finish")
     args = p.parse_args(argv)
     wl = load_workload(args.model, args.eval, n_calib=args.calib)
     t0 = time.perf_counter()
@@ -48,6 +60,12 @@ def main(argv=None) -> None:
     t_prep = time.perf_counter() - t0
     fp32 = top1(batched(wl.loaded.model, wl.x_eval), wl.y_eval)
     macs = [n.name for n in prep.fgraph.mac_nodes()]
+    done = {}
+    if args.log and Path(args.log).exists():
+        for line in Path(args.log).read_text().splitlines():
+            r = json.loads(line)
+            done[(r["bits"], r["convention"], r["method"], r.get("calib_method"), r.get("recon_iters"),
+                  r.get("qdrop"), r.get("n_eval"))] = r
     rows = []
     for bits in args.bits.split(","):
         wb, ab = parse_bits(bits)
@@ -55,8 +73,14 @@ def main(argv=None) -> None:
             layer_bits = {macs[0]: [8, 8], macs[-1]: [8, 8]} if conv == "first-last-8" else {}
             base_t = None
             for m in args.methods.split(","):
+                key = (bits, conv, m, args.calib_method, args.recon_iters, args.qdrop, len(wl.y_eval))
+                if key in done:
+                    rows.append(done[key])
+                    base_t = done[key]["quantize_s"] if m == "nearest" else base_t
+                    continue
                 cfg = QuantConfig(w_bits=wb, a_bits=ab, granularity="per-channel", layer_bits=layer_bits,
-                                  recon_iters=args.recon_iters, **METHODS[m])
+                                  recon_iters=args.recon_iters, qdrop=args.qdrop, calib_method=args.calib_method,
+                                  **METHODS[m])
                 t = time.perf_counter()
                 graph = stages.quantize(prep, cfg)
                 secs = time.perf_counter() - t
@@ -65,11 +89,17 @@ def main(argv=None) -> None:
                 base_t = secs if m == "nearest" else base_t
                 row = {"bits": bits, "convention": conv, "method": m, "top1": round(acc, 2),
                        "delta_fp32": round(acc - fp32, 2), "quantize_s": round(secs, 2),
-                       "ratio_vs_nearest": round(secs / base_t, 1) if base_t else None, "bitexact_mismatches": mism}
+                       "ratio_vs_nearest": round(secs / base_t, 1) if base_t else None, "bitexact_mismatches": mism,
+                       "calib_method": args.calib_method, "recon_iters": args.recon_iters, "qdrop": args.qdrop,
+                       "n_eval": len(wl.y_eval)}
                 print(json.dumps(row), flush=True)
+                if args.log:
+                    with open(args.log, "a") as f:
+                        f.write(json.dumps(row) + "\n")
                 rows.append(row)
-    print(f"\n{args.model}: FP32 top-1 {fp32:.2f} on {len(wl.y_eval)} test images; calibration {args.calib} images "
-          f"(capture + statistics {t_prep:.1f} s); adaround {args.recon_iters} iterations per layer\n")
+    print(f"\n{args.model}: FP32 top-1 {fp32:.2f} on {len(wl.y_eval)} test images; calibration {args.calib} images, "
+          f"{args.calib_method} (capture + statistics {t_prep:.1f} s); adaround {args.recon_iters} iterations per "
+          f"layer (layer / block: per unit, qdrop {args.qdrop})\n")
     print("| bits | convention | method | top-1 % | Δ FP32 | quantize s | × nearest | bit-exact mismatches |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -7,7 +7,8 @@ import sys
 from typing import Any, Callable
 
 from quantsim.errors import QuantsimError
-from quantsim.quant.config import ACC_OVERFLOW_MODES, CALIB_METHODS, EQUALIZE_RELU6, GPTQ_INPUTS, ROUNDING_METHODS
+from quantsim.quant.config import ACC_OVERFLOW_MODES, CALIB_METHODS, EQUALIZE_RELU6, GPTQ_INPUTS, RECONSTRUCT_UNITS, \
+    ROUNDING_METHODS
 from quantsim.run.options import DEFAULT_ACCEL
 
 __all__ = ["add_hw_args", "add_mixed_args", "add_model_data_args", "add_output_args", "add_quant_args",
@@ -57,7 +58,15 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                         "adaround (Nagel et al. 2020: learned up/down rounding per weight from the layer's output "
                         "reconstruction on the calibration images, quantsim.quant.adaround; --seed makes it reproducible)")
     p.add_argument("--recon-iters", type=int, default=500,
-                   help="adaround: Adam iterations per layer (batches of 32 calibration inputs; default 500)")
+                   help="adaround: Adam iterations per layer, --reconstruct: per unit (batches of 32 calibration "
+                        "inputs; default 500)")
+    p.add_argument("--reconstruct", default="none", choices=list(RECONSTRUCT_UNITS),
+                   help="with --rounding adaround: none (per-layer AdaRound of the weights), or reconstruction of "
+                        "each layer / residual block (BRECQ, Li et al. 2021; quantsim.quant.reconstruct): learned "
+                        "rounding plus learned activation scales on the unit's output error")
+    p.add_argument("--qdrop", type=float, default=0.5,
+                   help="--reconstruct: probability that an activation element stays unquantized while "
+                        "reconstructing (QDrop, Wei et al. 2022; 0: plain BRECQ; default 0.5)")
     p.add_argument("--gptq-inputs", default="sequential", choices=list(GPTQ_INPUTS),
                    help="gptq: Hessians on the network whose earlier layers carry their GPTQ weights "
                         "(sequential), or on the float network (float)")

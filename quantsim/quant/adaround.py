@@ -136,51 +136,80 @@ def check_graph(g: FloatGraph) -> None:
         check_layer(n)
 
 
+class RoundingVariable:
+    """One MAC layer's learned rounding at the lowering's weight scale (the scale of `n` as given:
+    its accumulator floor included): V, the soft weight W̃(V) and the final codes. Shared by the
+    per-layer AdaRound here and the block reconstruction (quantsim.quant.reconstruct)."""
+
+    def __init__(self, n: FNode, w_bits: int, cfg: QuantConfig):
+        check_layer(n)
+        self.w_bits = w_bits
+        _, self.scale = weight_scale(n, w_bits, cfg)
+        _, self.qmax = qrange(w_bits, True)
+        s64 = channel_view(torch.from_numpy(self.scale), n.weight.dim())
+        ratio = n.weight.detach().double() / s64
+        self.w_floor64 = torch.floor(ratio)
+        frac = (ratio - self.w_floor64).float()
+        self.w_floor = self.w_floor64.float()
+        self.s = s64.float()
+        self.v = initial_v(frac).requires_grad_(True)
+
+    def h(self) -> torch.Tensor:
+        return rectified_sigmoid(self.v)
+
+    def soft_weight(self, h: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.h() if h is None else h
+        return self.s * torch.clamp(self.w_floor + h, -self.qmax, self.qmax)
+
+    @torch.no_grad()
+    def codes(self) -> np.ndarray:
+        """q = clamp(⌊W/s⌋ + [h(V) ≥ 0.5], −qmax, qmax), int64."""
+        up = (self.h() >= 0.5).to(torch.float64)
+        return torch.clamp(self.w_floor64 + up, -self.qmax, self.qmax).to(torch.int64).numpy()
+
+    def layer_codes(self, seconds: float) -> LayerCodes:
+        return LayerCodes(self.codes(), self.scale, self.w_bits, seconds)
+
+
+def track(it: int, iters: int, rec: torch.Tensor, loss: torch.Tensor, losses: list[float], bar: tqdm | None,
+          **label) -> None:
+    """An optimisation step's bookkeeping: the reconstruction loss of the first and last iteration
+    kept in `losses`, the progress bar advanced, its postfix (label, current losses) every 50."""
+    if it == 0 or it == iters - 1:
+        losses.append(float(rec.detach()))
+    if bar is not None:
+        bar.update(1)
+        if it % 50 == 0 or it == iters - 1:
+            bar.set_postfix(**label, rec=f"{float(rec.detach()):.4g}", loss=f"{float(loss.detach()):.4g}", refresh=False)
+
+
 def adaround_layer(n: FNode, x_q: torch.Tensor, target: torch.Tensor, w_bits: int, cfg: QuantConfig,
                    gen: torch.Generator, iters: int | None = None,
                    bar: tqdm | None = None) -> tuple[LayerCodes, dict]:
     """AdaRound codes of one layer from its quantized-network inputs x_q (N, ...) and its
     float-network outputs target (N, ...) (after bias and fused activation). Returns the codes
     and {'loss_start', 'loss_end': reconstruction loss on the last batch, 'iters'}."""
-    check_layer(n)
     t0 = time.perf_counter()
     iters = cfg.recon_iters if iters is None else iters
-    _, scale = weight_scale(n, w_bits, cfg)
-    _, qmax = qrange(w_bits, True)
-    s64 = channel_view(torch.from_numpy(scale), n.weight.dim())
-    ratio = n.weight.detach().double() / s64
-    w_floor64 = torch.floor(ratio)
-    frac = (ratio - w_floor64).float()
-    w_floor = w_floor64.float()
-    s = s64.float()
-    v = initial_v(frac).requires_grad_(True)
-    opt = torch.optim.Adam([v], lr=LR)
+    rv = RoundingVariable(n, w_bits, cfg)
+    opt = torch.optim.Adam([rv.v], lr=LR)
     n_samples = x_q.shape[0]
     batch = min(BATCH, n_samples)
     losses: list[float] = []
     x_q, target = x_q.detach(), target.detach()
     for it in range(iters):
         idx = torch.randint(n_samples, (batch,), generator=gen)
-        h = rectified_sigmoid(v)
-        w = s * torch.clamp(w_floor + h, -qmax, qmax)
-        rec = reconstruction(run_node(n, [x_q[idx]], weight=w), target[idx])
+        h = rv.h()
+        rec = reconstruction(run_node(n, [x_q[idx]], weight=rv.soft_weight(h)), target[idx])
         beta = beta_at(it, iters)
         loss = rec if beta is None else rec + LAMBDA * regulariser(h, beta)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if it == 0 or it == iters - 1:
-            losses.append(float(rec.detach()))
-        if bar is not None:
-            bar.update(1)
-            if it % 50 == 0 or it == iters - 1:
-                bar.set_postfix(layer=n.name, rec=f"{float(rec.detach()):.4g}", loss=f"{float(loss.detach()):.4g}", refresh=False)
-    with torch.no_grad():
-        up = (rectified_sigmoid(v) >= 0.5).to(torch.float64)
-        codes = torch.clamp(w_floor64 + up, -qmax, qmax).to(torch.int64).numpy()
+        track(it, iters, rec, loss, losses, bar, layer=n.name)
     info = {"loss_start": losses[0] if losses else math.nan, "loss_end": losses[-1] if losses else math.nan,
             "iters": iters}
-    return LayerCodes(codes, scale, w_bits, time.perf_counter() - t0), info
+    return rv.layer_codes(time.perf_counter() - t0), info
 
 
 # --- the whole graph --------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ NONLINEAR_MODES = ("integer", "float")
 # gptq_inputs: whose inputs the Hessians are taken on
 ROUNDING_METHODS = ("nearest", "gptq", "adaround")
 GPTQ_INPUTS = ("sequential", "float")
+# reconstruction unit (quantsim.quant.reconstruct): none (AdaRound alone, weights only), layer or
+# block (BRECQ): AdaRound's rounding plus learned activation steps on the unit's output error
+RECONSTRUCT_UNITS = ("none", "layer", "block")
 # cross-layer equalization across a ReLU6: skip such pairs (the function stays exact) or replace the
 # ReLU6 by a ReLU first (DFQ); quantsim.quant.equalize.RELU6_MODES
 EQUALIZE_RELU6 = ("skip", "relu")
@@ -59,6 +62,10 @@ class QuantConfig:
     # adaround: Adam iterations per layer, and the seed of its batch sampling (codes reproducible to the bit)
     recon_iters: int = 500
     recon_seed: int = 0
+    # reconstruction unit (needs rounding 'adaround') and QDrop's probability of keeping an
+    # activation element unquantized while reconstructing (0: BRECQ without QDrop)
+    reconstruct: str = "none"
+    qdrop: float = 0.5
     # cross-layer equalization (quantsim.quant.equalize, applied when the model is prepared, before
     # the statistics); equalize_relu6: skip pairs with a ReLU6 between them (exact) or make it a ReLU (DFQ)
     equalize: bool = False
@@ -93,6 +100,16 @@ class QuantConfig:
         if self.rounding in ("gptq", "adaround") and self.bias_correction:
             raise QuantsimError("bias correction measures the error of round-to-nearest weights: it does not "
                                 f"combine with --rounding {self.rounding} (use one or the other)")
+        if self.reconstruct not in RECONSTRUCT_UNITS:
+            raise QuantsimError(f"--reconstruct {self.reconstruct!r}: choose one of {', '.join(RECONSTRUCT_UNITS)}")
+        if self.reconstruct != "none" and self.rounding != "adaround":
+            raise QuantsimError(f"--reconstruct {self.reconstruct} learns AdaRound's rounding variables: use it with "
+                                f"--rounding adaround (not {self.rounding})")
+        if self.reconstruct != "none" and self.calib_method in SEARCH_METHODS:
+            raise QuantsimError(f"--reconstruct {self.reconstruct} learns the activation scales itself: it does not "
+                                f"combine with --calib-method {self.calib_method} (use minmax, percentile or mse)")
+        if not (isinstance(self.qdrop, (int, float)) and 0.0 <= self.qdrop < 1.0):
+            raise QuantsimError(f"--qdrop {self.qdrop}: give a probability in [0, 1)")
         if not isinstance(self.recon_iters, int) or self.recon_iters < 1:
             raise QuantsimError(f"--recon-iters {self.recon_iters}: use an integer >= 1")
         if not isinstance(self.recon_seed, int):

@@ -38,6 +38,8 @@ class RunOptions:
     rounding: str = "nearest"
     gptq_inputs: str = "sequential"
     recon_iters: int = 500
+    reconstruct: str = "none"
+    qdrop: float = 0.5
     equalize: bool = False
     equalize_relu6: str = "skip"
     requant: str = "dyadic"

@@ -19,7 +19,7 @@ from quantsim.emulate import executor as emulate
 from quantsim.quant.calibrate import TensorStats, collect_stats
 from quantsim.graph.capture import FloatGraph, capture, run_float
 from quantsim.quant.config import QuantConfig
-from quantsim.quant import adaround, equalize as cle, gptq, scale_search
+from quantsim.quant import adaround, equalize as cle, gptq, reconstruct, scale_search
 from quantsim.errors import QuantsimError
 from quantsim.quant.lower import lower
 from quantsim.zoo.metrics import hits, top_indices
@@ -88,6 +88,8 @@ def quantize(prep: Prepared, cfg: QuantConfig, progress: bool = False) -> Graph:
         g, stats, cfg = scale_search.searched(g, stats, prep.calib, cfg, prep.searched)
     if cfg.rounding == "gptq":  # GPTQ codes at the scales lowering gives (cached per config)
         g = gptq.rounded(g, stats, prep.calib, cfg, prep.searched, progress)
+    elif cfg.reconstruct != "none":  # block / layer reconstruction: codes and learned activation clips
+        g, stats = reconstruct.reconstructed(g, stats, prep.calib, cfg, prep.searched, progress)
     elif cfg.rounding == "adaround":  # AdaRound codes at the same scales (cached per config)
         g = adaround.rounded(g, stats, prep.calib, cfg, prep.searched, progress)
     return lower(g, stats, cfg)

@@ -1,0 +1,334 @@
+"""Block reconstruction (BRECQ, Li et al. 2021) with QDrop (Wei et al. 2022): learned weight
+rounding and learned activation step sizes, unit by unit, on the unit's output error.
+
+The fake-quantized network here quantizes exactly the tensors lowering quantizes, on the same
+grid: every requantizing node's output (lower.activation_qparams: the input image, each MAC,
+add, pool output; pass-through ops share their input's quantization) at its width, signedness
+and scale, and every MAC weight at the lowering's own weight scale (accumulator floor included).
+
+Units (`--reconstruct`):
+- 'block': the graph cut into single-entry regions (a cut after node i when no tensor made
+  before i is read after it): a ResNet BasicBlock (conv-conv-add, shortcut included) and an
+  inverted-residual block with its skip are one region each; an inverted-residual block
+  without a skip, or a plain chain, falls apart into single layers. Regions without a MAC layer
+  (global pool, flatten) join the next region (the last one: the previous).
+- 'layer': each MAC layer with the non-MAC nodes after it up to the next MAC layer.
+
+Per unit, learned jointly (Adam; batches of adaround.BATCH calibration images, one seeded
+torch.Generator for batches and drop masks):
+- each MAC weight's rounding variable V (adaround.RoundingVariable: AdaRound's rectified sigmoid,
+  its annealed regulariser λ·Σ(1 − |2h − 1|^β), lr adaround.LR);
+- the step s of each tensor the unit produces (input image included in the first unit), an LSQ
+  step (Esser et al. 2020: straight-through rounding, so ∂/∂s is LSQ's), held as log s (lr
+  STEP_LR: a relative step, the same for every tensor's magnitude), initialised at the
+  calibration scale (the run's --calib-method). Concat members keep theirs (they share one).
+Loss: adaround.reconstruction of each unit output (the tensors read after the unit) against
+the float network's, plus the regulariser. The unit's input comes from the already-quantized
+network (earlier units at their final codes and steps); QDrop: during reconstruction each
+element of the unit's input is the float network's value with probability p, and each tensor
+the unit quantizes keeps its unquantized value with probability p (p = --qdrop; 0: BRECQ).
+
+How it reaches the integer program, which stays ordinary integers: the codes as AdaRound's
+(attrs['weight_codes'] on a FloatGraph copy, checked by lower against its own width and scale)
+and the steps as TensorStats.clip_override = s·qmax on a copy of the statistics, the clip
+lower.activation_qparams already reads, so the lowered scale is act_scale(clip, qmax). The
+fake quantization after a unit is learned uses that lowered scale, so later units see what the
+program computes. A learned step changes the accumulator floor of the weight scales
+(lower.with_weight_scale_floors reads the input scale): a channel whose floored scale moved is
+rounded to nearest at the lowering's scale (counted in the info as 'floor_rerounded').
+
+Reproducible to the bit at a fixed seed (CPU, one intra-op thread while optimising). Cached per
+(graph, statistics, config) as AdaRound. CNN graphs only (adaround.check_graph).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from quantsim.errors import QuantsimError
+from quantsim.graph.capture import PASSTHROUGH_OPS, FloatGraph, run_node
+from quantsim.quant import adaround
+from quantsim.quant.adaround import BATCH, LAMBDA, OPT_THREADS, RoundingVariable, beta_at, reconstruction, \
+    regulariser, torch_threads, track
+from quantsim.quant.calibrate import TensorStats
+from quantsim.quant.config import QuantConfig
+from quantsim.quant.gptq import LayerCodes, dequantized, weight_scale, with_codes
+from quantsim.quant.lower import activation_qparams, concat_groups, weight_scale_floors
+from quantsim.quant.quantizer import act_scale, fake_quant_act
+
+# Adam on log s (a relative change of the step per iteration). ResNet-20 W4A4, 64 calibration images,
+# stem + layer1.0 reconstructed 120 iterations, qdrop 0.5: layer1.0's output error in the program on 16
+# held-out images 0.044 at 1e-2, 0.087 at 1e-3, 0.043 at 3e-2 (per-layer AdaRound 0.100, nearest 0.119)
+STEP_LR = 1e-2
+
+
+# --- units ---------------------------------------------------------------------------------------
+
+def _cuts(g: FloatGraph) -> list[int]:
+    """Indices i such that no tensor produced before node i is read after it."""
+    pos = {n.name: i for i, n in enumerate(g.nodes)}
+    earliest_after = [math.inf] * len(g.nodes)  # earliest producer read by nodes i+1..
+    m = math.inf
+    for i in range(len(g.nodes) - 1, -1, -1):
+        earliest_after[i] = m
+        for name in g.nodes[i].inputs:
+            m = min(m, pos[name])
+    return [i for i in range(len(g.nodes)) if earliest_after[i] >= i]
+
+
+def units(g: FloatGraph, kind: str) -> list[list[str]]:
+    """The graph's nodes in reconstruction units, in order (every node in exactly one)."""
+    if kind == "layer":
+        out: list[list[str]] = [[]]
+        for n in g.nodes:
+            if n.is_mac and any(g[m].is_mac for m in out[-1]):
+                out.append([])
+            out[-1].append(n.name)
+        return out
+    if kind != "block":
+        raise QuantsimError(f"reconstruction unit {kind!r}: choose block or layer")
+    segs, start = [], 0
+    for c in _cuts(g):
+        segs.append([n.name for n in g.nodes[start:c + 1]])
+        start = c + 1
+    if start < len(g.nodes):
+        segs.append([n.name for n in g.nodes[start:]])
+    merged: list[list[str]] = []
+    carry: list[str] = []
+    for seg in segs:
+        carry += seg
+        if any(g[m].is_mac for m in carry):
+            merged.append(carry)
+            carry = []
+    if carry:
+        if merged:
+            merged[-1] += carry
+        else:
+            merged.append(carry)
+    return merged
+
+
+# --- one unit ------------------------------------------------------------------------------------
+
+@dataclass
+class Step:
+    """A tensor's quantizer: its grid and (if learned) log-step."""
+    qmin: int
+    qmax: int
+    scale: float                        # float64: the calibration scale, then what lowering gives it
+    learn: bool                         # False: a concat member (its group shares one scale)
+    log_s: torch.Tensor | None = None   # while learning; None: fixed at scale
+    clip: float | None = None           # the learned clip once fixed (TensorStats.clip_override)
+
+    def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
+        if self.log_s is None:
+            return fake_quant_act(x, self.scale, self.qmin, self.qmax)
+        s = torch.exp(self.log_s)
+        z = x / s
+        z = z + (torch.round(z) - z).detach()  # straight-through rounding: LSQ's gradient in s
+        return torch.clamp(z, self.qmin, self.qmax) * s
+
+
+def _run_unit(g: FloatGraph, names: list[str], ext: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
+              steps: dict[str, Step], drop: float = 0.0, gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """The unit's nodes on external inputs `ext`, every requantized tensor fake-quantized at its step
+    (an element keeps its unquantized value with probability `drop`)."""
+    vals = dict(ext)
+    for name in names:
+        n = g[name]
+        y = vals.pop("__image__") if n.op == "input" else run_node(n, [vals[i] for i in n.inputs], weights.get(name))
+        if name in steps:
+            yq = steps[name].fake_quant(y)
+            if drop > 0:
+                keep = torch.rand(y.shape, generator=gen) < drop
+                yq = torch.where(keep, y, yq)
+            y = yq
+        vals[name] = y
+    return vals
+
+
+def _steps(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> dict[str, Step]:
+    """A Step per requantized tensor at the calibration scale; concat members fixed."""
+    q = activation_qparams(g, stats, cfg)
+    fixed = set(concat_groups(g))
+    out = {}
+    for n in g.nodes:
+        if n.op in PASSTHROUGH_OPS:
+            continue
+        qp = q[n.name]
+        qmin, qmax = qp.qmin - qp.zero_point, qp.qmax - qp.zero_point
+        out[n.name] = Step(qmin, qmax, float(qp.scale), n.name not in fixed)
+    return out
+
+
+def reconstruct_unit(g: FloatGraph, names: list[str], ext_q: dict[str, torch.Tensor], ext_f: dict[str, torch.Tensor],
+                     targets: dict[str, torch.Tensor], rvs: dict[str, RoundingVariable], steps: dict[str, Step],
+                     cfg: QuantConfig, gen: torch.Generator, bar: tqdm | None = None, label: str = "") -> dict:
+    """Learn the rounding of the unit's MAC layers (rvs) and the steps of its learned tensors (in
+    place: steps[name].log_s) on the unit outputs' reconstruction. Returns loss info."""
+    learned = [name for name in names if name in steps and steps[name].learn]
+    for name in learned:
+        steps[name].log_s = torch.tensor(math.log(steps[name].scale), dtype=torch.float32, requires_grad=True)
+    params_v = [rv.v for rv in rvs.values()]
+    opts = []
+    if params_v:
+        opts.append(torch.optim.Adam(params_v, lr=adaround.LR))
+    if learned:
+        opts.append(torch.optim.Adam([steps[n].log_s for n in learned], lr=STEP_LR))
+    iters = cfg.recon_iters
+    n_samples = next(iter(targets.values())).shape[0]
+    batch = min(BATCH, n_samples)
+    losses = []
+    for it in range(iters):
+        idx = torch.randint(n_samples, (batch,), generator=gen)
+        ext = {}
+        for k in ext_q:
+            xq, xf = ext_q[k][idx], ext_f[k][idx]
+            if cfg.qdrop > 0:
+                xq = torch.where(torch.rand(xq.shape, generator=gen) < cfg.qdrop, xf, xq)
+            ext[k] = xq
+        hs = {k: rv.h() for k, rv in rvs.items()}
+        weights = {k: rvs[k].soft_weight(h) for k, h in hs.items()}
+        vals = _run_unit(g, names, ext, weights, steps, cfg.qdrop, gen)
+        rec = sum(reconstruction(vals[k], targets[k][idx]) for k in targets)
+        beta = beta_at(it, iters)
+        loss = rec if beta is None else rec + LAMBDA * sum(regulariser(h, beta) for h in hs.values())
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in opts:
+            o.step()
+        track(it, iters, rec, loss, losses, bar, unit=label)
+    for name in learned:  # fixed at the scale lowering will give it: clip = s·qmax, scale = act_scale(clip)
+        st = steps[name]
+        st.clip = float(torch.exp(st.log_s.detach()).double()) * st.qmax
+        st.scale = act_scale(st.clip, st.qmax)
+        st.log_s = None
+    return {"loss_start": losses[0] if losses else math.nan, "loss_end": losses[-1] if losses else math.nan}
+
+
+# --- the whole graph -----------------------------------------------------------------------------
+
+@dataclass
+class Reconstructed:
+    codes: dict[str, LayerCodes]
+    clips: dict[str, float]         # tensor -> learned clip (TensorStats.clip_override)
+    scales: dict[str, float]        # tensor -> the scale lowering gives it: act_scale(clip, qmax)
+    info: dict                      # unit (its first MAC layer) -> loss info; 'floor_rerounded': channels
+
+
+def check_config(cfg: QuantConfig) -> None:
+    if cfg.reconstruct == "none":
+        raise QuantsimError("reconstruction asked for with --reconstruct none")
+
+
+@torch.no_grad()
+def reconstruct(g: FloatGraph, stats: dict[str, TensorStats], batches: list[torch.Tensor], cfg: QuantConfig,
+                progress: bool = False, n_units: int | None = None) -> Reconstructed:
+    """Block (or layer) reconstruction of g unit by unit (the first n_units only, the rest left at
+    nearest rounding and calibration steps: for tests). g must carry the lowering's weight floors
+    (lower.weight_scale_floors)."""
+    check_config(cfg)
+    adaround.check_graph(g)
+    if not batches:
+        raise QuantsimError("block reconstruction needs the calibration images (Prepared.calib is empty)")
+    if not g.mac_nodes():
+        raise QuantsimError("reconstruction learns the rounding of conv / linear layers: this graph has none")
+    parts = units(g, cfg.reconstruct)
+    todo = parts if n_units is None else parts[:n_units]
+    steps = _steps(g, stats, cfg)
+    gen = torch.Generator().manual_seed(cfg.recon_seed)
+    unit_of = {name: i for i, part in enumerate(parts) for name in part}
+    last_unit: dict[str, int] = {}
+    for n in g.nodes:
+        for name in n.inputs:
+            last_unit[name] = max(last_unit.get(name, -1), unit_of[n.name])
+    x_all = torch.cat(batches)
+    fvals: dict[str, torch.Tensor] = {"__image__": x_all}
+    qvals: dict[str, torch.Tensor] = {"__image__": x_all}
+    rvs_all: dict[str, RoundingVariable] = {}
+    nearest: set[str] = set()  # layers of the units not reconstructed (n_units)
+    info: dict[str, dict] = {}
+    bar = tqdm(total=len(todo) * cfg.recon_iters, desc=f"reconstruct ({cfg.reconstruct})", unit="it",
+               disable=not progress, leave=False)
+    for ui, names in enumerate(parts):
+        ext = sorted({i for name in names for i in g[name].inputs if unit_of[i] != ui})
+        if g[names[0]].op == "input":
+            ext = ["__image__"] + ext
+        ext_f = {k: fvals[k] for k in ext}
+        ext_q = {k: qvals[k] for k in ext}
+        f_out = _run_unit(g, names, dict(ext_f), {}, {})
+        outs = [name for name in names if last_unit.get(name, -1) > ui or name == g.output]
+        macs = [name for name in names if g[name].is_mac]
+        rvs = {name: RoundingVariable(g[name], cfg.bits_for(name)[0], cfg) for name in macs}
+        rvs_all.update(rvs)
+        if ui < len(todo):
+            t0 = time.perf_counter()
+            with torch.enable_grad(), torch_threads(OPT_THREADS):
+                info[macs[0]] = reconstruct_unit(g, names, ext_q, ext_f, {k: f_out[k] for k in outs}, rvs, steps,
+                                                 cfg, gen, bar, macs[0])
+            info[macs[0]]["seconds"] = time.perf_counter() - t0
+            hard = {name: dequantized(g[name], rv.layer_codes(0.0)) for name, rv in rvs.items()}
+        else:  # left at nearest rounding and the calibration steps
+            hard = {name: dequantized(g[name], LayerCodes(*weight_scale(g[name], rv.w_bits, cfg), rv.w_bits, 0.0))
+                    for name, rv in rvs.items()}
+            nearest.update(macs)
+        q_out = _run_unit(g, names, dict(ext_q), hard, steps)
+        for k in outs:
+            fvals[k], qvals[k] = f_out[k], q_out[k]
+        for k in ext:
+            if k != "__image__" and last_unit.get(k, -1) <= ui and k != g.output:
+                del fvals[k], qvals[k]
+    bar.close()
+    clips = {name: st.clip for name, st in steps.items() if st.clip is not None}
+    scales = {name: steps[name].scale for name in clips}
+    codes = _final_codes(g, stats, cfg, rvs_all, nearest, clips, info)
+    return Reconstructed(codes, clips, scales, info)
+
+
+def with_clips(stats: dict[str, TensorStats], clips: dict[str, float]) -> dict[str, TensorStats]:
+    """A copy of the statistics whose learned tensors carry their clip as clip_override."""
+    return {k: replace(v, clip_override=clips[k]) if k in clips else v for k, v in stats.items()}
+
+
+def _final_codes(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig, rvs: dict[str, RoundingVariable],
+                 nearest: set[str], clips: dict[str, float], info: dict) -> dict[str, LayerCodes]:
+    """The codes at the weight scales lowering gives with the learned steps (their accumulator
+    floors): a channel whose scale moved is rounded to nearest at the new scale."""
+    floored = weight_scale_floors(g, with_clips(stats, clips), cfg)
+    out, moved = {}, 0
+    for name, rv in rvs.items():
+        near, scale = weight_scale(floored[name], rv.w_bits, cfg)
+        codes = near if name in nearest else rv.codes()
+        same = np.broadcast_to(scale == rv.scale, (codes.shape[0],))
+        if not same.all():
+            moved += int((~same).sum())
+            codes = np.where(same.reshape((-1,) + (1,) * (codes.ndim - 1)), codes, near)
+        out[name] = LayerCodes(codes.astype(np.int64), scale, rv.w_bits, 0.0)
+    info["floor_rerounded"] = moved
+    return out
+
+
+def _key(g: FloatGraph, stats: dict, cfg: QuantConfig) -> tuple:
+    return ("reconstruct", id(g), id(stats), json.dumps(cfg.to_json(), sort_keys=True))
+
+
+def reconstructed(g: FloatGraph, stats: dict[str, TensorStats], batches: list[torch.Tensor], cfg: QuantConfig,
+                  cache: dict | None = None, progress: bool = False) -> tuple[FloatGraph, dict[str, TensorStats]]:
+    """(g with the learned codes, the statistics with the learned clips): what lower takes;
+    cached per (graph, statistics, config)."""
+    key = _key(g, stats, cfg)
+    if cache is not None and key in cache:
+        return cache[key][2]
+    src = weight_scale_floors(g, stats, cfg)
+    rec = reconstruct(src, stats, batches, cfg, progress)
+    out = (with_codes(src, rec.codes), with_clips(stats, rec.clips))
+    if cache is not None:
+        cache[key] = (g, stats, out)
+    return out

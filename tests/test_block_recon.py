@@ -1,0 +1,179 @@
+"""Block reconstruction with QDrop (quantsim.quant.reconstruct): the units, a lower block output
+error than per-layer AdaRound and round-to-nearest on real data, the learned activation scales in
+the program, bit-exactness, reproducibility, the cache and the command line's errors."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from integer_ref import executor as int_exec
+
+from quantsim.errors import QuantsimError
+from quantsim.quant import adaround, gptq, reconstruct
+from quantsim.quant.config import QuantConfig
+from quantsim.quant.lower import activation_qparams, lower, weight_scale_floors
+from quantsim.run import stages
+from small_models import SmallConvNet, assert_bitexact, resnet20_prepared
+
+W4A4_BLOCK = QuantConfig(w_bits=4, a_bits=4, rounding="adaround", reconstruct="block", recon_iters=80)
+
+
+def test_config_errors():
+    with pytest.raises(QuantsimError, match="use it with --rounding adaround"):
+        QuantConfig(reconstruct="block")
+    with pytest.raises(QuantsimError, match="use it with --rounding adaround \\(not gptq\\)"):
+        QuantConfig(reconstruct="layer", rounding="gptq")
+    with pytest.raises(QuantsimError, match="--qdrop 1.0"):
+        QuantConfig(reconstruct="block", rounding="adaround", qdrop=1.0)
+    with pytest.raises(QuantsimError, match="--reconstruct 'blocks'"):
+        QuantConfig(reconstruct="blocks", rounding="adaround")
+    with pytest.raises(QuantsimError, match="calib-method similarity"):
+        QuantConfig(reconstruct="block", rounding="adaround", calib_method="similarity")
+
+
+def test_command_line_reaches_the_config_and_refuses_bad_combinations(tmp_path, capsys):
+    from quantsim.cli.simulate import build_parser, main
+    from quantsim.run.options import RunOptions
+    from quantsim.run.single import base_config
+
+    ns = build_parser().parse_args(["cifar_resnet20", "--rounding", "adaround", "--reconstruct", "block",
+                                    "--qdrop", "0.25", "--recon-iters", "64", "--seed", "3"])
+    cfg = base_config(RunOptions.from_namespace(ns), 4, 4)
+    assert (cfg.reconstruct, cfg.qdrop, cfg.recon_iters, cfg.recon_seed) == ("block", 0.25, 64, 3)
+    assert main(["cifar_resnet20", "--reconstruct", "block", "--out", str(tmp_path / "r")]) == 2
+    assert "error: --reconstruct block learns AdaRound's rounding" in capsys.readouterr().err
+    assert main(["cifar_resnet20", "--rounding", "adaround", "--reconstruct", "layer", "--qdrop", "-0.1",
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "error: --qdrop -0.1" in capsys.readouterr().err
+
+
+# --- a small network: layer units, the cache, the seed -------------------------------------------
+
+@pytest.fixture(scope="module")
+def small_prep():
+    torch.manual_seed(0)
+    model = SmallConvNet().eval()
+    return stages.prepare(model, (3, 12, 12), list(torch.randn(64, 3, 12, 12).split(32)), progress=False)
+
+
+SMALL = QuantConfig(w_bits=3, a_bits=4, rounding="adaround", reconstruct="layer", recon_iters=40)
+
+
+def test_layer_units_hold_one_mac_each(small_prep):
+    g = small_prep.fgraph
+    parts = reconstruct.units(g, "layer")
+    assert [n.name for n in g.nodes] == [name for part in parts for name in part]
+    assert [sum(g[m].is_mac for m in part) for part in parts] == [1] * len(g.mac_nodes())
+
+
+def test_cache_reused_and_seed_reproducible(small_prep, monkeypatch):
+    calls = []
+    real = reconstruct.reconstruct_unit
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(reconstruct, "reconstruct_unit", counting)
+    prep = replace(small_prep, searched={})
+    first = stages.quantize(prep, SMALL)
+    n_units = len(calls)
+    assert n_units == len(prep.fgraph.mac_nodes())
+    second = stages.quantize(prep, SMALL)
+    assert len(calls) == n_units  # cached: nothing learned again
+    other = stages.quantize(replace(small_prep, searched={}), SMALL)  # recomputed, same seed
+    assert len(calls) == 2 * n_units
+    seed7 = stages.quantize(replace(small_prep, searched={}), replace(SMALL, recon_seed=7))
+    differs = False
+    for a, b, c, d in zip(first.nodes, second.nodes, other.nodes, seed7.nodes):
+        for k in a.params:
+            assert np.array_equal(a.params[k], b.params[k]) and np.array_equal(a.params[k], c.params[k])
+        assert a.out.scale == b.out.scale == c.out.scale
+        differs |= a.out.scale != d.out.scale or any(not np.array_equal(a.params[k], d.params[k]) for k in a.params)
+    assert differs  # another seed draws other batches and drop masks
+
+
+# --- CIFAR-10 ResNet-20, real calibration images --------------------------------------------------
+
+@pytest.fixture(scope="module")
+def r20_real(resnet20_checkpoint: Path, cifar10_dir: Path):
+    return resnet20_prepared(resnet20_checkpoint, cifar10_dir, 64, 32)
+
+
+def test_resnet20_block_units(r20_real):
+    prep, _ = r20_real
+    parts = reconstruct.units(prep.fgraph, "block")
+    assert len(parts) == 11  # stem, 9 BasicBlocks, pool + classifier
+    assert parts[0] == ["input", "conv1"]
+    assert parts[1] == ["layer1.0.conv1", "layer1.0.conv2", "layer1.0.add"]
+    assert "layer2.0.shortcut" in parts[4] and parts[4][-1] == "layer2.0.add"
+    assert parts[-1][-1] == "linear"
+
+
+def _program_error(graph, prep, x: torch.Tensor, tensor: str) -> float:
+    """‖program − float‖² / ‖float‖² of one tensor, the program's integers from integer_ref."""
+    vals = {}
+    from quantsim.graph.capture import run_float
+    run_float(prep.fgraph, x, observe=lambda n, y: vals.__setitem__(n.name, y))
+    node = next(n for n in graph.nodes if n.name == tensor)
+    q = int_exec.dequantize(stages.integer_taps(graph, x)[tensor], node.out)
+    f = vals[tensor].double().numpy()
+    return float(((q - f) ** 2).sum() / (f ** 2).sum())
+
+
+@pytest.fixture(scope="module")
+def r20_block(r20_real):
+    """The first two units (stem, layer1.0) reconstructed, the rest at nearest and calibration scales."""
+    prep, _ = r20_real
+    src = weight_scale_floors(prep.fgraph, prep.stats, W4A4_BLOCK)
+    rec = reconstruct.reconstruct(src, prep.stats, prep.calib, W4A4_BLOCK, n_units=2)
+    graph = lower(gptq.with_codes(src, rec.codes), reconstruct.with_clips(prep.stats, rec.clips), W4A4_BLOCK)
+    return rec, graph
+
+
+def test_block_output_error_below_adaround_and_nearest_resnet20(r20_real, r20_block):
+    """layer1.0's output in the W4A4 integer program on 16 held-out test images: block
+    reconstruction of the stem and layer1.0 against per-layer AdaRound of their three convs and
+    round-to-nearest (same calibration scales elsewhere)."""
+    prep, x_eval = r20_real
+    _, block = r20_block
+    names = ["conv1", "layer1.0.conv1", "layer1.0.conv2"]
+    ada_cfg = replace(W4A4_BLOCK, reconstruct="none")
+    src = weight_scale_floors(prep.fgraph, prep.stats, ada_cfg)
+    codes = adaround.adaround_codes(src, prep.stats, prep.calib, ada_cfg, layers=names)
+    per_layer = lower(gptq.with_codes(src, codes), prep.stats, ada_cfg)
+    nearest = lower(prep.fgraph, prep.stats, replace(ada_cfg, rounding="nearest"))
+    err = {k: _program_error(g, prep, x_eval, "layer1.0.add")
+           for k, g in (("nearest", nearest), ("adaround", per_layer), ("block", block))}
+    assert err["block"] < 0.8 * err["adaround"] and err["block"] < 0.8 * err["nearest"], err
+
+
+def test_learned_scales_reach_the_program_bit_exact(r20_real, r20_block):
+    prep, x_eval = r20_real
+    rec, graph = r20_block
+    calib_q = activation_qparams(prep.fgraph, prep.stats, W4A4_BLOCK)
+    learned = ["input", "conv1", "layer1.0.conv1", "layer1.0.conv2", "layer1.0.add"]
+    assert sorted(rec.scales) == sorted(learned)  # the tensors of the two units, nothing else
+    lowered = {n.name: n for n in graph.nodes}
+    for name in learned:
+        assert float(lowered[name].out.scale) == rec.scales[name]
+    assert sum(rec.scales[k] != float(calib_q[k].scale) for k in learned) >= 4  # they did move
+    for name in ("conv1", "layer1.0.conv1", "layer1.0.conv2"):
+        assert np.array_equal(lowered[name].params["weight"], rec.codes[name].codes)
+        assert np.abs(rec.codes[name].codes).max() <= 7
+    assert_bitexact(graph, x_eval[:4], "W4A4 block reconstruction")
+
+
+def test_same_seed_identical_integers_resnet20(r20_real):
+    prep, _ = r20_real
+    cfg = replace(W4A4_BLOCK, recon_iters=20)
+    src = weight_scale_floors(prep.fgraph, prep.stats, cfg)
+    a = reconstruct.reconstruct(src, prep.stats, prep.calib, cfg, n_units=2)
+    b = reconstruct.reconstruct(src, prep.stats, prep.calib, cfg, n_units=2)
+    assert a.clips == b.clips and a.scales == b.scales
+    for k in a.codes:
+        assert np.array_equal(a.codes[k].codes, b.codes[k].codes)
