@@ -7,11 +7,18 @@ channel ranges are narrower on held-out images, and the integer programs are bit
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
+from integer_ref import kernels_vit as KV
+from integer_ref import nonlinear as NL
+from quantsim.emulate import kernels_vit as emulate_vit
+from quantsim.emulate import nonlinear as NT
 from quantsim.errors import QuantsimError
 from quantsim.graph.capture import capture, run_float
 from quantsim.quant.config import QuantConfig
@@ -45,6 +52,12 @@ def trained_vit(cifar10_dir):
 
     model = load_cifar_vit("vit_tiny_patch8_32", str(VIT_CKPT))
     return model, imgs("calib", 32, 0), imgs("eval", 16, 1)
+
+
+@pytest.fixture(scope="module")
+def plain_prep(trained_vit):
+    model, x_cal, _ = trained_vit
+    return stages.prepare(model, (3, 32, 32), list(x_cal.split(16)), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +116,122 @@ def test_reparam_refused_without_layernorm():
     x = torch.randn(2, 3, 32, 32)
     with pytest.raises(QuantsimError, match="--reparam-ln needs a LayerNorm"):
         stages.prepare(m, (3, 32, 32), [x], progress=False, reparam_ln=True)
+
+
+# --- log2 softmax: codes, attention·V as shifts and adds ------------------------------------------
+
+def _oracle_log2_matmul(codes: np.ndarray, v: np.ndarray, max_exp: int, v_zero_point: int = 0) -> np.ndarray:
+    """A plain int64 loop: acc[h, i, n] = Σ_j (v[h, j, n] - zv) << (K - k[h, i, j]) for k <= K."""
+    heads, m, j_len = codes.shape
+    acc = np.zeros((heads, m, v.shape[-1]), np.int64)
+    for h in range(heads):
+        for i in range(m):
+            for j in range(j_len):
+                k = int(codes[h, i, j])
+                if k <= max_exp:
+                    acc[h, i] += (v[h, j].astype(np.int64) - v_zero_point) << (max_exp - k)
+    return acc
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data(), st.integers(1, 3), st.integers(1, 6), st.integers(1, 9), st.integers(1, 5),
+       st.integers(2, 8), st.integers(2, 16))
+def test_log2_attention_v_equals_int64_oracle(data, heads, m, j_len, n, code_bits, v_bits):
+    zero_code = 2**code_bits - 1
+    max_exp = data.draw(st.integers(0, min(zero_code - 1, 62 - v_bits - 1)))
+    codes = np.array(data.draw(st.lists(st.integers(0, zero_code), min_size=heads * m * j_len,
+                                        max_size=heads * m * j_len)), np.int64).reshape(heads, m, j_len)
+    hi = 2 ** (v_bits - 1) - 1
+    v = np.array(data.draw(st.lists(st.integers(-hi, hi), min_size=heads * j_len * n, max_size=heads * j_len * n)),
+                 np.int64).reshape(heads, j_len, n)
+    zv = data.draw(st.sampled_from([0, 3]))
+    want = _oracle_log2_matmul(codes, v, max_exp, zv)
+    got = KV.log2_matmul_acc(codes, v, max_exp=max_exp, b_zero_point=zv)
+    assert got.dtype == np.int64 and np.array_equal(got, want)
+    got_t = emulate_vit.log2_matmul_acc(torch.as_tensor(codes), torch.as_tensor(v), max_exp=max_exp, b_zero_point=zv)
+    assert np.array_equal(got_t.numpy(), want)
+    # transpose_b reads V as (..., N, J)
+    got_tb = KV.log2_matmul_acc(codes, np.swapaxes(v, -1, -2), max_exp=max_exp, b_zero_point=zv, transpose_b=True)
+    assert np.array_equal(got_tb, want)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data(), st.integers(1, 40), st.integers(2, 8), st.floats(1e-3, 0.5))
+def test_log2_softmax_codes_round_in_the_log_domain(data, row, bits, scale):
+    x = np.array(data.draw(st.lists(st.integers(-2000, 2000), min_size=2 * row, max_size=2 * row)),
+                 np.int64).reshape(2, row)
+    max_exp = data.draw(st.integers(0, min(2**bits - 2, NL.SOFTMAX_RECIP_BITS)))
+    p = NL.softmax_params(scale, bits, "log2", max_exp)
+    v = NL.softmax_fixed(x, p)
+    codes = NL.softmax_int(x, p)
+    assert np.array_equal(codes, NT.softmax_int(torch.as_tensor(x), p).numpy())  # the twins agree
+    zero = 2**bits - 1
+    assert ((codes >= 0) & ((codes <= max_exp) | (codes == zero))).all()
+    # against float64: the nearest power of two by ratio (a tie band of 1e-9 left to either side)
+    prob = v.astype(np.float64) / 2.0**p.recip_bits
+    with np.errstate(divide="ignore"):
+        t = -np.log2(np.where(prob > 0, prob, 1.0))
+    nearest = np.floor(t + 0.5)
+    clear = (np.abs(t - np.floor(t) - 0.5) > 1e-9) | (prob == 0)
+    expect = np.where((prob == 0) | (nearest > max_exp), zero, nearest)
+    assert np.array_equal(codes[clear], expect[clear].astype(np.int64))
+    # a row's non-zero codes sum to at most √2 in value: attention·V stays inside log2_bound
+    val = np.where(codes == zero, 0.0, 2.0 ** -codes.astype(np.float64))
+    assert (val.sum(-1) <= math.sqrt(2) * (1 + 1e-9)).all()
+
+
+@pytest.mark.parametrize("bits", [(4, 4), (8, 8)], ids=["W4A4", "W8A8"])
+def test_log2_softmax_program_is_bit_exact_on_real_images(trained_vit, plain_prep, bits):
+    x, prep = trained_vit[2], plain_prep
+    graph = stages.quantize(prep, QuantConfig(w_bits=bits[0], a_bits=bits[1], softmax_quant="log2"))
+    soft = [n for n in graph.nodes if n.op == "softmax"]
+    attn_v = [n for n in graph.nodes if n.op == "matmul" and n.inputs[0] in {s.name for s in soft}]
+    assert len(soft) == len(attn_v) == 12
+    want_k = min(2 ** bits[1] - 2, 32 - 2 - (2 ** (bits[1] - 1) - 1).bit_length())  # 14 at A4, 23 at A8
+    assert all(n.attrs["quant"] == "log2" and n.attrs["log2_max_exp"] == want_k for n in soft)
+    assert all(n.attrs["a_log2"] and n.attrs["log2_max_exp"] == want_k for n in attn_v)
+    be = assert_bitexact(graph, x[:4], f"{bits} log2 softmax")
+    codes = be.ref_tensors[soft[0].name]
+    assert codes.min() <= 1 and len(np.unique(codes)) > 3  # confident rows and a spread of exponents
+    assert be.total_mismatches == 0 and not any(be.acc_overflows.values())
+
+
+def test_hwmodel_counts_no_multiplications_for_log2_attention(trained_vit, plain_prep):
+    from hwmodel.arch import load_accelerator
+    from hwmodel.simulate import simulate_graph
+
+    x, prep = trained_vit[2], plain_prep
+    accel = load_accelerator("scalesim-32x32-os")
+    rows = {}
+    for sq in ("uniform", "log2"):
+        graph = stages.quantize(prep, QuantConfig(w_bits=4, a_bits=4, softmax_quant=sq))
+        taps = stages.integer_taps(graph, x[:1])
+        rows[sq] = {r["layer"]: r for r in simulate_graph(graph, taps, accel).rows}
+        rows[sq + "_graph"] = graph
+    log2_graph = rows["log2_graph"]
+    attn_v = [n.name for n in log2_graph.nodes if n.op == "matmul" and n.attrs["a_log2"]]
+    assert len(attn_v) == 12
+    for name in attn_v:
+        lg, un = rows["log2"][name], rows["uniform"][name]
+        terms = 3 * 17 * 17 * 64  # heads x queries x keys x head width, one image
+        assert un["n_mac"] == terms and un["ops_shift_add"] == 0 and un["mult_toggles"] > 0
+        assert lg["n_mac"] == 0 and lg["ops_mul"] == 0 and lg["mult_toggles"] == 0
+        assert lg["ops_shift_add"] == terms
+        assert lg["cycles"] == un["cycles"] and lg["dram_bursts"] == un["dram_bursts"]  # same mapping
+        b_acc = 4 + 14 + 1  # V's 4 bits shifted by up to K = 14, plus the carry of the row sum
+        assert lg["e_vec_pj"] == pytest.approx(terms * 2 * accel.energy.e_add32_pj * b_acc / 32)
+        assert lg["e_fp32_pj"] == un["e_fp32_pj"]  # the float model multiplies either way
+    others = [k for k in rows["log2"] if k not in attn_v]
+    assert sum(rows["log2"][k]["n_mac"] for k in others) == sum(rows["uniform"][k]["n_mac"] for k in others)
+
+
+def test_log2_softmax_refused_where_it_cannot_apply():
+    from quantsim.zoo.cifar_resnet import cifar_resnet20
+
+    with pytest.raises(QuantsimError, match="the model has no softmax"):
+        stages.prepare(cifar_resnet20().eval(), (3, 32, 32), [torch.randn(2, 3, 32, 32)], progress=False,
+                       softmax_quant="log2")
+    with pytest.raises(QuantsimError, match="needs the integer softmax"):
+        QuantConfig(softmax_quant="log2", nonlinear="float")
+    with pytest.raises(QuantsimError, match="softmax quantizer"):
+        QuantConfig(softmax_quant="log4")
