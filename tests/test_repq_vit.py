@@ -235,3 +235,23 @@ def test_log2_softmax_refused_where_it_cannot_apply():
         QuantConfig(softmax_quant="log2", nonlinear="float")
     with pytest.raises(QuantsimError, match="softmax quantizer"):
         QuantConfig(softmax_quant="log4")
+
+
+# --- configuration and command line ---------------------------------------------------------------
+
+def test_command_line_options_reach_config_and_refuse_models_without_layernorm(tmp_path, tiny_ckpt, tiny_data, capsys):
+    from quantsim.cli.simulate import build_parser, main
+    from quantsim.run.options import RunOptions
+    from quantsim.run.single import base_config
+
+    ns = build_parser().parse_args(["vit_tiny_patch8_32", "--reparam-ln", "--softmax-quant", "log2"])
+    cfg = base_config(RunOptions.from_namespace(ns))
+    assert (cfg.reparam_ln, cfg.softmax_quant) == (True, "log2")
+    assert (base_config(RunOptions()).reparam_ln, base_config(RunOptions()).softmax_quant) == (False, "uniform")
+    assert QuantConfig.from_json(cfg.to_json()) == cfg
+    common = ["--data", f"cifar10:{tiny_data}", "--calib", "4", "--eval", "4", "--no-progress"]
+    for flags, why in ((["--reparam-ln"], "--reparam-ln needs a LayerNorm"),
+                       (["--softmax-quant", "log2"], "the model has no softmax")):
+        assert main([str(tiny_ckpt), *flags, *common, "--out", str(tmp_path / flags[0][2:])]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and why in err[0], err
