@@ -61,7 +61,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from integer_ref.nonlinear import EXP_CLIP_LN2, LN_FRAC_BITS, LN_GAMMA_BITS, LN_ROW_BITS
+from integer_ref.nonlinear import EXP_CLIP_LN2, LN_FRAC_BITS, LN_GAMMA_BITS, LN_ROW_BITS, LOG2_MANTISSA_BITS
 
 KINDS = ("add", "shift", "mul", "div", "sqrt", "lut", "shift_add")
 VECTOR_OPS = ("softmax", "gelu", "layernorm")
@@ -124,10 +124,21 @@ def softmax_stages(n: int, row: int, in_bits: int, attrs: dict) -> list[Stage]:
         Stage("add", rows * (row - 1), bsum, what="row sum"),
         Stage("div", rows, bsum, steps=qf, what="f = 2^P // sum"),
         Stage("mul", n, max(bz, qf), what="e*f"),
+    ]
+    if attrs["quant"] == "log2":  # integer_ref.nonlinear.softmax_log2_codes
+        kb = _bl(P) + 1
+        return st + [
+            Stage("shift", n, P + 1, steps=6, what="log2: bit length (6-step shift search)"),
+            Stage("add", n, P + 1, steps=6, what="log2: bit length (6 compares)"),
+            Stage("shift", n, P + 1, what="log2: 32-bit mantissa"),
+            Stage("add", n, LOG2_MANTISSA_BITS + 2, what="log2: mantissa >= ceil(sqrt2 * 2^31)"),
+            Stage("add", n, kb, what="log2: k = P - L - round"),
+            Stage("add", 2 * n, kb, what="log2: zero code (v = 0 or k > K)"),
+        ]
+    return st + [
         Stage("add", n, P + 1, what="+2^(P-out-1)"), Stage("shift", n, P + 1, what=">> (P-out)"),
         Stage("add", 2 * n, ob + 1, what="clamp"),
     ]
-    return st
 
 
 def gelu_stages(n: int, in_bits: int, attrs: dict) -> list[Stage]:

@@ -29,13 +29,7 @@ from small_models import assert_bitexact
 VIT_CKPT = Path(__file__).resolve().parents[1] / "data" / "zoo" / "vit_tiny_patch8_32_cifar10" / "model.pt"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Many small int64 ops: one torch thread is faster than two on the busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +215,11 @@ def test_hwmodel_counts_no_multiplications_for_log2_attention(trained_vit, plain
         b_acc = 4 + 14 + 1  # V's 4 bits shifted by up to K = 14, plus the carry of the row sum
         assert lg["e_vec_pj"] == pytest.approx(terms * 2 * accel.energy.e_add32_pj * b_acc / 32)
         assert lg["e_fp32_pj"] == un["e_fp32_pj"]  # the float model multiplies either way
+    # the log2 softmax ends in a bit length and a mantissa compare, not a rounding shift and clamp
+    from hwmodel.vector_ops import vector_stages
+    soft = next(n for n in log2_graph.nodes if n.op == "softmax")
+    whats = [st.what for st in vector_stages("softmax", (1, 3, 17, 17), 16, soft.attrs)]
+    assert "log2: bit length (6-step shift search)" in whats and ">> (P-out)" not in whats
     others = [k for k in rows["log2"] if k not in attn_v]
     assert sum(rows["log2"][k]["n_mac"] for k in others) == sum(rows["uniform"][k]["n_mac"] for k in others)
 
