@@ -11,6 +11,7 @@ Seed model (DESIGN.md):  E = sum_l N_MAC(l)*E_MAC(b_l) + N_mem(l)*E_DRAM(b)
 Detailed model:
     E_MAC   = n_mac*e_static(b) + toggles*e_toggle(b) + n_add*e_add32 + E_vec
     E_vec   = the integer nonlinearities' vector-unit operations (softmax, GELU, LayerNorm),
+              and log2 attention's shift-and-add terms (attention·V without multiplies),
               each step priced from e_add32 / e_mac8 at its datapath width (hwmodel.vector_ops);
               reported on its own as e_vec_pj and included in e_mac_pj (all compute energy)
     E_SRAM  = e_sram_bit * bits read and written in the SRAM buffers (hwmodel.mapping)

@@ -45,6 +45,9 @@ Vision Transformer ops:
 - matmul (q @ k^T, attn @ v; both operands activations) is one GEMM per head, mapped as a
   grouped linear layer whose weights are the second operand, held in the filter buffer at
   its own activation width (matmul_geometry): same folds, cycles, SRAM and DRAM rules.
+  attn @ v under log2 attention (attrs a_log2) maps the same way on shift-and-add PEs: n_mac 0,
+  one shift_add per term (hwmodel.vector_ops.log2_matmul_stages), no multiplier toggles; the FP32
+  reference still multiplies.
 - softmax, gelu, layernorm, l2norm run on the vector unit: read the input, write the output (at
   their declared widths), plus the integer operations of their I-BERT kernels counted and
   priced by hwmodel.vector_ops; cycles cover the larger of the movement and the arithmetic.
@@ -107,7 +110,7 @@ from integer_ref.nonlinear import LN_GAMMA_BITS
 
 from .arch import Accelerator
 from .dataflow import dataflow
-from .vector_ops import KINDS, VECTOR_OPS, lut_stages, mul_stages, op_counts, vector_stages
+from .vector_ops import KINDS, VECTOR_OPS, log2_matmul_stages, lut_stages, mul_stages, op_counts, vector_stages
 
 ACTIVE_SETS = 50  # SCALE-Sim: active_buf_frac 0.5 of 100 sets
 
@@ -673,6 +676,9 @@ def map_node(graph, node, shapes: dict, accel: Accelerator, force_bits: int | No
         row = map_matmul(shapes[node.inputs[0]], shapes[node.inputs[1]], accel,
                          transpose_b=bool(node.attrs["transpose_b"]),
                          a_bits=fb or qa.bits, b_bits=fb or qb.bits, out_bits=out_bits)
+        if node.attrs["a_log2"] and not fb:  # shifts and adds, no multiplier (the FP32 model multiplies)
+            stages = log2_matmul_stages(row["n_mac"], qb.bits, node.attrs["log2_max_exp"])
+            row.update(n_mac=0, **op_counts(stages), vec_stages=stages)
     else:
         ins = [tuple(shapes[i]) for i in node.inputs] if node.op != "quantize" else []
         in_bits = ([fb or graph[i].out.bits for i in node.inputs]

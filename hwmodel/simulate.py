@@ -31,7 +31,8 @@ from .toggles import count_toggles, count_toggles_grouped, grouped_gemm_operands
 ROW_COLUMNS = [
     "layer", "op", "gemm_m", "gemm_k", "gemm_n", "groups", "folds", "cycles", "compute_cycles",
     "dram_cycles", "stall_cycles", "utilization",
-    "n_mac", "n_add", "n_elem", "ops_add", "ops_shift", "ops_mul", "ops_div", "ops_sqrt", "ops_lut", "n_vec_ops",
+    "n_mac", "n_add", "n_elem", "ops_add", "ops_shift", "ops_mul", "ops_div", "ops_sqrt", "ops_lut", "ops_shift_add",
+    "n_vec_ops",
     "n_vec_steps", "x_bits", "w_bits", "out_bits",
     "sram_rd_ifmap", "sram_rd_filter", "sram_rd_ofmap", "sram_wr_ofmap",
     "sram_rd_ifmap_bytes", "sram_rd_filter_bytes", "sram_rd_ofmap_bytes", "sram_wr_ofmap_bytes",
@@ -82,7 +83,10 @@ def matmul_toggles(a: np.ndarray, b: np.ndarray, a_q, b_q, transpose_b: bool, ac
 
 
 def node_toggles(graph, node, taps: dict, accel: Accelerator, images: int) -> dict | None:
-    """Average multiplier-input toggles per image for a conv2d/linear/matmul node."""
+    """Average multiplier-input toggles per image for a conv2d/linear/matmul node (None for a
+    log2-attention matmul: shifts and adds, no multiplier)."""
+    if node.op == "matmul" and node.attrs["a_log2"]:
+        return None
     if node.op == "matmul":
         a_all, b_all = (np.asarray(taps[i]) for i in node.inputs)
         qa, qb = (graph[i].out for i in node.inputs)

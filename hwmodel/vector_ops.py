@@ -30,6 +30,15 @@ Kinds and energy per operation at width b (pJ), from the accelerator's energy ta
            codes): priced as an on-chip SRAM read of b bits, e_sram_bit * b. An upper estimate:
            that constant describes the operand buffers; a 2^8-entry table is a small register file.
 
+    shift_add  one term of attention·V under log2 attention (a matmul with attrs a_log2): V's
+           integer shifted by K - k (the probability's log2 code) and added into the
+           accumulator, in a shift-and-add PE in place of a multiplier: priced as a shift plus
+           an add at the accumulator's width b (the shift rule above, then the add rule),
+           2 * e_add32 * b/32. Derived from Horowitz's 32-bit add (0.1 pJ), not measured;
+           decoding the zero code (a gate) is not priced. These terms run in the array (the
+           GEMM mapping gives cycles and traffic), not on the vector unit; they are counted
+           here (ops_shift_add) because they are not MACs: such a matmul has n_mac 0.
+
 Elementwise ops outside the ViT (CNN activations and squeeze-and-excitation):
     lut    x - in_min (an add, only where in_min != 0), one table read per element.
     mul    (a - za)(b - zb): one multiply per OUTPUT element at the wider operand width (the
@@ -52,9 +61,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from integer_ref.nonlinear import EXP_CLIP_LN2, LN_FRAC_BITS, LN_GAMMA_BITS, LN_ROW_BITS
+from integer_ref.nonlinear import EXP_CLIP_LN2, LN_FRAC_BITS, LN_GAMMA_BITS, LN_ROW_BITS, LOG2_MANTISSA_BITS
 
-KINDS = ("add", "shift", "mul", "div", "sqrt", "lut")
+KINDS = ("add", "shift", "mul", "div", "sqrt", "lut", "shift_add")
 VECTOR_OPS = ("softmax", "gelu", "layernorm", "l2norm")
 
 
@@ -121,10 +130,21 @@ def softmax_stages(n: int, row: int, in_bits: int, attrs: dict, masked: bool = F
         Stage("add", rows * (row - 1), bsum, what="row sum"),
         Stage("div", rows, bsum, steps=qf, what="f = 2^P // sum"),
         Stage("mul", n, max(bz, qf), what="e*f"),
+    ]
+    if attrs["quant"] == "log2":  # integer_ref.nonlinear.softmax_log2_codes
+        kb = _bl(P) + 1
+        return st + [
+            Stage("shift", n, P + 1, steps=6, what="log2: bit length (6-step shift search)"),
+            Stage("add", n, P + 1, steps=6, what="log2: bit length (6 compares)"),
+            Stage("shift", n, P + 1, what="log2: 32-bit mantissa"),
+            Stage("add", n, LOG2_MANTISSA_BITS + 2, what="log2: mantissa >= ceil(sqrt2 * 2^31)"),
+            Stage("add", n, kb, what="log2: k = P - L - round"),
+            Stage("add", 2 * n, kb, what="log2: zero code (v = 0 or k > K)"),
+        ]
+    return st + [
         Stage("add", n, P + 1, what="+2^(P-out-1)"), Stage("shift", n, P + 1, what=">> (P-out)"),
         Stage("add", 2 * n, ob + 1, what="clamp"),
     ]
-    return st
 
 
 def gelu_stages(n: int, in_bits: int, attrs: dict) -> list[Stage]:
@@ -191,10 +211,16 @@ def mul_stages(n: int, a_bits: int, b_bits: int, out_bits: int, zero_points=(0, 
     return st + _requant_stages(n, a_bits + b_bits, out_bits, "requant")
 
 
+def log2_matmul_stages(n_terms: int, b_bits: int, max_exp: int) -> list[Stage]:
+    """integer_ref.kernels_vit.log2_matmul_acc: n_terms = heads·M·K·N shift-and-add terms, V at
+    b_bits shifted by up to max_exp; the sum of a row stays below 2·max|v|·2^K (kernels_vit.log2_bound)."""
+    acc = b_bits + int(max_exp) + 1
+    return [Stage("shift_add", int(n_terms), acc, what="attn·v: acc += v << (K - k)")]
+
+
 def vector_stages(op: str, in_shape, in_bits: int, attrs: dict, masked: bool = False) -> list[Stage]:
     """The integer stages of one softmax/gelu/layernorm/l2norm node on an input of `in_shape`
     (masked: a softmax with a mask).
-
 
     Float-mode nodes (attrs mode "float") get no stages: their float arithmetic is not modelled
     (their memory traffic is)."""
@@ -229,6 +255,8 @@ def e_op(accel, kind: str, bits: int) -> float:
         return en.e_mac8_pj * (bits / 8) ** 2
     if kind == "lut":
         return en.e_sram_bit_pj * bits
+    if kind == "shift_add":
+        return 2 * en.e_add32_pj * bits / 32
     return en.e_add32_pj * bits / 32
 
 

@@ -44,10 +44,15 @@ Ops and their contents (x: input tensor, NCHW for images; all tensors hold integ
 Vision Transformer ops (integer_ref.kernels_vit; tokens are (N, L, C), heads (N, H, L, D)):
 - matmul      two activation inputs [a, b]; params multiplier, shift (one each, or one per index of
               the output axis attrs channel_axis: Swin v2's per-head logit scale); attrs transpose_b,
-              clamp, channel_axis: y = requant((a - za) @ (b - zb)[ᵀ]), batched over the leading axes
+              clamp, channel_axis: y = requant((a - za) @ (b - zb)[ᵀ]), batched over the leading axes;
+              with attrs a_log2 (a: a log2 softmax's codes k, zero code = a's qmax) and log2_max_exp K
+              the product is acc = Σ_j (b_j - zb) << (K - k_j) over the non-zero codes (no multiplies)
 - softmax     attrs SoftmaxParams.to_attrs(), mode, in_scale: over the last axis, unsigned out_bits
-              at scale 2^-out_bits; optional params mask (int8, 1 = left out, broadcast against each
-              item): a masked softmax (Swin's shifted-window mask)
+              at scale 2^-out_bits; attrs quant "log2": codes k (2^-k) for k <= log2_max_exp, the
+              zero code 2^out_bits - 1 below (the output's QParams scale is then 2^-log2_max_exp,
+              the unit of the attention·V accumulator, not the codes' value); optional params mask
+              (int8, 1 = left out, broadcast against each item): a masked softmax (Swin's
+              shifted-window mask)
 - l2norm      params gamma, beta (int64, from layernorm_params with center 0); attrs
               LayerNormParams.to_attrs() (center 0), mode (integer only), in_scale: x / ‖x‖ over the
               last axis (F.normalize: Swin v2's cosine attention), LayerNorm's kernel without the mean
@@ -135,8 +140,13 @@ ATTRS: dict[str, dict[str, Any]] = {
     "requantize": dict(_REQUANT),
     "lut": {"function": REQUIRED, "in_min": REQUIRED},
     "mul": dict(_REQUANT),
-    "matmul": {"transpose_b": False, "clamp": None, "channel_axis": None},  # None: one multiplier
-    "softmax": {**_fields(NL.SoftmaxParams), **_NONLINEAR},
+    # a_log2: the first operand holds a log2 softmax's codes (k: 2^-k, zero code its qmax) and the
+    # product is Σ_j (b_j - zb) << (log2_max_exp - k_j): shifts and adds (kernels_vit.log2_matmul_acc);
+    # channel_axis None: one multiplier
+    "matmul": {"transpose_b": False, "clamp": None, "channel_axis": None, "a_log2": False, "log2_max_exp": 0},
+    # quant "uniform" (scale 2^-out_bits) or "log2" (codes k for 2^-k, k <= log2_max_exp; zero code 2^b - 1)
+    "softmax": {**_fields(NL.SoftmaxParams, drop=("quant", "log2_max_exp")), **_NONLINEAR,
+                "quant": "uniform", "log2_max_exp": 0},
     "gelu": {**_fields(NL.GeluParams), **_NONLINEAR},
     "layernorm": {**_fields(NL.LayerNormParams, drop=("gamma", "beta")), **_NONLINEAR,
                   "eps_float": REQUIRED, "center": 1},

@@ -6,11 +6,13 @@ The op set (see integer_ref.ir for the node contents):
                 acc = (a - za) @ (b - zb) [transposed on its last two axes: transpose_b],
                 exact (float BLAS only where the bound K·max|a|·max|b| proves it), then one
                 dyadic requantization for the whole tensor (multiplier, shift), or one per index of
-                the output axis channel_axis (Swin v2: the per-head logit scale folded in).
+                the output axis channel_axis (Swin v2: the per-head logit scale folded in). attrs
+                a_log2: a holds a log2 softmax's codes; acc = Σ_j (b_j - zb) << (K - k_j), shifts
+                and adds (log2_matmul_acc), K = attrs log2_max_exp, the zero code a's qmax.
 - l2norm        integer_ref.nonlinear.layernorm_int with center 0: x / ‖x‖ over the last axis.
 - softmax       integer_ref.nonlinear.softmax_int over the last axis; unsigned output at
-                scale 2^-out_bits. attrs: SoftmaxParams.to_attrs(); optional params mask (a masked
-                softmax: Swin's shifted windows).
+                scale 2^-out_bits, or (attrs quant "log2") log2 codes. attrs: SoftmaxParams.to_attrs();
+                optional params mask (a masked softmax: Swin's shifted windows).
 - gelu          integer_ref.nonlinear.gelu_int, elementwise. attrs: GeluParams.to_attrs().
 - layernorm     integer_ref.nonlinear.layernorm_int over the last axis. params gamma, beta
                 (int64, from layernorm_params); attrs: LayerNormParams.to_attrs().
@@ -45,7 +47,8 @@ NONLINEAR_MODES = ("integer", "float")
 # --- attrs -> the nonlinear ops' parameter objects (shared with quantsim.emulate.kernels_vit) ---------
 
 def softmax_params(attrs: dict) -> NL.SoftmaxParams:
-    return NL.SoftmaxParams(NL.ExpParams(**attrs["exp"]), int(attrs["recip_bits"]), int(attrs["out_bits"]))
+    return NL.SoftmaxParams(NL.ExpParams(**attrs["exp"]), int(attrs["recip_bits"]), int(attrs["out_bits"]),
+                            attrs["quant"], int(attrs["log2_max_exp"]))
 
 
 def gelu_params(attrs: dict) -> NL.GeluParams:
@@ -84,14 +87,47 @@ def matmul_acc(a, b, *, a_zero_point=0, b_zero_point=0, transpose_b=False, bound
     return np.matmul(a.astype(dtype), b.astype(dtype)).astype(np.int64)
 
 
+def log2_bound(b_range, b_zero_point: int, max_exp: int) -> int:
+    """Bound on |Σ_j (b_j - zb) << (K - k_j)| over a row of log2 codes: the codes' values sum to at
+    most √2 < 2 (integer_ref.nonlinear.softmax_log2_codes), so |acc| < 2 · max|b - zb| · 2^K."""
+    b_mag = max(b_range[1] - b_zero_point, b_zero_point - b_range[0])
+    return 2 * b_mag << int(max_exp)
+
+
+def log2_matmul_acc(codes, b, *, max_exp: int, b_zero_point=0, transpose_b=False) -> np.ndarray:
+    """Exact int64 Σ_j (b_j - zb) << (K - k_j) over the last axis of the codes (..., M, J) and the
+    rows of b (..., J, N): attention·V with log2 attention, shifts and adds only. Per exponent e the
+    rows of b whose code is e are summed (a 0/1 selection: adds), the sum shifted by K - e, and the
+    shifted sums added; the zero code (2^b - 1 > K) selects nothing."""
+    k = np.asarray(codes, np.int64)
+    b = np.asarray(b, np.int64) - b_zero_point
+    if transpose_b:
+        b = np.swapaxes(b, -1, -2)
+    b_mag = int(np.abs(b).max(initial=0))
+    acc = np.zeros(k.shape[:-1] + b.shape[-1:], np.int64)
+    for e in range(int(max_exp) + 1):
+        pick = k == e
+        if pick.any():
+            sel = matmul_acc(pick.astype(np.int64), b, bound=k.shape[-1] * b_mag)  # sums of selected rows
+            acc += np.left_shift(sel, int(max_exp) - e)
+    return acc
+
+
 def matmul(a, b, multiplier, shift, *, a_zero_point=0, b_zero_point=0, y_zero_point=0, lo, hi,
-           transpose_b=False, a_range, b_range, acc_bits=32, acc_overflow="count", channel_axis=None):
+           transpose_b=False, a_range, b_range, acc_bits=32, acc_overflow="count", channel_axis=None,
+           a_log2=False, log2_max_exp=0):
     """Integer matmul of two activations, one dyadic requantization (per index of channel_axis
-    where given) -> (y, overflow count)."""
+    where given) -> (y, overflow count).
+    a_log2: a holds log2 codes (zero code a_range[1] = 2^b - 1); the product is log2_matmul_acc."""
     k = np.shape(a)[-1]
-    bound = matmul_bound(k, a_range, a_zero_point, b_range, b_zero_point)
-    acc = matmul_acc(a, b, a_zero_point=a_zero_point, b_zero_point=b_zero_point,
-                     transpose_b=transpose_b, bound=bound)
+    if a_log2:
+        if a_range[1] <= log2_max_exp:
+            raise ValueError(f"log2 codes: zero code {a_range[1]} must lie above the deepest exponent {log2_max_exp}")
+        acc = log2_matmul_acc(a, b, max_exp=log2_max_exp, b_zero_point=b_zero_point, transpose_b=transpose_b)
+    else:
+        bound = matmul_bound(k, a_range, a_zero_point, b_range, b_zero_point)
+        acc = matmul_acc(a, b, a_zero_point=a_zero_point, b_zero_point=b_zero_point,
+                         transpose_b=transpose_b, bound=bound)
     axis = acc.ndim - 1 if channel_axis is None else int(channel_axis)
     return K.requantize(acc, None, multiplier, shift, y_zero_point, lo, hi, axis, acc_bits,
                         acc_overflow=acc_overflow)
@@ -153,7 +189,8 @@ def run_node(node, args: list, qp: dict, acc_bits: int, acc_overflow: str = "cou
                       b_zero_point=zin[1], y_zero_point=out.zero_point, lo=lo, hi=hi,
                       transpose_b=bool(a["transpose_b"]), a_range=(qa.qmin, qa.qmax),
                       b_range=(qb.qmin, qb.qmax), acc_bits=acc_bits, acc_overflow=acc_overflow,
-                      channel_axis=a["channel_axis"])
+                      channel_axis=a["channel_axis"], a_log2=bool(a["a_log2"]),
+                      log2_max_exp=int(a["log2_max_exp"]))
     if node.op in ("softmax", "gelu", "layernorm", "l2norm") and any(zin):
         raise ValueError(f"node {node.name!r} ({node.op}) needs a zero-point-free input")
     if node.op == "softmax":

@@ -53,6 +53,12 @@ Constants and their derivation
     (e·f <= 2^62 since e <= Σe), and y = round(e · f / 2^(P - out_bits)), clamped to
     [0, 2^out_bits - 1]: unsigned, scale 2^-out_bits (a probability of exactly 1 saturates
     to 1 - 2^-out_bits).
+    log2 softmax (RepQ-ViT / FQ-ViT's log2 quantizer of the attention probabilities): the
+    same v = e·f, then k = round(-log2(v / 2^P)) in the log domain (softmax_log2_codes, one
+    bit length and one mantissa comparison), code k meaning 2^-k for k = 0..K, K =
+    log2_max_exp <= 2^out_bits - 2 (a lowering-time constant), and the zero code
+    2^out_bits - 1 for everything below 2^-K·2^-1/2. attention·V then needs no multiplier:
+    Σ_j v_j·2^-k_j is Σ_j v_j << (K - k_j) on the 2^-K grid (kernels_vit.log2_matmul_acc).
 
 Float-nonlinearity mode (Liu et al. 2021 keep softmax and LayerNorm in float): the
 ``float_*`` functions dequantize, evaluate in float32 and quantize again. They exist for
@@ -76,6 +82,9 @@ EXP_A, EXP_B, EXP_C = 0.35815147, 0.96963238, 1.0  # exp(r) ≈ A r² + B r + C 
 EXP_CLIP_LN2 = 30              # exp(x) := exp(-30 ln2) ≈ 9.3e-10 below x = -30 ln2
 ERF_A, ERF_B = -0.2888, -1.769  # erf(u) ≈ sign(u) [A (min(|u|, -B) + B)² + 1]
 SOFTMAX_RECIP_BITS = 62        # P: f = floor(2^P / Σe)
+SOFTMAX_QUANT = ("uniform", "log2")
+LOG2_MANTISSA_BITS = 31        # the log2 codes' rounding compares a 32-bit mantissa of v ...
+LOG2_SQRT2_Q31 = 3037000500    # ... against ceil(√2 · 2^31): log-domain round to nearest
 LN_FRAC_BITS = 15              # F_LN: u = normalised / √C on a 2^-15 grid
 LN_GAMMA_BITS = 16             # gamma quantized per tensor, signed narrow 16-bit
 LN_ROW_BITS = 62               # v · 4^k < 2^62, so isqrt(v · 4^k) < 2^31
@@ -156,6 +165,10 @@ class SoftmaxParams:
     exp: ExpParams
     recip_bits: int  # P
     out_bits: int
+    # "uniform": y at scale 2^-out_bits; "log2": y = k with p ≈ 2^-k for k in 0..log2_max_exp and
+    # the zero code 2^out_bits - 1 for smaller p (softmax_log2_codes)
+    quant: str = "uniform"
+    log2_max_exp: int = 0
 
     @property
     def out_scale(self) -> float:
@@ -166,17 +179,24 @@ class SoftmaxParams:
         return 2**self.out_bits - 1
 
     def to_attrs(self) -> dict:
-        return {"exp": self.exp.to_attrs(), "recip_bits": self.recip_bits, "out_bits": self.out_bits}
+        return {"exp": self.exp.to_attrs(), "recip_bits": self.recip_bits, "out_bits": self.out_bits,
+                "quant": self.quant, "log2_max_exp": self.log2_max_exp}
 
 
-def softmax_params(scale: float, out_bits: int = 8) -> SoftmaxParams:
+def softmax_params(scale: float, out_bits: int = 8, quant: str = "uniform", log2_max_exp: int = 0) -> SoftmaxParams:
     if not 2 <= out_bits <= 16:
         raise ValueError(f"softmax output bits {out_bits} outside 2..16")
-    return SoftmaxParams(exp_params(scale), SOFTMAX_RECIP_BITS, int(out_bits))
+    if quant not in SOFTMAX_QUANT:
+        raise ValueError(f"softmax quantizer {quant!r}: one of {', '.join(SOFTMAX_QUANT)}")
+    if quant == "log2" and not 0 <= log2_max_exp <= min(2**out_bits - 2, SOFTMAX_RECIP_BITS):
+        raise ValueError(f"log2 softmax: deepest exponent {log2_max_exp} outside 0..{2**out_bits - 2} "
+                         f"(code 2^{out_bits} - 1 is the zero code)")
+    return SoftmaxParams(exp_params(scale), SOFTMAX_RECIP_BITS, int(out_bits), quant,
+                         int(log2_max_exp) if quant == "log2" else 0)
 
 
-def softmax_int(x: np.ndarray, p: SoftmaxParams, mask=None) -> np.ndarray:
-    """Integer softmax over the last axis -> unsigned out_bits at scale 2^-out_bits.
+def softmax_fixed(x: np.ndarray, p: SoftmaxParams, mask=None) -> np.ndarray:
+    """v = e·f with f = floor(2^P / Σe): the probabilities on the 2^-P grid (0 <= v <= 2^P).
 
     mask (broadcast against x's trailing axes, true = left out): masked entries take no part in the
     row's max or sum and come out 0 (Swin's shifted-window mask; see quantsim.graph.swin). Every row
@@ -190,8 +210,32 @@ def softmax_int(x: np.ndarray, p: SoftmaxParams, mask=None) -> np.ndarray:
         e = exp_int(x - x.max(axis=-1, keepdims=True), p.exp)
     total = e.sum(axis=-1, keepdims=True)  # >= p.exp.c > 0
     f = np.floor_divide(np.int64(1) << np.int64(p.recip_bits), total)
-    y = arith.rounding_rshift(e * f, np.int64(p.recip_bits - p.out_bits))
+    return e * f
+
+
+def softmax_int(x: np.ndarray, p: SoftmaxParams, mask=None) -> np.ndarray:
+    """Integer softmax over the last axis -> unsigned out_bits: uniform codes at scale
+    2^-out_bits, or (p.quant "log2") the log2 codes of softmax_log2_codes; mask: softmax_fixed's."""
+    v = softmax_fixed(x, p, mask)
+    if p.quant == "log2":
+        return softmax_log2_codes(v, p)
+    y = arith.rounding_rshift(v, np.int64(p.recip_bits - p.out_bits))
     return arith.clamp(y, 0, p.qmax)
+
+
+def softmax_log2_codes(v: np.ndarray, p: SoftmaxParams) -> np.ndarray:
+    """k = round(-log2(v / 2^P)) rounded in the log domain, i.e. to the nearer power of two by
+    ratio: with L = floor(log2 v), k = P - L - 1 where v >= 2^L·√2 (tested as
+    v >= LOG2_SQRT2_Q31 · 2^(L-31), the 32-bit mantissa of v against ceil(√2·2^31)), else P - L.
+    So 2^-k <= √2·p, and a row's codes sum to at most √2 in value. v = 0 or k > log2_max_exp:
+    the zero code 2^out_bits - 1."""
+    v = np.asarray(v, dtype=np.int64)
+    L = arith.bit_length(v) - 1                      # -1 where v = 0
+    sh = L - LOG2_MANTISSA_BITS
+    top = np.where(sh >= 0, np.right_shift(v, np.maximum(sh, 0)), np.left_shift(v, np.maximum(-sh, 0)))
+    k = p.recip_bits - L - (top >= LOG2_SQRT2_Q31).astype(np.int64)
+    zero = (v <= 0) | (k > p.log2_max_exp)
+    return np.where(zero, np.int64(p.qmax), k)
 
 
 def i_softmax(x: np.ndarray, scale: float, out_bits: int = 8) -> tuple[np.ndarray, float]:

@@ -113,5 +113,6 @@ def quantize(model: torch.nn.Module, config: QuantConfig, calib, seed: int = 0, 
     calib_batches = _image_batches(calib)
     torch.manual_seed(seed)
     prep = stages.prepare(model, tuple(calib_batches[0].shape[1:]), calib_batches, seed, progress,
-                          equalize=config.equalize, equalize_relu6=config.equalize_relu6)
+                          equalize=config.equalize, equalize_relu6=config.equalize_relu6,
+                          reparam_ln=config.reparam_ln, softmax_quant=config.softmax_quant)
     return Program(stages.quantize(prep, config), config, model, prep)

@@ -83,3 +83,16 @@ def tiny_data(tmp_path_factory) -> Path:
             for i in range(3):
                 Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Many small int64 ops (the ViT programs): one torch thread is faster than two on the busy
+    2-core machine (measured 100x on LayerNorm while another process held a core). Test modules
+    use it with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -30,14 +30,7 @@ from quantsim.zoo.vit import CIFAR10_VIT_PRE, vit_tiny_patch4_32
 W8A8 = QuantConfig(w_bits=8, a_bits=8, granularity="per-channel", calib_method="minmax")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Many small int64 ops: one torch thread is faster than two on a busy 2-core machine
-    (measured 100x on LayerNorm while another process held a core)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _realish(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -20,12 +20,7 @@ from quantsim.run.stages import check_bitexact, prepare, quantize
 STEPS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny_vit(seed: int = 0):

@@ -7,8 +7,8 @@ import sys
 from typing import Any, Callable
 
 from quantsim.errors import QuantsimError
-from quantsim.quant.config import ACC_OVERFLOW_MODES, CALIB_METHODS, EQUALIZE_RELU6, GPTQ_INPUTS, RECONSTRUCT_UNITS, \
-    ROUNDING_METHODS
+from quantsim.quant.config import (ACC_OVERFLOW_MODES, CALIB_METHODS, EQUALIZE_RELU6, GPTQ_INPUTS, RECONSTRUCT_UNITS,
+                                   ROUNDING_METHODS, SOFTMAX_QUANT)
 from quantsim.run.options import DEFAULT_ACCEL
 
 __all__ = ["add_hw_args", "add_mixed_args", "add_model_data_args", "add_output_args", "add_quant_args",
@@ -76,6 +76,13 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--equalize-relu6", default="skip", choices=list(EQUALIZE_RELU6),
                    help="--equalize across a ReLU6 (not scale-invariant): skip such pairs (exact, default), or "
                         "replace their ReLU6 by a ReLU first as DFQ does (changes the network where inputs exceed 6)")
+    p.add_argument("--reparam-ln", action="store_true",
+                   help="RepQ-ViT (Li et al. 2023): per-channel ranges of every LayerNorm's output, calibrated, "
+                        "folded into its gamma/beta and its readers' weights so one per-tensor scale fits them "
+                        "(quantsim.quant.reparam_ln); the float function is unchanged. Needs a LayerNorm")
+    p.add_argument("--softmax-quant", default="uniform", choices=list(SOFTMAX_QUANT),
+                   help="attention probabilities: uniform codes at 2^-b, or log2 (code k means 2^-k, one code "
+                        "for zero; attention x V as shifts and adds of V's integers, no multiplies). Needs a softmax")
 
 
 def add_hw_args(p: argparse.ArgumentParser) -> None:

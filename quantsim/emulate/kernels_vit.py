@@ -18,7 +18,7 @@ from quantsim.emulate import nonlinear as NT
 from quantsim.emulate.arith import ieee_float32
 from quantsim.emulate.kernels import add, requantize
 
-__all__ = ["OPS", "matmul_acc", "run_node"]
+__all__ = ["OPS", "log2_matmul_acc", "matmul_acc", "run_node"]
 
 OPS = KV.OPS
 
@@ -51,6 +51,23 @@ def matmul_acc(a: torch.Tensor, b: torch.Tensor, *, a_zero_point=0, b_zero_point
         return torch.matmul(a.to(dtype), b.to(dtype)).to(torch.int64)
 
 
+def log2_matmul_acc(codes: torch.Tensor, b: torch.Tensor, *, max_exp: int, b_zero_point=0,
+                    transpose_b=False) -> torch.Tensor:
+    """KV.log2_matmul_acc: exact int64 Σ_j (b_j - zb) << (K - k_j), per exponent a 0/1 selection
+    matmul (sums of V's rows) shifted by K - e and added."""
+    b = b - b_zero_point if b_zero_point else b
+    if transpose_b:
+        b = b.transpose(-1, -2)
+    b_mag = int(b.abs().max()) if b.numel() else 0
+    acc = torch.zeros(codes.shape[:-1] + b.shape[-1:], dtype=torch.int64, device=codes.device)
+    for e in range(int(max_exp) + 1):
+        pick = codes == e
+        if bool(pick.any()):
+            sel = matmul_acc(pick.to(torch.int64), b, bound=codes.shape[-1] * b_mag)
+            acc += torch.bitwise_left_shift(sel, int(max_exp) - e)
+    return acc
+
+
 def _nonlinear_float(node) -> bool:
     return KV.nonlinear_mode(node.attrs) == "float"
 
@@ -63,9 +80,17 @@ def run_node(node, args: list, prep):
     x = args[0]
     if node.op == "matmul":
         qa, qb = qp[node.inputs[0]], qp[node.inputs[1]]
-        bound = KV.matmul_bound(x.shape[-1], (qa.qmin, qa.qmax), zin[0], (qb.qmin, qb.qmax), zin[1])
-        acc = matmul_acc(x, args[1], a_zero_point=zin[0], b_zero_point=zin[1],
-                         transpose_b=bool(a["transpose_b"]), bound=bound)
+        if a["a_log2"]:
+            if qa.qmax <= int(a["log2_max_exp"]):
+                raise ValueError(f"log2 codes: zero code {qa.qmax} must lie above the deepest exponent "
+                                 f"{a['log2_max_exp']}")
+            bound = None  # log2_bound holds for a softmax's codes only: measure, as integer_ref does
+            acc = log2_matmul_acc(x, args[1], max_exp=int(a["log2_max_exp"]), b_zero_point=zin[1],
+                                  transpose_b=bool(a["transpose_b"]))
+        else:
+            bound = KV.matmul_bound(x.shape[-1], (qa.qmin, qa.qmax), zin[0], (qb.qmin, qb.qmax), zin[1])
+            acc = matmul_acc(x, args[1], a_zero_point=zin[0], b_zero_point=zin[1],
+                             transpose_b=bool(a["transpose_b"]), bound=bound)
         axis = acc.dim() - 1 if a["channel_axis"] is None else int(a["channel_axis"])
         return requantize(acc, None, node.params["multiplier"], node.params["shift"], out.zero_point, lo, hi,
                           axis, prep.acc_bits, acc_abs_bound=bound, acc_overflow=prep.acc_overflow)

@@ -89,8 +89,8 @@ def i_exp(x: torch.Tensor, scale: float) -> tuple[torch.Tensor, float]:
     return exp_int(x, p), p.out_scale
 
 
-def softmax_int(x: torch.Tensor, p: SoftmaxParams, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """nonlinear.softmax_int; mask (bool, broadcast against x, true = left out) as there."""
+def softmax_fixed(x: torch.Tensor, p: SoftmaxParams, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """nonlinear.softmax_fixed; mask (bool, broadcast against x, true = left out) as there."""
     x = _i64(x)
     if mask is not None:
         mask = mask.to(torch.bool).expand(x.shape)
@@ -100,8 +100,27 @@ def softmax_int(x: torch.Tensor, p: SoftmaxParams, mask: torch.Tensor | None = N
         e = exp_int(x - x.amax(dim=-1, keepdim=True), p.exp)
     total = e.sum(dim=-1, keepdim=True)
     f = torch.div(torch.full_like(total, 1 << p.recip_bits), total, rounding_mode="floor")
-    y = rounding_rshift(e * f, _scalar(p.recip_bits - p.out_bits, e))
+    return e * f
+
+
+def softmax_int(x: torch.Tensor, p: SoftmaxParams, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """nonlinear.softmax_int."""
+    v = softmax_fixed(x, p, mask)
+    if p.quant == "log2":
+        return softmax_log2_codes(v, p)
+    y = rounding_rshift(v, _scalar(p.recip_bits - p.out_bits, v))
     return y.clamp_(0, p.qmax)
+
+
+def softmax_log2_codes(v: torch.Tensor, p: SoftmaxParams) -> torch.Tensor:
+    """nonlinear.softmax_log2_codes: k = round(-log2(v / 2^P)) in the log domain, zero code 2^b - 1."""
+    L = bit_length(v) - 1
+    sh = L - NL.LOG2_MANTISSA_BITS
+    top = torch.where(sh >= 0, torch.bitwise_right_shift(v, sh.clamp_min(0)),
+                      torch.bitwise_left_shift(v, (-sh).clamp_min(0)))
+    k = p.recip_bits - L - (top >= NL.LOG2_SQRT2_Q31).to(torch.int64)
+    zero = (v <= 0) | (k > p.log2_max_exp)
+    return torch.where(zero, torch.full_like(k, p.qmax), k)
 
 
 def i_softmax(x: torch.Tensor, scale: float, out_bits: int = 8) -> tuple[torch.Tensor, float]:

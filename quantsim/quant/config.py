@@ -28,6 +28,9 @@ RECONSTRUCT_UNITS = ("none", "layer", "block")
 # cross-layer equalization across a ReLU6: skip such pairs (the function stays exact) or replace the
 # ReLU6 by a ReLU first (DFQ); quantsim.quant.equalize.RELU6_MODES
 EQUALIZE_RELU6 = ("skip", "relu")
+# softmax outputs (the attention probabilities): uniform codes at scale 2^-b, or log2 codes
+# (code k means 2^-k; attention·V then shifts and adds V's integers: integer_ref.kernels_vit)
+SOFTMAX_QUANT = ("uniform", "log2")
 
 
 @dataclass
@@ -70,6 +73,10 @@ class QuantConfig:
     # the statistics); equalize_relu6: skip pairs with a ReLU6 between them (exact) or make it a ReLU (DFQ)
     equalize: bool = False
     equalize_relu6: str = "skip"
+    # RepQ-ViT post-LayerNorm reparameterization (quantsim.quant.reparam_ln, applied when the model
+    # is prepared, before the statistics) and the softmax output quantizer
+    reparam_ln: bool = False
+    softmax_quant: str = "uniform"
 
     def __post_init__(self):
         for b in (self.w_bits, self.a_bits, self.out_bits, *[x for wa in self.layer_bits.values() for x in wa]):
@@ -97,6 +104,10 @@ class QuantConfig:
             raise QuantsimError(f"GPTQ inputs {self.gptq_inputs!r}: choose one of {', '.join(GPTQ_INPUTS)}")
         if self.equalize_relu6 not in EQUALIZE_RELU6:
             raise QuantsimError(f"equalize relu6 mode {self.equalize_relu6!r}: choose one of {', '.join(EQUALIZE_RELU6)}")
+        if self.softmax_quant not in SOFTMAX_QUANT:
+            raise QuantsimError(f"softmax quantizer {self.softmax_quant!r}: choose one of {', '.join(SOFTMAX_QUANT)}")
+        if self.softmax_quant == "log2" and self.nonlinear == "float":
+            raise QuantsimError("--softmax-quant log2 needs the integer softmax (--nonlinear integer)")
         if self.rounding in ("gptq", "adaround") and self.bias_correction:
             raise QuantsimError("bias correction measures the error of round-to-nearest weights: it does not "
                                 f"combine with --rounding {self.rounding} (use one or the other)")

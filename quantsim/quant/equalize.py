@@ -52,7 +52,8 @@ class Equalized:
     sweeps: int = 0
 
 
-def _copy(g: FloatGraph) -> FloatGraph:
+def copy_graph(g: FloatGraph) -> FloatGraph:
+    """A copy of g whose weights and biases can be edited in place (the original untouched)."""
     return FloatGraph([replace(n, inputs=list(n.inputs), attrs=dict(n.attrs),
                                weight=None if n.weight is None else n.weight.clone(),
                                bias=None if n.bias is None else n.bias.clone()) for n in g.nodes],
@@ -110,7 +111,7 @@ def in_ranges(n: FNode) -> torch.Tensor:
     return per_col.reshape(groups * ig)
 
 
-def _scale_inputs(n: FNode, s: torch.Tensor) -> None:
+def scale_inputs(n: FNode, s: torch.Tensor) -> None:
     """W[:, i] *= s_i (input channel i; grouped convs through their group)."""
     w = n.weight.double()
     if n.op == "linear":
@@ -133,7 +134,7 @@ def _scale_outputs(n: FNode, s: torch.Tensor) -> None:
 def equalize(g: FloatGraph, relu6: str = "skip", iterations: int = ITERATIONS, tol: float = TOL) -> Equalized:
     """A copy of g with every equalizable pair equalized (see the module docstring)."""
     pairs, skipped = pairs_of(g, relu6)
-    g = _copy(g)
+    g = copy_graph(g)
     replaced = []
     for a, _ in pairs:
         if g[a].act == "relu6":
@@ -149,7 +150,7 @@ def equalize(g: FloatGraph, relu6: str = "skip", iterations: int = ITERATIONS, t
             s = torch.ones_like(r1)
             s[ok] = torch.sqrt(r1[ok] * r2[ok]) / r2[ok]
             _scale_outputs(c1, s)
-            _scale_inputs(c2, s)
+            scale_inputs(c2, s)
             moved = max(moved, float(s.log().abs().max()) if len(s) else 0.0)
         if moved < tol:
             break

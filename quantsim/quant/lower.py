@@ -15,7 +15,10 @@ Vision Transformers (config fields resid_bits, nonlinear_in_bits, nonlinear):
 - softmax and GELU ask for ``nonlinear_in_bits`` (default 16): the q·kᵀ scores and the fc1
   outputs; the matmuls, like linear layers, ask for a_bits on both operands;
 - softmax output: unsigned, bits = what its consumer (attn·v) asks for, scale 2^-bits
-  (not calibrated); GELU and LayerNorm outputs: signed, scale from calibration;
+  (not calibrated); with ``softmax_quant='log2'`` log2 codes instead (code k: 2^-k for
+  k <= K = log2_depth, zero code 2^bits - 1; scale 2^-K, the unit of attention·V's shift-and-add
+  sum, which the matmul requantizes like any product); GELU and LayerNorm outputs: signed,
+  scale from calibration;
 - the class token is quantized with the patch tokens' own quantization (concat_token is a
   pass-through op), whose scale is calibrated on the concatenated tensor so the token fits;
 - the position embedding is a constant operand quantized per tensor to CONST_BITS (16) bits
@@ -47,6 +50,7 @@ import torch
 from integer_ref.arith import add_float32_constant, qrange, quantize_multiplier, quantize_multipliers
 from integer_ref.ir import Graph, Node, QParams
 
+from integer_ref import kernels_vit as KV
 from integer_ref import lut as LUT
 from integer_ref import nonlinear as NL
 
@@ -300,30 +304,58 @@ def _mag(q: QParams) -> int:
     return max(abs(q.qmin - q.zero_point), abs(q.qmax - q.zero_point))
 
 
-def _matmul_node(n: FNode, qa: QParams, qb: QParams, out_q: QParams, k: int, cfg: QuantConfig) -> Node:
+def log2_depth(g: FloatGraph, softmax: str, q: dict[str, QParams], cfg: QuantConfig) -> int:
+    """K, the deepest exponent of a log2 softmax's codes (code k: 2^-k for k <= K; zero code
+    2^b - 1): at most 2^b - 2, and small enough that attention·V, Σ_j v_j << (K - k_j) with
+    Σ 2^-k_j < 2, stays inside the accumulator for every reader's V (|acc| < 2^(acc_bits-1))."""
+    readers = g.consumers(softmax)
+    if not readers or any(r.op != "matmul" or r.inputs[0] != softmax or softmax in r.inputs[1:] for r in readers):
+        raise QuantsimError(f"cannot lower {g[softmax].source}: a log2 softmax must be read only as the first "
+                            "operand of attention·V matmuls")
+    bits = q[softmax].bits
+    k = min(min(2**bits - 2, cfg.acc_bits - 2 - _mag(q[r.inputs[1]]).bit_length()) for r in readers)
+    if k < 1:
+        raise QuantsimError(f"cannot lower {g[softmax].source} with a log2 softmax: a {cfg.acc_bits}-bit accumulator "
+                            "leaves no room for the shifted attention·V terms (widen --acc-bits or narrow V)")
+    return k
+
+
+def _is_log2_softmax(g: FloatGraph, name: str, cfg: QuantConfig) -> bool:
+    return cfg.softmax_quant == "log2" and g[name].op == "softmax"
+
+
+def _matmul_node(n: FNode, qa: QParams, qb: QParams, out_q: QParams, k: int, cfg: QuantConfig,
+                 log2_exp: int | None = None) -> Node:
     """alpha a scalar (q·kᵀ·D^-0.5), or one per index of attrs alpha_axis (Swin v2's per-head logit
-    scale): then one multiplier per index, the node's channel_axis."""
+    scale): then one multiplier per index, the node's channel_axis. log2_exp: the first operand is a
+    log2 softmax's codes of that depth K (qa.scale = 2^-K, the unit of the shift-and-add accumulator)."""
     alpha = n.attrs["alpha"]
     m = np.asarray(alpha, np.float64) * float(qa.scale) * float(qb.scale) / float(out_q.scale)
-    mult_bits = _mult_bits_for(float(k * _mag(qa) * _mag(qb)), cfg)
+    bound = (KV.log2_bound((qb.qmin, qb.qmax), qb.zero_point, log2_exp) if log2_exp is not None
+             else k * _mag(qa) * _mag(qb))
+    mult_bits = _mult_bits_for(float(bound), cfg)
     attrs = {"transpose_b": bool(n.attrs["transpose_b"]), "clamp": _clamp(out_q, None)}
     if isinstance(alpha, list):
         mult, shift = quantize_multipliers(m, mult_bits)
         attrs["channel_axis"] = int(n.attrs["alpha_axis"])
     else:
         mult, shift = (np.int64(v) for v in quantize_multiplier(float(m), mult_bits))
+    if log2_exp is not None:
+        attrs.update(a_log2=True, log2_max_exp=int(log2_exp))
     return Node(n.name, "matmul", list(n.inputs), out_q, attrs, {"multiplier": mult, "shift": shift},
                 n.source, in_q=qa)
 
 
-def _nonlinear_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig, channels: int) -> Node:
+def _nonlinear_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig, channels: int,
+                    log2_exp: int | None = None) -> Node:
     s_in, s_out = float(in_q.scale), float(out_q.scale)
     if in_q.zero_point or in_q.per_channel:
         raise QuantsimError(f"cannot lower {n.source}: {n.op} of a tensor with a zero point or per-channel scale")
     params: dict[str, np.ndarray] = {}
     mode = cfg.nonlinear
     if n.op == "softmax":
-        attrs = NL.softmax_params(s_in, out_q.bits).to_attrs()
+        log2 = log2_exp is not None
+        attrs = NL.softmax_params(s_in, out_q.bits, "log2" if log2 else "uniform", log2_exp or 0).to_attrs()
         if n.weight is not None:  # a masked softmax (quantsim.graph.swin): 1 = left out
             if mode == "float":
                 raise QuantsimError(f"cannot lower {n.source}: a masked softmax with nonlinear='float' (integer only)")
@@ -436,6 +468,9 @@ def activation_qparams(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantC
             q[n.name] = QParams(b, False, np.float64(2.0**-b))
         else:
             q[n.name] = _act_qparams(g, n.name, bits.get(n.name, cfg.a_bits), stats[n.name], cfg)
+    for n in g.nodes:  # a log2 softmax: its scale is the unit 2^-K of attention·V's shift-and-add sum
+        if _is_log2_softmax(g, n.name, cfg):
+            q[n.name] = QParams(q[n.name].bits, False, np.float64(2.0 ** -log2_depth(g, n.name, q, cfg)))
     return q
 
 
@@ -502,9 +537,12 @@ def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Gra
             nodes.append(Node(n.name, "clamp", list(n.inputs), out_q, {"clamp": _clamp(out_q, n.op)}, {},
                               n.source, in_q=out_q))
         elif n.op == "matmul":
-            nodes.append(_matmul_node(n, q[n.inputs[0]], q[n.inputs[1]], out_q, shapes[n.inputs[0]][-1], cfg))
+            a = n.inputs[0]
+            log2_exp = log2_depth(g, a, q, cfg) if _is_log2_softmax(g, a, cfg) else None
+            nodes.append(_matmul_node(n, q[a], q[n.inputs[1]], out_q, shapes[a][-1], cfg, log2_exp))
         elif n.op in NONLINEAR_OPS:
-            nodes.append(_nonlinear_node(n, q[n.inputs[0]], out_q, cfg, shapes[n.inputs[0]][-1]))
+            log2_exp = log2_depth(g, n.name, q, cfg) if _is_log2_softmax(g, n.name, cfg) else None
+            nodes.append(_nonlinear_node(n, q[n.inputs[0]], out_q, cfg, shapes[n.inputs[0]][-1], log2_exp))
         elif n.op == "add_const":
             nodes.append(_add_const_node(n, q[n.inputs[0]], out_q, cfg))
         elif n.op == "concat_token":

@@ -42,6 +42,8 @@ class RunOptions:
     qdrop: float = 0.5
     equalize: bool = False
     equalize_relu6: str = "skip"
+    reparam_ln: bool = False
+    softmax_quant: str = "uniform"
     requant: str = "dyadic"
     acc_overflow: str = "count"
     bitexact_images: int = 8

@@ -75,7 +75,8 @@ def base_config(opts: RunOptions, w_bits: int = 8, a_bits: int = 8, **over) -> Q
                        search_steps=opts.search_steps, bias_correction=opts.bias_correction,
                        rounding=opts.rounding, gptq_inputs=opts.gptq_inputs, recon_iters=opts.recon_iters,
                        recon_seed=opts.seed, reconstruct=opts.reconstruct, qdrop=opts.qdrop, equalize=opts.equalize,
-                       equalize_relu6=opts.equalize_relu6, acc_overflow=opts.acc_overflow, **over)
+                       equalize_relu6=opts.equalize_relu6, reparam_ln=opts.reparam_ln,
+                       softmax_quant=opts.softmax_quant, acc_overflow=opts.acc_overflow, **over)
 
 
 def check_options(opts: RunOptions) -> Checked:
@@ -119,7 +120,8 @@ def w8a8_reference(prep, cfg: QuantConfig, hw, accel, images: torch.Tensor, togg
     if cfg.label == "W8A8":
         return hw
     w8_graph = stages.quantize(prep, QuantConfig(granularity=cfg.granularity, equalize=cfg.equalize,
-                                                 equalize_relu6=cfg.equalize_relu6))
+                                                 equalize_relu6=cfg.equalize_relu6, reparam_ln=cfg.reparam_ln,
+                                                 softmax_quant=cfg.softmax_quant))
     return hardware.simulate(w8_graph, None, accel, toggle_images, mac_form, images=images)
 
 
@@ -138,7 +140,8 @@ def run(opts: RunOptions) -> dict:
     loaded, calib_ds, eval_ds = inp.loaded, inp.calib_ds, inp.eval_ds
     calib = batches(calib_ds, opts.batch_size)
     prep = stages.prepare(loaded.model, loaded.preprocess.input_size, calib, opts.seed, opts.progress,
-                          equalize=opts.equalize, equalize_relu6=opts.equalize_relu6)
+                          equalize=opts.equalize, equalize_relu6=opts.equalize_relu6,
+                          reparam_ln=opts.reparam_ln, softmax_quant=opts.softmax_quant)
     x = check_images(eval_ds, opts)
     cfg, plan = chk.cfg, None
     if chk.mixed:
@@ -151,7 +154,8 @@ def run(opts: RunOptions) -> dict:
         cfg = plan.cfg
     # FP32 runs still lower a W8A8 program: its shapes give the FP32 energy on the same array
     structure_cfg = cfg or QuantConfig(granularity=opts.granularity, equalize=opts.equalize,
-                                       equalize_relu6=opts.equalize_relu6)
+                                       equalize_relu6=opts.equalize_relu6, reparam_ln=opts.reparam_ln,
+                                       softmax_quant=opts.softmax_quant)
     graph = plan.graph if plan else stages.quantize(prep, structure_cfg, opts.progress)
     eval_loader = datasets.make_loader(eval_ds, batch_size=opts.batch_size)
     acc = stages.evaluate(loaded.model, graph if cfg else None, eval_loader, opts.progress)
@@ -171,6 +175,7 @@ def run(opts: RunOptions) -> dict:
         "calib_method": cfg.calib_method if cfg else None,
         "rounding": cfg.rounding if cfg else None,
         "equalized_pairs": len(prep.equalized.pairs) if prep.equalized else 0,
+        "reparam_layernorms": len(prep.reparam.norms) if prep.reparam else 0,
         "requant": cfg.requant if cfg else None,
         "n_calib": len(calib_ds) if cfg else 0,
         **acc.as_dict(),

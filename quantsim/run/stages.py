@@ -19,7 +19,7 @@ from quantsim.emulate import executor as emulate
 from quantsim.quant.calibrate import TensorStats, collect_stats
 from quantsim.graph.capture import FloatGraph, capture, run_float
 from quantsim.quant.config import QuantConfig
-from quantsim.quant import adaround, equalize as cle, gptq, reconstruct, scale_search
+from quantsim.quant import adaround, equalize as cle, gptq, reconstruct, reparam_ln as repq, scale_search
 from quantsim.errors import QuantsimError
 from quantsim.quant.lower import lower
 from quantsim.zoo.metrics import hits, top_indices
@@ -41,6 +41,8 @@ class Prepared:
     # cross-layer equalization applied to fgraph before the statistics were taken (None: none);
     # quantize refuses a config whose equalize setting differs
     equalized: cle.Equalized | None = field(default=None, repr=False)
+    # RepQ-ViT post-LayerNorm reparameterization applied before the statistics (None: none)
+    reparam: repq.Reparameterized | None = field(default=None, repr=False)
 
     @property
     def equalize_key(self) -> tuple:
@@ -52,20 +54,34 @@ def equalize_key(equalize: bool, relu6: str) -> tuple:
 
 
 def prepare(model: torch.nn.Module, input_shape, calib_batches: list[torch.Tensor], seed: int = 0,
-            progress: bool = True, equalize: bool = False, equalize_relu6: str = "skip") -> Prepared:
-    """Capture, check, [equalize (quant/equalize.py)], then calibration statistics: equalization
-    changes the activation ranges, so the statistics are taken on the equalized graph."""
+            progress: bool = True, equalize: bool = False, equalize_relu6: str = "skip",
+            reparam_ln: bool = False, softmax_quant: str = "uniform") -> Prepared:
+    """Capture, check, [equalize (quant/equalize.py)], [reparameterize the LayerNorms
+    (quant/reparam_ln.py)], then calibration statistics: both change the activation ranges, so
+    the statistics are taken on the rewritten graph. softmax_quant is only checked here (a log2
+    softmax needs a softmax), before the statistics cost anything."""
     t0 = time.perf_counter()
     g = capture(model, tuple(input_shape))
     check_capture(model, g, calib_batches[0][:4])
+    check_softmax_quant(g, softmax_quant)
     eq = None
     if equalize:
         eq = cle.equalize(g, equalize_relu6)
         g = eq.graph
         if not eq.relu6_replaced:  # exact equalization: still the model's function
             check_capture(model, g, calib_batches[0][:4])
+    rp = None
+    if reparam_ln:
+        rp = repq.reparameterize(g, calib_batches)
+        g = rp.graph
+        check_capture(model, g, calib_batches[0][:4])  # exact: still the model's function
     stats = collect_stats(g, calib_batches, seed=seed, progress=progress)
-    return Prepared(g, stats, time.perf_counter() - t0, list(calib_batches), equalized=eq)
+    return Prepared(g, stats, time.perf_counter() - t0, list(calib_batches), equalized=eq, reparam=rp)
+
+
+def check_softmax_quant(g: FloatGraph, softmax_quant: str) -> None:
+    if softmax_quant == "log2" and not any(n.op == "softmax" for n in g.nodes):
+        raise QuantsimError("--softmax-quant log2 quantizes attention probabilities: the model has no softmax")
 
 
 @torch.no_grad()
@@ -84,6 +100,10 @@ def quantize(prep: Prepared, cfg: QuantConfig, progress: bool = False) -> Graph:
     if want != prep.equalize_key:
         raise QuantsimError(f"the config asks for equalize {want} but the model was prepared with {prep.equalize_key}: "
                             "prepare it again with the config's equalize setting")
+    if cfg.reparam_ln != (prep.reparam is not None):
+        raise QuantsimError(f"the config asks for reparam_ln={cfg.reparam_ln} but the model was prepared "
+                            f"{'with' if prep.reparam is not None else 'without'} it: prepare it again")
+    check_softmax_quant(g, cfg.softmax_quant)
     if scale_search.needs_search(cfg):  # similarity / ranking search, bias correction
         g, stats, cfg = scale_search.searched(g, stats, prep.calib, cfg, prep.searched)
     if cfg.rounding == "gptq":  # GPTQ codes at the scales lowering gives (cached per config)
@@ -190,6 +210,8 @@ def layer_sqnr(prep: Prepared, graph: Graph, x: torch.Tensor, ref_tensors: dict[
     out = {}
     for node in graph.nodes:
         if node.name not in floats or node.name not in ref_tensors:
+            continue
+        if node.op == "softmax" and node.attrs["quant"] == "log2":  # codes are exponents, not values
             continue
         f = floats[node.name].double().numpy()
         q = int_exec.dequantize(ref_tensors[node.name], node.out)

@@ -344,7 +344,8 @@ def run(args: SweepOptions) -> pd.DataFrame:
     out.mkdir(parents=True, exist_ok=True)
     calib = batches(calib_ds, args.batch_size)
     prep = stages.prepare(loaded.model, loaded.preprocess.input_size, calib, args.seed, progress,
-                          equalize=args.equalize, equalize_relu6=args.equalize_relu6)
+                          equalize=args.equalize, equalize_relu6=args.equalize_relu6,
+                          reparam_ln=args.reparam_ln, softmax_quant=args.softmax_quant)
     ev = EvalSet(eval_ds, args.batch_size)
     rerank_data = heldout_labelled(args, loaded.preprocess, calib_ds)
     x = check_images(eval_ds, args)
