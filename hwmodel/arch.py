@@ -65,6 +65,16 @@ every step of the array's schedule (fill, stream, drain) takes ceil(b_a / serial
 and a layer's cycles scale with its activation width: W4A4 takes half the cycles of W8A8 on
 the same array. Traffic and the energy terms are those of the bit-parallel array.
 
+array.precision = "bit-fusion" is a fusible array in the manner of Bit Fusion (Sharma et al.,
+ISCA 2018): each PE is a fusion unit of (fusion_bits / brick_bits)^2 BitBricks (2-bit x 2-bit
+multipliers by default) that fuse into one fusion_bits x fusion_bits multiplier, or into
+(fusion_bits / b_w') * (fusion_bits / b_a') narrower ones, b' the operand width rounded up to a
+power of two of at least brick_bits: those products are terms of the same dot product, so a
+PE consumes that many elements of the reduction dimension K per cycle (cycles and folds of the
+GEMM with K / lanes; W4A4 on an 8-bit fusion array: 4 lanes). Wider operands than fusion_bits
+take (b' / fusion_bits) steps each (temporal fusion). Traffic and energy terms are those of the
+bit-parallel array (a simplification, as for bit-serial).
+
 dram.transfer_mts is the DRAM data rate: the interface moves bus_bits/8 bytes per transfer, so
 bus_bits/8 * transfer_mts / clock_mhz bytes per array cycle (DDR4-3200 on a 64-bit bus at 1 GHz:
 25.6). With dram.stalls on (hwmodel.bandwidth) a layer takes max(its compute cycles, the cycles
@@ -92,7 +102,7 @@ from .hierarchy import levels_to_flat
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DRAM_MODELS = ("reuse", "scalesim")
 DEFAULT_DRAM_MODEL = "reuse"
-PRECISIONS = ("bit-parallel", "bit-serial")
+PRECISIONS = ("bit-parallel", "bit-serial", "bit-fusion")
 ENERGY_KEYS = ("e_mac8_pj", "e_add32_pj", "e_fp32_mult_pj", "e_fp32_add_pj",
                "e_sram_bit_pj", "e_dram_bit_pj")
 
@@ -131,6 +141,8 @@ class Accelerator:
         return cycles / self.clock_mhz if self.clock_mhz else None
     precision: str = "bit-parallel"
     serial_bits: int = 1
+    fusion_bits: int = 8   # bit-fusion: the width one fused PE multiplies
+    brick_bits: int = 2    # bit-fusion: the width of one BitBrick
     sram_global_bytes: int = 0
     residency: bool = False
     e_gb_bit_pj: float = 0.0
@@ -159,9 +171,25 @@ class Accelerator:
             raise ValueError(f"accelerator {self.name} names no DRAM data rate (dram.transfer_mts): stalls need one")
         return replace(self, dram_stalls=bool(on))
 
-    def cycle_steps(self, x_bits: int) -> int:
-        """Array cycles per step of the schedule for activations of x_bits (1 when bit-parallel)."""
-        return -(-int(x_bits) // self.serial_bits) if self.precision == "bit-serial" else 1
+    def cycle_steps(self, x_bits: int, w_bits: int = 8) -> int:
+        """Array cycles per step of the schedule (1 when bit-parallel): bit-serial ceil(b_a / serial_bits),
+        bit-fusion the temporal steps of operands wider than fusion_bits."""
+        if self.precision == "bit-serial":
+            return -(-int(x_bits) // self.serial_bits)
+        if self.precision == "bit-fusion":
+            return math.prod(max(1, self._fused_width(b) // self.fusion_bits) for b in (x_bits, w_bits))
+        return 1
+
+    def fusion_lanes(self, x_bits: int, w_bits: int) -> int:
+        """Products per PE per cycle along the reduction dimension: (fusion_bits / b_w')(fusion_bits /
+        b_a') on a bit-fusion array (operands at most fusion_bits wide count), 1 otherwise."""
+        if self.precision != "bit-fusion":
+            return 1
+        return math.prod(max(1, self.fusion_bits // self._fused_width(b)) for b in (x_bits, w_bits))
+
+    def _fused_width(self, bits: int) -> int:
+        """An operand's width on the BitBricks: the next power of two, at least brick_bits."""
+        return max(self.brick_bits, 1 << max(int(bits) - 1, 0).bit_length())
 
     def with_residency(self, on: bool) -> "Accelerator":
         """The same accelerator with activation residency in its global buffer on or off."""
@@ -238,6 +266,16 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
         serial_bits = _get(doc, "array", "serial_bits", int, where)
         if precision != "bit-serial":
             raise ValueError(f"accelerator file {where}: key array.serial_bits needs array.precision = \"bit-serial\"")
+    fusion = {"fusion_bits": 8, "brick_bits": 2}
+    for key in fusion:
+        if _has(doc, "array", key):
+            if precision != "bit-fusion":
+                raise ValueError(f"accelerator file {where}: key array.{key} needs array.precision = \"bit-fusion\"")
+            fusion[key] = _get(doc, "array", key, int, where)
+    fb, bb = fusion["fusion_bits"], fusion["brick_bits"]
+    if precision == "bit-fusion" and not (bb >= 1 and fb >= bb and fb & (fb - 1) == 0 and bb & (bb - 1) == 0):
+        raise ValueError(f"accelerator file {where}: keys array.fusion_bits and array.brick_bits must be powers "
+                         f"of two with brick_bits <= fusion_bits, got {fb} and {bb}")
     gb, residency, e_gb, e_gb_src = 0, False, 0.0, ""
     if _has(doc, "sram", "global_bytes"):
         gb = _get(doc, "sram", "global_bytes", int, where)
@@ -283,6 +321,8 @@ def parse_accelerator(doc: dict, where: str = "<toml>") -> Accelerator:
         clock_mhz=clock,
         precision=precision,
         serial_bits=serial_bits,
+        fusion_bits=fb,
+        brick_bits=bb,
         sram_global_bytes=gb,
         residency=residency,
         e_gb_bit_pj=e_gb,

@@ -427,8 +427,11 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
     M = geo["N"] * geo["OH"] * geo["OW"]
     K = geo["Cg"] * geo["kh"] * geo["kw"]
     N = geo["O"] // g
-    ext = {"M": M, "K": K, "N": N}
-    rf, cf, per_fold = df.fold_counts(M, K, N, R, C)
+    # bit-fusion: a PE takes `lanes` terms of K per cycle, so the schedule is that of K / lanes
+    lanes = accel.fusion_lanes(x_bits, w_bits)
+    Ks = -(-K // lanes)
+    ext = {"M": M, "K": Ks, "N": N}
+    rf, cf, per_fold = df.fold_counts(M, Ks, N, R, C)
     folds = rf * cf
     n_mac = g * M * K * N
     # SRAM reads of ifmap and filter in SCALE-Sim's fold order (padded taps are not read)
@@ -439,7 +442,7 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
     sram_x = g * inb * df.sram_reads("ifmap", M, K, N, R, C)
     sram_w = g * K * N * df.sram_reads("filter", M, K, N, R, C)
     # Partial sums accumulate over the folds of K in the ofmap SRAM (ws, is; os: K streams).
-    k_folds = df.folds_of("K", M, K, N, R, C)
+    k_folds = df.folds_of("K", M, Ks, N, R, C)
     outs = g * M * N
     psum_writes = (k_folds - 1) * outs  # partial writes before the final one
     # one column fold's live partial sums: the streamed extent x the fold's columns
@@ -477,10 +480,11 @@ def map_gemm_layer(geo: dict, accel: Accelerator, x_bits: int = 8, w_bits: int =
                 sram_w *= blocks
             else:
                 sram_x *= blocks
-    cycles = g * folds * per_fold * accel.cycle_steps(x_bits)  # bit-serial: every step b_a/serial cycles
+    # bit-serial: every step b_a/serial cycles; bit-fusion: temporal steps of operands wider than a PE
+    cycles = g * folds * per_fold * accel.cycle_steps(x_bits, w_bits)
     row = dict(
         gemm_m=M, gemm_k=K, gemm_n=N, groups=g, row_folds=rf, col_folds=cf, folds=g * folds,
-        cycles=cycles, utilization=n_mac / (cycles * R * C), n_mac=n_mac, n_add=0,
+        cycles=cycles, utilization=n_mac / (cycles * R * C * lanes), n_mac=n_mac, n_add=0,
         sram_rd_ifmap=sram_x, sram_rd_filter=sram_w, sram_rd_ofmap=psum_writes,
         sram_wr_ofmap=k_folds * outs,
         sram_rd_ifmap_bytes=packed_bytes(sram_x, x_bits),
