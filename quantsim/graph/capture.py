@@ -85,9 +85,14 @@ except ImportError:  # pragma: no cover
     StochasticDepth = ()
 
 try:  # torchvision ConvNeXt's LayerNorm over the channels of NCHW (a subclass of nn.LayerNorm)
-    from torchvision.models.convnext import LayerNorm2d
+    from torchvision.models.convnext import LayerNorm2d as _TvLayerNorm2d
 except ImportError:  # pragma: no cover
-    LayerNorm2d = ()
+    _TvLayerNorm2d = ()
+try:  # timm's (ConvNeXt, and others): the same permute / layer_norm / permute, also a subclass of nn.LayerNorm
+    from timm.layers import LayerNorm2d as _TimmLayerNorm2d  # deferred: a heavy import that only timm-model paths need
+except ImportError:  # pragma: no cover
+    _TimmLayerNorm2d = ()
+LayerNorm2d = tuple(t for t in (_TvLayerNorm2d, _TimmLayerNorm2d) if isinstance(t, type))
 
 try:  # timm's layers are leaves we understand whole
     from timm.layers.conv2d_same import Conv2dSame  # deferred: a heavy import that only timm-model paths need
@@ -369,7 +374,7 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
         if m.start_dim != 1 or m.end_dim != -1:
             raise QuantsimError(f"cannot lower {source}: flatten from dim {m.start_dim}")
         return [FNode(name, "flatten", [inp], source=source)]
-    if isinstance(LayerNorm2d, type) and isinstance(m, LayerNorm2d):
+    if LayerNorm2d and isinstance(m, LayerNorm2d):
         c = m.normalized_shape[0]
         gamma = m.weight.detach().clone() if m.weight is not None else torch.ones(c)
         beta = m.bias.detach().clone() if m.bias is not None else torch.zeros(c)
@@ -384,15 +389,20 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
         beta = m.bias.detach().clone() if m.bias is not None else torch.zeros(c)
         return [FNode(name, "layernorm", [inp], {"eps": float(m.eps)}, gamma, beta, source=source)]
     if isinstance(m, nn.GELU):
-        if m.approximate != "none":
-            raise QuantsimError(f"cannot lower {source}: GELU approximate={m.approximate!r} (only the exact erf form)")
-        return [FNode(name, "gelu", [inp], source=source)]
+        return [_gelu_node(name, inp, m.approximate, source)]
     if isinstance(LayerScale, type) and isinstance(m, LayerScale):
         return [FNode(name, "layerscale", [inp], {}, m.gamma.detach().clone(), source=source)]
     if isinstance(m, OptionAShortcut):
         return [FNode(name, "shortcut_a", [inp], {"stride": m.stride, "pad_before": m.pad_before,
                                                   "pad_after": m.pad_after}, source=source)]
     raise QuantsimError(f"cannot lower module {source} ({type(m).__name__}): unsupported layer type")
+
+
+def _gelu_node(name: str, inp: str, approximate: str, source: str) -> FNode:
+    """nn.GELU and F.gelu (timm's GELU class calls it): the one integer GELU, exact erf form only."""
+    if approximate != "none":
+        raise QuantsimError(f"cannot lower {source}: GELU approximate={approximate!r} (only the exact erf form)")
+    return FNode(name, "gelu", [inp], source=source)
 
 
 _LUT_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.Sigmoid: "sigmoid", nn.SiLU: "silu",
@@ -433,6 +443,8 @@ def _function_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, 
         return [FNode(name, "relu6", args[:1], source=node.name)]
     if t in _PASS_FUNCS:
         return [FNode(name, "identity", args[:1], source=node.name)]
+    if t is F.gelu:
+        return [_gelu_node(name, args[0], _normalized_kwargs(node).get("approximate", "none"), where)]
     if t is torch.flatten:
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         if start != 1:
@@ -542,7 +554,8 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
         perm = list(range(nd))
         perm[a], perm[b] = perm[b], perm[a]
         return [FNode(name, "permute", args[:1], {"perm": perm}, source=src)]
-    if kind == "call_function" and t in _MUL_TARGETS and len(args) == 1:
+    if ((kind == "call_function" and t in _MUL_TARGETS) or (kind == "call_method" and t in ("mul", "mul_"))) \
+            and len(args) == 1:  # x * c, x.mul(c) (timm ConvNeXt's layer scale)
         other = [a for a in node.args if not isinstance(a, fx.Node)]
         if len(other) == 1 and isinstance(other[0], (int, float)) and other[0] > 0:
             return [FNode(name, "scale", args, {"value": float(other[0])}, source=src)]
