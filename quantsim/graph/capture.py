@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch.fx.operator_schemas import normalize_function
 
 from integer_ref.arith import tf_same_padding
-from quantsim.graph.swin import is_swin_function, swin_nodes
+from quantsim.graph.swin import TimmSwinBlock, is_swin_function, swin_nodes, timm_block_nodes
 from quantsim.zoo import cifar_resnet
 from quantsim.zoo.cifar_resnet import OptionAShortcut
 from quantsim.errors import QuantsimError
@@ -169,7 +169,7 @@ def _leaf_types() -> tuple[type, ...]:
                          nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
                          nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut,
                          nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.Tanh, *_TIMM_LUT]
-    for t in (SelectAdaptivePool2d, DropPath, LayerScale, StochasticDepth):
+    for t in (SelectAdaptivePool2d, DropPath, LayerScale, StochasticDepth, TimmSwinBlock):
         if isinstance(t, type):
             types.append(t)
     return tuple(types)
@@ -366,10 +366,16 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
     if isinstance(SelectAdaptivePool2d, type) and isinstance(m, SelectAdaptivePool2d):
         if m.pool_type != "avg":
             raise QuantsimError(f"cannot lower {source}: global pool type {m.pool_type!r} (only avg)")
-        nodes = [FNode(name, "gap", [inp], source=source)]
-        if m.is_identity() or not isinstance(m.flatten, nn.Identity):
+        nhwc = tuple(getattr(m.pool, "dim", (2, 3))) == (1, 2)  # timm's fast pool of NHWC (Swin's head)
+        nodes = [FNode(name + ".to_nchw", "permute", [inp], {"perm": [0, 3, 1, 2]}, source=source)] if nhwc else []
+        nodes.append(FNode(name, "gap", [nodes[-1].name if nodes else inp], source=source))
+        if m.is_identity() or not isinstance(m.flatten, nn.Identity) or getattr(m.pool, "flatten", False) is True:
             nodes.append(FNode(name + ".flatten", "flatten", [name], source=source))
+        elif nhwc:
+            nodes.append(FNode(name + ".to_nhwc", "permute", [name], {"perm": [0, 2, 3, 1]}, source=source))
         return nodes
+    if isinstance(TimmSwinBlock, type) and isinstance(m, TimmSwinBlock):
+        return [FNode(*spec, source=source) for spec in timm_block_nodes(name, m, inp, tuple(in_shape))]
     if isinstance(m, nn.Flatten):
         if m.start_dim != 1 or m.end_dim != -1:
             raise QuantsimError(f"cannot lower {source}: flatten from dim {m.start_dim}")
@@ -443,6 +449,8 @@ def _function_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, 
         return [FNode(name, "relu6", args[:1], source=node.name)]
     if t in _PASS_FUNCS:
         return [FNode(name, "identity", args[:1], source=node.name)]
+    if t is F.pad:
+        return _pad_nodes(name, node, args, shapes, where)
     if t is F.gelu:
         return [_gelu_node(name, args[0], _normalized_kwargs(node).get("approximate", "none"), where)]
     if t is torch.flatten:
@@ -464,6 +472,37 @@ def _function_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, 
     if t is F.adaptive_avg_pool2d:
         return _adaptive_avg_nodes(name, args[0], _normalized_kwargs(node)["output_size"], in_shape, node.name)
     raise QuantsimError(f"cannot lower function {where}: unsupported operation")
+
+
+def _static(v, shapes: dict[str, Any], where: str):
+    """A Python value with every fx node in it replaced by what the shape run computed for it: the
+    shape arithmetic torch.fx traced (x.shape -> getitem -> mod ...) is constant at capture's shapes."""
+    if isinstance(v, fx.Node):
+        value = shapes.get(v.name)
+        if not isinstance(value, (int, float, bool)):
+            raise QuantsimError(f"cannot lower {where}: its argument {v.name} is a tensor, not a size")
+        return value
+    if isinstance(v, (tuple, list)):
+        return type(v)(_static(u, shapes, where) for u in v)
+    return v
+
+
+def _pad_nodes(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any], where: str) -> list[FNode]:
+    """F.pad with zeros, amounts static at the traced shapes (timm Swin's patch merging: H % 2, W % 2)."""
+    kw = _normalized_kwargs(node)
+    pad = [int(v) for v in _static(kw["pad"], shapes, where)]
+    value = _static(kw.get("value"), shapes, where)
+    if kw.get("mode", "constant") != "constant" or value not in (None, 0, 0.0) or len(pad) % 2 or min(pad, default=0) < 0:
+        raise QuantsimError(f"cannot lower {where}: padding other than with zeros, by non-negative amounts")
+    nd = len(shapes[node.args[0].name])
+    pads = [[0, 0] for _ in range(nd)]
+    for i in range(len(pad) // 2):  # F.pad's pairs run from the last axis backwards
+        pads[nd - 1 - i] = [pad[2 * i], pad[2 * i + 1]]
+    if pads[0] != [0, 0]:
+        raise QuantsimError(f"cannot lower {where}: padding along the batch axis")
+    if not any(b or a for b, a in pads):
+        return [FNode(name, "identity", args[:1], source=node.name)]
+    return [FNode(name, "pad", args[:1], {"pads": pads}, source=node.name)]
 
 
 def _method_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, torch.Size]) -> list[FNode]:
