@@ -22,9 +22,10 @@ same ops: the in-projection linear, reshape (N, L, 3, H, D), take + permute per 
 alpha 1/sqrt(D), softmax, attn·v, permute, reshape, the out-projection linear; ``out[0]`` is its output.
 
 ConvNeXt (torchvision): ``LayerNorm2d`` is permute(0, 2, 3, 1) -> layernorm over the last axis ->
-permute(0, 3, 1, 2); the block's per-channel layer scale (``self.layer_scale * x``, a constant of
-shape (C, 1, 1)) is folded into the linear (or conv) before it, through the permute between
-them; nn.GELU is the ViT path's integer GELU.
+permute(0, 3, 1, 2) (timm's LayerNorm2d the same); the block's per-channel layer scale
+(``self.layer_scale * x``, timm's ``x.mul(gamma.reshape(1, -1, 1, 1))``: a constant of shape (C, 1, 1))
+is folded into the linear (or conv) before it, through the permute between them; nn.GELU and F.gelu
+(timm's GELU class) are the ViT path's integer GELU.
 
 Elementwise activations held as lookup tables (integer_ref.lut): ``hardswish``, ``hardsigmoid``,
 ``sigmoid``, ``silu`` (nn modules, their functional forms, timm's own classes); and ``mul``,
@@ -51,7 +52,9 @@ input) is evaluated once, in float, on the shape-recording run, and enters the g
 (Swin's relative position bias, v2's cpb_mlp over its coordinate table); its readers take it as
 they take a parameter. torchvision Swin's fx-wrapped window attention and patch merging are written
 out as graph ops in quantsim.graph.swin (``pad`` and ``roll``: integer copies; ``l2norm``; a
-masked softmax; per-head matmul alpha).
+masked softmax; per-head matmul alpha); timm's SwinTransformerBlock is a leaf written out there too.
+Shape arithmetic: torch.fx traces ``x.shape`` and the ints computed from it as nodes; their values at
+the traced shapes are on the shape run's record, and F.pad reads its amounts from there (``_static``).
 """
 from __future__ import annotations
 
