@@ -144,17 +144,19 @@ def table(rows: list[dict], cands: list[tuple[str, float]], cmd: str) -> str:
              "used (64, or the model's own where it does not run or capture at 64).", "",
              "| model | GFLOPs | px | captured | lowered | bit-exact | s | reason |",
              "|---|---:|---:|:-:|:-:|:-:|---:|---|"]
-    mark = {True: "yes", False: "no"}
     by_name = {r["model"]: r for r in done}
-    for name, ops in cands:
-        r = by_name.get(name)
-        if r is None:
-            lines.append(f"| {name} | {ops:.2f} | | | | | | not run |")
-            continue
-        reason = r["reason"].replace("|", "\\|")
-        lines.append(f"| {name} | {ops:.2f} | {r.get('size', '')} | {mark[r['captured']]} | {mark[r['lowered']]} | "
-                     f"{mark[r['bitexact']]} | {r['seconds']} | {reason} |")
+    lines += [f"| {name} | {ops:.2f} | {row_cells(by_name.get(name))} |" for name, ops in cands]
     return "\n".join(lines)
+
+
+def row_cells(r: dict | None) -> str:
+    """px | captured | lowered | bit-exact | s | reason, of one saved row (None: not run)."""
+    if r is None:
+        return "| | | | | not run"
+    mark = {True: "yes", False: "no"}
+    reason = r["reason"].replace("|", "\\|")
+    return (f"{r.get('size', '')} | {mark[r['captured']]} | {mark[r['lowered']]} | {mark[r['bitexact']]} | "
+            f"{r['seconds']} | {reason}")
 
 
 def timm_table(rows: dict[str, dict], names: list[str], cmd: str) -> str:
@@ -167,15 +169,7 @@ def timm_table(rows: dict[str, dict], names: list[str], cmd: str) -> str:
              f"**{ok} of {len(names)} bit-exact** ({100.0 * ok / max(len(names), 1):.0f}%).", "",
              "| model | px | captured | lowered | bit-exact | s | reason |",
              "|---|---:|:-:|:-:|:-:|---:|---|"]
-    mark = {True: "yes", False: "no"}
-    for name in names:
-        r = rows.get(name)
-        if r is None:
-            lines.append(f"| {name} | | | | | | not run |")
-            continue
-        reason = r["reason"].replace("|", "\\|")
-        lines.append(f"| {name} | {r.get('size', '')} | {mark[r['captured']]} | {mark[r['lowered']]} | "
-                     f"{mark[r['bitexact']]} | {r['seconds']} | {reason} |")
+    lines += [f"| {name} | {row_cells(rows.get(name))} |" for name in names]
     return "\n".join(lines)
 
 
