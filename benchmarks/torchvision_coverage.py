@@ -63,7 +63,7 @@ def candidates(max_gflops: float) -> list[tuple[str, float]]:
 
 def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
-    return text[:200]
+    return text[:300]
 
 
 def run_one(name: str, size: int, data: str, timm_model: bool = False) -> dict:

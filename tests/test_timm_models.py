@@ -99,3 +99,28 @@ def test_timm_swin_not_whole_windows_refused():
     model.layers[0].blocks[0].window_size = (3, 3)  # 10x10 tokens: not whole 3x3 windows
     with pytest.raises(QuantsimError, match="not a whole number of"):
         capture(model, (3, 40, 40))
+
+
+class _BranchOnSize(nn.Module):
+    def forward(self, x):
+        if x.shape[-1] % 2:  # control flow on a traced size: torch.fx cannot trace it (MobileViT's block)
+            x = F.pad(x, (0, 1))
+        return x
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.block = _BranchOnSize()
+
+    def forward(self, x):
+        return self.block(self.conv(x))
+
+
+def test_untraceable_control_flow_names_the_layer_and_line():
+    with pytest.raises(QuantsimError) as err:
+        capture(_Net().eval(), (3, 9, 9))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("cannot trace the model with torch.fx")
+    assert "in block (_BranchOnSize) at test_timm_models.py:" in msg and "`if x.shape[-1] % 2:" in msg

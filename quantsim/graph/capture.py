@@ -59,8 +59,11 @@ the traced shapes are on the shape run's record, and F.pad reads its amounts fro
 from __future__ import annotations
 
 import inspect
+import linecache
 import operator
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -197,6 +200,23 @@ def _default_args(model: nn.Module) -> dict[str, Any]:
             if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+def _trace_failure_site(model: nn.Module, exc: BaseException) -> str:
+    """' in LAYER (Class) at file:line `code`': the innermost frame of the model's own forward code
+    (not torch's) where tracing failed, so the one error line names the layer."""
+    names = {id(m): n for n, m in model.named_modules()}
+    site = ""
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        path = frame.f_code.co_filename
+        if "/torch/" in path.replace("\\", "/"):
+            continue
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            layer = names[id(owner)] or "the model"
+            code = (linecache.getline(path, lineno) or "").strip()
+            site = f" (in {layer} ({type(owner).__name__}) at {Path(path).name}:{lineno} `{code}`)"
+    return site
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     tracer = _LeafTracer()
     # timm attention: the unfused path, so that q·kᵀ, softmax and attn·v are separate ops
@@ -206,7 +226,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
             m.fused_attn = False
         graph = tracer.trace(model, concrete_args=_default_args(model) or None)
     except Exception as exc:  # fx raises many kinds; the user needs one line
-        raise QuantsimError(f"cannot trace the model with torch.fx: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        line = f"cannot trace the model with torch.fx: {type(exc).__name__}: {exc}".splitlines()[0]
+        raise QuantsimError(line + _trace_failure_site(model, exc)) from exc
     finally:
         for m, flag in fused:
             m.fused_attn = flag
