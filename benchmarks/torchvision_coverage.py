@@ -46,10 +46,11 @@ from quantsim.zoo.preprocess import Preprocess  # noqa: E402
 
 STATE = ROOT / ".cache" / "coverage.jsonl"
 TIMM_STATE = ROOT / ".cache" / "coverage_timm.jsonl"
-# the families issue 14 names, and the timm models that ran before it
+# the families issue 14 names, the timm models that ran before it, and a few more popular ones
 TIMM_MODELS = ["mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0", "convnext_atto", "densenet121",
                "inception_v3", "mobilevit_xxs", "swin_tiny_patch4_window7_224", "resnet50", "mobilenetv2_100",
-               "regnetx_002", "vit_small_patch16_224"]
+               "regnetx_002", "vit_small_patch16_224", "resnet18", "efficientnet_lite0", "convnext_tiny",
+               "ghostnet_100", "mixnet_s", "repvgg_a0", "levit_128s", "swinv2_tiny_window8_256"]
 RESULTS = ROOT / "docs" / "results.md"
 
 
@@ -162,7 +163,8 @@ def row_cells(r: dict | None) -> str:
 def timm_table(rows: dict[str, dict], names: list[str], cmd: str) -> str:
     ok = sum(rows[n]["bitexact"] for n in names if n in rows)
     lines = ["## Coverage: timm classifiers, bit-exact (issue 14)", "",
-             f"`{cmd}`: the timm families issue 14 names and the timm models that ran before it, random init "
+             f"`{cmd}`: the timm families issue 14 names, the timm models that ran before it and a few more "
+             "popular ones, random init "
              "(seed 0), each at its pretrained config's input size and preprocessing, 2 real imagenet-val images "
              "(calibration and check), W8A8 and W4A8, integer_ref vs the torch twin on every node; each model "
              "in its own subprocess.", "",

@@ -124,3 +124,22 @@ def test_untraceable_control_flow_names_the_layer_and_line():
     msg = str(err.value)
     assert "\n" not in msg and msg.startswith("cannot trace the model with torch.fx")
     assert "in block (_BranchOnSize) at test_timm_models.py:" in msg and "`if x.shape[-1] % 2:" in msg
+
+
+class _TrailingSlices(nn.Module):
+    """GhostNet's ``out[:, :self.out_chs, :, :]``: a channel slice written with trailing full slices."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(5, 10)
+
+    def forward(self, x):
+        x = self.conv(x)[:, :5, :, :]
+        return self.head(x.mean((2, 3)))
+
+
+def test_channel_slice_with_trailing_full_slices_bitexact(imagenet_calib_dir):
+    torch.manual_seed(0)
+    g = _bitexact_both_widths(_TrailingSlices().eval(), imagenet_images(imagenet_calib_dir, 16, 18), "slice")
+    assert [(n.attrs["axis"], n.attrs["start"], n.attrs["stop"]) for n in g.nodes if n.op == "slice"] == [(1, 0, 5)]

@@ -763,6 +763,8 @@ def _getitem_node(name, node, args, shapes, unbinds) -> list[FNode] | None:
     while lead < len(idx) and idx[lead] == slice(None):
         lead += 1
     rest = idx[lead:]
+    while len(rest) > 1 and rest[-1] == slice(None):  # x[:, :16, :, :] is x[:, :16] (GhostNet)
+        rest = rest[:-1]
     if lead >= 1 and len(rest) == 1 and isinstance(rest[0], int):
         return [FNode(name, "take", args[:1], {"axis": lead, "index": int(rest[0]) % in_shape[lead]},
                       source=node.name)]
