@@ -143,3 +143,19 @@ def test_channel_slice_with_trailing_full_slices_bitexact(imagenet_calib_dir):
     torch.manual_seed(0)
     g = _bitexact_both_widths(_TrailingSlices().eval(), imagenet_images(imagenet_calib_dir, 16, 18), "slice")
     assert [(n.attrs["axis"], n.attrs["start"], n.attrs["stop"]) for n in g.nodes if n.op == "slice"] == [(1, 0, 5)]
+
+
+def test_timm_swin_v2_block_bitexact(imagenet_calib_dir):
+    from timm.models.swin_transformer_v2 import SwinTransformerV2
+
+    torch.manual_seed(0)
+    # 64 px / patch 4 = 16x16: 2x2 windows of 8, the second block shifted; then 8x8, one window
+    model = SwinTransformerV2(img_size=64, patch_size=4, window_size=8, embed_dim=16, depths=(2, 2),
+                              num_heads=(1, 2), num_classes=10).eval()
+    for block in model.modules():  # timm's res-post-norm init zeroes these gammas: outputs identically 0
+        if hasattr(block, "attn") and hasattr(block, "norm2"):
+            nn.init.normal_(block.norm1.weight, 1.0, 0.1)
+            nn.init.normal_(block.norm2.weight, 1.0, 0.1)
+    g = _bitexact_both_widths(model, imagenet_images(imagenet_calib_dir, 64, 73), "timm swin v2")
+    assert sum(n.op == "l2norm" for n in g.nodes) == 8  # q and k of 4 blocks: cosine attention
+    assert all(isinstance(n.attrs["alpha"], list) for n in g.nodes if n.op == "matmul" and n.attrs["transpose_b"])

@@ -175,7 +175,7 @@ def _leaf_types() -> tuple[type, ...]:
                          nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
                          nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut,
                          nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.Tanh, *_TIMM_LUT]
-    for t in (SelectAdaptivePool2d, DropPath, LayerScale, StochasticDepth, TimmSwinBlock):
+    for t in (SelectAdaptivePool2d, DropPath, LayerScale, StochasticDepth, *TimmSwinBlock):
         if isinstance(t, type):
             types.append(t)
     return tuple(types)
@@ -398,7 +398,7 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
         elif nhwc:
             nodes.append(FNode(name + ".to_nhwc", "permute", [name], {"perm": [0, 2, 3, 1]}, source=source))
         return nodes
-    if isinstance(TimmSwinBlock, type) and isinstance(m, TimmSwinBlock):
+    if TimmSwinBlock and isinstance(m, TimmSwinBlock):
         return [FNode(*spec, source=source) for spec in timm_block_nodes(name, m, inp, tuple(in_shape))]
     if isinstance(m, nn.Flatten):
         if m.start_dim != 1 or m.end_dim != -1:
