@@ -516,7 +516,8 @@ def _pad_nodes(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any]
     kw = _normalized_kwargs(node)
     pad = [int(v) for v in _static(kw["pad"], shapes, where)]
     value = _static(kw.get("value"), shapes, where)
-    if kw.get("mode", "constant") != "constant" or value not in (None, 0, 0.0) or len(pad) % 2 or min(pad, default=0) < 0:
+    zeros = kw.get("mode", "constant") == "constant" and value in (None, 0, 0.0)
+    if not zeros or len(pad) % 2 or min(pad, default=0) < 0:
         raise QuantsimError(f"cannot lower {where}: padding other than with zeros, by non-negative amounts")
     nd = len(shapes[node.args[0].name])
     pads = [[0, 0] for _ in range(nd)]

@@ -241,7 +241,8 @@ def timm_block_nodes(name: str, m, inp: str, shape: tuple[int, ...]) -> list[Spe
     v2 = isinstance(m, _TimmSwinV2Block)
     n = win[0] * win[1]
     with torch.no_grad():
-        bias = (_timm_v2_position_bias(attn, n) if v2 else attn._get_rel_pos_bias()).detach().reshape(attn.num_heads, n, n)
+        bias = _timm_v2_position_bias(attn, n) if v2 else attn._get_rel_pos_bias()
+        bias = bias.detach().reshape(attn.num_heads, n, n)
         if v2 and attn.q_bias is not None:  # timm's q / zero k / v biases, as torchvision's v2 zeroes k's
             qkv_bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias)).detach().clone()
         else:
