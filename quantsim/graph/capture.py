@@ -22,9 +22,10 @@ same ops: the in-projection linear, reshape (N, L, 3, H, D), take + permute per 
 alpha 1/sqrt(D), softmax, attn·v, permute, reshape, the out-projection linear; ``out[0]`` is its output.
 
 ConvNeXt (torchvision): ``LayerNorm2d`` is permute(0, 2, 3, 1) -> layernorm over the last axis ->
-permute(0, 3, 1, 2); the block's per-channel layer scale (``self.layer_scale * x``, a constant of
-shape (C, 1, 1)) is folded into the linear (or conv) before it, through the permute between
-them; nn.GELU is the ViT path's integer GELU.
+permute(0, 3, 1, 2) (timm's LayerNorm2d the same); the block's per-channel layer scale
+(``self.layer_scale * x``, timm's ``x.mul(gamma.reshape(1, -1, 1, 1))``: a constant of shape (C, 1, 1))
+is folded into the linear (or conv) before it, through the permute between them; nn.GELU and F.gelu
+(timm's GELU class) are the ViT path's integer GELU.
 
 Elementwise activations held as lookup tables (integer_ref.lut): ``hardswish``, ``hardsigmoid``,
 ``sigmoid``, ``silu`` (nn modules, their functional forms, timm's own classes); and ``mul``,
@@ -51,13 +52,18 @@ input) is evaluated once, in float, on the shape-recording run, and enters the g
 (Swin's relative position bias, v2's cpb_mlp over its coordinate table); its readers take it as
 they take a parameter. torchvision Swin's fx-wrapped window attention and patch merging are written
 out as graph ops in quantsim.graph.swin (``pad`` and ``roll``: integer copies; ``l2norm``; a
-masked softmax; per-head matmul alpha).
+masked softmax; per-head matmul alpha); timm's SwinTransformerBlock is a leaf written out there too.
+Shape arithmetic: torch.fx traces ``x.shape`` and the ints computed from it as nodes; their values at
+the traced shapes are on the shape run's record, and F.pad reads its amounts from there (``_static``).
 """
 from __future__ import annotations
 
 import inspect
+import linecache
 import operator
+import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -67,7 +73,7 @@ import torch.nn.functional as F
 from torch.fx.operator_schemas import normalize_function
 
 from integer_ref.arith import tf_same_padding
-from quantsim.graph.swin import is_swin_function, swin_nodes
+from quantsim.graph.swin import TimmSwinBlock, is_swin_function, swin_nodes, timm_block_nodes
 from quantsim.zoo import cifar_resnet
 from quantsim.zoo.cifar_resnet import OptionAShortcut
 from quantsim.errors import QuantsimError
@@ -85,9 +91,14 @@ except ImportError:  # pragma: no cover
     StochasticDepth = ()
 
 try:  # torchvision ConvNeXt's LayerNorm over the channels of NCHW (a subclass of nn.LayerNorm)
-    from torchvision.models.convnext import LayerNorm2d
+    from torchvision.models.convnext import LayerNorm2d as _TvLayerNorm2d
 except ImportError:  # pragma: no cover
-    LayerNorm2d = ()
+    _TvLayerNorm2d = ()
+try:  # timm's (ConvNeXt, and others): the same permute / layer_norm / permute, also a subclass of nn.LayerNorm
+    from timm.layers import LayerNorm2d as _TimmLayerNorm2d  # deferred: a heavy import that only timm-model paths need
+except ImportError:  # pragma: no cover
+    _TimmLayerNorm2d = ()
+LayerNorm2d = tuple(t for t in (_TvLayerNorm2d, _TimmLayerNorm2d) if isinstance(t, type))
 
 try:  # timm's layers are leaves we understand whole
     from timm.layers.conv2d_same import Conv2dSame  # deferred: a heavy import that only timm-model paths need
@@ -164,7 +175,7 @@ def _leaf_types() -> tuple[type, ...]:
                          nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
                          nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut,
                          nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.Tanh, *_TIMM_LUT]
-    for t in (SelectAdaptivePool2d, DropPath, LayerScale, StochasticDepth):
+    for t in (SelectAdaptivePool2d, DropPath, LayerScale, StochasticDepth, *TimmSwinBlock):
         if isinstance(t, type):
             types.append(t)
     return tuple(types)
@@ -189,6 +200,23 @@ def _default_args(model: nn.Module) -> dict[str, Any]:
             if p.default is not inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+def _trace_failure_site(model: nn.Module, exc: BaseException) -> str:
+    """' in LAYER (Class) at file:line `code`': the innermost frame of the model's own forward code
+    (not torch's) where tracing failed, so the one error line names the layer."""
+    names = {id(m): n for n, m in model.named_modules()}
+    site = ""
+    for frame, lineno in traceback.walk_tb(exc.__traceback__):
+        path = frame.f_code.co_filename
+        if "/torch/" in path.replace("\\", "/"):
+            continue
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            layer = names[id(owner)] or "the model"
+            code = (linecache.getline(path, lineno) or "").strip()
+            site = f" (in {layer} ({type(owner).__name__}) at {Path(path).name}:{lineno} `{code}`)"
+    return site
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     tracer = _LeafTracer()
     # timm attention: the unfused path, so that q·kᵀ, softmax and attn·v are separate ops
@@ -198,7 +226,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
             m.fused_attn = False
         graph = tracer.trace(model, concrete_args=_default_args(model) or None)
     except Exception as exc:  # fx raises many kinds; the user needs one line
-        raise QuantsimError(f"cannot trace the model with torch.fx: {type(exc).__name__}: {exc}".splitlines()[0]) from exc
+        line = f"cannot trace the model with torch.fx: {type(exc).__name__}: {exc}".splitlines()[0]
+        raise QuantsimError(line + _trace_failure_site(model, exc)) from exc
     finally:
         for m, flag in fused:
             m.fused_attn = flag
@@ -361,15 +390,21 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
     if isinstance(SelectAdaptivePool2d, type) and isinstance(m, SelectAdaptivePool2d):
         if m.pool_type != "avg":
             raise QuantsimError(f"cannot lower {source}: global pool type {m.pool_type!r} (only avg)")
-        nodes = [FNode(name, "gap", [inp], source=source)]
-        if m.is_identity() or not isinstance(m.flatten, nn.Identity):
+        nhwc = tuple(getattr(m.pool, "dim", (2, 3))) == (1, 2)  # timm's fast pool of NHWC (Swin's head)
+        nodes = [FNode(name + ".to_nchw", "permute", [inp], {"perm": [0, 3, 1, 2]}, source=source)] if nhwc else []
+        nodes.append(FNode(name, "gap", [nodes[-1].name if nodes else inp], source=source))
+        if m.is_identity() or not isinstance(m.flatten, nn.Identity) or getattr(m.pool, "flatten", False) is True:
             nodes.append(FNode(name + ".flatten", "flatten", [name], source=source))
+        elif nhwc:
+            nodes.append(FNode(name + ".to_nhwc", "permute", [name], {"perm": [0, 2, 3, 1]}, source=source))
         return nodes
+    if TimmSwinBlock and isinstance(m, TimmSwinBlock):
+        return [FNode(*spec, source=source) for spec in timm_block_nodes(name, m, inp, tuple(in_shape))]
     if isinstance(m, nn.Flatten):
         if m.start_dim != 1 or m.end_dim != -1:
             raise QuantsimError(f"cannot lower {source}: flatten from dim {m.start_dim}")
         return [FNode(name, "flatten", [inp], source=source)]
-    if isinstance(LayerNorm2d, type) and isinstance(m, LayerNorm2d):
+    if LayerNorm2d and isinstance(m, LayerNorm2d):
         c = m.normalized_shape[0]
         gamma = m.weight.detach().clone() if m.weight is not None else torch.ones(c)
         beta = m.bias.detach().clone() if m.bias is not None else torch.zeros(c)
@@ -384,15 +419,20 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
         beta = m.bias.detach().clone() if m.bias is not None else torch.zeros(c)
         return [FNode(name, "layernorm", [inp], {"eps": float(m.eps)}, gamma, beta, source=source)]
     if isinstance(m, nn.GELU):
-        if m.approximate != "none":
-            raise QuantsimError(f"cannot lower {source}: GELU approximate={m.approximate!r} (only the exact erf form)")
-        return [FNode(name, "gelu", [inp], source=source)]
+        return [_gelu_node(name, inp, m.approximate, source)]
     if isinstance(LayerScale, type) and isinstance(m, LayerScale):
         return [FNode(name, "layerscale", [inp], {}, m.gamma.detach().clone(), source=source)]
     if isinstance(m, OptionAShortcut):
         return [FNode(name, "shortcut_a", [inp], {"stride": m.stride, "pad_before": m.pad_before,
                                                   "pad_after": m.pad_after}, source=source)]
     raise QuantsimError(f"cannot lower module {source} ({type(m).__name__}): unsupported layer type")
+
+
+def _gelu_node(name: str, inp: str, approximate: str, source: str) -> FNode:
+    """nn.GELU and F.gelu (timm's GELU class calls it): the one integer GELU, exact erf form only."""
+    if approximate != "none":
+        raise QuantsimError(f"cannot lower {source}: GELU approximate={approximate!r} (only the exact erf form)")
+    return FNode(name, "gelu", [inp], source=source)
 
 
 _LUT_MODULES = {nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid", nn.Sigmoid: "sigmoid", nn.SiLU: "silu",
@@ -433,6 +473,10 @@ def _function_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, 
         return [FNode(name, "relu6", args[:1], source=node.name)]
     if t in _PASS_FUNCS:
         return [FNode(name, "identity", args[:1], source=node.name)]
+    if t is F.pad:
+        return _pad_nodes(name, node, args, shapes, where)
+    if t is F.gelu:
+        return [_gelu_node(name, args[0], _normalized_kwargs(node).get("approximate", "none"), where)]
     if t is torch.flatten:
         start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
         if start != 1:
@@ -452,6 +496,38 @@ def _function_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, 
     if t is F.adaptive_avg_pool2d:
         return _adaptive_avg_nodes(name, args[0], _normalized_kwargs(node)["output_size"], in_shape, node.name)
     raise QuantsimError(f"cannot lower function {where}: unsupported operation")
+
+
+def _static(v, shapes: dict[str, Any], where: str):
+    """A Python value with every fx node in it replaced by what the shape run computed for it: the
+    shape arithmetic torch.fx traced (x.shape -> getitem -> mod ...) is constant at capture's shapes."""
+    if isinstance(v, fx.Node):
+        value = shapes.get(v.name)
+        if not isinstance(value, (int, float, bool)):
+            raise QuantsimError(f"cannot lower {where}: its argument {v.name} is a tensor, not a size")
+        return value
+    if isinstance(v, (tuple, list)):
+        return type(v)(_static(u, shapes, where) for u in v)
+    return v
+
+
+def _pad_nodes(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any], where: str) -> list[FNode]:
+    """F.pad with zeros, amounts static at the traced shapes (timm Swin's patch merging: H % 2, W % 2)."""
+    kw = _normalized_kwargs(node)
+    pad = [int(v) for v in _static(kw["pad"], shapes, where)]
+    value = _static(kw.get("value"), shapes, where)
+    zeros = kw.get("mode", "constant") == "constant" and value in (None, 0, 0.0)
+    if not zeros or len(pad) % 2 or min(pad, default=0) < 0:
+        raise QuantsimError(f"cannot lower {where}: padding other than with zeros, by non-negative amounts")
+    nd = len(shapes[node.args[0].name])
+    pads = [[0, 0] for _ in range(nd)]
+    for i in range(len(pad) // 2):  # F.pad's pairs run from the last axis backwards
+        pads[nd - 1 - i] = [pad[2 * i], pad[2 * i + 1]]
+    if pads[0] != [0, 0]:
+        raise QuantsimError(f"cannot lower {where}: padding along the batch axis")
+    if not any(b or a for b, a in pads):
+        return [FNode(name, "identity", args[:1], source=node.name)]
+    return [FNode(name, "pad", args[:1], {"pads": pads}, source=node.name)]
 
 
 def _method_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, torch.Size]) -> list[FNode]:
@@ -542,7 +618,8 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
         perm = list(range(nd))
         perm[a], perm[b] = perm[b], perm[a]
         return [FNode(name, "permute", args[:1], {"perm": perm}, source=src)]
-    if kind == "call_function" and t in _MUL_TARGETS and len(args) == 1:
+    if ((kind == "call_function" and t in _MUL_TARGETS) or (kind == "call_method" and t in ("mul", "mul_"))) \
+            and len(args) == 1:  # x * c, x.mul(c) (timm ConvNeXt's layer scale)
         other = [a for a in node.args if not isinstance(a, fx.Node)]
         if len(other) == 1 and isinstance(other[0], (int, float)) and other[0] > 0:
             return [FNode(name, "scale", args, {"value": float(other[0])}, source=src)]
@@ -687,6 +764,8 @@ def _getitem_node(name, node, args, shapes, unbinds) -> list[FNode] | None:
     while lead < len(idx) and idx[lead] == slice(None):
         lead += 1
     rest = idx[lead:]
+    while len(rest) > 1 and rest[-1] == slice(None):  # x[:, :16, :, :] is x[:, :16] (GhostNet)
+        rest = rest[:-1]
     if lead >= 1 and len(rest) == 1 and isinstance(rest[0], int):
         return [FNode(name, "take", args[:1], {"axis": lead, "index": int(rest[0]) % in_shape[lead]},
                       source=node.name)]

@@ -50,6 +50,15 @@ try:  # the wrapped functions, matched by identity
 except ImportError:  # pragma: no cover
     _tv_swin = None
 
+try:  # timm's Swin v1 / v2 blocks: leaves of the trace, written out whole (timm_block_nodes)
+    from timm.models.swin_transformer import SwinTransformerBlock as _TimmSwinV1Block  # deferred: heavy, timm only
+    from timm.models.swin_transformer_v2 import SwinTransformerV2Block as _TimmSwinV2Block
+    TimmSwinBlock = (_TimmSwinV1Block, _TimmSwinV2Block)
+    from timm.layers import Mlp as _TimmMlp
+    from timm.layers.activations import GELU as _TimmGELU
+except ImportError:  # pragma: no cover
+    TimmSwinBlock = _TimmSwinV2Block = _TimmMlp = _TimmGELU = ()
+
 
 class Spec(NamedTuple):
     """One FloatGraph node as capture builds it (capture imports this module, not the reverse)."""
@@ -179,4 +188,92 @@ def window_attention_nodes(name: str, inp: str, shape: tuple[int, ...], *, qkv_w
     if pad_r:
         cur = add("unpad.w", "slice", [cur], {"axis": 2, "start": 0, "stop": w})
     add("", "identity", [cur])  # the call's own name holds its output
+    return nodes
+
+
+def _layernorm_spec(name: str, inp: str, m: torch.nn.Module, source: str) -> Spec:
+    if not isinstance(m, torch.nn.LayerNorm) or len(m.normalized_shape) != 1:
+        raise QuantsimError(f"cannot lower {source}: a {type(m).__name__} (only a LayerNorm over the last axis)")
+    c = m.normalized_shape[0]
+    gamma = m.weight.detach().clone() if m.weight is not None else torch.ones(c)
+    beta = m.bias.detach().clone() if m.bias is not None else torch.zeros(c)
+    return Spec(name, "layernorm", [inp], {"eps": float(m.eps)}, gamma, beta)
+
+
+def _linear_spec(name: str, inp: str, m: torch.nn.Linear) -> Spec:
+    return Spec(name, "linear", [inp], {}, m.weight.detach().clone(),
+                m.bias.detach().clone() if m.bias is not None else None)
+
+
+def _timm_v2_position_bias(attn, n: int) -> torch.Tensor:
+    """timm v2's relative position bias (heads, N, N): 16·sigmoid(cpb_mlp(coordinates)) at each pair's index."""
+    table = attn.cpb_mlp(attn.relative_coords_table).view(-1, attn.num_heads)
+    return 16 * torch.sigmoid(table[attn.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1))
+
+
+def timm_block_nodes(name: str, m, inp: str, shape: tuple[int, ...]) -> list[Spec]:
+    """timm's SwinTransformerBlock on (B, H, W, C): v1 x + attn(norm1(x)), then x + mlp(norm2(x));
+    v2 (SwinTransformerV2Block, post-norm, cosine attention) x + norm1(attn(x)), then x + norm2(mlp(x)).
+
+    timm rolls before it pads, torchvision pads before it rolls; the two agree where no padding is
+    needed, so sizes that are not whole windows are refused. The window attention is torchvision's
+    (window_attention_nodes): the same qkv layout (N, 3, heads, D), scale D^-0.5, the relative
+    position bias (timm's own _get_rel_pos_bias, evaluated once) and the same shift-mask regions
+    (checked against timm's -100 / 0 mask, which is left out of the softmax as for torchvision)."""
+    src = name
+    if len(shape) != 4:
+        raise QuantsimError(f"cannot lower {src} (timm Swin block): input of shape {shape} (only (B, H, W, C))")
+    _, h, w, c = (int(v) for v in shape)
+    win, shift = [int(v) for v in m.window_size], [int(v) for v in m.shift_size]
+    if h % win[0] or w % win[1]:
+        raise QuantsimError(f"cannot lower {src} (timm Swin block): a {h}x{w} map is not a whole number of "
+                            f"{win[0]}x{win[1]} windows (choose an input size that is)")
+    attn = m.attn
+    for part in ("drop_path1", "drop_path2"):
+        dp = getattr(m, part)
+        if not (isinstance(dp, torch.nn.Identity) or type(dp).__name__ == "DropPath"):
+            raise QuantsimError(f"cannot lower {src}.{part}: {type(dp).__name__}")
+    mlp = m.mlp
+    act_ok = isinstance(mlp.act, _TimmGELU) or (isinstance(mlp.act, torch.nn.GELU) and mlp.act.approximate == "none")
+    if (not isinstance(mlp, _TimmMlp) or not act_ok or not isinstance(mlp.norm, torch.nn.Identity)
+            or not isinstance(mlp.fc1, torch.nn.Linear)):
+        raise QuantsimError(f"cannot lower {src}.mlp: only timm's Mlp with the exact GELU and no norm")
+    v2 = isinstance(m, _TimmSwinV2Block)
+    n = win[0] * win[1]
+    with torch.no_grad():
+        bias = _timm_v2_position_bias(attn, n) if v2 else attn._get_rel_pos_bias()
+        bias = bias.detach().reshape(attn.num_heads, n, n)
+        if v2 and attn.q_bias is not None:  # timm's q / zero k / v biases, as torchvision's v2 zeroes k's
+            qkv_bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias)).detach().clone()
+        else:
+            qkv_bias = None if attn.qkv.bias is None else attn.qkv.bias.detach().clone()
+        mask = m.get_attn_mask(torch.zeros(1, h, w, 1)) if getattr(m, "dynamic_mask", False) else m.attn_mask
+    if any(shift):
+        expected = shifted_window_mask((h, w), win, shift)
+        if mask is None or tuple(mask.shape) != tuple(expected.shape) or not torch.equal(mask != 0, expected):
+            raise QuantsimError(f"cannot lower {src} (timm Swin block): its attention mask is not the shifted-window "
+                                "regions' mask")
+    if not v2 and abs(float(attn.scale) - (c // attn.num_heads) ** -0.5) > 1e-12:
+        raise QuantsimError(f"cannot lower {src}.attn: a scale other than head_dim^-0.5")
+    nodes = [] if v2 else [_layernorm_spec(f"{name}.norm1", inp, m.norm1, f"{src}.norm1")]
+    # v2's logit scale: timm clamps at ln(1 / 0.01), torchvision (window_attention_nodes) at ln 100, the same
+    nodes += window_attention_nodes(f"{name}.attn", nodes[-1].name if nodes else inp, shape,
+                                    qkv_weight=attn.qkv.weight.detach().clone(), qkv_bias=qkv_bias,
+                                    proj_weight=attn.proj.weight.detach().clone(),
+                                    proj_bias=None if attn.proj.bias is None else attn.proj.bias.detach().clone(),
+                                    position_bias=bias, logit_scale=attn.logit_scale.detach() if v2 else None,
+                                    window=win, heads=int(attn.num_heads), shift=shift, source=f"{src}.attn")
+    if v2:
+        nodes.append(_layernorm_spec(f"{name}.norm1", nodes[-1].name, m.norm1, f"{src}.norm1"))
+    nodes.append(Spec(f"{name}.add1", "add", [inp, nodes[-1].name], {}))
+    mlp_in = f"{name}.add1"
+    if not v2:
+        nodes.append(_layernorm_spec(f"{name}.norm2", mlp_in, m.norm2, f"{src}.norm2"))
+        mlp_in = f"{name}.norm2"
+    nodes += [_linear_spec(f"{name}.mlp.fc1", mlp_in, mlp.fc1),
+              Spec(f"{name}.mlp.act", "gelu", [f"{name}.mlp.fc1"], {}),
+              _linear_spec(f"{name}.mlp.fc2", f"{name}.mlp.act", mlp.fc2)]
+    if v2:
+        nodes.append(_layernorm_spec(f"{name}.norm2", f"{name}.mlp.fc2", m.norm2, f"{src}.norm2"))
+    nodes.append(Spec(name, "add", [f"{name}.add1", nodes[-1].name], {}))
     return nodes
