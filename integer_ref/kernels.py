@@ -189,7 +189,6 @@ class AccStats(int):
                         max((p.high for p in parts), default=0))
 
 
-
 def requantize(acc: np.ndarray, bias, multiplier, shift, y_zero_point: int, lo: int, hi: int,
                channel_axis: int, acc_bits: int, mode: str = "dyadic", scale=None,
                divide=None, acc_overflow: str = "count") -> tuple[np.ndarray, AccStats]:
