@@ -224,6 +224,20 @@ def count_outside(acc: np.ndarray, acc_bits: int) -> int:
     return int(np.count_nonzero((acc < -lim) | (acc >= lim)))
 
 
+def value_range(acc: np.ndarray) -> tuple[int, int]:
+    """(min, max) of the exact accumulator values, widened to include 0 (which changes neither
+    their peak magnitude nor the width that holds them; an empty tensor gives (0, 0))."""
+    acc = np.asarray(acc)
+    return min(int(acc.min(initial=0)), 0), max(int(acc.max(initial=0)), 0)
+
+
+def signed_bits_needed(low: int, high: int) -> int:
+    """The narrowest signed accumulator holding every value in [low, high]: the smallest b >= 2
+    with -2^(b-1) <= low and high < 2^(b-1) (bit length of the peak magnitude + 1, one less when
+    the peak is a negative power of two)."""
+    return 1 + max(1, max(int(high), 0).bit_length(), max(-int(low) - 1, 0).bit_length())
+
+
 def exact_matmul(a: np.ndarray, b: np.ndarray, b_col_l1_max: int | None = None) -> np.ndarray:
     """a @ b for integer matrices, exact in int64, on float BLAS where that is proven exact.
 

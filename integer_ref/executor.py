@@ -3,6 +3,8 @@
     result = run(graph, x)              # x: float32 NCHW images
     result.tensors[name]                # int64 output of every node (keep='all')
     result.acc_overflows[name]          # accumulator values outside graph.meta['acc_bits']
+    result.acc_peaks[name]              # max |acc + bias| over all images (exact)
+    result.acc_bits_needed[name]        # the narrowest signed accumulator that held every value
 
 Images go through in batch chunks so that memory stays bounded on large evaluation sets.
 """
@@ -13,6 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import arith
 from . import kernels as K
 from . import kernels_vit
 from .ir import Graph, Node, QParams
@@ -25,6 +28,17 @@ ACC_OPS = ("conv2d", "linear", "avgpool", "global_avgpool", "matmul")
 class ExecResult:
     tensors: dict[str, Any]  # name -> integer tensor (np.ndarray here, torch.Tensor in emulate)
     acc_overflows: dict[str, int] = field(default_factory=dict)
+    # name -> (min, max) of the exact acc + bias, widened to include 0 (arith.value_range); filled
+    # where a kernel's overflow count is a kernels.AccStats (integer_ref's; emulate counts only)
+    acc_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def acc_peaks(self) -> dict[str, int]:
+        return {k: max(hi, -lo) for k, (lo, hi) in self.acc_ranges.items()}
+
+    @property
+    def acc_bits_needed(self) -> dict[str, int]:
+        return {k: arith.signed_bits_needed(lo, hi) for k, (lo, hi) in self.acc_ranges.items()}
 
 
 def dequantize(q: np.ndarray, qparams: QParams) -> np.ndarray:
@@ -82,7 +96,8 @@ def last_uses(graph: Graph) -> dict[str, int]:
 
 
 def run_node(node: Node, args: list, qp: dict[str, QParams], acc_bits: int, acc_overflow: str = "count"):
-    """Evaluate one node on its input tensors -> (output, accumulator overflow count)."""
+    """Evaluate one node on its input tensors -> (output, accumulator overflow count; for the
+    accumulating ops a kernels.AccStats, which also carries the accumulator's range)."""
     a, out = node.attrs, node.out  # attrs complete: integer_ref.ir.ATTRS filled the defaults in
     lo, hi = node.clamp_range
     zin = [qp[i].zero_point if i in qp else 0 for i in node.inputs]
@@ -173,6 +188,8 @@ def interpret(graph: Graph, x, keep: str, eval_node: Callable[[Any, list], tuple
         live[node.name] = y
         if node.op in ACC_OPS:
             res.acc_overflows[node.name] = int(overflows)
+            if isinstance(overflows, K.AccStats):
+                res.acc_ranges[node.name] = (overflows.low, overflows.high)
         if keep == "all" or node.name in graph.outputs:
             res.tensors[node.name] = y
         for name in node.inputs:  # free what no later node reads
@@ -199,4 +216,6 @@ def run(graph: Graph, x: np.ndarray, keep: str = "all", chunk: int = 256) -> Exe
         return parts[0]
     tensors = {k: np.concatenate([p.tensors[k] for p in parts]) for k in parts[0].tensors}
     overflows = {k: sum(p.acc_overflows[k] for p in parts) for k in parts[0].acc_overflows}
-    return ExecResult(tensors, overflows)
+    ranges = {k: (min(p.acc_ranges[k][0] for p in parts), max(p.acc_ranges[k][1] for p in parts))
+              for k in parts[0].acc_ranges}
+    return ExecResult(tensors, overflows, ranges)

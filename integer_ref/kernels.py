@@ -158,10 +158,42 @@ def _depthwise_acc(win: np.ndarray, ws: np.ndarray, groups: int) -> np.ndarray:
 REQUANT_MODES = ("dyadic", "gemmlowp", "float32", "float32_bias")
 
 
+class AccStats(int):
+    """What requantize saw of an accumulator: the count of values outside acc_bits (the int
+    itself, as requantize always returned) and the range [low, high] of the exact acc + bias
+    (arith.value_range: widened to include 0), hence `peak` and `bits_needed`.
+
+    An int subclass rather than a third return value: every caller of requantize, of the MAC
+    kernels and of executor.run_node reads (output, overflows) and keeps working unchanged;
+    the executor picks the range up where it records the count. Parts (image blocks, batch
+    chunks) combine with `merge`, never with sum() (which would drop the range)."""
+
+    def __new__(cls, overflows: int, low: int = 0, high: int = 0):
+        stats = super().__new__(cls, int(overflows))
+        stats.low, stats.high = int(low), int(high)
+        return stats
+
+    @property
+    def peak(self) -> int:
+        """max |acc + bias|."""
+        return max(self.high, -self.low)
+
+    @property
+    def bits_needed(self) -> int:
+        return arith.signed_bits_needed(self.low, self.high)
+
+    @staticmethod
+    def merge(parts) -> "AccStats":
+        parts = list(parts)
+        return AccStats(sum(int(p) for p in parts), min((p.low for p in parts), default=0),
+                        max((p.high for p in parts), default=0))
+
+
 def requantize(acc: np.ndarray, bias, multiplier, shift, y_zero_point: int, lo: int, hi: int,
                channel_axis: int, acc_bits: int, mode: str = "dyadic", scale=None,
-               divide=None, acc_overflow: str = "count") -> tuple[np.ndarray, int]:
-    """acc + bias -> (clamped output, count of accumulator values outside acc_bits).
+               divide=None, acc_overflow: str = "count") -> tuple[np.ndarray, AccStats]:
+    """acc + bias -> (clamped output, AccStats: count of accumulator values outside acc_bits,
+    and the range of the exact acc + bias, measured here where the accumulator is formed).
 
     acc may be int64 or a float array holding exact integers (from an exact GEMM).
     mode picks the output stage (arith): dyadic (M, n), gemmlowp (Q31 M, n; then an
@@ -178,10 +210,10 @@ def requantize(acc: np.ndarray, bias, multiplier, shift, y_zero_point: int, lo: 
     per_channel = [np.ascontiguousarray(np.broadcast_to(np.asarray(v, np.int64), (ch,)))
                    for v in (0 if bias is None else bias, multiplier, shift)]
     y = np.empty(acc3.shape, dtype=np.int64)
-    overflows = _requantize_3d(acc3, *per_channel, np.int64(y_zero_point), np.int64(lo),
-                               np.int64(hi), np.int64(2 ** (acc_bits - 1)),
-                               np.int64(arith.ACC_OVERFLOW_MODES.index(acc_overflow)), y)
-    return y.reshape(shape), int(overflows)
+    overflows, low, high = _requantize_3d(acc3, *per_channel, np.int64(y_zero_point), np.int64(lo),
+                                          np.int64(hi), np.int64(2 ** (acc_bits - 1)),
+                                          np.int64(arith.ACC_OVERFLOW_MODES.index(acc_overflow)), y)
+    return y.reshape(shape), AccStats(overflows, low, high)
 
 
 def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, acc_bits, mode, scale, divide,
@@ -198,13 +230,13 @@ def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, a
     def per(v, dtype):
         return np.broadcast_to(np.asarray(v, dtype), (ch,)).reshape(bshape) if acc.ndim else np.asarray(v, dtype)
     acc = acc.astype(np.int64)
-    if mode == "float32_bias":
-        overflows = arith.count_outside(acc, acc_bits)
+    if mode == "float32_bias":  # the bias is added in float32: the integer accumulator holds acc alone
+        overflows = AccStats(arith.count_outside(acc, acc_bits), *arith.value_range(acc))
         acc = arith.accumulator_value(acc, acc_bits, acc_overflow)
         bf = None if bias is None else per(bias, np.float32)
         return arith.requantize_float32(acc, per(scale, np.float32), zy, lo, hi, bias_f32=bf), overflows
     wide = acc if bias is None else acc + per(bias, np.int64)
-    overflows = arith.count_outside(wide, acc_bits)
+    overflows = AccStats(arith.count_outside(wide, acc_bits), *arith.value_range(wide))
     wide = arith.accumulator_value(wide, acc_bits, acc_overflow)
     if mode == "float32":
         return arith.requantize_float32(wide, per(scale, np.float32), zy, lo, hi), overflows
@@ -216,17 +248,22 @@ def _requantize_engine(acc, bias, multiplier, shift, zy, lo, hi, channel_axis, a
 
 @numba.njit(cache=True, nogil=True)
 def _requantize_3d(acc, bias, multiplier, shift, zy, lo, hi, acc_lim, overflow_code, out):
-    """Fused bias + overflow count + accumulator + arith.requantize_scalar over (outer, channel, inner)."""
+    """Fused bias + overflow count + range of acc + bias (from 0: arith.value_range) + accumulator
+    + arith.requantize_scalar over (outer, channel, inner), in one pass -> (overflows, low, high)."""
     overflows = 0
+    low = np.int64(0)
+    high = np.int64(0)
     for a in range(acc.shape[0]):
         for ch in range(acc.shape[1]):
             m, s, bi = multiplier[ch], shift[ch], bias[ch]
             for i in range(acc.shape[2]):
                 v = np.int64(acc[a, ch, i]) + bi
                 overflows += v < -acc_lim or v >= acc_lim
+                low = min(low, v)
+                high = max(high, v)
                 v = arith.accumulator_scalar(v, acc_lim, overflow_code)
                 out[a, ch, i] = arith.requantize_scalar(v, m, s, zy, lo, hi)
-    return overflows
+    return overflows, low, high
 
 
 def conv2d(x, weight, bias, multiplier, shift, *, x_zero_point=0, w_zero_point=0, y_zero_point=0,
@@ -251,7 +288,7 @@ def conv2d(x, weight, bias, multiplier, shift, *, x_zero_point=0, w_zero_point=0
     else:
         parts = [one_block(b0) for b0 in starts]
     y = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
-    return y, sum(p[1] for p in parts)
+    return y, AccStats.merge(p[1] for p in parts)
 
 
 _POOL = None

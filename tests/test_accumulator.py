@@ -1,5 +1,6 @@
 """The accumulator as built: biases that fit it (the weight-scale floor of near-dead channels),
-on a synthetic layer and on the real EfficientNet-Lite0, for every rounding method."""
+on a synthetic layer and on the real EfficientNet-Lite0, for every rounding method; the
+overflow modes in both executors; the measured peak |acc + bias| and the width it needed."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 import quantsim
 from integer_ref import executor as iref
+from integer_ref import kernels as K
 from integer_ref.ir import Graph, Node, QParams
 from quantsim.emulate import executor as E
 from quantsim.errors import QuantsimError
@@ -74,6 +76,11 @@ def test_lite0_per_channel_has_no_accumulator_overflow(imagenet_calib_dir, w_bit
     be = prog.check_bitexact(x[:2])
     assert be.total_mismatches == 0
     assert sum(be.acc_overflows.values()) == 0
+    # every accumulating node has a measured peak, and none needed more than the 32 bits built
+    acc_nodes = {n.name for n in prog.graph.nodes if n.op in iref.ACC_OPS}
+    assert set(be.acc_peaks) == set(be.acc_bits_needed) == acc_nodes
+    assert 16 < be.acc_bits_needed_max <= 32
+    assert all(0 < p < 2**31 for p in be.acc_peaks.values())
 
 
 # --- saturate and wrap: the hardware's integers, in both executors ---------------------------------
@@ -142,3 +149,105 @@ def test_overflow_modes_whole_program_twins(seed, overflow, acc_bits):
 def test_overflow_mode_is_checked():
     with pytest.raises(QuantsimError, match="overflow"):
         QuantConfig(acc_overflow="clip")
+
+
+# --- the measured peak |acc + bias| and the narrowest accumulator that held it ----------------------
+
+def _smallest_signed_bits(values) -> int:
+    """Plain search: the smallest b >= 2 with -2^(b-1) <= v < 2^(b-1) for every value."""
+    b = 2
+    while any(not -(2 ** (b - 1)) <= int(v) < 2 ** (b - 1) for v in values):
+        b += 1
+    return b
+
+
+def _conv_acc_oracle(codes, zx, w, bias, stride, pad, groups):
+    """acc + bias of a conv, window by window in plain int64 (padding holds the zero point)."""
+    n, c, h, wd = codes.shape
+    o, cg, kh, kw = w.shape
+    xs = np.pad(codes - zx, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    acc = np.zeros((n, o, ho, wo), np.int64)
+    og = o // groups
+    for oc in range(o):
+        chans = slice((oc // og) * cg, (oc // og + 1) * cg)
+        for i in range(ho):
+            for j in range(wo):
+                win = xs[:, chans, i * stride:i * stride + kh, j * stride:j * stride + kw]
+                acc[:, oc, i, j] = (win * w[oc]).sum(axis=(1, 2, 3)) + bias[oc]
+    return acc
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(2, 8), st.integers(2, 8), st.sampled_from(["dyadic", "float32"]),
+       st.sampled_from([1, 2]), st.booleans(), st.integers(1, 5))
+def test_peak_is_the_largest_accumulator_value(seed, a_bits, w_bits, requant, stride, depthwise, chunk):
+    """conv and linear of random widths (both requantize paths: the fused Numba loop and the engines'),
+    images in chunks: acc_peaks is max |acc + bias| of a plain int64 recomputation and
+    acc_bits_needed the smallest signed width holding every value; overflow counts agree with it."""
+    rng = np.random.default_rng(seed)
+    n, c, h, o = 5, 4, 6, 4
+    groups = c if depthwise else 1
+    amin, amax = (0, 2**a_bits - 1) if a_bits > 4 else (-(2 ** (a_bits - 1)) + 1, 2 ** (a_bits - 1) - 1)
+    zx = int(rng.integers(amin, amax + 1)) if rng.random() < 0.5 else 0
+    codes = rng.integers(amin, amax + 1, size=(n, c, h, h))
+    wq = 2 ** (w_bits - 1) - 1
+    cw = rng.integers(-wq, wq + 1, size=(o, c // groups, 3, 3))
+    lw = rng.integers(-wq, wq + 1, size=(o, h))
+    cb = rng.integers(-(2**12), 2**12, size=o) if rng.random() < 0.8 else np.zeros(o, np.int64)
+    lb = rng.integers(-(2**12), 2**12, size=o)
+    scale = 2.0**-4  # a power of two: the float image quantizes back to exactly these codes
+    xq = QParams(a_bits, amin < 0, np.float64(scale), zx)
+    yq = QParams(8, True, np.float64(0.1))
+
+    def mac(weight, bias):
+        p = {"weight": weight, "bias": bias, "multiplier": rng.integers(2**29, 2**30, size=o),
+             "shift": rng.integers(36, 40, size=o)}
+        if requant == "float32":
+            p["requant_scale"] = rng.uniform(1e-4, 1e-2, size=o).astype(np.float32)
+        return p
+    nodes = [Node("q", "quantize", ["x"], xq),
+             Node("c", "conv2d", ["q"], yq, attrs={"stride": [stride, stride], "groups": groups,
+                                                    "padding": [1, 1, 1, 1], "requant": requant},
+                  params=mac(cw, cb)),
+             Node("fc", "linear", ["q"], yq, attrs={"requant": requant}, params=mac(lw, lb))]
+    acc_bits = 14
+    g = Graph(nodes, "x", (c, h, h), ["c", "fc"], {"acc_bits": acc_bits})
+    ref = iref.run(g, (codes - zx).astype(np.float64) * scale, keep="all", chunk=chunk)
+    assert np.array_equal(ref.tensors["q"], codes)
+    want = {"c": _conv_acc_oracle(codes, zx, cw, cb, stride, 1, groups),
+            "fc": np.einsum("nchw,ow->ncho", codes - zx, lw) + lb}
+    for name, acc in want.items():
+        assert ref.acc_peaks[name] == int(np.abs(acc).max()), name
+        assert ref.acc_bits_needed[name] == _smallest_signed_bits([acc.min(), acc.max(), 0]), name
+        assert (ref.acc_overflows[name] > 0) == (ref.acc_bits_needed[name] > acc_bits), name
+
+
+@pytest.mark.parametrize("requant", ["dyadic", "gemmlowp"])
+@pytest.mark.parametrize("values,peak,bits", [([-8, 3], 8, 4), ([8, -3], 8, 5), ([0, 0], 0, 2), ([-1], 1, 2),
+                                              ([1], 1, 2), ([-(2**31)], 2**31, 32), ([2**31 - 1, -5], 2**31 - 1, 32),
+                                              ([2**31], 2**31, 33)])
+def test_bits_needed_at_the_edges_of_a_signed_range(requant, values, peak, bits):
+    """-2^(b-1) fits b bits and 2^(b-1) does not: the width is not just the peak's bit length + 1."""
+    acc = np.array(values, np.int64).reshape(1, -1)
+    _, stats = K.requantize(acc, None, 2**30, 31, 0, -127, 127, 0, 32, requant)
+    assert (stats.peak, stats.bits_needed, int(stats)) == (peak, bits, int(bits > 32) * len(values))
+    assert bits == _smallest_signed_bits(values)
+
+
+def test_dead_channel_peak_and_overflows_agree_on_a_16_bit_accumulator():
+    """The dead-channel net lowered for 32 bits (its floored bias ~2^30) run on a 16-bit accumulator:
+    a node overflows exactly when its measured peak needs more than 16 bits, and both happen."""
+    net = _dead_channel_net()
+    x = torch.randn(24, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    prog = quantsim.quantize(net, QuantConfig(w_bits=8, a_bits=8, granularity="per-channel"), x)
+    prog.graph.meta["acc_bits"] = 16
+    be = prog.check_bitexact(x[:4])
+    assert be.total_mismatches == 0
+    assert set(be.acc_overflows) == set(be.acc_peaks)
+    for name, count in be.acc_overflows.items():
+        assert (count > 0) == (be.acc_bits_needed[name] > 16) == (be.acc_peaks[name] >= 2**15), name
+    conv = prog.graph.nodes[1].name
+    assert be.acc_overflows[conv] > 0 and be.acc_bits_needed[conv] > 16
+    assert any(c == 0 for c in be.acc_overflows.values())  # some layer fits: the equivalence can fail
+    assert be.acc_bits_needed_max == max(be.acc_bits_needed.values()) > 16

@@ -87,6 +87,7 @@ def run_imported(args, accel) -> dict:
         **acc,
         "bitexact_images": bitexact.images, "bitexact_mismatches": bitexact.total_mismatches,
         "acc_overflows": int(sum(bitexact.acc_overflows.values())),
+        "acc_bits_needed_max": bitexact.acc_bits_needed_max,
         **summary_oracle,
         **hardware.energy_summary(hw, hw),
         "seconds": round(time.perf_counter() - t_start, 2),

@@ -16,7 +16,7 @@ from reports.summary_text import run_summary
 
 LAYER_COLUMNS = ["layer", "op", "source", "w_bits", "a_bits", "out_bits", "w_signed", "a_signed", "out_signed",
                  "granularity", "n_mac", "n_params", "weight_bytes", "in_bytes", "out_bytes", "in_shape",
-                 "out_shape", "sqnr_db", "acc_overflows", "bitexact_mismatches"]
+                 "out_shape", "sqnr_db", "acc_overflows", "acc_peak", "acc_bits_needed", "bitexact_mismatches"]
 
 
 def layer_table(graph: Graph, bitexact, sqnr: dict[str, float]) -> pd.DataFrame:
@@ -42,6 +42,9 @@ def layer_table(graph: Graph, bitexact, sqnr: dict[str, float]) -> pd.DataFrame:
             "in_shape": "x".join(map(str, in_shape)), "out_shape": "x".join(map(str, out_shape)),
             "sqnr_db": sqnr.get(node.name),
             "acc_overflows": bitexact.acc_overflows.get(node.name, 0) if bitexact else None,
+            # empty for nodes that form no accumulator
+            "acc_peak": bitexact.acc_peaks.get(node.name) if bitexact else None,
+            "acc_bits_needed": bitexact.acc_bits_needed.get(node.name) if bitexact else None,
             "bitexact_mismatches": bitexact.mismatches.get(node.name) if bitexact else None,
         }
         if node.op in MAC_OPS:
@@ -54,7 +57,7 @@ def layer_table(graph: Graph, bitexact, sqnr: dict[str, float]) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows, columns=LAYER_COLUMNS + [c for c in rows[0] if c not in LAYER_COLUMNS])
     # widths and counts stay integers even where a row has none (non-MAC ops have no w_bits)
-    for col in ("w_bits", "a_bits", "acc_overflows", "bitexact_mismatches"):
+    for col in ("w_bits", "a_bits", "acc_overflows", "acc_peak", "acc_bits_needed", "bitexact_mismatches"):
         df[col] = df[col].astype("Int64")
     for col in ("w_signed", "a_signed"):
         df[col] = df[col].astype("boolean")

@@ -182,6 +182,7 @@ def run(opts: RunOptions) -> dict:
         "bitexact_images": bitexact.images if bitexact else 0,
         "bitexact_mismatches": bitexact.total_mismatches if bitexact else 0,
         "acc_overflows": int(sum(bitexact.acc_overflows.values())) if bitexact else 0,
+        "acc_bits_needed_max": bitexact.acc_bits_needed_max if bitexact else None,
         **(fp32_energy(hw) if cfg is None else hardware.energy_summary(hw, w8)),
         "seconds": round(time.perf_counter() - t_start, 2),
         "config": cfg.to_json() if cfg else None,

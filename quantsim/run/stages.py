@@ -182,10 +182,19 @@ class BitExact:
     acc_overflows: dict[str, int]
     ref_tensors: dict[str, np.ndarray]  # integer_ref's outputs (operand taps for hwmodel)
     seconds_ref: float
+    # per accumulating node (integer_ref.executor.ExecResult): max |acc + bias| over the images, and
+    # the narrowest signed accumulator that held every value
+    acc_peaks: dict[str, int] = field(default_factory=dict)
+    acc_bits_needed: dict[str, int] = field(default_factory=dict)
 
     @property
     def total_mismatches(self) -> int:
         return int(sum(self.mismatches.values()))
+
+    @property
+    def acc_bits_needed_max(self) -> int | None:
+        """The narrowest accumulator for the whole program: the widest any layer needed."""
+        return max(self.acc_bits_needed.values(), default=None)
 
 
 def check_bitexact(graph: Graph, x: torch.Tensor) -> BitExact:
@@ -199,7 +208,8 @@ def check_bitexact(graph: Graph, x: torch.Tensor) -> BitExact:
         a = ref.tensors[node.name]
         b = emu.tensors[node.name].numpy()
         mismatches[node.name] = int(a.size) if a.shape != b.shape else int((a != b).sum())
-    return BitExact(len(x), mismatches, dict(ref.acc_overflows), ref.tensors, seconds)
+    return BitExact(len(x), mismatches, dict(ref.acc_overflows), ref.tensors, seconds, ref.acc_peaks,
+                    ref.acc_bits_needed)
 
 
 @torch.no_grad()
