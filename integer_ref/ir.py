@@ -115,6 +115,8 @@ def _fields(params_cls, drop=()) -> dict:
 _REQUANT = {"requant": "dyadic", "clamp": None}
 _POOL = {"kernel": REQUIRED, "stride": None, "padding": [0, 0, 0, 0]}  # stride None: the kernel size
 _NONLINEAR = {"mode": "integer", "in_scale": REQUIRED}  # mode "integer" | "float"
+# informational: output channels whose weight scale lowering widened so the bias fits the accumulator
+_FLOORED = {"scale_floored": 0}
 
 ATTRS: dict[str, dict[str, Any]] = {
     # scale / zero_point None: the float input is quantized like the output
@@ -122,8 +124,8 @@ ATTRS: dict[str, dict[str, Any]] = {
     "conv2d": {"stride": [1, 1], "dilation": [1, 1], "groups": 1, "padding": [0, 0, 0, 0],
                "padding_mode": None,  # "tf_same": padding computed from the input size
                "kernel": None,  # (kh, kw), informational: the weight's shape says it too
-               **_REQUANT},
-    "linear": dict(_REQUANT),
+               **_REQUANT, **_FLOORED},
+    "linear": {**_REQUANT, **_FLOORED},
     "add": {**_REQUANT, "left_shift": 20},  # left_shift: TFLite ADD's (gemmlowp only)
     "clamp": {"clamp": None},
     "maxpool": dict(_POOL),

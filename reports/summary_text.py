@@ -97,6 +97,19 @@ def bitexact_line(s: dict) -> str:
     return f"yes: integer_ref equals the emulation on every layer of {n} images (0 differing elements)"
 
 
+def accumulator_lines(s: dict) -> list[str]:
+    """What the accumulator held (integer_ref's measure) and where lowering had to widen a weight
+    scale so that a bias fits it; nothing for runs without those keys."""
+    out = []
+    if s.get("acc_bits_needed_max") is not None:
+        out.append(f"accumulator: {fmt.count(s.get('acc_overflows') or 0)} values outside its bits; the widest "
+                   f"layer needed {s['acc_bits_needed_max']} bits")
+    if s.get("scale_floored_channels"):
+        out.append(f"lowering widened the weight scale of {fmt.count(s['scale_floored_channels'])} output channels in "
+                   f"{s['scale_floored_layers']} layers so their biases fit the accumulator (layers.csv scale_floored)")
+    return out
+
+
 def photo_lines(pred: pd.DataFrame | None, bits: str) -> list[str]:
     if pred is None or pred.empty or len(pred) > PHOTOS_SHOWN:
         return []
@@ -129,7 +142,7 @@ def run_summary(s: dict, layers: pd.DataFrame | None, pred: pd.DataFrame | None,
     if photos:
         lines += photos + [""]
     lines += _block("Accuracy", accuracy_lines(s))
-    lines += _block("Bit-exact", [bitexact_line(s)])
+    lines += _block("Bit-exact", [bitexact_line(s)] + accumulator_lines(s))
     lines += _block("Energy", energy_lines(s) or ["n/a"])
     lines += _block("Hardware", hardware_lines(s))
     top = costliest(layers)

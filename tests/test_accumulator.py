@@ -56,6 +56,9 @@ def test_dead_channel_bias_fits_the_accumulator(rounding, w_bits):
     np.testing.assert_array_equal(s[live], clip_scale[live])
     assert s[DEAD] == pytest.approx(3.0 / (float(conv.in_q.scale) * bias_limit(32)), rel=1e-12)
     assert s[DEAD] > clip_scale[DEAD]
+    # lowering says where it had to: the dead channel of the first conv, nothing elsewhere
+    assert {n.name: n.attrs["scale_floored"] for n in prog.graph.nodes if n.op in ("conv2d", "linear")} == {
+        conv.name: 1, **{n.name: 0 for n in prog.graph.nodes[2:] if n.op in ("conv2d", "linear")}}
     # without the floor the same bias would not fit a 32-bit accumulator (the test could fail)
     assert 3.0 / (float(conv.in_q.scale) * clip_scale[DEAD]) > 2**31
     be = prog.check_bitexact(x[:4])
@@ -251,3 +254,32 @@ def test_dead_channel_peak_and_overflows_agree_on_a_16_bit_accumulator():
     assert be.acc_overflows[conv] > 0 and be.acc_bits_needed[conv] > 16
     assert any(c == 0 for c in be.acc_overflows.values())  # some layer fits: the equivalence can fail
     assert be.acc_bits_needed_max == max(be.acc_bits_needed.values()) > 16
+
+
+def test_the_report_says_where_lowering_floored_a_scale(tmp_path, monkeypatch):
+    """summary.json counts the widened channels and layers, layers.csv names them, summary.txt says so."""
+    import json
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from torch.utils.data import TensorDataset
+
+    from quantsim.cli import simulate
+    from quantsim.run import inputs, single
+    from quantsim.zoo.preprocess import Preprocess
+
+    net = _dead_channel_net()
+    x = torch.randn(12, 3, 12, 12, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 5, (12,), generator=torch.Generator().manual_seed(2))
+    loaded = SimpleNamespace(model=net, preprocess=Preprocess((3, 12, 12), (0.0,) * 3, (1.0,) * 3, resize=None),
+                             arch="dead", source="random init", class_names=None)
+    monkeypatch.setattr(single, "load_inputs",
+                        lambda opts: inputs.Inputs(loaded, TensorDataset(x[:8], y[:8]), TensorDataset(x[8:], y[8:]), None))
+    out = tmp_path / "run"
+    assert simulate.main(["dead", "--bits", "8", "--calib", "8", "--bitexact-images", "2", "--batch-size", "4",
+                          "--accel", "scalesim-32x32-os", "--out", str(out), "--no-progress", "--quiet"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert (s["scale_floored_channels"], s["scale_floored_layers"]) == (1, 1)
+    layers = pd.read_csv(out / "layers.csv").set_index("layer")
+    assert layers["scale_floored"].fillna(0).sum() == 1 and layers["scale_floored"].max() == 1
+    assert "widened the weight scale of 1 output channels in 1 layers" in (out / "summary.txt").read_text()

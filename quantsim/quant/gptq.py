@@ -182,7 +182,7 @@ class LayerCodes:
 
 def weight_scale(n: FNode, w_bits: int, cfg: QuantConfig) -> tuple[np.ndarray, np.ndarray]:
     """(round-to-nearest codes, scale) by the lowering's own weight rule."""
-    q, qp = _quantize_weight(n, w_bits, cfg)
+    q, qp, _ = _quantize_weight(n, w_bits, cfg)
     return q, np.asarray(qp.scale, np.float64)
 
 

@@ -211,19 +211,23 @@ def with_weight_scale_floors(g: FloatGraph, q: dict[str, QParams], acc_bits: int
     return FloatGraph(nodes, g.output, g.input_shape)
 
 
-def _quantize_weight(n: FNode, w_bits: int, cfg: QuantConfig) -> tuple[np.ndarray, QParams]:
+def _quantize_weight(n: FNode, w_bits: int, cfg: QuantConfig) -> tuple[np.ndarray, QParams, int]:
+    """(integer weights, their QParams, how many output channels the accumulator floor widened)."""
     _, qmax = qrange(w_bits, True)
     per_channel = cfg.granularity == "per-channel"
     clip = weight_clip(n.weight, per_channel, weight_method(cfg.calib_method), qmax)
     clip = clip * n.attrs.get("weight_clip_alpha", 1.0)  # searched factor (quantsim.quant.scale_search)
     scale = scale_from_clip(clip, qmax)  # float64: the IR's scales
     min_scale = n.attrs.get("weight_scale_min")  # the accumulator's floor (with_weight_scale_floors)
+    floored = 0
     if min_scale is not None:
-        scale = torch.maximum(scale, min_scale if per_channel else min_scale.max())
+        floor = min_scale if per_channel else min_scale.max()
+        floored = int((floor > scale).sum()) if per_channel else (len(min_scale) if bool(floor > scale) else 0)
+        scale = torch.maximum(scale, floor)
     if cfg.requant == "float32":  # ONNX holds float32 scales: quantize with the value written
         scale = scale.float().double()
     qp = QParams(w_bits, True, scale.numpy(), axis=0 if per_channel else None)
-    return weight_codes(n.weight, scale, qmax).numpy(), qp
+    return weight_codes(n.weight, scale, qmax).numpy(), qp, floored
 
 
 def _precomputed_codes(n: FNode, wq: np.ndarray, w_qp: QParams) -> np.ndarray:
@@ -242,7 +246,7 @@ def _precomputed_codes(n: FNode, wq: np.ndarray, w_qp: QParams) -> np.ndarray:
 
 def _mac_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node:
     w_bits, _ = cfg.bits_for(n.name)
-    wq, w_qp = _quantize_weight(n, w_bits, cfg)
+    wq, w_qp, floored = _quantize_weight(n, w_bits, cfg)
     if "weight_codes" in n.attrs:  # precomputed integer weights (quantsim.quant.gptq)
         wq = _precomputed_codes(n, wq, w_qp)
     out_ch = wq.shape[0]
@@ -256,7 +260,8 @@ def _mac_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -> Node
     acc_bound = float((np.abs(wq).reshape(out_ch, -1).sum(1) * x_mag + np.abs(bias_q)).max())
     mult, shift = quantize_multipliers(acc_scale / float(out_q.scale), _mult_bits_for(acc_bound, cfg))
     params["multiplier"], params["shift"] = mult, shift
-    attrs: dict = {"clamp": _clamp(out_q, n.act)}
+    # scale_floored: channels whose weight scale was widened so their bias fits the accumulator
+    attrs: dict = {"clamp": _clamp(out_q, n.act), "scale_floored": floored}
     if cfg.requant == "float32":
         attrs["requant"] = "float32"
         params["requant_scale"] = np.broadcast_to(f32_mac_scale(in_q.scale, w_qp.scale, out_q.scale), (out_ch,)).copy()

@@ -16,7 +16,8 @@ from reports.summary_text import run_summary
 
 LAYER_COLUMNS = ["layer", "op", "source", "w_bits", "a_bits", "out_bits", "w_signed", "a_signed", "out_signed",
                  "granularity", "n_mac", "n_params", "weight_bytes", "in_bytes", "out_bytes", "in_shape",
-                 "out_shape", "sqnr_db", "acc_overflows", "acc_peak", "acc_bits_needed", "bitexact_mismatches"]
+                 "out_shape", "sqnr_db", "acc_overflows", "acc_peak", "acc_bits_needed", "scale_floored",
+                 "bitexact_mismatches"]
 
 
 def layer_table(graph: Graph, bitexact, sqnr: dict[str, float]) -> pd.DataFrame:
@@ -45,6 +46,8 @@ def layer_table(graph: Graph, bitexact, sqnr: dict[str, float]) -> pd.DataFrame:
             # empty for nodes that form no accumulator
             "acc_peak": bitexact.acc_peaks.get(node.name) if bitexact else None,
             "acc_bits_needed": bitexact.acc_bits_needed.get(node.name) if bitexact else None,
+            # output channels whose weight scale lowering widened so the bias fits the accumulator
+            "scale_floored": node.attrs.get("scale_floored"),
             "bitexact_mismatches": bitexact.mismatches.get(node.name) if bitexact else None,
         }
         if node.op in MAC_OPS:
@@ -57,7 +60,8 @@ def layer_table(graph: Graph, bitexact, sqnr: dict[str, float]) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows, columns=LAYER_COLUMNS + [c for c in rows[0] if c not in LAYER_COLUMNS])
     # widths and counts stay integers even where a row has none (non-MAC ops have no w_bits)
-    for col in ("w_bits", "a_bits", "acc_overflows", "acc_peak", "acc_bits_needed", "bitexact_mismatches"):
+    for col in ("w_bits", "a_bits", "acc_overflows", "acc_peak", "acc_bits_needed", "scale_floored",
+                "bitexact_mismatches"):
         df[col] = df[col].astype("Int64")
     for col in ("w_signed", "a_signed"):
         df[col] = df[col].astype("boolean")

@@ -183,6 +183,9 @@ def run(opts: RunOptions) -> dict:
         "bitexact_mismatches": bitexact.total_mismatches if bitexact else 0,
         "acc_overflows": int(sum(bitexact.acc_overflows.values())) if bitexact else 0,
         "acc_bits_needed_max": bitexact.acc_bits_needed_max if bitexact else None,
+        # lowering's accumulator floor: output channels whose weight scale it widened, and in how many layers
+        "scale_floored_channels": sum(int(n.attrs.get("scale_floored", 0)) for n in graph.nodes) if cfg else 0,
+        "scale_floored_layers": sum(1 for n in graph.nodes if n.attrs.get("scale_floored", 0)) if cfg else 0,
         **(fp32_energy(hw) if cfg is None else hardware.energy_summary(hw, w8)),
         "seconds": round(time.perf_counter() - t_start, 2),
         "config": cfg.to_json() if cfg else None,
