@@ -44,15 +44,21 @@ def test_w4a4_takes_half_the_cycles_of_w8a8_on_the_bit_serial_array(programs):
         assert (serial[4][col] == parallel[4][col]).all(), col
 
 
-def test_precision_keys_are_checked(tmp_path):
-    doc = (PRESET_DIR / "bitserial-32x32-os.toml").read_text()
+def _refused(tmp_path, preset: str, old: str, new: str, match: str) -> None:
+    """The preset with `old` replaced by `new` is refused with a ValueError matching `match`."""
+    doc = (PRESET_DIR / f"{preset}.toml").read_text()
+    assert old in doc
     bad = tmp_path / "bad.toml"
-    bad.write_text(doc.replace('precision = "bit-serial"', 'precision = "bit-analog"'))
-    with pytest.raises(ValueError, match="array.precision must be one of"):
+    bad.write_text(doc.replace(old, new))
+    with pytest.raises(ValueError, match=match):
         load_accelerator(bad)
-    bad.write_text(doc.replace('precision = "bit-serial"', 'precision = "bit-parallel"'))
-    with pytest.raises(ValueError, match="serial_bits needs"):
-        load_accelerator(bad)
+
+
+def test_precision_keys_are_checked(tmp_path):
+    _refused(tmp_path, "bitserial-32x32-os", 'precision = "bit-serial"', 'precision = "bit-analog"',
+             "array.precision must be one of")
+    _refused(tmp_path, "bitserial-32x32-os", 'precision = "bit-serial"', 'precision = "bit-parallel"',
+             "serial_bits needs")
     a = load_accelerator("bitserial-32x32-os")
     assert (a.precision, a.serial_bits, a.cycle_steps(8), a.cycle_steps(3)) == ("bit-serial", 1, 8, 3)
     assert load_accelerator("scalesim-32x32-os").cycle_steps(8) == 1
@@ -91,11 +97,6 @@ def test_bit_fusion_lanes_and_keys(tmp_path):
                      (2, 8): (4, 1), (3, 5): (2, 1), (1, 1): (16, 1), (16, 8): (1, 2), (16, 16): (1, 4)}
     parallel = load_accelerator("scalesim-32x32-os")
     assert (parallel.fusion_lanes(4, 4), parallel.cycle_steps(4, 4)) == (1, 1)
-    doc = (PRESET_DIR / "bitfusion-32x32-os.toml").read_text()
-    bad = tmp_path / "bad.toml"
-    bad.write_text(doc.replace('precision = "bit-fusion"', 'precision = "bit-parallel"'))
-    with pytest.raises(ValueError, match="fusion_bits needs"):
-        load_accelerator(bad)
-    bad.write_text(doc.replace("brick_bits = 2 ", "brick_bits = 3 "))
-    with pytest.raises(ValueError, match="powers of two"):
-        load_accelerator(bad)
+    _refused(tmp_path, "bitfusion-32x32-os", 'precision = "bit-fusion"', 'precision = "bit-parallel"',
+             "fusion_bits needs")
+    _refused(tmp_path, "bitfusion-32x32-os", "brick_bits = 2 ", "brick_bits = 3 ", "powers of two")

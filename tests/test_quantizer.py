@@ -111,7 +111,7 @@ def test_lowering_search_and_ranking_share_the_quantizer(per_channel, requant):
     w = _weight(3, (5, 4))
     n = FNode("fc", "linear", ["x"], {}, w, torch.zeros(5))
     cfg = QuantConfig(w_bits=4, granularity="per-channel" if per_channel else "per-tensor", requant=requant)
-    q, qp = _quantize_weight(n, 4, cfg)
+    q, qp, _ = _quantize_weight(n, 4, cfg)
     assert q.dtype == np.int64 and np.abs(q).max() <= 7
     deq = torch.from_numpy(q).double() * Q.channel_view(torch.from_numpy(np.asarray(qp.scale)), 2)
     if requant == "dyadic":
