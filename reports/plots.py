@@ -87,12 +87,12 @@ def energy_breakdown(rows: pd.DataFrame, path_stem: str | os.PathLike,
 
 
 def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
-           fp32_top1: float | None = None, w8a8_energy: float | None = None,
+           fp32_top1: float | None = None, w8a8_cost: float | None = None,
            title: str | None = None, logx: bool | None = None, cost: str = "e_total_pj") -> tuple[Path, Path]:
     """Accuracy against a cost per image, ``cost``: "e_total_pj" (energy, the default) or
     "latency_us": every point labelled, grouped by ``policy`` when that column is there, the
     Pareto frontier as a step line (the best accuracy reachable at or below each cost), FP32
-    accuracy and the W8A8 point's cost (``w8a8_energy``, in the cost's own unit) as reference
+    accuracy and the W8A8 point's cost (``w8a8_cost``, in the cost's own unit) as reference
     lines. ``logx=None`` picks a log cost axis when the costs span more than a factor of 20."""
     if cost not in COSTS:
         raise ValueError(f"pareto: cost {cost!r} is not one of {', '.join(COSTS)}")
@@ -127,9 +127,9 @@ def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
     if fp32_top1 is not None:
         ax.axhline(fp32_top1, color="tab:gray", ls="--", lw=1,
                    label=f"FP32 top-1 ({fp32_top1:.4g})")
-    if w8a8_energy is not None:
-        ax.axvline(w8a8_energy / scale, color="tab:red", ls=":", lw=1,
-                   label=f"W8A8 {what} ({w8a8_energy / scale:.4g} {unit})")
+    if w8a8_cost is not None:
+        ax.axvline(w8a8_cost / scale, color="tab:red", ls=":", lw=1,
+                   label=f"W8A8 {what} ({w8a8_cost / scale:.4g} {unit})")
     finite = e[np.isfinite(e) & (e > 0)]
     if logx is None:
         logx = finite.size > 1 and finite.max() / finite.min() > 20

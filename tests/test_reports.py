@@ -214,7 +214,7 @@ def test_pareto_plot(tmp_path):
                         "policy": ["fp32", "uniform", "uniform", "budget", "uniform"],
                         "top1": [0.92, 0.918, 0.80, 0.915, 0.91],
                         "e_total_pj": [1e9, 1e8, 3e7, 6e7, 6.5e7]})
-    paths = plots.pareto(pts, tmp_path / "pareto", fp32_top1=0.92, w8a8_energy=1e8)
+    paths = plots.pareto(pts, tmp_path / "pareto", fp32_top1=0.92, w8a8_cost=1e8)
     _assert_png_svg(paths, list(pts["label"]) + ["Pareto frontier", "budget", "uniform"])
     # no policy column, linear axis, a NaN point: still draws
     paths = plots.pareto(pts.drop(columns="policy").assign(
@@ -222,7 +222,7 @@ def test_pareto_plot(tmp_path):
     _assert_png_svg(paths, ["W8A8 pt", "W4A4 pc"])
     # against latency: its own axis, unit and reference line
     paths = plots.pareto(pts.assign(latency_us=[3000.0, 900.0, 500.0, 700.0, 800.0]), tmp_path / "lat",
-                         fp32_top1=0.92, w8a8_energy=900.0, cost="latency_us")
+                         fp32_top1=0.92, w8a8_cost=900.0, cost="latency_us")
     _assert_png_svg(paths, ["latency per image (ms)", "W8A8 latency (0.9 ms)", "Pareto frontier"])
     with pytest.raises(ValueError, match="cost 'cycles' is not one of"):
         plots.pareto(pts.assign(cycles=1), tmp_path / "bad", cost="cycles")

@@ -71,8 +71,7 @@ def main_sweep_file(args: argparse.Namespace, argv: list[str] | None) -> int:
 
     return run_command(lambda opts: sweep_file.run_sweep_file(args.sweep, given, opts.progress),
                        SweepOptions.from_namespace(args), show,
-                       lambda t: pd.to_numeric(t["bitexact_mismatches"], errors="coerce").fillna(0).sum(),
-                       "the runs' points.csv")
+                       sweep.total_mismatches, "the runs' points.csv")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not args.quiet:
             print((Path(args.out) / "summary.txt").read_text(), end="")
 
-    return run_command(run, SweepOptions.from_namespace(args), show,
-                       lambda df: pd.to_numeric(df.get("bitexact_mismatches"), errors="coerce").fillna(0).sum(),
+    return run_command(run, SweepOptions.from_namespace(args), show, sweep.total_mismatches,
                        f"{args.out}/points.csv")
 
 

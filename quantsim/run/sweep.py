@@ -152,6 +152,11 @@ def quantized_predictions(graph, ev: EvalSet, progress: bool, desc: str) -> np.n
 # --------------------------------------------------------------------------- points file
 
 
+def total_mismatches(df: pd.DataFrame) -> int:
+    """Differing elements (integer_ref vs emulate) over a table's rows; missing counts as 0."""
+    return int(pd.to_numeric(df.get("bitexact_mismatches"), errors="coerce").fillna(0).sum())
+
+
 def read_points(path: Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=POINT_COLUMNS)
@@ -454,11 +459,11 @@ def _plots(out: Path, df: pd.DataFrame, args, title: str) -> None:
     q = pts[pts["policy"] != "fp32"]
     fp32_top1 = float(fp32["top1"].iloc[0]) if len(fp32) else None
     pareto_plot(q, out / "pareto", fp32_top1=fp32_top1,
-                w8a8_energy=float(ref["e_total_pj"].iloc[0]) if len(ref) else None, title=title)
+                w8a8_cost=float(ref["e_total_pj"].iloc[0]) if len(ref) else None, title=title)
     if "latency_us" in q.columns and pd.to_numeric(q["latency_us"], errors="coerce").notna().any():
         w8_lat = pd.to_numeric(ref["latency_us"], errors="coerce") if len(ref) else pd.Series(dtype=float)
         pareto_plot(q, out / "pareto_latency", fp32_top1=fp32_top1, cost="latency_us", title=title,
-                    w8a8_energy=float(w8_lat.iloc[0]) if w8_lat.notna().any() else None)
+                    w8a8_cost=float(w8_lat.iloc[0]) if w8_lat.notna().any() else None)
 
 
 def _report(out: Path, df: pd.DataFrame, meta: dict) -> None:

@@ -132,8 +132,12 @@ def _resolve_paths(opts: dict, base: Path) -> dict:
 def _options(table, where: str, skip: tuple = ()) -> dict:
     if not isinstance(table, dict):
         raise QuantsimError(f"{where}: expected a table of options, got {type(table).__name__}")
-    return {_field_name(k, where): _typed(_field_name(k, where), v, f"{where}: {k}")
-            for k, v in table.items() if k not in skip}
+    out = {}
+    for k, v in table.items():
+        if k not in skip:
+            name = _field_name(k, where)
+            out[name] = _typed(name, v, f"{where}: {k}")
+    return out
 
 
 _FOLDER = re.compile(r"[^A-Za-z0-9._+=-]+")
@@ -255,7 +259,7 @@ def _run_row(r: SweepRun, df: pd.DataFrame | None, seconds: float, error: str | 
     by = dict(zip(df["label"].astype(str), top1))
     fp32 = by.get("FP32")
     row.update(points=int(top1.notna().sum()), fp32_top1=fp32,
-               bitexact_mismatches=int(pd.to_numeric(df.get("bitexact_mismatches"), errors="coerce").fillna(0).sum()),
+               bitexact_mismatches=sweep.total_mismatches(df),
                w8a8_top1=by.get(f"W8A8-{sweep.GRAN_TAG[r.options.granularity]}"))
     if fp32 is not None and pd.notna(fp32):
         # the cheapest quantized point that a user would call lossless (within a point of FP32)

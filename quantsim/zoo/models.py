@@ -593,13 +593,18 @@ def looks_like_path(spec: str) -> bool:
             or os.path.exists(spec))
 
 
+def _is_model_name(spec: str) -> bool:
+    """A registry or timm name (not a path): what load_model builds rather than reads."""
+    return spec in ARCHS or (not looks_like_path(spec) and _is_timm_name(spec))
+
+
 def check_model_spec(spec: str, weights: str | None = None) -> None:
     """What load_model would refuse first, without building anything: an unknown name, a
     model file or --weights file that does not exist (a sweep file checks every run so)."""
     spec = str(spec)
     if is_torchvision_name(spec):
         _tv_name(spec)
-    elif not (spec in ARCHS or (not looks_like_path(spec) and _is_timm_name(spec))):
+    elif not _is_model_name(spec):
         if not looks_like_path(spec):
             raise QuantsimError(f"unknown model {spec!r}: not a file and not a known name "
                                 f"({_known_names_line()})")
@@ -614,8 +619,7 @@ def load_model(spec: str, arch: str | None = None, trust_model: bool = False, pr
     spec = str(spec)
     if is_torchvision_name(spec):
         return _load_torchvision(spec, arch, pretrained, weights, arch_kwargs)
-    is_name = spec in ARCHS or (not looks_like_path(spec) and _is_timm_name(spec))
-    if not is_name:
+    if not _is_model_name(spec):
         if looks_like_path(spec):
             if weights is not None:
                 raise QuantsimError("--weights goes with a model name, not with a model file")
