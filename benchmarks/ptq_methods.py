@@ -1,4 +1,4 @@
-"""Weight rounding methods at low bit widths: round-to-nearest vs GPTQ vs AdaRound vs block reconstruction (issue 13), CIFAR-10 ResNet-20.
+"""Weight rounding methods at low bit widths: round-to-nearest vs GPTQ vs AdaRound vs block reconstruction (issue 13), CIFAR-10 ResNet-20/56 or EfficientNet-Lite0 (--model).
 
     nice python benchmarks/ptq_methods.py --eval 1000
     nice python benchmarks/ptq_methods.py --eval 10000 --bits W4A8,W4A4 --methods nearest,gptq,adaround
@@ -41,8 +41,8 @@ METHODS = {"nearest": {"rounding": "nearest"},
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="resnet20", choices=["resnet20", "resnet56"])
-    p.add_argument("--eval", type=int, default=1000, help="evaluation images (CIFAR-10 test)")
+    p.add_argument("--model", default="resnet20", choices=["resnet20", "resnet56", "lite0"])
+    p.add_argument("--eval", type=int, default=1000, help="evaluation images (CIFAR-10 test; imagenet-val for lite0)")
     p.add_argument("--calib", type=int, default=256)
     p.add_argument("--bits", default="W4A8,W4A4")
     p.add_argument("--methods", default="nearest,gptq,gptq-float,adaround")
