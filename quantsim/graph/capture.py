@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from torch.fx.operator_schemas import normalize_function
 
 from integer_ref.arith import tf_same_padding
+from quantsim.graph.mobilevit import batch_first_blocks
 from quantsim.graph.swin import TimmSwinBlock, is_swin_function, swin_nodes, timm_block_nodes
 from quantsim.zoo import cifar_resnet
 from quantsim.zoo.cifar_resnet import OptionAShortcut
@@ -217,14 +218,19 @@ def _trace_failure_site(model: nn.Module, exc: BaseException) -> str:
     return site
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> fx.GraphModule:
+    """torch.fx's graph of `model`; `input_shape` (C, H, W), capture's one static shape, is what
+    timm's MobileViT blocks are traced at (quantsim.graph.mobilevit)."""
     tracer = _LeafTracer()
     # timm attention: the unfused path, so that q·kᵀ, softmax and attn·v are separate ops
     fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
     try:
         for m, _ in fused:
             m.fused_attn = False
-        graph = tracer.trace(model, concrete_args=_default_args(model) or None)
+        with batch_first_blocks(model, input_shape):
+            graph = tracer.trace(model, concrete_args=_default_args(model) or None)
+    except QuantsimError:
+        raise
     except Exception as exc:  # fx raises many kinds; the user needs one line
         line = f"cannot trace the model with torch.fx: {type(exc).__name__}: {exc}".splitlines()[0]
         raise QuantsimError(line + _trace_failure_site(model, exc)) from exc
@@ -1059,7 +1065,7 @@ def _check_batch_first(g: FloatGraph) -> None:
 def capture(model: nn.Module, input_shape: tuple[int, int, int]) -> FloatGraph:
     """Trace, fold BN, fuse activations; the result computes what the model computes."""
     model = model.eval()
-    gm = trace(model)
+    gm = trace(model, input_shape)
     g = _raw_graph(gm, input_shape)
     _drop_identities(g)
     _fold_batchnorm(g)
