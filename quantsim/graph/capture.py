@@ -55,6 +55,9 @@ out as graph ops in quantsim.graph.swin (``pad`` and ``roll``: integer copies; `
 masked softmax; per-head matmul alpha); timm's SwinTransformerBlock is a leaf written out there too.
 Shape arithmetic: torch.fx traces ``x.shape`` and the ints computed from it as nodes; their values at
 the traced shapes are on the shape run's record, and F.pad reads its amounts from there (``_static``).
+Where plain torch.fx cannot trace the model at all (Python control flow on sizes), it is traced again
+with every size fixed at the input shape (quantsim.graph.static_trace); timm's MobileViT blocks are
+traced batch-first at that shape (quantsim.graph.mobilevit).
 """
 from __future__ import annotations
 
@@ -74,6 +77,7 @@ from torch.fx.operator_schemas import normalize_function
 
 from integer_ref.arith import tf_same_padding
 from quantsim.graph.mobilevit import batch_first_blocks
+from quantsim.graph.static_trace import StaticShapes
 from quantsim.graph.swin import TimmSwinBlock, is_swin_function, swin_nodes, timm_block_nodes
 from quantsim.zoo import cifar_resnet
 from quantsim.zoo.cifar_resnet import OptionAShortcut
@@ -218,21 +222,36 @@ def _trace_failure_site(model: nn.Module, exc: BaseException) -> str:
     return site
 
 
+class _StaticShapeTracer(StaticShapes, _LeafTracer):
+    """_LeafTracer with sizes fixed at an example input (quantsim.graph.static_trace)."""
+
+
 def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> fx.GraphModule:
-    """torch.fx's graph of `model`; `input_shape` (C, H, W), capture's one static shape, is what
-    timm's MobileViT blocks are traced at (quantsim.graph.mobilevit)."""
-    tracer = _LeafTracer()
+    """torch.fx's graph of `model`. Given `input_shape` (C, H, W), capture's one static shape: timm's
+    MobileViT blocks are traced at it (quantsim.graph.mobilevit), and a model that plain torch.fx
+    cannot trace (Python control flow on sizes) is traced again with its sizes fixed at that shape
+    (a batch of 2, as the shape run)."""
     # timm attention: the unfused path, so that q·kᵀ, softmax and attn·v are separate ops
     fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    concrete = _default_args(model) or None
+    static = ""
     try:
         for m, _ in fused:
             m.fused_attn = False
         with batch_first_blocks(model, input_shape):
-            graph = tracer.trace(model, concrete_args=_default_args(model) or None)
+            tracer = _LeafTracer()
+            try:
+                graph = tracer.trace(model, concrete_args=concrete)
+            except Exception:
+                if input_shape is None:
+                    raise
+                static = ", even with its sizes fixed at the input shape"
+                tracer = _StaticShapeTracer(torch.zeros(2, *input_shape))
+                graph = tracer.trace(model, concrete_args=concrete)
     except QuantsimError:
         raise
     except Exception as exc:  # fx raises many kinds; the user needs one line
-        line = f"cannot trace the model with torch.fx: {type(exc).__name__}: {exc}".splitlines()[0]
+        line = f"cannot trace the model with torch.fx{static}: {type(exc).__name__}: {exc}".splitlines()[0]
         raise QuantsimError(line + _trace_failure_site(model, exc)) from exc
     finally:
         for m, flag in fused:
@@ -692,6 +711,9 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
     if t in ("reshape", "view", "flatten"):
         if len(out_shape) == 2 and out_shape[0] == in_shape[0]:
             return None  # a flatten to (N, K): the CNN path
+        if int(out_shape[0]) != int(in_shape[0]):
+            raise QuantsimError(f"cannot lower {_where(node)}: a reshape from {tuple(in_shape)} to {tuple(out_shape)} "
+                                "moves the batch axis (at a batch of 2; the integer program keeps it first)")
         return [FNode(name, "reshape", args[:1], {"shape": [-1, *[int(v) for v in out_shape[1:]]]}, source=src)]
     if t == "unbind":
         dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
