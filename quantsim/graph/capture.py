@@ -843,7 +843,7 @@ def _getitem_node(name, node, args, shapes, unbinds) -> list[FNode] | None:
                       source=node.name)]
     every = [r.step for r in rest if isinstance(r, slice) and r.start in (None, 0) and r.stop is None]
     if lead == 1 and len(in_shape) == 4 and len(rest) == 2 and len(every) == 2 and every[0] == every[1] \
-            and every[0] > 1:  # x[:, ::s, ::s] of (B, H, W, C) (LeViT's subsample): option A's strided copy
+            and (every[0] or 1) > 1:  # x[:, ::s, ::s] of (B, H, W, C) (LeViT's subsample): option A's strided copy
         return [FNode(name + ".to_nchw", "permute", args[:1], {"perm": [0, 3, 1, 2]}, source=node.name),
                 FNode(name + ".every", "shortcut_a", [name + ".to_nchw"],
                       {"stride": int(every[0]), "pad_before": 0, "pad_after": 0}, source=node.name),
