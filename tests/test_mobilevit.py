@@ -83,3 +83,10 @@ def test_not_whole_patches_refused_by_name(xxs):
     assert "\n" not in msg
     assert msg.startswith("cannot lower stages.4.1 (MobileVitBlock): its 3x3 map is not a whole number of 2x2 patches")
     assert [name for name, m in xxs.named_modules() if "forward" in vars(m)] == []
+
+
+def test_attention_with_qk_norms_refused_by_name():
+    model = timm.create_model("mobilevit_xxs", pretrained=False).eval()
+    model.stages[3][1].transformer[2].attn.q_norm = torch.nn.LayerNorm(20)
+    with pytest.raises(QuantsimError, match=r"^cannot lower stages\.3\.1\.transformer\.2\.attn: attention with q/k norms"):
+        capture(model, (3, 64, 64))
