@@ -52,7 +52,8 @@ def test_levit_bitexact(imagenet_calib_dir, trained_like):
     assert ops.count("shortcut_a") == 2 and ops.count("gap") == 1  # two subsamples; the head's token mean
     assert ops.count("add_const") == 11  # the attention biases of 11 attention layers
     stats = collect_stats(g, [x], progress=False)
-    for w_bits in (8, 4):
+    # timm's init: its all-zero attention biases lower at all (the width does not matter there)
+    for w_bits in (8, 4) if trained_like else (8,):
         assert_bitexact(lower(g, stats, QuantConfig(w_bits=w_bits, a_bits=8)), x, f"levit W{w_bits}A8")
 
 
