@@ -113,13 +113,26 @@ def test_capture_deit_tiny_reproduces_timm():
 def test_capture_rejects_what_it_cannot_lower():
     from timm.models.vision_transformer import VisionTransformer
 
-    avg = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, global_pool="avg")
+    pool = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, global_pool="max")
     with pytest.raises(QuantsimError, match="cannot lower"):
-        capture(avg, (3, 32, 32))
+        capture(pool, (3, 32, 32))
     tanh = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
                              act_layer=lambda: nn.GELU(approximate="tanh"))
     with pytest.raises(QuantsimError, match="approximate"):
         capture(tanh, (3, 32, 32))
+
+
+def test_token_mean_pool_is_a_global_pool():
+    """timm's global_pool='avg': x[:, prefix:].mean(dim=1) as permute -> reshape (B, C, N, 1) -> gap."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, global_pool="avg").eval()
+    g = capture(model, (3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(run_float(g, x), model(x), atol=1e-5)
+    assert [n.op for n in g.nodes][-6:] == ["permute", "reshape", "gap", "flatten", "layernorm", "linear"]
 
 
 def test_layerscale_is_folded():

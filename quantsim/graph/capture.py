@@ -55,6 +55,9 @@ out as graph ops in quantsim.graph.swin (``pad`` and ``roll``: integer copies; `
 masked softmax; per-head matmul alpha); timm's SwinTransformerBlock is a leaf written out there too.
 Shape arithmetic: torch.fx traces ``x.shape`` and the ints computed from it as nodes; their values at
 the traced shapes are on the shape run's record, and F.pad reads its amounts from there (``_static``).
+Where plain torch.fx cannot trace the model at all (Python control flow on sizes), it is traced again
+with every size fixed at the input shape (quantsim.graph.static_trace); timm's MobileViT blocks are
+traced batch-first at that shape (quantsim.graph.mobilevit).
 """
 from __future__ import annotations
 
@@ -73,6 +76,8 @@ import torch.nn.functional as F
 from torch.fx.operator_schemas import normalize_function
 
 from integer_ref.arith import tf_same_padding
+from quantsim.graph.mobilevit import batch_first_blocks
+from quantsim.graph.static_trace import StaticShapes
 from quantsim.graph.swin import TimmSwinBlock, is_swin_function, swin_nodes, timm_block_nodes
 from quantsim.zoo import cifar_resnet
 from quantsim.zoo.cifar_resnet import OptionAShortcut
@@ -99,6 +104,11 @@ try:  # timm's (ConvNeXt, and others): the same permute / layer_norm / permute, 
 except ImportError:  # pragma: no cover
     _TimmLayerNorm2d = ()
 LayerNorm2d = tuple(t for t in (_TvLayerNorm2d, _TimmLayerNorm2d) if isinstance(t, type))
+
+try:  # timm LeViT's linear + BatchNorm1d pairs: leaves, one linear each with the BN folded in
+    from timm.models.levit import LinearNorm as _LevitLinearNorm, NormLinear as _LevitNormLinear  # deferred: heavy
+except ImportError:  # pragma: no cover
+    _LevitLinearNorm = _LevitNormLinear = ()
 
 try:  # timm's layers are leaves we understand whole
     from timm.layers.conv2d_same import Conv2dSame  # deferred: a heavy import that only timm-model paths need
@@ -175,7 +185,8 @@ def _leaf_types() -> tuple[type, ...]:
                          nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
                          nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut,
                          nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.Tanh, *_TIMM_LUT]
-    for t in (SelectAdaptivePool2d, DropPath, LayerScale, StochasticDepth, *TimmSwinBlock):
+    for t in (SelectAdaptivePool2d, DropPath, LayerScale, StochasticDepth, _LevitLinearNorm, _LevitNormLinear,
+              *TimmSwinBlock):
         if isinstance(t, type):
             types.append(t)
     return tuple(types)
@@ -217,20 +228,45 @@ def _trace_failure_site(model: nn.Module, exc: BaseException) -> str:
     return site
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    tracer = _LeafTracer()
+class _StaticShapeTracer(StaticShapes, _LeafTracer):
+    """_LeafTracer with sizes fixed at an example input (quantsim.graph.static_trace)."""
+
+
+def trace(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> fx.GraphModule:
+    """torch.fx's graph of `model`. Given `input_shape` (C, H, W), capture's one static shape: timm's
+    MobileViT blocks are traced at it (quantsim.graph.mobilevit), and a model that plain torch.fx
+    cannot trace (Python control flow on sizes) is traced again with its sizes fixed at that shape
+    (a batch of 2, as the shape run)."""
     # timm attention: the unfused path, so that q·kᵀ, softmax and attn·v are separate ops
     fused = [(m, m.fused_attn) for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+    # timm's per-device caches of attention biases (LeViT) would keep the trace's proxies: restored after
+    caches = [(m, dict(m.attention_bias_cache)) for m in model.modules()
+              if isinstance(getattr(m, "attention_bias_cache", None), dict)]
+    concrete = _default_args(model) or None
+    static = ""
     try:
         for m, _ in fused:
             m.fused_attn = False
-        graph = tracer.trace(model, concrete_args=_default_args(model) or None)
+        with batch_first_blocks(model, input_shape):
+            tracer = _LeafTracer()
+            try:
+                graph = tracer.trace(model, concrete_args=concrete)
+            except Exception:
+                if input_shape is None:
+                    raise
+                static = ", even with its sizes fixed at the input shape"
+                tracer = _StaticShapeTracer(torch.zeros(2, *input_shape))
+                graph = tracer.trace(model, concrete_args=concrete)
+    except QuantsimError:
+        raise
     except Exception as exc:  # fx raises many kinds; the user needs one line
-        line = f"cannot trace the model with torch.fx: {type(exc).__name__}: {exc}".splitlines()[0]
+        line = f"cannot trace the model with torch.fx{static}: {type(exc).__name__}: {exc}".splitlines()[0]
         raise QuantsimError(line + _trace_failure_site(model, exc)) from exc
     finally:
         for m, flag in fused:
             m.fused_attn = flag
+        for m, cache in caches:
+            m.attention_bias_cache = cache
     return fx.GraphModule(tracer.root, graph)
 
 
@@ -356,12 +392,11 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
     if isinstance(m, nn.Linear):
         bias = m.bias.detach().clone() if m.bias is not None else None
         return [FNode(name, "linear", [inp], {}, m.weight.detach().clone(), bias, source=source)]
+    if isinstance(_LevitLinearNorm, type) and isinstance(m, (_LevitLinearNorm, _LevitNormLinear)):
+        return [_linear_with_batchnorm(name, m, inp, source)]
     if isinstance(m, nn.BatchNorm2d):
         bn = FNode(name, "bn", [inp], {"eps": m.eps}, source=source)
-        scale = m.weight.detach() if m.weight is not None else torch.ones_like(m.running_var)
-        shift = m.bias.detach() if m.bias is not None else torch.zeros_like(m.running_mean)
-        inv = scale / torch.sqrt(m.running_var + m.eps)
-        bn.weight, bn.bias = inv.clone(), (shift - m.running_mean * inv).clone()
+        bn.weight, bn.bias = _bn_affine(m)
         act = getattr(m, "act", None)  # timm BatchNormAct2d carries its activation
         drop = getattr(m, "drop", None)
         if drop is not None and not isinstance(drop, (nn.Identity, nn.Dropout)):
@@ -426,6 +461,28 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
         return [FNode(name, "shortcut_a", [inp], {"stride": m.stride, "pad_before": m.pad_before,
                                                   "pad_after": m.pad_after}, source=source)]
     raise QuantsimError(f"cannot lower module {source} ({type(m).__name__}): unsupported layer type")
+
+
+def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """A BatchNorm in eval mode as y = a·x + b per channel: (a, b)."""
+    scale = bn.weight.detach() if bn.weight is not None else torch.ones_like(bn.running_var)
+    shift = bn.bias.detach() if bn.bias is not None else torch.zeros_like(bn.running_mean)
+    inv = scale / torch.sqrt(bn.running_var + bn.eps)
+    return inv.clone(), (shift - bn.running_mean * inv).clone()
+
+
+def _linear_with_batchnorm(name: str, m: nn.Module, inp: str, source: str) -> FNode:
+    """timm LeViT's LinearNorm (linear, then BatchNorm1d over its outputs: diag(a)·W, b) and NormLinear
+    (BatchNorm1d over the inputs, then linear: W·diag(a), W·b + bias) as one linear."""
+    lin = m.linear
+    a, b = _bn_affine(m.bn)
+    w = lin.weight.detach()
+    bias = lin.bias.detach() if lin.bias is not None else torch.zeros(w.shape[0])
+    if isinstance(m, _LevitLinearNorm):
+        w, bias = w * a[:, None], bias * a + b
+    else:
+        w, bias = w * a[None, :], w @ b + bias
+    return FNode(name, "linear", [inp], {}, w.clone(), bias.clone(), source=source)
 
 
 def _gelu_node(name: str, inp: str, approximate: str, source: str) -> FNode:
@@ -552,8 +609,15 @@ def _mean_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, torc
     """x.mean((2, 3), keepdim=...) of an NCHW tensor: a global average pool (then a flatten)."""
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     keep = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-    nd = len(shapes[node.args[0].name])
+    in_shape = shapes[node.args[0].name]
+    nd = len(in_shape)
     dims = [dims] if isinstance(dims, int) else list(dims or [])
+    if nd == 3 and [d % nd for d in dims] == [1] and not keep:  # (B, N, C) over the tokens (LeViT's head)
+        n_tok, c = int(in_shape[1]), int(in_shape[2])
+        return [FNode(name + ".to_nchw", "permute", args[:1], {"perm": [0, 2, 1]}, source=node.name),
+                FNode(name + ".grid", "reshape", [name + ".to_nchw"], {"shape": [-1, c, n_tok, 1]}, source=node.name),
+                FNode(name + ".pool", "gap", [name + ".grid"], source=node.name),
+                FNode(name, "flatten", [name + ".pool"], source=node.name)]
     if nd != 4 or sorted(d % nd for d in dims) != [2, 3]:
         raise QuantsimError(f"cannot lower {_where(node)}: mean over axes {dims} (only the spatial axes of NCHW)")
     if keep:
@@ -618,6 +682,11 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
         perm = list(range(nd))
         perm[a], perm[b] = perm[b], perm[a]
         return [FNode(name, "permute", args[:1], {"perm": perm}, source=src)]
+    if kind == "call_function" and t is operator.truediv and len(args) == 1 and node.args[0].name in alias:
+        c = node.args[1]
+        if isinstance(c, (int, float)) and c > 0:  # x / c (LeViT's mean of its two heads)
+            return [FNode(name, "scale", args, {"value": 1.0 / float(c)}, source=src)]
+        raise QuantsimError(f"cannot lower {_where(node)}: division other than by a positive constant")
     if ((kind == "call_function" and t in _MUL_TARGETS) or (kind == "call_method" and t in ("mul", "mul_"))) \
             and len(args) == 1:  # x * c, x.mul(c) (timm ConvNeXt's layer scale)
         other = [a for a in node.args if not isinstance(a, fx.Node)]
@@ -686,6 +755,9 @@ def _vit_node(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
     if t in ("reshape", "view", "flatten"):
         if len(out_shape) == 2 and out_shape[0] == in_shape[0]:
             return None  # a flatten to (N, K): the CNN path
+        if int(out_shape[0]) != int(in_shape[0]):
+            raise QuantsimError(f"cannot lower {_where(node)}: a reshape from {tuple(in_shape)} to {tuple(out_shape)} "
+                                "moves the batch axis (at a batch of 2; the integer program keeps it first)")
         return [FNode(name, "reshape", args[:1], {"shape": [-1, *[int(v) for v in out_shape[1:]]]}, source=src)]
     if t == "unbind":
         dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
@@ -769,6 +841,13 @@ def _getitem_node(name, node, args, shapes, unbinds) -> list[FNode] | None:
     if lead >= 1 and len(rest) == 1 and isinstance(rest[0], int):
         return [FNode(name, "take", args[:1], {"axis": lead, "index": int(rest[0]) % in_shape[lead]},
                       source=node.name)]
+    every = [r.step for r in rest if isinstance(r, slice) and r.start in (None, 0) and r.stop is None]
+    if lead == 1 and len(in_shape) == 4 and len(rest) == 2 and len(every) == 2 and every[0] == every[1] \
+            and (every[0] or 1) > 1:  # x[:, ::s, ::s] of (B, H, W, C) (LeViT's subsample): option A's strided copy
+        return [FNode(name + ".to_nchw", "permute", args[:1], {"perm": [0, 3, 1, 2]}, source=node.name),
+                FNode(name + ".every", "shortcut_a", [name + ".to_nchw"],
+                      {"stride": int(every[0]), "pad_before": 0, "pad_after": 0}, source=node.name),
+                FNode(name, "permute", [name + ".every"], {"perm": [0, 2, 3, 1]}, source=node.name)]
     if lead >= 1 and len(rest) == 1 and isinstance(rest[0], slice) and rest[0].step in (None, 1):
         start, stop, _ = rest[0].indices(int(in_shape[lead]))
         if stop > start:
@@ -1028,6 +1107,38 @@ def _fold_into_matmul(g: FloatGraph) -> None:
                 mm.source = f"{mm.source}+{sc.source}"
 
 
+def _fold_scales(g: FloatGraph) -> None:
+    """A multiplication by a positive constant that no matmul's input took (_fold_into_matmul), into
+    what computes its input: a matmul's alpha (LeViT's q·k * scale), a linear / conv's weights and bias
+    (relu commutes with it), or both such producers of an add ((x + x_dist) / 2, LeViT's two heads)."""
+    def foldable(name: str) -> bool:
+        n = g[name]
+        if len(g.consumers(name)) != 1 or n.act not in (None, "relu"):
+            return False
+        if n.op == "matmul":
+            return not isinstance(n.attrs["alpha"], list)
+        if n.op in ("linear", "conv"):
+            return True
+        return n.op == "add" and all(foldable(i) for i in n.inputs)
+
+    def fold(name: str, c: float) -> None:
+        n = g[name]
+        if n.op == "matmul":
+            n.attrs["alpha"] *= c
+        elif n.op == "add":
+            for i in n.inputs:
+                fold(i, c)
+        else:
+            n.weight = n.weight * c
+            n.bias = n.bias * c if n.bias is not None else None
+
+    for sc in [n for n in g.nodes if n.op == "scale"]:
+        if foldable(sc.inputs[0]):
+            fold(sc.inputs[0], sc.attrs["value"])
+            g[sc.inputs[0]].source += f"+{sc.source}"
+            _remove(g, sc)
+
+
 def _simplify_permutes(g: FloatGraph) -> None:
     """permute(permute(t, P1), P2) -> permute(t, P1∘P2) where the inner one has no other reader;
     identity permutes removed."""
@@ -1059,15 +1170,18 @@ def _check_batch_first(g: FloatGraph) -> None:
 def capture(model: nn.Module, input_shape: tuple[int, int, int]) -> FloatGraph:
     """Trace, fold BN, fuse activations; the result computes what the model computes."""
     model = model.eval()
-    gm = trace(model)
+    gm = trace(model, input_shape)
     g = _raw_graph(gm, input_shape)
     _drop_identities(g)
     _fold_batchnorm(g)
     _fuse_activations(g)
-    if any(n.op in ("permute", "take", "matmul", "layerscale") for n in g.nodes):
+    transformer = any(n.op in ("permute", "take", "matmul", "layerscale") for n in g.nodes)
+    if transformer:
         _fold_layerscale(g)
         _commute_take_permute(g)
         _fold_into_matmul(g)
+    _fold_scales(g)
+    if transformer:
         _simplify_permutes(g)
         _check_batch_first(g)
     _check_finite(g)

@@ -392,7 +392,9 @@ def _add_const_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig) -
     c = n.weight.double().numpy()
     c_max = float(np.abs(c).max())
     cq_max = qrange(CONST_BITS, True)[1]
-    s_c = c_max / cq_max if c_max > 0 else 1.0
+    # an all-zero constant (LeViT's attention biases at timm's init) adds nothing at any scale; the input's
+    # scale keeps the pair of multipliers in range (1.0 could overflow the shift)
+    s_c = c_max / cq_max if c_max > 0 else float(in_q.scale)
     const = weight_codes(n.weight, torch.tensor(s_c, dtype=torch.float64), cq_max).numpy()  # per tensor, float64
     ma, mc = float(in_q.scale) / float(out_q.scale), s_c / float(out_q.scale)
     big, shift = quantize_multiplier(max(ma, mc), _mult_bits_for(_mag(in_q) + cq_max, cfg))
