@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn as nn
@@ -351,3 +353,31 @@ def test_pair_candidates_set_weight_and_activation_widths_apart(setup, tmp_path)
             w, a = (b, b) if isinstance(b, int) else b
             assert (by_name[layer].weight_q.bits, by_name[layer].in_q.bits) == (w, a), layer
         assert pipeline.check_bitexact(p.graph, batches[1][:2]).total_mismatches == 0
+
+
+def test_learned_rounding_prices_widths_on_nearest_programs(setup, monkeypatch):
+    """Block reconstruction is run once, for the plan's program, not for every candidate width's
+    energy table: the tables equal round-to-nearest's, and the verified program is reconstructed."""
+    prep, accel, batches, x, t = setup
+    from quantsim.quant import reconstruct
+    calls = []
+    real = reconstruct.reconstructed
+
+    def counting(g, stats, batches_, cfg, *a, **kw):
+        calls.append(cfg.layer_bits)
+        return real(g, stats, batches_, cfg, *a, **kw)
+
+    monkeypatch.setattr(reconstruct, "reconstructed", counting)
+    cfg = QuantConfig(rounding="adaround", reconstruct="block", recon_iters=4)
+    tables = mixed_tables(prep, cfg, accel, batches, x, progress=False)
+    assert calls == []
+    assert tables.energy == t.energy and tables.w8a8_pj == t.w8a8_pj
+    plan = plan_mixed(prep, cfg, accel, batches, x, tables=tables, budget=0.7, progress=False)
+    assert len(calls) >= 1
+    nearest = plan_mixed(prep, QuantConfig(), accel, batches, x, tables=t, budget=0.7, progress=False)
+    assert plan.allocation.bits == nearest.allocation.bits
+    # the learned rounding moved some weight codes away from round-to-nearest
+    near = {n.name: n for n in nearest.graph.nodes}
+    moved = [n.name for n in plan.graph.nodes if n.weight_q is not None
+             and not np.array_equal(n.params["weight"], near[n.name].params["weight"])]
+    assert moved

@@ -215,6 +215,19 @@ def _uniform_cfg(base: QuantConfig, b) -> QuantConfig:
     return QuantConfig.from_json(d)
 
 
+def _energy_table_cfg(base: QuantConfig) -> QuantConfig:
+    """The config whose uniform programs price each width: base with round-to-nearest weights.
+    A width's energy does not depend on how its weights were rounded beyond the operand toggles,
+    and learned rounding (GPTQ, AdaRound, block reconstruction) at every candidate width would cost
+    several reconstructions before the plan is made; the plan's own program (verified below) is
+    quantized with base's rounding."""
+    if base.rounding == "nearest":
+        return base
+    d = base.to_json()
+    d.update(rounding="nearest", reconstruct="none")
+    return QuantConfig.from_json(d)
+
+
 def mixed_tables(prep, base_cfg: QuantConfig, accel, calib_batches: list[torch.Tensor], toggle_x: torch.Tensor,
                  candidates=(4, 6, 8), sens_at: str = "layer", weighting: str = "none", mac_form: str = "max",
                  cache_dir: Path | None = None, progress: bool = True, tie: bool = True,
@@ -239,8 +252,9 @@ def mixed_tables(prep, base_cfg: QuantConfig, accel, calib_batches: list[torch.T
         tied = [m for m in merge_groups(layers_all, tied + module_groups(g)) if len(m) > 1]
     widths = sorted(set(cands) | {8}, key=width_order)
     hw = {}
+    table_cfg = _energy_table_cfg(base_cfg)
     for b in widths:
-        _, hw[b] = _hw_for(prep, _uniform_cfg(base_cfg, b), accel, toggle_x, mac_form)
+        _, hw[b] = _hw_for(prep, _uniform_cfg(table_cfg, b), accel, toggle_x, mac_form)
     t2 = time.perf_counter()
     ir_names = [r["layer"] for r in hw[widths[0]].rows]
     owners = energy_owners(g, ir_names, tied, base_cfg, max(split_width(b)[1] for b in cands))
