@@ -24,12 +24,16 @@ from common import ROOT, SHARED, replace_section
 from vit_ptq import append_row, images, read_rows
 
 from quantsim.emulate import executor as emulate  # noqa: E402
+from quantsim.quant.adaround import torch_threads  # noqa: E402
 from quantsim.quant.config import QuantConfig, parse_bits  # noqa: E402
 from quantsim.run.stages import check_bitexact, prepare, quantize  # noqa: E402
 from quantsim.zoo.models import load_cifar_vit  # noqa: E402
 
-VARIANTS = {"minmax": (False, "uniform"), "reparam-ln": (True, "uniform"), "log2": (False, "log2"),
-            "reparam-ln+log2": (True, "log2")}
+# variant -> (--reparam-ln, --softmax-quant, block reconstruction)
+VARIANTS = {"minmax": (False, "uniform", False), "reparam-ln": (True, "uniform", False), "log2": (False, "log2", False),
+            "reparam-ln+log2": (True, "log2", False), "block": (False, "uniform", True),
+            "reparam-ln+block": (True, "uniform", True), "reparam-ln+log2+block": (True, "log2", True)}
+DEIT_VARIANTS = [v for v, (_, _, block) in VARIANTS.items() if not block]
 WEIGHTS = "data/zoo/vit_tiny_patch8_32_cifar10/model.pt"
 
 
@@ -88,7 +92,8 @@ def deit_section(args) -> str:
     preps = {}
     for bits in args.deit_bits.split(","):
         wb, ab = parse_bits(bits)
-        for variant, (reparam, sq) in VARIANTS.items():
+        for variant in DEIT_VARIANTS:
+            reparam, sq, _ = VARIANTS[variant]
             if reparam not in preps:
                 preps[reparam] = prepare(lm.model, shape, list(x_cal.split(8)), progress=False, reparam_ln=reparam)
             graph = quantize(preps[reparam], QuantConfig(w_bits=wb, a_bits=ab, reparam_ln=reparam, softmax_quant=sq))
@@ -138,6 +143,9 @@ def main(argv=None) -> int:
     ap.add_argument("--bits", default="W8A8,W6A6,W4A8,W4A4")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--bitexact-images", type=int, default=16)
+    ap.add_argument("--recon-iters", type=int, default=500, help="block variants: Adam iterations per unit")
+    ap.add_argument("--qdrop", type=float, default=0.5, help="block variants: QDrop's probability")
+    ap.add_argument("--calib-method", default="minmax", help="the clips (block variants: where the steps start)")
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", default="runs/vit_repq/rows.jsonl")
@@ -156,7 +164,8 @@ def main(argv=None) -> int:
             replace_section(ROOT / "docs" / "results.md", "vit-repq-deit", md)
         return 0
     cmd = (f"benchmarks/vit_repq.py --eval {args.eval} --calib {args.calib} --bitexact-images {args.bitexact_images} "
-           f"--bits {args.bits} --rows {args.rows}")
+           f"--bits {args.bits} --variants {args.variants} --recon-iters {args.recon_iters} --qdrop {args.qdrop} "
+           f"--calib-method {args.calib_method} --rows {args.rows}")
     if args.render is not None:  # one table per row file, in the order given
         tables = []
         for path in args.render or [args.rows]:
@@ -186,14 +195,18 @@ def main(argv=None) -> int:
     preps = {}
     todo = [(b, v) for b in args.bits.split(",") for v in args.variants.split(",") if (b, v) not in have]
     for bits, variant in tqdm(todo, desc="rows", unit="row"):
-        reparam, sq = VARIANTS[variant]
+        reparam, sq, block = VARIANTS[variant]
         if reparam not in preps:
             preps[reparam] = prepare(model, (3, 32, 32), list(x_cal.split(16)), seed=args.seed, progress=False,
                                      reparam_ln=reparam)
         wb, ab = parse_bits(bits)
-        cfg = QuantConfig(w_bits=wb, a_bits=ab, reparam_ln=reparam, softmax_quant=sq)
+        recon = dict(rounding="adaround", reconstruct="block", recon_iters=args.recon_iters,
+                     qdrop=args.qdrop) if block else {}
+        cfg = QuantConfig(w_bits=wb, a_bits=ab, reparam_ln=reparam, softmax_quant=sq, calib_method=args.calib_method,
+                          **recon)
         t0 = time.perf_counter()
-        graph = quantize(preps[reparam], cfg)
+        with torch_threads(1):  # one core (the machine's other is someone else's)
+            graph = quantize(preps[reparam], cfg, progress=True)
         t1 = time.perf_counter()
         q = emulate.EmulatedModel(graph)
         with torch.no_grad():
@@ -203,7 +216,9 @@ def main(argv=None) -> int:
         row = {"bits": cfg.label, "variant": variant, "images": len(x),
                "top1": 100.0 * float((got.argmax(1) == y).float().mean()),
                "agree": 100.0 * float((got.argmax(1) == ref.argmax(1)).float().mean()),
-               "diff": diff, "t_lower": t1 - t0, "t_eval": t2 - t1}
+               "diff": diff, "t_lower": t1 - t0, "t_eval": t2 - t1, "calib_method": args.calib_method}
+        if block:
+            row.update(recon_iters=args.recon_iters, qdrop=args.qdrop)
         append_row(args.rows, row)
         tqdm.write(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     rows = [r for r in read_rows([args.rows]) if not r.get("meta")]

@@ -132,7 +132,8 @@ def check_graph(g: FloatGraph) -> None:
     for n in g.nodes:
         if n.op in VIT_OPS:
             raise QuantsimError(f"AdaRound handles CNNs: {n.source or n.name} is a {n.op!r} (a ViT graph), whose "
-                                "quantized inputs it does not model: use --rounding gptq or nearest")
+                                "quantized inputs it does not model: use --reconstruct block (which does), "
+                                "--rounding gptq or nearest")
     for n in g.mac_nodes():
         check_layer(n)
 

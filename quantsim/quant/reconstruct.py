@@ -12,6 +12,9 @@ Units (`--reconstruct`):
   inverted-residual block with its skip are one region each; an inverted-residual block
   without a skip, or a plain chain, falls apart into single layers. Regions without a MAC layer
   (global pool, flatten) join the next region (the last one: the previous).
+  In a pre-norm ViT the cuts fall after each residual add: a unit is one half of a transformer
+  block (LayerNorm -> attention -> add, LayerNorm -> MLP -> add), the patch embedding and the
+  final norm + head units of their own.
 - 'layer': each MAC layer with the non-MAC nodes after it up to the next MAC layer.
 
 Per unit, learned jointly (Adam; batches of adaround.BATCH calibration images, one seeded
@@ -37,8 +40,19 @@ program computes. A learned step changes the accumulator floor of the weight sca
 (lower.with_weight_scale_floors reads the input scale): a channel whose floored scale moved is
 rounded to nearest at the lowering's scale (counted in the info as 'floor_rerounded').
 
+ViT graphs: a unit's fake-quantized forward quantizes what lowering quantizes: both operands of
+the matmuls between activations (q·kᵀ, attention·V: the qkv linear's output, the softmax's), the
+softmax output on its fixed grid (2^-b, or --softmax-quant log2's codes), LayerNorm, GELU and
+the 16-bit residual stream. Softmax, GELU and LayerNorm take their forward value from the integer
+kernels the program runs (the node lower.nonlinear_node builds at the current steps, evaluated by
+quantsim.emulate.kernels_vit) and their gradient from the float op (straight through), so the
+integer approximations (I-BERT's exp and GELU polynomials, the integer LayerNorm) are what the
+learned rounding and steps compensate. Fixed, not learned: softmax outputs and a ViT's tensors of
+VIT_FIXED_BITS and more. A --reparam-ln graph is an ordinary ViT graph here (the factors are
+already in the LayerNorms and linears).
+
 Reproducible to the bit at a fixed seed (CPU, one intra-op thread while optimising). Cached per
-(graph, statistics, config) as AdaRound. CNN graphs only (adaround.check_graph).
+(graph, statistics, config) as AdaRound.
 """
 from __future__ import annotations
 
