@@ -354,5 +354,3 @@ def test_vit_cached_reconstruction_is_reused(plain_prep, monkeypatch):
     assert len(calls) == 26  # cached: nothing learned again
     for a, b in zip(first.nodes, second.nodes):
         assert a.out.scale == b.out.scale and all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
-    stages.quantize(prep, replace(cfg, qdrop=0.25))  # another config: learned again
-    assert len(calls) == 52
