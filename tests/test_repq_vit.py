@@ -24,7 +24,7 @@ from quantsim.graph.capture import capture, run_float
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.reparam_ln import channel_ranges, channel_spread, reparameterize
 from quantsim.run import stages
-from small_models import assert_bitexact
+from small_models import assert_bitexact, program_error
 
 VIT_CKPT = Path(__file__).resolve().parents[1] / "data" / "zoo" / "vit_tiny_patch8_32_cifar10" / "model.pt"
 
@@ -261,18 +261,6 @@ def test_command_line_options_reach_config_and_refuse_models_without_layernorm(t
 VIT_BLOCK = QuantConfig(w_bits=4, a_bits=4, rounding="adaround", reconstruct="block", recon_iters=60)
 
 
-def _program_error(graph, fgraph, x: torch.Tensor, tensor: str) -> float:
-    """‖program − float‖² / ‖float‖² of one tensor, the program's integers from integer_ref."""
-    from integer_ref import executor as int_exec
-
-    vals = {}
-    run_float(fgraph, x, observe=lambda n, y: vals.__setitem__(n.name, y) if n.name == tensor else None)
-    node = next(n for n in graph.nodes if n.name == tensor)
-    q = int_exec.dequantize(stages.integer_taps(graph, x)[tensor], node.out)
-    f = vals[tensor].double().numpy()
-    return float(((q - f) ** 2).sum() / (f ** 2).sum())
-
-
 def _first_units(prep, cfg: QuantConfig, n_units: int):
     """The first n_units reconstructed (the rest at nearest and calibration scales) and lowered."""
     from quantsim.quant import gptq, reconstruct
@@ -304,7 +292,7 @@ def test_vit_block_reconstruction_beats_nearest_bit_exact(trained_vit, plain_pre
     x = trained_vit[2]
     rec, graph = _first_units(plain_prep, VIT_BLOCK, 3)
     nearest = lower(plain_prep.fgraph, plain_prep.stats, QuantConfig(w_bits=4, a_bits=4))
-    err = {k: _program_error(g, plain_prep.fgraph, x, "blocks.0.add#1") for k, g in (("nearest", nearest),
+    err = {k: program_error(g, plain_prep.fgraph, x, "blocks.0.add#1") for k, g in (("nearest", nearest),
                                                                                     ("block", graph))}
     assert err["block"] < 0.7 * err["nearest"], err
     calib_q = activation_qparams(plain_prep.fgraph, plain_prep.stats, VIT_BLOCK)
@@ -331,7 +319,7 @@ def test_vit_block_reconstruction_with_reparam_ln_and_log2_softmax(trained_vit):
                       reparam_ln=True, softmax_quant="log2")
     rec, graph = _first_units(prep, cfg, 2)
     nearest = lower(prep.fgraph, prep.stats, QuantConfig(w_bits=4, a_bits=4, reparam_ln=True, softmax_quant="log2"))
-    err = {k: _program_error(g, prep.fgraph, x, "blocks.0.add") for k, g in (("nearest", nearest), ("block", graph))}
+    err = {k: program_error(g, prep.fgraph, x, "blocks.0.add") for k, g in (("nearest", nearest), ("block", graph))}
     assert err["block"] < err["nearest"], err
     soft = next(n for n in graph.nodes if n.op == "softmax")
     assert soft.attrs["quant"] == "log2" and soft.name not in rec.scales
