@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from integer_ref import executor as int_exec
-
 from quantsim.errors import QuantsimError
 from quantsim.quant import adaround, gptq, reconstruct
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.lower import activation_qparams, lower, weight_scale_floors
 from quantsim.run import stages
-from small_models import SmallConvNet, assert_bitexact, resnet20_prepared
+from small_models import SmallConvNet, assert_bitexact, program_error, resnet20_prepared
 
 W4A4_BLOCK = QuantConfig(w_bits=4, a_bits=4, rounding="adaround", reconstruct="block", recon_iters=80)
 
@@ -114,17 +112,6 @@ def test_resnet20_block_units(r20_real):
     assert parts[-1][-1] == "linear"
 
 
-def _program_error(graph, prep, x: torch.Tensor, tensor: str) -> float:
-    """‖program − float‖² / ‖float‖² of one tensor, the program's integers from integer_ref."""
-    vals = {}
-    from quantsim.graph.capture import run_float
-    run_float(prep.fgraph, x, observe=lambda n, y: vals.__setitem__(n.name, y))
-    node = next(n for n in graph.nodes if n.name == tensor)
-    q = int_exec.dequantize(stages.integer_taps(graph, x)[tensor], node.out)
-    f = vals[tensor].double().numpy()
-    return float(((q - f) ** 2).sum() / (f ** 2).sum())
-
-
 @pytest.fixture(scope="module")
 def r20_block(r20_real):
     """The first two units (stem, layer1.0) reconstructed, the rest at nearest and calibration scales."""
@@ -147,7 +134,7 @@ def test_block_output_error_below_adaround_and_nearest_resnet20(r20_real, r20_bl
     codes = adaround.adaround_codes(src, prep.stats, prep.calib, ada_cfg, layers=names)
     per_layer = lower(gptq.with_codes(src, codes), prep.stats, ada_cfg)
     nearest = lower(prep.fgraph, prep.stats, replace(ada_cfg, rounding="nearest"))
-    err = {k: _program_error(g, prep, x_eval, "layer1.0.add")
+    err = {k: program_error(g, prep.fgraph, x_eval, "layer1.0.add")
            for k, g in (("nearest", nearest), ("adaround", per_layer), ("block", block))}
     assert err["block"] < 0.8 * err["adaround"] and err["block"] < 0.8 * err["nearest"], err
 

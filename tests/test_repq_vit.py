@@ -24,7 +24,7 @@ from quantsim.graph.capture import capture, run_float
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.reparam_ln import channel_ranges, channel_spread, reparameterize
 from quantsim.run import stages
-from small_models import assert_bitexact
+from small_models import assert_bitexact, program_error
 
 VIT_CKPT = Path(__file__).resolve().parents[1] / "data" / "zoo" / "vit_tiny_patch8_32_cifar10" / "model.pt"
 
@@ -254,3 +254,91 @@ def test_command_line_options_reach_config_and_refuse_models_without_layernorm(t
         assert main([str(tiny_ckpt), *flags, *common, "--out", str(tmp_path / flags[0][2:])]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and why in err[0], err
+
+
+# --- block reconstruction (quantsim.quant.reconstruct) on the ViT --------------------------------
+
+VIT_BLOCK = QuantConfig(w_bits=4, a_bits=4, rounding="adaround", reconstruct="block", recon_iters=60)
+
+
+def _first_units(prep, cfg: QuantConfig, n_units: int):
+    """The first n_units reconstructed (the rest at nearest and calibration scales) and lowered."""
+    from quantsim.quant import gptq, reconstruct
+    from quantsim.quant.lower import lower, weight_scale_floors
+
+    src = weight_scale_floors(prep.fgraph, prep.stats, cfg)
+    rec = reconstruct.reconstruct(src, prep.stats, prep.calib, cfg, n_units=n_units)
+    return rec, lower(gptq.with_codes(src, rec.codes), reconstruct.with_clips(prep.stats, rec.clips), cfg)
+
+
+def test_vit_block_units_are_the_transformer_halves(plain_prep):
+    from quantsim.quant import reconstruct
+
+    parts = reconstruct.units(plain_prep.fgraph, "block")
+    assert len(parts) == 2 + 2 * 12  # the patch conv, 12 x (attention half, MLP half), norm + head
+    assert parts[1][0] == "patch_embed.flatten" and "blocks.0.norm1" in parts[1] and parts[1][-1] == "blocks.0.add"
+    assert parts[2][0] == "blocks.0.norm2" and parts[2][-1] == "blocks.0.add#1"
+    ops = {plain_prep.fgraph[m].op for m in parts[1]}
+    assert {"layernorm", "matmul", "softmax", "add"} <= ops
+    assert parts[-1][-1] == "head"
+
+
+def test_vit_block_reconstruction_beats_nearest_bit_exact(trained_vit, plain_prep):
+    """The patch conv, blocks.0's attention half and MLP half reconstructed at W4A4 on the 32 real
+    calibration images: blocks.0's output in the integer program on 16 held-out test images has a
+    smaller error than round-to-nearest's; the learned steps are the program's; bit-exact."""
+    from quantsim.quant.lower import activation_qparams, lower
+
+    x = trained_vit[2]
+    rec, graph = _first_units(plain_prep, VIT_BLOCK, 3)
+    nearest = lower(plain_prep.fgraph, plain_prep.stats, QuantConfig(w_bits=4, a_bits=4))
+    err = {k: program_error(g, plain_prep.fgraph, x, "blocks.0.add#1") for k, g in (("nearest", nearest),
+                                                                                    ("block", graph))}
+    assert err["block"] < 0.7 * err["nearest"], err
+    calib_q = activation_qparams(plain_prep.fgraph, plain_prep.stats, VIT_BLOCK)
+    lowered = {n.name: n for n in graph.nodes}
+    # learned: the 4-bit tensors of the three units (LayerNorm, qkv, attention·V, GELU outputs, ...);
+    # fixed: softmax (2^-b) and the 16-bit residual stream / nonlinearity inputs
+    assert {"blocks.0.norm1", "blocks.0.attn.qkv", "blocks.0.norm2", "blocks.0.mlp.act"} <= set(rec.scales)
+    assert all(calib_q[k].bits < 16 and lowered[k].op != "softmax" for k in rec.scales)
+    assert all(float(lowered[k].out.scale) == s for k, s in rec.scales.items())
+    assert sum(rec.scales[k] != float(calib_q[k].scale) for k in rec.scales) >= 4  # they moved
+    assert np.array_equal(lowered["blocks.0.mlp.fc1"].params["weight"], rec.codes["blocks.0.mlp.fc1"].codes)
+    assert_bitexact(graph, x[:4], "W4A4 ViT block reconstruction")
+
+
+def test_vit_block_reconstruction_with_reparam_ln_and_log2_softmax(trained_vit):
+    """--reparam-ln and --softmax-quant log2 together: the attention half's reconstruction (its
+    softmax on the log2 grid through the integer kernel) still lowers to a bit-exact program and
+    beats nearest rounding on held-out images."""
+    from quantsim.quant.lower import lower
+
+    model, x_cal, x = trained_vit
+    prep = stages.prepare(model, (3, 32, 32), list(x_cal.split(16)), progress=False, reparam_ln=True)
+    cfg = QuantConfig(w_bits=4, a_bits=4, rounding="adaround", reconstruct="block", recon_iters=40,
+                      reparam_ln=True, softmax_quant="log2")
+    rec, graph = _first_units(prep, cfg, 2)
+    nearest = lower(prep.fgraph, prep.stats, QuantConfig(w_bits=4, a_bits=4, reparam_ln=True, softmax_quant="log2"))
+    err = {k: program_error(g, prep.fgraph, x, "blocks.0.add") for k, g in (("nearest", nearest), ("block", graph))}
+    assert err["block"] < err["nearest"], err
+    soft = next(n for n in graph.nodes if n.op == "softmax")
+    assert soft.attrs["quant"] == "log2" and soft.name not in rec.scales
+    assert_bitexact(graph, x[:4], "W4A4 ViT block reconstruction, reparam-ln + log2")
+
+
+def test_vit_cached_reconstruction_is_reused(plain_prep, monkeypatch):
+    from dataclasses import replace
+
+    from quantsim.quant import reconstruct
+
+    calls = []
+    real = reconstruct.reconstruct_unit
+    monkeypatch.setattr(reconstruct, "reconstruct_unit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    prep = replace(plain_prep, searched={})
+    cfg = replace(VIT_BLOCK, recon_iters=2)
+    first = stages.quantize(prep, cfg)
+    assert len(calls) == 26
+    second = stages.quantize(prep, cfg)
+    assert len(calls) == 26  # cached: nothing learned again
+    for a, b in zip(first.nodes, second.nodes):
+        assert a.out.scale == b.out.scale and all(np.array_equal(a.params[k], b.params[k]) for k in a.params)

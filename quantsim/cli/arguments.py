@@ -62,7 +62,8 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
                         "inputs; default 500)")
     p.add_argument("--reconstruct", default="none", choices=list(RECONSTRUCT_UNITS),
                    help="with --rounding adaround: none (per-layer AdaRound of the weights), or reconstruction of "
-                        "each layer / residual block (BRECQ, Li et al. 2021; quantsim.quant.reconstruct): learned "
+                        "each layer / residual block, a ViT's attention and MLP halves (BRECQ, Li et al. 2021; "
+                        "quantsim.quant.reconstruct): learned "
                         "rounding plus learned activation scales on the unit's output error")
     p.add_argument("--qdrop", type=float, default=0.5,
                    help="--reconstruct: probability that an activation element stays unquantized while "

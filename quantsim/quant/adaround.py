@@ -114,9 +114,10 @@ def regulariser(h: torch.Tensor, beta: float) -> torch.Tensor:
     return (1.0 - (2.0 * h - 1.0).abs().pow(beta)).sum()
 
 
-def reconstruction(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """‖·‖² over the channel axis (axis 1), averaged over the batch and the positions."""
-    return (out - target).pow(2).sum(1).mean()
+def reconstruction(out: torch.Tensor, target: torch.Tensor, axis: int = 1) -> torch.Tensor:
+    """‖·‖² over the channel axis (axis 1; a ViT's tokens (B, N, C): -1), averaged over the batch and
+    the positions."""
+    return (out - target).pow(2).sum(axis).mean()
 
 
 # --- one layer ----------------------------------------------------------------------------------
@@ -131,7 +132,8 @@ def check_graph(g: FloatGraph) -> None:
     for n in g.nodes:
         if n.op in VIT_OPS:
             raise QuantsimError(f"AdaRound handles CNNs: {n.source or n.name} is a {n.op!r} (a ViT graph), whose "
-                                "quantized inputs it does not model: use --rounding gptq or nearest")
+                                "quantized inputs it does not model: use --reconstruct block (which does), "
+                                "--rounding gptq or nearest")
     for n in g.mac_nodes():
         check_layer(n)
 

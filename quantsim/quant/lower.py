@@ -351,7 +351,7 @@ def _matmul_node(n: FNode, qa: QParams, qb: QParams, out_q: QParams, k: int, cfg
                 n.source, in_q=qa)
 
 
-def _nonlinear_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig, channels: int,
+def nonlinear_node(n: FNode, in_q: QParams, out_q: QParams, cfg: QuantConfig, channels: int,
                     log2_exp: int | None = None) -> Node:
     s_in, s_out = float(in_q.scale), float(out_q.scale)
     if in_q.zero_point or in_q.per_channel:
@@ -549,7 +549,7 @@ def lower(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> Gra
             nodes.append(_matmul_node(n, q[a], q[n.inputs[1]], out_q, shapes[a][-1], cfg, log2_exp))
         elif n.op in NONLINEAR_OPS:
             log2_exp = log2_depth(g, n.name, q, cfg) if _is_log2_softmax(g, n.name, cfg) else None
-            nodes.append(_nonlinear_node(n, q[n.inputs[0]], out_q, cfg, shapes[n.inputs[0]][-1], log2_exp))
+            nodes.append(nonlinear_node(n, q[n.inputs[0]], out_q, cfg, shapes[n.inputs[0]][-1], log2_exp))
         elif n.op == "add_const":
             nodes.append(_add_const_node(n, q[n.inputs[0]], out_q, cfg))
         elif n.op == "concat_token":

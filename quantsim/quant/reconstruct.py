@@ -12,6 +12,9 @@ Units (`--reconstruct`):
   inverted-residual block with its skip are one region each; an inverted-residual block
   without a skip, or a plain chain, falls apart into single layers. Regions without a MAC layer
   (global pool, flatten) join the next region (the last one: the previous).
+  In a pre-norm ViT the cuts fall after each residual add: a unit is one half of a transformer
+  block (LayerNorm -> attention -> add, LayerNorm -> MLP -> add), the patch embedding and the
+  final norm + head units of their own.
 - 'layer': each MAC layer with the non-MAC nodes after it up to the next MAC layer.
 
 Per unit, learned jointly (Adam; batches of adaround.BATCH calibration images, one seeded
@@ -37,8 +40,19 @@ program computes. A learned step changes the accumulator floor of the weight sca
 (lower.with_weight_scale_floors reads the input scale): a channel whose floored scale moved is
 rounded to nearest at the lowering's scale (counted in the info as 'floor_rerounded').
 
+ViT graphs: a unit's fake-quantized forward quantizes what lowering quantizes: both operands of
+the matmuls between activations (q·kᵀ, attention·V: the qkv linear's output, the softmax's), the
+softmax output on its fixed grid (2^-b, or --softmax-quant log2's codes), LayerNorm, GELU and
+the 16-bit residual stream. Softmax, GELU and LayerNorm take their forward value from the integer
+kernels the program runs (the node lower.nonlinear_node builds at the current steps, evaluated by
+quantsim.emulate.kernels_vit) and their gradient from the float op (straight through), so the
+integer approximations (I-BERT's exp and GELU polynomials, the integer LayerNorm) are what the
+learned rounding and steps compensate. Fixed, not learned: softmax outputs and a ViT's tensors of
+VIT_FIXED_BITS and more. A --reparam-ln graph is an ordinary ViT graph here (the factors are
+already in the LayerNorms and linears).
+
 Reproducible to the bit at a fixed seed (CPU, one intra-op thread while optimising). Cached per
-(graph, statistics, config) as AdaRound. CNN graphs only (adaround.check_graph).
+(graph, statistics, config) as AdaRound.
 """
 from __future__ import annotations
 
@@ -51,15 +65,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from integer_ref.ir import QParams
+
+from quantsim.emulate import kernels_vit as emulate_vit
 from quantsim.errors import QuantsimError
-from quantsim.graph.capture import PASSTHROUGH_OPS, FloatGraph, run_node
+from quantsim.graph.capture import PASSTHROUGH_OPS, FloatGraph, FNode, run_node
 from quantsim.quant import adaround
 from quantsim.quant.adaround import BATCH, LAMBDA, OPT_THREADS, RoundingVariable, beta_at, reconstruction, \
     regulariser, torch_threads, track
 from quantsim.quant.calibrate import TensorStats
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.gptq import LayerCodes, dequantized, weight_scale, with_codes
-from quantsim.quant.lower import activation_qparams, concat_groups, weight_scale_floors
+from quantsim.quant.lower import NONLINEAR_OPS, _root, activation_qparams, concat_groups, log2_depth, nonlinear_node, \
+    weight_scale_floors
 from quantsim.quant.quantizer import act_scale, fake_quant_act
 
 # Adam on log s (a relative change of the step per iteration). ResNet-20 W4A4, 64 calibration images,
@@ -122,9 +140,11 @@ class Step:
     qmin: int
     qmax: int
     scale: float                        # float64: the calibration scale, then what lowering gives it
-    learn: bool                         # False: a concat member (its group shares one scale)
+    learn: bool                         # False: a concat member (its group shares one scale), a softmax, ...
     log_s: torch.Tensor | None = None   # while learning; None: fixed at scale
     clip: float | None = None           # the learned clip once fixed (TensorStats.clip_override)
+    qp: QParams | None = None           # lowering's quantization of the tensor (width, signedness)
+    log2_exp: int | None = None         # a log2 softmax: the depth K of its codes (lower.log2_depth)
 
     def fake_quant(self, x: torch.Tensor) -> torch.Tensor:
         if self.log_s is None:
@@ -134,17 +154,56 @@ class Step:
         z = z + (torch.round(z) - z).detach()  # straight-through rounding: LSQ's gradient in s
         return torch.clamp(z, self.qmin, self.qmax) * s
 
+    def current(self) -> float:
+        """The step as a float64 number (the learned one, detached, while learning)."""
+        return self.scale if self.log_s is None else float(torch.exp(self.log_s.detach()).double())
+
+    def qparams(self) -> QParams:
+        return replace(self.qp, scale=np.float64(self.current()))
+
+
+class _NodeInputs:
+    """What quantsim.emulate.kernels_vit.run_node reads of an executor's state for one nonlinear node
+    (its input's zero point: ours are 0)."""
+    qp: dict = {}
+    acc_bits = 32
+    acc_overflow = "count"
+
+
+def _integer_nonlinear(g: FloatGraph, n: FNode, x: torch.Tensor, steps: dict[str, Step],
+                       cfg: QuantConfig) -> torch.Tensor:
+    """Softmax / GELU / LayerNorm as the program computes them: the input's codes at its current
+    step through the node lowering builds (lower.nonlinear_node) and the emulator's integer kernel,
+    dequantized (a log2 softmax's code k as 2^-k, its zero code as 0)."""
+    s_in, s_out = steps[_root(g, n.inputs[0])], steps[n.name]
+    in_q, out_q = s_in.qparams(), s_out.qparams()
+    node = nonlinear_node(n, in_q, out_q, cfg, x.shape[-1], s_out.log2_exp)
+    codes = torch.clamp(torch.round(x.detach().double() / float(in_q.scale)), s_in.qmin, s_in.qmax).to(torch.int64)
+    y, _ = emulate_vit.run_node(node, [codes], _NodeInputs)
+    if s_out.log2_exp is not None:
+        return torch.where(y == out_q.qmax, 0.0, torch.pow(2.0, -y.double())).to(x.dtype)
+    return (y.double() * float(out_q.scale)).to(x.dtype)
+
 
 def _run_unit(g: FloatGraph, names: list[str], ext: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
-              steps: dict[str, Step], drop: float = 0.0, gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+              steps: dict[str, Step], cfg: QuantConfig, drop: float = 0.0,
+              gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """The unit's nodes on external inputs `ext`, every requantized tensor fake-quantized at its step
-    (an element keeps its unquantized value with probability `drop`)."""
+    (an element keeps its unquantized value with probability `drop`). Softmax, GELU and LayerNorm
+    (quantized units: steps given) take their value from the integer kernels the program runs and
+    their gradient from the float op (straight through): softmax's float probabilities, the others'
+    float output fake-quantized at its step (LSQ's gradient in that step)."""
     vals = dict(ext)
     for name in names:
         n = g[name]
         y = vals.pop("__image__") if n.op == "input" else run_node(n, [vals[i] for i in n.inputs], weights.get(name))
         if name in steps:
-            yq = steps[name].fake_quant(y)
+            if n.op in NONLINEAR_OPS:
+                surrogate = y if n.op == "softmax" else steps[name].fake_quant(y)
+                exact = _integer_nonlinear(g, n, vals[n.inputs[0]], steps, cfg)
+                yq = surrogate + (exact - surrogate).detach()
+            else:
+                yq = steps[name].fake_quant(y)
             if drop > 0:
                 keep = torch.rand(y.shape, generator=gen) < drop
                 yq = torch.where(keep, y, yq)
@@ -153,17 +212,38 @@ def _run_unit(g: FloatGraph, names: list[str], ext: dict[str, torch.Tensor], wei
     return vals
 
 
+def channel_axis(t: torch.Tensor) -> int:
+    """The axis the reconstruction loss sums over: a ViT's tokens (B, N, C) carry channels last."""
+    return -1 if t.dim() == 3 else 1
+
+
+def _is_vit(g: FloatGraph) -> bool:
+    return any(n.op in NONLINEAR_OPS or n.op == "matmul" for n in g.nodes)
+
+
+# a ViT's tensors at 16 bits and more (the residual stream, softmax / GELU inputs, the logits) keep
+# their calibration steps: their rounding error is already negligible, and Adam moves a log-step by
+# about its learning rate every iteration whatever the size of the gradient, so a learned step there
+# only wanders and may clip the residual stream's outliers
+VIT_FIXED_BITS = 16
+
+
 def _steps(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> dict[str, Step]:
-    """A Step per requantized tensor at the calibration scale; concat members fixed."""
+    """A Step per requantized tensor at the calibration scale; fixed: concat members, the tensor a
+    class token joins (its scale is calibrated on both), softmax outputs (2^-b or log2, not
+    calibrated) and a ViT's wide tensors (VIT_FIXED_BITS)."""
     q = activation_qparams(g, stats, cfg)
-    fixed = set(concat_groups(g))
+    fixed = set(concat_groups(g)) | {_root(g, n.inputs[0]) for n in g.nodes if n.op == "concat_token"}
+    vit = _is_vit(g)
     out = {}
     for n in g.nodes:
         if n.op in PASSTHROUGH_OPS:
             continue
         qp = q[n.name]
         qmin, qmax = qp.qmin - qp.zero_point, qp.qmax - qp.zero_point
-        out[n.name] = Step(qmin, qmax, float(qp.scale), n.name not in fixed)
+        learn = n.name not in fixed and n.op != "softmax" and not (vit and qp.bits >= VIT_FIXED_BITS)
+        log2_exp = log2_depth(g, n.name, q, cfg) if n.op == "softmax" and cfg.softmax_quant == "log2" else None
+        out[n.name] = Step(qmin, qmax, float(qp.scale), learn, qp=qp, log2_exp=log2_exp)
     return out
 
 
@@ -195,8 +275,8 @@ def reconstruct_unit(g: FloatGraph, names: list[str], ext_q: dict[str, torch.Ten
             ext[k] = xq
         hs = {k: rv.h() for k, rv in rvs.items()}
         weights = {k: rvs[k].soft_weight(h) for k, h in hs.items()}
-        vals = _run_unit(g, names, ext, weights, steps, cfg.qdrop, gen)
-        rec = sum(reconstruction(vals[k], targets[k][idx]) for k in targets)
+        vals = _run_unit(g, names, ext, weights, steps, cfg, cfg.qdrop, gen)
+        rec = sum(reconstruction(vals[k], targets[k][idx], channel_axis(vals[k])) for k in targets)
         beta = beta_at(it, iters)
         loss = rec if beta is None else rec + LAMBDA * sum(regulariser(h, beta) for h in hs.values())
         for o in opts:
@@ -235,7 +315,8 @@ def reconstruct(g: FloatGraph, stats: dict[str, TensorStats], batches: list[torc
     nearest rounding and calibration steps: for tests). g must carry the lowering's weight floors
     (lower.weight_scale_floors)."""
     check_config(cfg)
-    adaround.check_graph(g)
+    for n in g.mac_nodes():
+        adaround.check_layer(n)
     if not batches:
         raise QuantsimError("block reconstruction needs the calibration images (Prepared.calib is empty)")
     if not g.mac_nodes():
@@ -263,7 +344,7 @@ def reconstruct(g: FloatGraph, stats: dict[str, TensorStats], batches: list[torc
             ext = ["__image__"] + ext
         ext_f = {k: fvals[k] for k in ext}
         ext_q = {k: qvals[k] for k in ext}
-        f_out = _run_unit(g, names, dict(ext_f), {}, {})
+        f_out = _run_unit(g, names, dict(ext_f), {}, {}, cfg)
         outs = [name for name in names if last_unit.get(name, -1) > ui or name == g.output]
         macs = [name for name in names if g[name].is_mac]
         rvs = {name: RoundingVariable(g[name], cfg.bits_for(name)[0], cfg) for name in macs}
@@ -279,7 +360,7 @@ def reconstruct(g: FloatGraph, stats: dict[str, TensorStats], batches: list[torc
             hard = {name: dequantized(g[name], LayerCodes(*weight_scale(g[name], rv.w_bits, cfg), rv.w_bits, 0.0))
                     for name, rv in rvs.items()}
             nearest.update(macs)
-        q_out = _run_unit(g, names, dict(ext_q), hard, steps)
+        q_out = _run_unit(g, names, dict(ext_q), hard, steps, cfg)
         for k in outs:
             fvals[k], qvals[k] = f_out[k], q_out[k]
         for k in ext:
