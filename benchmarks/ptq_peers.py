@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     try:  # every input checked before anything loads
         widths = {b: parse_bits(b) for b in args.bits.split(",")}
     except QuantsimError as e:
-        print(f"error: --bits: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     tools = args.tools.split(",")
     bad = [t for t in tools if t not in TOOLS]
