@@ -112,7 +112,7 @@ class PeerVenv:
         return self.path / "bin" / "python"
 
     def _probe(self) -> dict | None:
-        """The pinned packages' versions in the venv, or None when the peer does not import there (one interpreter start)."""
+        """The pinned packages' versions in the venv, or None where the peer does not import (one interpreter start)."""
         if not self.python.exists():
             return None
         names = [pin.split("==")[0] for pin in self.pins]

@@ -2,7 +2,8 @@
 block reconstruction) vs Sony MCT 2.6.1 (plain PTQ, gradient-based PTQ) vs AIMET 2.42 (QuantSim,
 AdaRound), the same images for every tool (issue 13).
 
-    cd benchmarks && OMP_NUM_THREADS=1 nice python ptq_peers.py --eval 500 --block-iters 50 --mct-epochs 2 --aimet-iters 100
+    cd benchmarks && OMP_NUM_THREADS=1 nice python ptq_peers.py --eval 500 --bits W4A4 \
+        --block-iters 20 --mct-epochs 1 --aimet-iters 20
     cd benchmarks && OMP_NUM_THREADS=1 nice -n 15 python ptq_peers.py --eval 10000 --log ptq_peers.jsonl
 
 Every tool gets the shared ResNet-20 (the loader of ptq_methods.py, common.load_workload), the same
@@ -56,7 +57,8 @@ DEFAULTS_THAT_DIFFER = (
 
 
 def iters_of(tool: str, args) -> int:
-    return {"ours-block": args.block_iters, "mct-gptq": args.mct_epochs, "aimet-adaround": args.aimet_iters}.get(tool, 0)
+    iters = {"ours-block": args.block_iters, "mct-gptq": args.mct_epochs, "aimet-adaround": args.aimet_iters}
+    return iters.get(tool, 0)
 
 
 def row_key(r: dict) -> tuple:
@@ -76,7 +78,8 @@ def run_ours(tool: str, wl, bits: tuple[int, int], args) -> dict:
     seconds = time.perf_counter() - t
     acc = top1(batched(emulate.EmulatedModel(graph), wl.x_eval), wl.y_eval)
     mism = stages.check_bitexact(graph, wl.x_eval[:args.bitexact]).total_mismatches
-    return {"top1": round(acc, 2), "quantize_s": round(seconds, 2), "bitexact_mismatches": mism, "bitexact_images": args.bitexact}
+    return {"top1": round(acc, 2), "quantize_s": round(seconds, 2), "bitexact_mismatches": mism,
+            "bitexact_images": args.bitexact}
 
 
 def run_peer(tool: str, py: Path, images: Path, bits: tuple[int, int], iters: int) -> dict:
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
         print(f"error: --tools {','.join(bad)}: choose from {','.join(TOOLS)}" if bad else
               "error: --bits takes uniform widths such as W4A8", file=sys.stderr)
         return 2
-    if args.eval < 1 or args.calib < 1 or min(iters_of(t, args) for t in ("ours-block", "mct-gptq", "aimet-adaround")) < 1:
+    if min(args.eval, args.calib, args.block_iters, args.mct_epochs, args.aimet_iters) < 1:
         print("error: --eval, --calib and the iteration counts must be >= 1", file=sys.stderr)
         return 2
     if not SHARED.exists():
