@@ -1,7 +1,9 @@
 """Shared pieces of the benchmark scripts: the real models and data in ../shared, loaded once."""
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -90,3 +92,76 @@ class Timer:
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
+
+
+# The project's build pins (Makefile PINS): installed into every peer venv with the peer, so a
+# peer that asks for another torch fails to install instead of replacing it.
+TORCH_PINS = ("torch==2.14.1", "torchvision==0.29.1")
+
+
+@dataclass(frozen=True)
+class PeerVenv:
+    """A peer tool in its own venv (ignored by git: .venv*/, .cache/), created with pip on first use."""
+    path: Path
+    packages: tuple[str, ...]
+    check: str  # python source that runs without error once the peer is installed
+    pins: tuple[str, ...] = TORCH_PINS
+
+    @property
+    def python(self) -> Path:
+        return self.path / "bin" / "python"
+
+    def _probe(self) -> dict | None:
+        """The pinned packages' versions in the venv, or None where the peer does not import (one interpreter start)."""
+        if not self.python.exists():
+            return None
+        names = [pin.split("==")[0] for pin in self.pins]
+        code = f"{self.check}\nimport json\n" + "".join(f"import {n}\n" for n in names) + \
+            "print(json.dumps({" + ", ".join(f"{n!r}: {n}.__version__" for n in names) + "}))"
+        r = subprocess.run([str(self.python), "-c", code], capture_output=True, text=True)
+        return json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else None
+
+    def ensure(self) -> Path:
+        """The venv's python; the venv is made (pip, the pins beside the peer) where it is absent or broken,
+        and a venv whose torch is not the pinned one is refused."""
+        versions = self._probe()
+        if versions is None:
+            print(f"creating {self.path} ({' '.join(self.packages + self.pins)})", flush=True)
+            base = getattr(sys, "_base_executable", sys.executable)  # never the project venv's own pip
+            subprocess.run([base, "-m", "venv", str(self.path)], check=True)
+            r = subprocess.run([str(self.python), "-m", "pip", "install", "-q", *self.pins, *self.packages])
+            versions = None if r.returncode else self._probe()
+            if versions is None:
+                sys.exit(f"error: could not install {' '.join(self.packages)} into {self.path}")
+        for pin in self.pins:
+            name, version = pin.split("==")
+            if versions[name].split("+")[0] != version:
+                sys.exit(f"error: {self.path} has {name} {versions[name]}, not the pinned {version}: remove the venv")
+        return self.python
+
+
+MCT = PeerVenv(ROOT / ".venv-mct", ("model-compression-toolkit==2.6.1",), "import model_compression_toolkit")
+AIMET = PeerVenv(ROOT / ".venv-aimet", ("aimet-torch==2.42.0",), "import aimet_torch")
+
+
+def save_tensors(path: Path, tensors: dict) -> Path:
+    """One torch.save file, written atomically (a peer subprocess reads it with weights_only=True)."""
+    from reports.io import atomic_target
+
+    with atomic_target(path) as tmp:
+        torch.save(tensors, tmp)
+    return Path(path)
+
+
+def read_rows(path: str | Path | None) -> list[dict]:
+    """The rows of a JSON-lines log (none when there is no log yet): a long benchmark resumes from them."""
+    if not path or not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def append_row(path: str | Path | None, row: dict) -> None:
+    """Append one finished row to a JSON-lines log (one line, flushed: a crash loses at most the row in progress)."""
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")

@@ -20,9 +20,9 @@ not counted).
   (weight candidates 2/4/8 bits, activations 8 bits), evaluated as the fake-quant torch module
   MCT returns.
 
-MCT runs in its own venv (/work/main/.venv-mct: `python -m venv .venv-mct && .venv-mct/bin/pip
-install model-compression-toolkit torch==2.14.1 torchvision==0.29.1`), in a subprocess of this
-script (`--mct-worker`), fed a tensor file this script writes.
+MCT runs in its own venv (.venv-mct, made on first use by common.MCT: pip install
+model-compression-toolkit==2.6.1 beside the pinned torch 2.14.1 / torchvision 0.29.1), in a
+subprocess of this script (`--mct-worker`), fed a tensor file this script writes.
 """
 from __future__ import annotations
 
@@ -38,7 +38,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-MCT_PY = ROOT / ".venv-mct" / "bin" / "python"
 
 
 # --------------------------------------------------------------------------- MCT side
@@ -183,13 +182,14 @@ def main() -> int:
           f"widths {ours['widths']}")
     if args.no_mct:
         return 0
-    if not MCT_PY.exists():
-        print(f"MCT: not run: {MCT_PY} is missing (create the venv as the docstring says)")
-        return 1
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import MCT  # here, not at the top: the --mct-worker runs in MCT's venv, without quantsim's dependencies
+
+    mct_py = MCT.ensure()
     with tempfile.TemporaryDirectory() as tmp:
         blob = os.path.join(tmp, "r20.pt")
         torch.save(shared, blob)
-        r = subprocess.run([str(MCT_PY), __file__, "--mp-images", str(args.mp_images), "--mct-worker", blob,
+        r = subprocess.run([str(mct_py), __file__, "--mp-images", str(args.mp_images), "--mct-worker", blob,
                             repr(ours["target_bytes"])], capture_output=True, text=True)
     if r.returncode != 0:
         tail = "\n".join(r.stderr.strip().splitlines()[-15:])

@@ -23,9 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-from common import batched, load_workload, top1
+from common import append_row, batched, load_workload, read_rows, top1
 
 from quantsim.emulate import executor as emulate
 from quantsim.quant.config import QuantConfig, parse_bits
@@ -60,12 +59,8 @@ def main(argv=None) -> None:
     t_prep = time.perf_counter() - t0
     fp32 = top1(batched(wl.loaded.model, wl.x_eval), wl.y_eval)
     macs = [n.name for n in prep.fgraph.mac_nodes()]
-    done = {}
-    if args.log and Path(args.log).exists():
-        for line in Path(args.log).read_text().splitlines():
-            r = json.loads(line)
-            done[(r["bits"], r["convention"], r["method"], r.get("calib_method"), r.get("recon_iters"),
-                  r.get("qdrop"), r.get("n_eval"))] = r
+    done = {(r["bits"], r["convention"], r["method"], r.get("calib_method"), r.get("recon_iters"), r.get("qdrop"),
+             r.get("n_eval")): r for r in read_rows(args.log)}
     rows = []
     for bits in args.bits.split(","):
         wb, ab = parse_bits(bits)
@@ -93,9 +88,7 @@ def main(argv=None) -> None:
                        "calib_method": args.calib_method, "recon_iters": args.recon_iters, "qdrop": args.qdrop,
                        "n_eval": len(wl.y_eval)}
                 print(json.dumps(row), flush=True)
-                if args.log:
-                    with open(args.log, "a") as f:
-                        f.write(json.dumps(row) + "\n")
+                append_row(args.log, row)
                 rows.append(row)
     print(f"\n{args.model}: FP32 top-1 {fp32:.2f} on {len(wl.y_eval)} test images; calibration {args.calib} images, "
           f"{args.calib_method} (capture + statistics {t_prep:.1f} s); adaround {args.recon_iters} iterations per "

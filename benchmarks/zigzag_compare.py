@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SHARED, replace_section  # noqa: E402
+from common import ROOT, SHARED, PeerVenv, replace_section  # noqa: E402
 
 from hwmodel import load_accelerator  # noqa: E402
 from hwmodel.mapping import node_conv_geometry  # noqa: E402
@@ -44,10 +44,10 @@ from quantsim.quant.config import QuantConfig  # noqa: E402
 from quantsim.run import hardware, stages  # noqa: E402
 from quantsim.zoo import datasets, models  # noqa: E402
 
-VENV = ROOT / ".cache" / "venv-zigzag"
-ZZ_PY = VENV / "bin" / "python"
+# ZigZag pins its own numpy and needs no torch: its own venv, no torch pins
+ZIGZAG = PeerVenv(ROOT / ".cache" / "venv-zigzag", ("zigzag-dse==3.9.1", "six"), "import zigzag.api, six", pins=())
+ZZ_PY = ZIGZAG.python
 PEER = Path(__file__).resolve().parent / "zigzag_peer.py"
-ZIGZAG_REQ = ["zigzag-dse==3.9.1", "six"]
 ACCESS_TOL, ENERGY_TOL = 0.05, 0.10
 
 # (key, label): the access counts compared, in bits
@@ -59,16 +59,7 @@ ENERGY_KEYS = [("e_mac", "MAC"), ("e_sram", "SRAM"), ("e_dram", "DRAM"), ("e_mem
 
 def zigzag_python() -> Path:
     """ZigZag's venv, created on first use (a separate interpreter: it pins its own numpy)."""
-    ok = ZZ_PY.exists() and subprocess.run([str(ZZ_PY), "-c", "import zigzag.api, six"],
-                                           capture_output=True).returncode == 0
-    if not ok:
-        print(f"creating ZigZag venv at {VENV} ({' '.join(ZIGZAG_REQ)})", flush=True)
-        base = getattr(sys, "_base_executable", sys.executable)
-        subprocess.run([base, "-m", "venv", str(VENV)], check=True)
-        r = subprocess.run([str(ZZ_PY), "-m", "pip", "install", "-q", *ZIGZAG_REQ])
-        if r.returncode:
-            sys.exit(f"error: could not install {' '.join(ZIGZAG_REQ)} into {VENV}")
-    return ZZ_PY
+    return ZIGZAG.ensure()
 
 
 def _images(spec: str, pre, role: str, n: int, seed: int) -> torch.Tensor:
