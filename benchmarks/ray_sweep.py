@@ -52,11 +52,15 @@ def sweep(out: Path, args, ray: str | None) -> float:
             "--uniform-granularity", "per-channel", "--budgets", args.budgets, "--out", str(out), "--no-progress"]
     if ray:
         argv += ["--ray", ray]
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     code = pareto.main(argv)
     if code != 0:
         sys.exit(f"error: the {'Ray' if ray else 'serial'} sweep exited {code}")
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    print(f"{'--ray ' + ray if ray else 'serial'}: load average (1 min) {load:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after", file=sys.stderr)
+    return seconds
 
 
 def main() -> int:

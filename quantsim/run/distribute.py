@@ -18,6 +18,7 @@ import importlib
 import logging
 import os
 import re
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,15 +93,32 @@ def connect(address: str) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # offline machines: no usage report
     try:
         if address == "local":
-            # the workers import the quantsim this driver runs (a checkout need not be installed)
-            path = os.pathsep.join(p for p in (str(_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level=logging.WARNING,
-                     runtime_env={"env_vars": {"PYTHONPATH": path}})
+            # the workers import the quantsim this driver runs (a checkout need not be installed):
+            # PYTHONPATH in the environment the cluster's processes inherit, not a runtime_env, so
+            # that the workers Ray starts with the cluster serve the first tasks (a runtime_env's
+            # workers would start only then)
+            old = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), old) if p)
+            try:
+                ray.init(num_cpus=local_cpus(), include_dashboard=False, logging_level=logging.WARNING)
+            finally:
+                if old is None:
+                    del os.environ["PYTHONPATH"]
+                else:
+                    os.environ["PYTHONPATH"] = old
         else:
             ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise QuantsimError(f"--ray {address}: cannot start or reach Ray: {str(exc).splitlines()[0]}") from exc
     return True
+
+
+def local_cpus() -> int:
+    """The cores this process may run on (a CPU affinity mask, e.g. taskset, counts; os.cpu_count does not)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks (macOS)
+        return os.cpu_count() or 1
 
 
 def _fault(faults: str | None, key: str) -> None:
@@ -160,7 +178,7 @@ def cluster(address: str | None):
 class Session:
     """Jobs submitted as Ray tasks as the driver makes them (`submit`), so that the driver's own
     work between submissions overlaps theirs, then `wait` hands each result to the driver.
-    Made by `session`."""
+    Made by `session`, which may still be starting the cluster: the first call here waits for it."""
 
     def __init__(self, ray, retries: int, cpus_per_task: int):
         self._ray = ray
@@ -172,18 +190,54 @@ class Session:
         self._refs: dict[str, list] = {}  # per job its result refs (a forwarding job: two)
         self._inputs: dict[str, list[str]] = {}  # per job the jobs whose Results it takes
         self._warming: list = []
+        self._started: threading.Event | None = None  # set once a background start has finished
+        self._start_error: BaseException | None = None
+        self.owned = False  # this session started Ray (and shuts it down)
+
+    def _start(self, address: str, warm_up: str | None) -> None:
+        self.owned = connect(address)
+        if warm_up:
+            # each worker imports the module now (torch and quantsim take seconds to import), while
+            # the driver loads and calibrates, rather than in its first task
+            n = int(self._ray.cluster_resources().get("CPU", 1)) // self._cpus
+            self._warming = [self._ray.remote(_import).options(num_cpus=self._cpus).remote(warm_up)
+                             for _ in range(max(1, n))]
+
+    def _start_in_background(self, address: str, warm_up: str | None) -> threading.Event:
+        """`_start` in a thread that lives until the returned event is set: Ray's processes are
+        started with PR_SET_PDEATHSIG, so they die with the thread that started them."""
+        self._started, stop = threading.Event(), threading.Event()
+
+        def body():
+            # Ray says its driver has no SIGTERM handler off the main thread: true and harmless here
+            # (the cluster's processes die with this thread), so not said to the user
+            logging.getLogger("ray._private.worker").addFilter(
+                lambda record: "SIGTERM handler is not set" not in record.getMessage())
+            try:
+                self._start(address, warm_up)
+            except BaseException as exc:  # handed to the driver's thread by _ready
+                self._start_error = exc
+            finally:
+                self._started.set()
+            stop.wait()
+
+        threading.Thread(target=body, name="ray-start", daemon=True).start()
+        return stop
+
+    def _ready(self, quiet: bool = False) -> bool:
+        """Wait for the cluster; connect's QuantsimError surfaces here (quiet: False instead)."""
+        if self._started is not None:
+            self._started.wait()
+        if self._start_error is not None and not quiet:
+            raise self._start_error
+        return self._start_error is None
 
     def put(self, obj) -> Shared:
+        self._ready()
         return Shared(self._ray.put(obj))
 
-    def warm_up(self, module: str) -> None:
-        """Each worker imports `module` now (torch and quantsim take seconds to import), so that
-        this happens while the driver loads and calibrates rather than in the first tasks."""
-        n = int(self._ray.cluster_resources().get("CPU", 1)) // self._cpus
-        self._warming = [self._ray.remote(_import).options(num_cpus=self._cpus).remote(module)
-                         for _ in range(max(1, n))]
-
     def submit(self, job: Job) -> None:
+        self._ready()
         if job.key in self._jobs:
             raise ValueError(f"job {job.key!r} submitted twice")
         args, inputs = [], []
@@ -201,6 +255,8 @@ class Session:
         self._inputs[job.key] = inputs
 
     def cancel(self) -> None:
+        if not self._ready(quiet=True):
+            return
         for refs in self._refs.values():
             self._ray.cancel(refs[-1], force=True)
         self._refs.clear()
@@ -210,6 +266,7 @@ class Session:
         driver's part), in completion order; then one QuantsimError naming each point with a job
         that still failed after its retries (its first failed job's cause, or the point whose
         result it needed), raised once every other job has finished and been handed over."""
+        self._ready()
         ray = self._ray
         pending = {refs[-1]: key for key, refs in self._refs.items()}
         left = {}  # per point its jobs not yet finished, for the progress bar
@@ -251,17 +308,31 @@ class Session:
 
 
 @contextmanager
-def session(address: str = "local", retries: int = 2, cpus_per_task: int = 1):
-    """A Session on the cluster `cluster(address)` gives; its tasks cancelled if the block fails."""
+def session(address: str = "local", retries: int = 2, cpus_per_task: int = 1, warm_up: str | None = None):
+    """A Session on the cluster `connect(address)` gives (shut down after the block if this
+    started it); its tasks cancelled if the block fails. A new local cluster starts in the
+    background (seconds: its processes, then `warm_up`, a module each worker imports), so that
+    the block's first work overlaps it; an address is reached before the block starts, so that a
+    wrong one fails before any loading."""
     import ray  # optional dependency: only --ray needs it
 
-    with cluster(address):
-        s = Session(ray, retries, cpus_per_task)
-        try:
-            yield s
-        except BaseException:
-            s.cancel()
-            raise
+    s = Session(ray, retries, cpus_per_task)
+    stop = None
+    if address == "local" and not ray.is_initialized():
+        stop = s._start_in_background(address, warm_up)
+    else:
+        s._start(address, warm_up)
+    try:
+        yield s
+    except BaseException:
+        s.cancel()
+        raise
+    finally:
+        s._ready(quiet=True)
+        if s.owned:
+            ray.shutdown()
+        if stop is not None:
+            stop.set()
 
 
 def run_jobs(fn: Callable, shared, jobs: list[tuple[str, tuple]], on_done: Callable[[str, Any], None], *,

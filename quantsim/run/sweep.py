@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -163,7 +164,9 @@ def chunk_top5(what, chunk: EvalChunk, ds=None) -> tuple[np.ndarray, np.ndarray 
     if isinstance(what, torch.nn.Module):
         top5, labels = fp32_predictions(what, chunk.batches(ds), False)
     else:
-        top5, labels = quantized_predictions(what, chunk.batches(ds), False, ""), None
+        with warnings.catch_warnings():  # the program's arrays come read-only from the object store; only read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            top5, labels = quantized_predictions(what, chunk.batches(ds), False, ""), None
     return top5, labels, time.perf_counter() - t0
 
 
@@ -421,9 +424,7 @@ def run(args: SweepOptions) -> pd.DataFrame:
 
     torch.manual_seed(args.seed)
     # --ray: the cluster starts first and its workers import quantsim while this driver loads
-    with (distribute.session(args.ray, args.ray_retries) if args.ray else nullcontext()) as ray_session:
-        if ray_session is not None:
-            ray_session.warm_up(__name__)
+    with (distribute.session(args.ray, args.ray_retries, warm_up=__name__) if args.ray else nullcontext()) as ray_session:
         inp = load_inputs(args)
         loaded, calib_ds, eval_ds = inp.loaded, inp.calib_ds, inp.eval_ds
         out.mkdir(parents=True, exist_ok=True)
