@@ -84,8 +84,8 @@ def main() -> int:
           f"serial driver threads: torch {torch.get_num_threads()}, numba {numba.get_num_threads()}; "
           "Ray tasks: 1 each")
     print(pd.DataFrame({"point": a["label"], "serial_s": a["seconds"], "ray_s": b["seconds"]}).to_string(index=False))
-    print("(a serial sweep measures the mixed tables inside its first mixed point; --ray in the driver, before "
-          f"the tasks: {tables[0]:.1f} s and {tables[1]:.1f} s)")
+    print("(a serial sweep measures the mixed tables inside its first mixed point; --ray in the driver while the "
+          f"first tasks run: {tables[0]:.1f} s and {tables[1]:.1f} s; a --ray point's seconds are its tasks' sum)")
     print(f"serial:       {t_serial:7.1f} s")
     print(f"--ray {args.ray}: {t_ray:7.1f} s  (Ray's start included)")
     print(f"speed-up:     {t_serial / t_ray:7.2f}x   rows identical: {same}")
