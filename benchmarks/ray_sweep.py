@@ -27,7 +27,8 @@ more cores move it closer. With the uniform points submitted before the driver m
 mixed tables (2026-12-04, quiet): --eval 10000 182.8 s serial, 121.7 s --ray local (1.50x).
 With each point split into a program task and tasks of 1024 images, the FP32 pass in chunks and
 the cluster started while the driver loads (2026-12-04, NOT quiet: load average 5-8 from other
-jobs): --eval 10000 603.4 s serial, 418.4 s --ray local (1.44x); rerun it on a quiet machine.
+jobs): --eval 10000 603.4 s serial, 418.4 s --ray local (1.44x); again at load 3-6: 347.0 s and
+252.7 s (1.37x); rerun it on a quiet machine.
 """
 from __future__ import annotations
 
