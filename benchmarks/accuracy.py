@@ -35,7 +35,7 @@ Plain min-max PTQ at 4 bits collapses on EfficientNet-Lite0 (depthwise filters: 
 These are min-max baselines; `--calib-method mse|percentile` and mixed precision are the tools for them (not measured in this table)."""
 
 
-def measure_config(shared: dict, gran: str, wb: int, ab: int, dep=None) -> dict:
+def measure_config(shared: dict, gran: str, wb: int, ab: int) -> dict:
     """One configuration's row (a Ray task under --ray: `shared` comes from the object store)."""
     cfg = QuantConfig(w_bits=wb, a_bits=ab, granularity=gran, calib_method=shared["calib_method"])
     x_eval, y_eval, n_bitexact = shared["x_eval"], shared["y_eval"], shared["n_bitexact"]
@@ -74,7 +74,7 @@ def run_model(name: str, n_eval: int | None, n_bitexact: int, calib_method: str,
         done[key] = row
         tqdm.write(json.dumps(row))
 
-    distribute.run_jobs(measure_config, shared, [distribute.Job("/".join(map(str, c)), c) for c in configs],
+    distribute.run_jobs(measure_config, shared, [("/".join(map(str, c)), c) for c in configs],
                         on_done, address=ray, desc=name)
     return rows + [done["/".join(map(str, c))] for c in configs]
 

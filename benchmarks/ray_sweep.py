@@ -25,6 +25,10 @@ driver's serial part (calibration, the FP32 pass, the sensitivity and energy tab
 Ray's start bound the speed-up below the core count (2) on this machine; longer points or
 more cores move it closer. With the uniform points submitted before the driver measures the
 mixed tables (2026-12-04, quiet): --eval 10000 182.8 s serial, 121.7 s --ray local (1.50x).
+With each point split into a program task and tasks of 1024 images, the FP32 pass in chunks and
+the cluster started while the driver loads (2026-12-04, NOT quiet: load average 5-8 from other
+jobs): --eval 10000 603.4 s serial, 418.4 s --ray local (1.44x); again at load 3-6: 347.0 s and
+252.7 s (1.37x); rerun it on a quiet machine.
 """
 from __future__ import annotations
 
@@ -52,11 +56,15 @@ def sweep(out: Path, args, ray: str | None) -> float:
             "--uniform-granularity", "per-channel", "--budgets", args.budgets, "--out", str(out), "--no-progress"]
     if ray:
         argv += ["--ray", ray]
+    load = os.getloadavg()[0]
     t0 = time.perf_counter()
     code = pareto.main(argv)
     if code != 0:
         sys.exit(f"error: the {'Ray' if ray else 'serial'} sweep exited {code}")
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    print(f"{'--ray ' + ray if ray else 'serial'}: load average (1 min) {load:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after", file=sys.stderr)
+    return seconds
 
 
 def main() -> int:
@@ -80,8 +88,8 @@ def main() -> int:
           f"serial driver threads: torch {torch.get_num_threads()}, numba {numba.get_num_threads()}; "
           "Ray tasks: 1 each")
     print(pd.DataFrame({"point": a["label"], "serial_s": a["seconds"], "ray_s": b["seconds"]}).to_string(index=False))
-    print("(a serial sweep measures the mixed tables inside its first mixed point; --ray in the driver, before "
-          f"the tasks: {tables[0]:.1f} s and {tables[1]:.1f} s)")
+    print("(a serial sweep measures the mixed tables inside its first mixed point; --ray in the driver while the "
+          f"first tasks run: {tables[0]:.1f} s and {tables[1]:.1f} s; a --ray point's seconds are its tasks' sum)")
     print(f"serial:       {t_serial:7.1f} s")
     print(f"--ray {args.ray}: {t_ray:7.1f} s  (Ray's start included)")
     print(f"speed-up:     {t_serial / t_ray:7.2f}x   rows identical: {same}")

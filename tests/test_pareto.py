@@ -278,3 +278,29 @@ def test_command_line_defaults_are_the_options_defaults():
         dests = [a for a in parser._actions if a.dest in want]
         assert len(dests) > 30
         assert {a.dest: a.default for a in dests} == {a.dest: want[a.dest] for a in dests}, cls.__name__
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_eval_chunks_are_the_serial_batches(monkeypatch, in_memory):
+    """--ray's evaluation chunks (decoded by the driver, or, for a set too large to cache, by the
+    task from the data set) hold the serial sweep's batches, so a chunk task's predictions,
+    concatenated, are the serial ones."""
+    if not in_memory:
+        monkeypatch.setattr(sweep, "CACHE_EVAL_BYTES", 0)
+    torch.manual_seed(0)
+    ds = TensorDataset(torch.randn(10, 3, 8, 8), torch.arange(10))
+    ev = sweep.EvalSet(ds, batch_size=3)
+    assert ev.cached == in_memory
+    chunks = list(ev.chunks(2))  # 2 batches each: images 0-5, then 6-9 (batches of 3 and 1)
+    assert len(chunks) == 2 and (chunks[0].x is not None) == in_memory
+    got = [b for c in chunks for b in c.batches(None if in_memory else ev.loader.dataset)]
+    want = list(sweep.datasets.make_loader(ds, batch_size=3))
+    assert [len(x) for x, _ in got] == [3, 3, 3, 1]
+    for (gx, gy), (wx, wy) in zip(got, want, strict=True):
+        assert torch.equal(gx, wx) and torch.equal(gy, wy)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 10)).eval()
+    parts = [sweep.chunk_top5(model, c, None if in_memory else ev.loader.dataset) for c in chunks]
+    top5, labels = sweep.fp32_predictions(model, want, False)
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), top5)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), labels)
+    assert sweep.chunk_top5(None, chunks[0]) is None  # a point without a program

@@ -20,12 +20,15 @@ import json
 import math
 import sys
 import time
+import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import Subset
 from tqdm import tqdm
 
 from quantsim.emulate.executor import EmulatedModel
@@ -51,6 +54,9 @@ POINT_COLUMNS = ["label", "policy", "granularity", "w_bits", "a_bits", "top1", "
 UNIFORM = ((8, 8), (6, 6), (4, 8), (4, 4))
 GRAN_TAG = {"per-tensor": "pt", "per-channel": "pc"}
 CACHE_EVAL_BYTES = 1 << 30  # keep evaluation batches in memory up to this size
+# --ray: a point's evaluation is split into tasks of about this many images (a few seconds each
+# on a CIFAR ResNet), so that the last tasks of a sweep are short and no worker idles long at the end
+EVAL_CHUNK_IMAGES = 1024
 
 
 @dataclass
@@ -109,20 +115,66 @@ class EvalSet:
         self._batches = [(x, y) for x, y in self.loader]
         return self._batches
 
-    def __getstate__(self):
-        """Pickled (a --ray task's copy) with its batches when they fit in memory, else with the
-        loader, whose data set's files must then be at the same paths on every worker."""
-        state = dict(self.__dict__)
-        if self.cached:
-            state.update(_batches=self.batches(), loader=None)
-        return state
+    def chunks(self, n_batches: int):
+        """The batches, n_batches at a time, as EvalChunks (--ray: one task's share of a point);
+        decoded here, one chunk after another, when the set fits in memory."""
+        if not self.cached:
+            size = n_batches * self.loader.batch_size
+            for start in range(0, self.n, size):
+                yield EvalChunk(self.loader.batch_size, start=start, stop=min(start + size, self.n))
+            return
+        group: list = []
+        for i, batch in enumerate(self.batches() if self._batches is not None else self.loader):
+            group.append(batch)
+            if len(group) == n_batches or i == len(self.loader) - 1:
+                yield EvalChunk(self.loader.batch_size, np.concatenate([x.numpy() for x, _ in group]),
+                                np.concatenate([y.numpy() for _, y in group]))
+                group = []
+
+
+@dataclass
+class EvalChunk:
+    """Consecutive evaluation batches: decoded by the driver (x, y: the batches' images and labels,
+    in the object store), or, for a set over CACHE_EVAL_BYTES, the images start:stop, which the
+    task decodes from the data set (its files then at the same paths on every worker). Either
+    way the batches are the serial sweep's, so the predictions are too."""
+
+    batch_size: int
+    x: np.ndarray | None = None
+    y: np.ndarray | None = None
+    start: int = 0
+    stop: int = 0
+
+    def batches(self, ds=None):
+        if self.x is None:
+            yield from datasets.make_loader(Subset(ds, range(self.start, self.stop)), batch_size=self.batch_size)
+            return
+        for i in range(0, len(self.x), self.batch_size):  # copies: the object store's arrays are read-only
+            yield (torch.from_numpy(self.x[i:i + self.batch_size].copy()),
+                   torch.from_numpy(self.y[i:i + self.batch_size].copy()))
+
+
+def chunk_top5(what, chunk: EvalChunk, ds=None) -> tuple[np.ndarray, np.ndarray | None, float] | None:
+    """A --ray task's share of a point's evaluation: the top-5 per image of the FP32 model (an
+    nn.Module; with the labels) or of a program (an integer Graph), and the seconds it took;
+    None for a point without a program (an infeasible budget)."""
+    if what is None:
+        return None
+    t0 = time.perf_counter()
+    if isinstance(what, torch.nn.Module):
+        top5, labels = fp32_predictions(what, chunk.batches(ds), False)
+    else:
+        with warnings.catch_warnings():  # the program's arrays come read-only from the object store; only read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            top5, labels = quantized_predictions(what, chunk.batches(ds), False, ""), None
+    return top5, labels, time.perf_counter() - t0
 
 
 @torch.no_grad()
-def fp32_predictions(model, ev: EvalSet, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+def fp32_predictions(model, batches, progress: bool) -> tuple[np.ndarray, np.ndarray]:
     """Top-5 class indices per image (FP32) and the labels (-1 where none)."""
     tops, labels = [], []
-    for x, y in tqdm(ev.batches(), desc="FP32", unit="batch", disable=not progress, leave=False):
+    for x, y in tqdm(batches, desc="FP32", unit="batch", disable=not progress, leave=False):
         f = model(x)
         tops.append(top_indices(f, 5))
         labels.append(y.numpy())
@@ -140,10 +192,10 @@ def accuracy(top5: np.ndarray, labels: np.ndarray, fp32_top1: np.ndarray | None)
 
 
 @torch.no_grad()
-def quantized_predictions(graph, ev: EvalSet, progress: bool, desc: str) -> np.ndarray:
+def quantized_predictions(graph, batches, progress: bool, desc: str) -> np.ndarray:
     qm = EmulatedModel(graph)
     tops = []
-    for x, _ in tqdm(ev.batches(), desc=desc, unit="batch", disable=not progress, leave=False):
+    for x, _ in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
         q = qm(x)
         tops.append(top_indices(q, 5))
     return np.concatenate(tops)
@@ -205,6 +257,7 @@ class SweepContext:
     out: Path
     progress: bool
     tables: object = None  # the mixed tables, measured at the first mixed point
+    fp32_seconds: float = 0.0  # the FP32 pass (0 when its predictions were read back on --resume)
 
     def mixed_tables(self):
         if self.tables is None:
@@ -218,27 +271,43 @@ class SweepContext:
 @dataclass
 class PointResult:
     """A point's row of points.csv and, for a mixed plan, its widths table and re-ranking record
-    (the driver writes them: a worker on another machine has no access to the out dir)."""
+    (the driver writes them: a worker on another machine has no access to the out dir).
+    `seconds`: the time spent on the point so far (None: the row records none)."""
 
     row: dict
     widths: pd.DataFrame | None = None
     rerank: dict | None = None
+    seconds: float | None = None
 
 
 def measure_point(ctx: SweepContext, p: Point, thr: PointResult | dict | None = None) -> PointResult:
-    """One point (`thr`: the mixed-thr point's row or result, which mixed-at-thr's budget is)."""
+    """One point (`thr`: the mixed-thr point's row or result, which mixed-at-thr's budget is):
+    its program, then its evaluation over every image."""
+    graph, res = point_program(ctx, p, thr)
+    if p.policy == "fp32":
+        return finish_point(res, ctx.fp32_top5, ctx.fp32_top5, ctx.labels, ctx.fp32_seconds)
+    if graph is None:
+        return finish_point(res, None, ctx.fp32_top5, ctx.labels, 0.0)
+    t0 = time.perf_counter()
+    top5 = quantized_predictions(graph, ctx.ev.batches(), ctx.progress, p.label)
+    return finish_point(res, top5, ctx.fp32_top5, ctx.labels, time.perf_counter() - t0)
+
+
+def point_program(ctx: SweepContext, p: Point, thr: PointResult | dict | None = None):
+    """A point up to its evaluation: its program (None for FP32, an infeasible budget or no
+    threshold point to match) and its result without accuracy: energy, latency, bit-exactness,
+    a mixed plan's widths. Under --ray a task of its own, which forwards the program to the
+    point's evaluation tasks and its result to the driver."""
     t0 = time.perf_counter()
     args = ctx.args
     row = {"label": p.label, "policy": p.policy, "granularity": p.granularity,
            "w_bits": p.w_bits, "a_bits": p.a_bits, "budget": p.budget}
     if p.policy == "fp32":
-        row.update(accuracy(ctx.fp32_top5, ctx.labels, None))
         row.update(w_bits=32, a_bits=32, e_total_pj=float(ctx.fp32["e_total_pj"]),
                    e_seed_pj=float(ctx.fp32["e_seed_pj"]), latency_us=ctx.fp32["latency_us"],
                    edp_pj_us=ctx.fp32["edp_pj_us"], bitexact_mismatches=0)
         row["energy_ratio_w8a8"] = row["e_total_pj"] / ctx.w8_pj
-        row["seconds"] = round(time.perf_counter() - t0, 2)
-        return PointResult(row)
+        return None, PointResult(row, seconds=time.perf_counter() - t0)
     plan = None
     if p.policy == "uniform":
         d = ctx.base.to_json()
@@ -253,7 +322,7 @@ def measure_point(ctx: SweepContext, p: Point, thr: PointResult | dict | None = 
                                   errors="coerce")[0]
             if not np.isfinite(ratio):
                 row.update(note="no threshold point to match")
-                return PointResult(row)
+                return None, PointResult(row)
             budget = row["budget"] = float(ratio)
         try:
             plan = plan_mixed(ctx.prep, ctx.base, ctx.accel, ctx.calib, ctx.toggle_x, ctx.candidates,
@@ -261,9 +330,9 @@ def measure_point(ctx: SweepContext, p: Point, thr: PointResult | dict | None = 
                               budget=budget, tables=tables, progress=ctx.progress, rerank=args.rerank,
                               rerank_data=ctx.rerank_data)
         except QuantsimError as exc:  # an infeasible budget: record it, keep going
-            row.update(note=str(exc), seconds=round(time.perf_counter() - t0, 2))
+            row.update(note=str(exc))
             tqdm.write(f"{p.label}: {exc}", file=sys.stderr)
-            return PointResult(row)
+            return None, PointResult(row, seconds=time.perf_counter() - t0)
         graph = plan.graph
         s = plan.summary()
         row.update(planned_energy_ratio=s["planned_energy_ratio"], binding=s["binding"],
@@ -274,8 +343,6 @@ def measure_point(ctx: SweepContext, p: Point, thr: PointResult | dict | None = 
                        f"refinements={s['refinements']}" if s["refinements"] else "",
                        f"re-ranked: {s['rerank']['chosen']} of {s['rerank']['candidates']}" if s["rerank"] else "")
                        if x) or None)
-    top5 = quantized_predictions(graph, ctx.ev, ctx.progress, p.label)
-    row.update(accuracy(top5, ctx.labels, ctx.fp32_top5[:, 0]))
     bx, _, hw = measure_program(graph, ctx.x, args, ctx.accel)
     row.update(e_total_pj=float(hw.totals["e_total_pj"]), e_seed_pj=float(hw.totals["e_seed_pj"]),
                energy_ratio_w8a8=float(hw.totals["e_total_pj"]) / ctx.w8_pj,
@@ -285,7 +352,19 @@ def measure_point(ctx: SweepContext, p: Point, thr: PointResult | dict | None = 
     if plan is not None:
         res.widths = widths_table(plan, hw)
         res.rerank = plan.rerank  # what each re-ranked candidate measured, to audit the choice
-    row["seconds"] = round(time.perf_counter() - t0, 2)
+    res.seconds = time.perf_counter() - t0
+    return graph, res
+
+
+def finish_point(res: PointResult, top5: np.ndarray | None, fp32_top5: np.ndarray, labels: np.ndarray,
+                 seconds: float) -> PointResult:
+    """A point's row completed: its accuracy from its top-5 predictions (None: it has no program,
+    no accuracy) and the seconds of its evaluation added to its time."""
+    row = res.row
+    if top5 is not None:
+        row.update(accuracy(top5, labels, None if row["policy"] == "fp32" else fp32_top5[:, 0]))
+    if res.seconds is not None:
+        row["seconds"] = round(res.seconds + seconds, 2)
     return res
 
 
@@ -344,58 +423,54 @@ def run(args: SweepOptions) -> pd.DataFrame:
         return pd.DataFrame(rows)
 
     torch.manual_seed(args.seed)
-    inp = load_inputs(args)
-    loaded, calib_ds, eval_ds = inp.loaded, inp.calib_ds, inp.eval_ds
-    out.mkdir(parents=True, exist_ok=True)
-    calib = batches(calib_ds, args.batch_size)
-    prep = stages.prepare(loaded.model, loaded.preprocess.input_size, calib, args.seed, progress,
-                          equalize=args.equalize, equalize_relu6=args.equalize_relu6,
-                          reparam_ln=args.reparam_ln, softmax_quant=args.softmax_quant)
-    ev = EvalSet(eval_ds, args.batch_size)
-    rerank_data = heldout_labelled(args, loaded.preprocess, calib_ds)
-    x = check_images(eval_ds, args)
-    toggle_x = x[:args.toggle_images]
+    # --ray: the cluster starts first and its workers import quantsim while this driver loads
+    with (distribute.session(args.ray, args.ray_retries, warm_up=__name__) if args.ray else nullcontext()) as ray_session:
+        inp = load_inputs(args)
+        loaded, calib_ds, eval_ds = inp.loaded, inp.calib_ds, inp.eval_ds
+        out.mkdir(parents=True, exist_ok=True)
+        calib = batches(calib_ds, args.batch_size)
+        prep = stages.prepare(loaded.model, loaded.preprocess.input_size, calib, args.seed, progress,
+                              equalize=args.equalize, equalize_relu6=args.equalize_relu6,
+                              reparam_ln=args.reparam_ln, softmax_quant=args.softmax_quant)
+        ev = EvalSet(eval_ds, args.batch_size)
+        rerank_data = heldout_labelled(args, loaded.preprocess, calib_ds)
+        x = check_images(eval_ds, args)
+        toggle_x = x[:args.toggle_images]
 
-    fp32_file = out / "state" / "fp32_top5.npy"
-    labels_file = out / "state" / "labels.npy"
-    if args.resume and fp32_file.exists() and labels_file.exists() and len(np.load(fp32_file)) == len(eval_ds):
-        fp32_top5, labels = np.load(fp32_file), np.load(labels_file)
-    else:
-        fp32_top5, labels = fp32_predictions(loaded.model, ev, progress)
-        for path, arr in ((fp32_file, fp32_top5), (labels_file, labels)):
-            buf = io.BytesIO()
-            np.save(buf, arr)
-            write_bytes_atomic(path, buf.getvalue())
+        # W8A8 at the base granularity: the reference every energy ratio divides by
+        w8_graph = stages.quantize(prep, base)
+        w8_hw = hardware.simulate(w8_graph, stages.integer_taps(w8_graph, toggle_x), accel,
+                                  args.toggle_images, args.mac_form)
+        w8_pj = float(w8_hw.totals["e_total_pj"])
+        fp32 = fp32_energy(w8_hw)  # what `simulate --bits fp32` reports, from the same function
+        ctx = SweepContext(args, prep, base, accel, calib, ev, x, toggle_x, None, None, w8_pj, fp32,
+                           candidates, rerank_data, out, progress)
+        fp32_file, labels_file = out / "state" / "fp32_top5.npy", out / "state" / "labels.npy"
+        if args.resume and fp32_file.exists() and labels_file.exists() and len(np.load(fp32_file)) == len(eval_ds):
+            ctx.fp32_top5, ctx.labels = np.load(fp32_file), np.load(labels_file)
 
-    # W8A8 at the base granularity: the reference every energy ratio divides by
-    w8_graph = stages.quantize(prep, base)
-    w8_hw = hardware.simulate(w8_graph, stages.integer_taps(w8_graph, toggle_x), accel,
-                              args.toggle_images, args.mac_form)
-    w8_pj = float(w8_hw.totals["e_total_pj"])
-    fp32 = fp32_energy(w8_hw)  # what `simulate --bits fp32` reports, from the same function
-    ctx = SweepContext(args, prep, base, accel, calib, ev, x, toggle_x, fp32_top5, labels, w8_pj, fp32,
-                       candidates, rerank_data, out, progress)
+        def record(res: PointResult) -> None:
+            if res.widths is not None:
+                _write_widths(out, res.row["label"], res.widths, loaded.arch)
+            if res.rerank:
+                write_json_atomic(out / "state" / f"rerank_{res.row['label']}.json", res.rerank)
 
-    def record(res: PointResult) -> None:
-        if res.widths is not None:
-            _write_widths(out, res.row["label"], res.widths, loaded.arch)
-        if res.rerank:
-            write_json_atomic(out / "state" / f"rerank_{res.row['label']}.json", res.rerank)
-
-    if args.ray is None:
-        def finish(row: dict) -> None:
-            rows.append(row)
-            write_points(points_path, rows)
-
-        bar = tqdm(todo, desc="pareto", unit="point", disable=not progress)
-        for p in bar:
-            bar.set_postfix_str(p.label)
-            res = measure_point(ctx, p, next((r for r in rows if r["label"] == "mixed-thr"), None))
-            record(res)
-            finish(res.row)
-        bar.close()
-    else:
-        rows = rows + _run_on_ray(ctx, todo, rows, points_path, record)
+        if ray_session is None:
+            if ctx.fp32_top5 is None:
+                t0 = time.perf_counter()
+                ctx.fp32_top5, ctx.labels = fp32_predictions(loaded.model, ev.batches(), progress)
+                ctx.fp32_seconds = time.perf_counter() - t0
+                _save_fp32(out, ctx.fp32_top5, ctx.labels)
+            bar = tqdm(todo, desc="pareto", unit="point", disable=not progress)
+            for p in bar:
+                bar.set_postfix_str(p.label)
+                res = measure_point(ctx, p, next((r for r in rows if r["label"] == "mixed-thr"), None))
+                record(res)
+                rows.append(res.row)
+                write_points(points_path, rows)
+            bar.close()
+        else:
+            rows = rows + _run_on_ray(ray_session, ctx, loaded.model, todo, rows, points_path, record)
     df = pd.DataFrame(rows)
     tables = ctx.tables
     meta = {"model": loaded.arch, "accelerator": accel.name, "n_eval": len(eval_ds), "n_calib": len(calib_ds),
@@ -414,33 +489,109 @@ def run(args: SweepOptions) -> pd.DataFrame:
     return df
 
 
-def _run_on_ray(ctx: SweepContext, todo: list[Point], done_rows: list[dict], points_path: Path,
-                record) -> list[dict]:
-    """The points as Ray tasks (quantsim.run.distribute); points.csv rewritten atomically as
-    each finishes, its rows in point order, so --resume works as in a serial sweep. Returns
-    the new rows in point order."""
-    thr_done = next((r for r in done_rows if r["label"] == "mixed-thr"), None)
+def _save_fp32(out: Path, fp32_top5: np.ndarray, labels: np.ndarray) -> None:
+    """The FP32 predictions, for --resume (state/)."""
+    for path, arr in ((out / "state" / "fp32_top5.npy", fp32_top5), (out / "state" / "labels.npy", labels)):
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        write_bytes_atomic(path, buf.getvalue())
+
+
+def _run_on_ray(session: distribute.Session, ctx: SweepContext, model, todo: list[Point], done_rows: list[dict],
+                points_path: Path, record) -> list[dict]:
+    """The points as Ray tasks (quantsim.run.distribute), so that every worker is busy from the
+    first task to the last: per point a task for its program (quantize or plan, bit-exactness,
+    hardware model) and one per EVAL_CHUNK_IMAGES evaluation images, which takes the program
+    from it; the FP32 pass in chunks alike; the uniform points submitted before the driver
+    decodes the evaluation images (chunk by chunk, each submitted as it is ready) and measures
+    the mixed tables. The driver assembles each point's row from its tasks (the serial
+    sweep's functions, so its numbers) and rewrites points.csv atomically as each point
+    completes, its rows in point order, so --resume works as in a serial sweep. Returns the
+    new rows in point order."""
+    from quantsim.run.distribute import Job, Result
+
     labels = {p.label for p in todo}
-    jobs = [distribute.Job(p.label, (p,),
-                           after="mixed-thr" if p.label == "mixed-at-thr" and "mixed-thr" in labels else None,
-                           dep=thr_done if p.label == "mixed-at-thr" else None) for p in todo]
-    needs_tables = {p.label for p in todo if p.policy not in ("fp32", "uniform")}
-
-    def mixed_jobs():
-        # the mixed points' tables, measured once here in the driver while the uniform points run
-        ctx.mixed_tables()
-        return replace(ctx, progress=False), [j for j in jobs if j.key in needs_tables]
-
+    thr_done = next((r for r in done_rows if r["label"] == "mixed-thr"), None)
+    early = [p for p in todo if p.policy == "uniform"]
+    late = [p for p in todo if p.policy not in ("fp32", "uniform")]
+    programs: dict[str, PointResult] = {}
+    if "FP32" in labels:
+        programs["FP32"] = point_program(ctx, next(p for p in todo if p.label == "FP32"))[1]
+    chunk_of: dict[str, tuple[str, int]] = {}  # evaluation job -> (point, chunk)
+    parts: dict[str, dict[int, tuple]] = {label: {} for label in labels | {"FP32"}}
     results: dict[str, PointResult] = {}
 
-    def on_done(label: str, res: PointResult) -> None:
-        results[label] = res
-        record(res)
-        write_points(points_path, done_rows + [results[p.label].row for p in todo if p.label in results])
+    def shared_ctx():  # what the program tasks read: no evaluation images (the chunks carry them)
+        return session.put(replace(ctx, ev=None, fp32_top5=None, labels=None, progress=False))
 
-    distribute.run_jobs(measure_point, replace(ctx, progress=False), [j for j in jobs if j.key not in needs_tables],
-                        on_done, address=ctx.args.ray, retries=ctx.args.ray_retries, progress=ctx.progress,
-                        desc="pareto", later=mixed_jobs if needs_tables else None)
+    def submit_programs(shared, points):
+        for p in points:
+            thr = (Result("mixed-thr", part=1) if p.label == "mixed-at-thr" and "mixed-thr" in labels
+                   else thr_done)
+            session.submit(Job(p.label, point_program, (shared, p, thr), forward=True))
+
+    def submit_evaluation(label: str, what, i: int, chunk) -> None:
+        key = f"{label}@{i}"
+        chunk_of[key] = (label, i)
+        session.submit(Job(key, chunk_top5, (what, chunk, ds_ref), point=label))
+
+    submit_programs(shared_ctx(), early)
+    ds_ref = None if ctx.ev.cached else session.put(ctx.ev.loader.dataset)  # chunks the tasks decode
+    model_ref = session.put(model) if ctx.fp32_top5 is None else None
+    chunks = []
+    for i, chunk in enumerate(tqdm(ctx.ev.chunks(max(1, EVAL_CHUNK_IMAGES // ctx.ev.loader.batch_size)),
+                                   desc="images", unit="chunk", disable=not ctx.progress, leave=False)):
+        chunks.append(session.put(chunk))
+        if model_ref is not None:
+            submit_evaluation("FP32", model_ref, i, chunks[-1])
+        for p in early:
+            submit_evaluation(p.label, Result(p.label), i, chunks[-1])
+    if late:
+        ctx.mixed_tables()  # here in the driver (it may write the sensitivity cache) while the tasks run
+        submit_programs(shared_ctx(), late)
+        for p in late:
+            for i, chunk in enumerate(chunks):
+                submit_evaluation(p.label, Result(p.label), i, chunk)
+
+    def complete(label: str) -> bool:
+        return len(parts[label]) == len(chunks) and (label == "FP32" or label in programs)
+
+    def on_done(key: str, result) -> None:
+        if key in chunk_of:
+            label, i = chunk_of[key]
+            parts[label][i] = result
+        else:
+            programs[key] = result
+        finish_ready()
+
+    def finish_ready() -> None:
+        """Every point whose tasks have all finished, once the FP32 predictions are in."""
+        if ctx.fp32_top5 is None:
+            if not complete("FP32"):
+                return
+            fp32 = [parts["FP32"][i] for i in range(len(chunks))]
+            ctx.fp32_top5, ctx.labels = np.concatenate([f[0] for f in fp32]), np.concatenate([f[1] for f in fp32])
+            ctx.fp32_seconds = sum(f[2] for f in fp32)
+            _save_fp32(ctx.out, ctx.fp32_top5, ctx.labels)
+        finished = False
+        for p in todo:
+            if p.label in results or not (p.label == "FP32" or complete(p.label)):
+                continue
+            if p.label == "FP32":
+                res = finish_point(programs["FP32"], ctx.fp32_top5, ctx.fp32_top5, ctx.labels, ctx.fp32_seconds)
+            else:
+                got = [parts[p.label][i] for i in range(len(chunks))]
+                top5 = None if got[0] is None else np.concatenate([g[0] for g in got])
+                res = finish_point(programs[p.label], top5, ctx.fp32_top5, ctx.labels,
+                                   sum(g[2] for g in got if g is not None))
+            results[p.label] = res
+            record(res)
+            finished = True
+        if finished:
+            write_points(points_path, done_rows + [results[p.label].row for p in todo if p.label in results])
+
+    finish_ready()  # FP32 read back on --resume: its row needs no task
+    session.wait(on_done, ctx.progress, desc="pareto")
     return [results[p.label].row for p in todo]
 
 
