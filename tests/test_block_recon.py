@@ -3,6 +3,7 @@ error than per-layer AdaRound and round-to-nearest on real data, the learned act
 the program, bit-exactness, reproducibility, the cache and the command line's errors."""
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -164,3 +165,38 @@ def test_same_seed_identical_integers_resnet20(r20_real):
     assert a.clips == b.clips and a.scales == b.scales
     for k in a.codes:
         assert np.array_equal(a.codes[k].codes, b.codes[k].codes)
+
+
+@pytest.mark.parametrize("qmin,qmax", [(-7, 7), (0, 15), (-127, 127)])
+def test_lsq_step_gradients_equal_autograds_chain(qmin, qmax):
+    """The fused LSQ quantizer gives the value and the gradients autograd gives the op chain it
+    replaces (straight-through round, torch's clamp: no gradient at the bounds)."""
+    gen = torch.Generator().manual_seed(qmax)
+    x = torch.randn(4, 6, 9, 9, generator=gen) * 3
+    x[0, 0, 0, :4] = torch.tensor([qmin, qmax, qmin - 0.3, qmax + 0.2]) * 0.25  # on and past the bounds
+    upstream = torch.randn(x.shape, generator=gen)
+    log_s = torch.tensor(math.log(0.25))
+    grads = []
+    for fused in (True, False):
+        xi, ls = x.clone().requires_grad_(True), log_s.clone().requires_grad_(True)
+        s = torch.exp(ls)
+        if fused:
+            y = reconstruct.LsqFakeQuant.apply(xi, s, qmin, qmax)
+        else:
+            z = xi / s
+            y = torch.clamp(z + (torch.round(z) - z).detach(), qmin, qmax) * s
+        (y * upstream).sum().backward()
+        grads.append((y.detach(), xi.grad, ls.grad))
+    (y1, gx1, gs1), (y2, gx2, gs2) = grads
+    assert torch.equal(y1, y2)
+    assert torch.allclose(gx1, gx2, atol=1e-6) and (gx1 == 0).any() and (gx1 == upstream).any()
+    assert torch.allclose(gs1, gs2, rtol=1e-4)
+
+
+def test_drop_masks_keep_the_channels_last_layout():
+    x = torch.zeros(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    m = reconstruct.rand_like_layout(x, torch.Generator().manual_seed(0))
+    assert m.shape == x.shape and m.is_contiguous(memory_format=torch.channels_last)
+    assert torch.where(m < 0.5, x, x + 1).is_contiguous(memory_format=torch.channels_last)
+    flat = reconstruct.rand_like_layout(torch.zeros(2, 3, 4), torch.Generator().manual_seed(0))
+    assert torch.equal(flat, torch.rand((2, 3, 4), generator=torch.Generator().manual_seed(0)))
