@@ -88,12 +88,15 @@ def energy_breakdown(rows: pd.DataFrame, path_stem: str | os.PathLike,
 
 def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
            fp32_top1: float | None = None, w8a8_cost: float | None = None,
-           title: str | None = None, logx: bool | None = None, cost: str = "e_total_pj") -> tuple[Path, Path]:
+           title: str | None = None, logx: bool | None = None, cost: str = "e_total_pj",
+           reference: pd.DataFrame | None = None, reference_label: str = "reference") -> tuple[Path, Path]:
     """Accuracy against a cost per image, ``cost``: "e_total_pj" (energy, the default) or
     "latency_us": every point labelled, grouped by ``policy`` when that column is there, the
     Pareto frontier as a step line (the best accuracy reachable at or below each cost), FP32
     accuracy and the W8A8 point's cost (``w8a8_cost``, in the cost's own unit) as reference
-    lines. ``logx=None`` picks a log cost axis when the costs span more than a factor of 20."""
+    lines. ``logx=None`` picks a log cost axis when the costs span more than a factor of 20.
+    ``reference``: another sweep's points (columns top1 and the cost), drawn faintly and
+    unlabelled, with their frontier as a dashed step line "reference: <reference_label>"."""
     if cost not in COSTS:
         raise ValueError(f"pareto: cost {cost!r} is not one of {', '.join(COSTS)}")
     what = COSTS[cost][0]
@@ -101,7 +104,16 @@ def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
     pts = points.reset_index(drop=True)
     mask = pareto_front(pts, energy=cost)
     c_raw = pd.to_numeric(pts[cost], errors="coerce").to_numpy(dtype=float)
-    scale, unit = _cost_unit(cost, float(np.nanmax(c_raw)) if np.isfinite(c_raw).any() else 0.0)
+    if reference is not None:
+        _require(reference, ["top1", cost], "pareto's reference")
+        ref = reference.reset_index(drop=True)
+        ref_mask = pareto_front(ref, energy=cost)
+        ref_c = pd.to_numeric(ref[cost], errors="coerce").to_numpy(dtype=float)
+        ref_a = pd.to_numeric(ref["top1"], errors="coerce").to_numpy(dtype=float)
+    else:
+        ref_c = np.array([], dtype=float)
+    both = np.concatenate([c_raw, ref_c])  # one unit and one axis scale for both sweeps
+    scale, unit = _cost_unit(cost, float(np.nanmax(both)) if np.isfinite(both).any() else 0.0)
     e = c_raw / scale  # drawn in the unit that reads best
     a = pts["top1"].to_numpy(dtype=float)
 
@@ -124,13 +136,21 @@ def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
         ax.step(fe, fa, where="post", color="black", lw=1.2, alpha=0.8,
                 label="Pareto frontier", zorder=2)
         ax.scatter(fe, fa, s=90, facecolors="none", edgecolors="black", zorder=4)
+    if reference is not None:
+        ref_e = ref_c / scale
+        # one colour of its own, long dashes: apart from the gray dashed FP32 line
+        ax.scatter(ref_e, ref_a, s=28, color="tab:purple", alpha=0.3, zorder=1)
+        if ref_mask.any():
+            order = np.argsort(ref_e[ref_mask], kind="stable")
+            ax.step(ref_e[ref_mask][order], ref_a[ref_mask][order], where="post", color="tab:purple",
+                    ls=(0, (6, 3)), lw=1.3, alpha=0.8, label=f"reference: {reference_label}", zorder=1)
     if fp32_top1 is not None:
         ax.axhline(fp32_top1, color="tab:gray", ls="--", lw=1,
                    label=f"FP32 top-1 ({fp32_top1:.4g})")
     if w8a8_cost is not None:
         ax.axvline(w8a8_cost / scale, color="tab:red", ls=":", lw=1,
                    label=f"W8A8 {what} ({w8a8_cost / scale:.4g} {unit})")
-    finite = e[np.isfinite(e) & (e > 0)]
+    finite = both[np.isfinite(both) & (both > 0)] / scale
     if logx is None:
         logx = finite.size > 1 and finite.max() / finite.min() > 20
     if logx:

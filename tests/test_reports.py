@@ -228,6 +228,47 @@ def test_pareto_plot(tmp_path):
         plots.pareto(pts.assign(cycles=1), tmp_path / "bad", cost="cycles")
 
 
+def test_pareto_plot_draws_a_reference_sweep(tmp_path, monkeypatch):
+    """A reference sweep: its points faint and unlabelled, its own frontier as a dashed step line
+    'reference: <label>' beside the sweep's (which stays as without one), on one shared axis."""
+    figures = []
+    real_save = plots.save_figure_atomic
+
+    def keep(fig, stem):
+        figures.append(fig)
+        return real_save(fig, stem)
+
+    monkeypatch.setattr(plots, "save_figure_atomic", keep)
+    pts = pd.DataFrame({"label": ["W8A8", "W6A6", "W4A4", "mixed-0.6"], "policy": ["uniform"] * 3 + ["budget"],
+                        "top1": [0.92, 0.91, 0.80, 0.915], "e_total_pj": [1e8, 6.5e7, 3e7, 6e7]})
+    # frontier (3e7, .70), (6e7, .85), (2e9, .90); (8e7, .84) is dominated by (6e7, .85)
+    ref = pd.DataFrame({"label": ["a", "b", "c", "d"], "policy": ["uniform"] * 4,
+                        "top1": [0.90, 0.70, 0.85, 0.84], "e_total_pj": [2e9, 3e7, 6e7, 8e7]})
+    paths = plots.pareto(pts, tmp_path / "ref", w8a8_cost=1e8, reference=ref, reference_label="nearest", logx=False)
+    _assert_png_svg(paths, ["reference: nearest", "Pareto frontier", "W4A4"])
+    ax = figures[-1].axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    dashed = lines["reference: nearest"]
+    assert dashed.get_linestyle() == "--" and dashed.get_drawstyle() == "steps-post"
+    # the reference's 2 nJ point makes the shared unit mJ, for the sweep's points too
+    assert ax.get_xlabel() == "energy per image (mJ)"
+    np.testing.assert_allclose(dashed.get_xdata(), [3e7 / 1e9, 6e7 / 1e9, 2.0])
+    np.testing.assert_allclose(dashed.get_ydata(), [0.70, 0.85, 0.90])
+    own = lines["Pareto frontier"]
+    np.testing.assert_allclose(own.get_xdata(), [3e7 / 1e9, 6e7 / 1e9, 1e8 / 1e9])
+    np.testing.assert_allclose(own.get_ydata(), [0.80, 0.915, 0.92])
+    faint = [c for c in ax.collections if c.get_alpha() is not None and c.get_alpha() < 0.5]
+    assert len(faint) == 1 and len(faint[0].get_offsets()) == 4
+    assert not any(t.get_text() in set(ref["label"]) for t in ax.texts)  # the sweep's points alone are labelled
+    # without a reference: no such line, the same frontier
+    plots.pareto(pts, tmp_path / "plain", w8a8_cost=1e8, logx=False)
+    plain = figures[-1].axes[0]
+    assert [l.get_label() for l in plain.get_lines()].count("reference: nearest") == 0
+    assert plain.get_xlabel() == "energy per image (µJ)"
+    with pytest.raises(KeyError, match="reference needs columns"):
+        plots.pareto(pts, tmp_path / "bad", reference=ref.drop(columns="e_total_pj"))
+
+
 def test_width_map_plot(tmp_path):
     layers = pd.DataFrame({"layer": ["conv1", "layer1.0.conv1", "fc"], "w_bits": [8, 4, 6],
                            "a_bits": [8, 8, 6], "energy_share": [0.2, 0.5, 0.3]})
