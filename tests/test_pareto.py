@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
+from xml.sax.saxutils import escape
 
 import numpy as np
 import pandas as pd
@@ -304,3 +305,144 @@ def test_eval_chunks_are_the_serial_batches(monkeypatch, in_memory):
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), top5)
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), labels)
     assert sweep.chunk_top5(None, chunks[0]) is None  # a point without a program
+
+
+# ------------------------------------------------------------------------ --reference, --replot
+
+
+def _finished_sweep(folder: Path, top1_shift: float = 0.0, meta: dict | None = None, latency: bool = True) -> Path:
+    """A synthetic finished sweep: points.csv with a real sweep's columns (and sweep.json if `meta`)."""
+    rows = [dict(label="FP32", policy="fp32", w_bits=32, a_bits=32, top1=81.0, e_total_pj=8e8),
+            dict(label="W8A8-pc", policy="uniform", granularity="per-channel", w_bits=8, a_bits=8, top1=80.9,
+                 e_total_pj=1.7e8),
+            dict(label="W6A6-pc", policy="uniform", granularity="per-channel", w_bits=6, a_bits=6, top1=79.0,
+                 e_total_pj=1.25e8),
+            dict(label="W4A4-pc", policy="uniform", granularity="per-channel", w_bits=4, a_bits=4, top1=48.9,
+                 e_total_pj=8.2e7),
+            dict(label="mixed-0.6", policy="mixed-budget", granularity="per-channel", budget=0.6, top1=55.0,
+                 e_total_pj=1.0e8)]
+    for r in rows:
+        if r["policy"] != "fp32":
+            r["top1"] += top1_shift
+        r.update(energy_ratio_w8a8=r["e_total_pj"] / 1.7e8, e_seed_pj=r["e_total_pj"] * 0.9, bitexact_mismatches=0)
+        if latency:
+            r.update(latency_us=r["e_total_pj"] / 1e5, edp_pj_us=r["e_total_pj"] ** 2 / 1e5)
+    folder.mkdir(parents=True)
+    columns = [c for c in sweep.POINT_COLUMNS if latency or c not in ("latency_us", "edp_pj_us")]
+    pd.DataFrame(rows).reindex(columns=columns).to_csv(folder / "points.csv", index=False)
+    if meta is not None:
+        (folder / "sweep.json").write_text(json.dumps(meta))
+    return folder
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Loading a model or data fails the test: --reference / --replot checks come first, replot loads nothing."""
+    def must_not_load(opts):
+        raise AssertionError("loaded a model")
+
+    monkeypatch.setattr(single, "load_inputs", must_not_load)
+    monkeypatch.setattr(sweep, "load_inputs", must_not_load)
+    monkeypatch.setattr(sweep, "check_sources", lambda opts: None)
+
+
+R20_META = {"model": "cifar_resnet20", "accelerator": "scalesim-32x32-os", "granularity": "per-channel",
+            "n_eval": 10000, "rounding": "adaround", "reconstruct": "block", "qdrop": 0.5, "equalize": False}
+
+
+@pytest.mark.parametrize("ref_meta,extra,label", [
+    ({"rounding": "nearest", "reconstruct": "none", "qdrop": 0.5, "equalize": False}, [], "nearest"),
+    (None, [], "r20-before"),                              # nothing recorded: the folder's name
+    ({"rounding": "gptq"}, ["--reference-label", "RTN, 2025"], "RTN, 2025"),
+])
+def test_replot_draws_the_reference_frontier_and_measures_nothing(no_loading, tmp_path, ref_meta, extra, label):
+    out = _finished_sweep(tmp_path / "r20-block", meta=R20_META)
+    ref = _finished_sweep(tmp_path / "r20-before", top1_shift=-8.0, meta=ref_meta)
+    points = (out / "points.csv").read_bytes()
+    assert pareto.main(["--replot", str(out), "--reference", str(ref), "--quiet", *extra]) == 0
+    assert (out / "points.csv").read_bytes() == points
+    for name in ("pareto.svg", "pareto_latency.svg", "report.html"):
+        text = (out / name).read_text()
+        assert f"reference: {escape(label)}" in text, name
+        assert "cifar_resnet20 on scalesim-32x32-os" in text, name
+    assert (out / "pareto.png").stat().st_size > 1000 and "cifar_resnet20" in (out / "summary.txt").read_text()
+    # again without --reference: the same plots, no reference line
+    assert pareto.main(["--replot", str(out), "--quiet"]) == 0
+    assert "reference:" not in (out / "pareto.svg").read_text()
+
+
+def test_reference_without_latency_stays_off_the_latency_plot_only(no_loading, tmp_path):
+    out = _finished_sweep(tmp_path / "new", meta=R20_META)
+    ref = _finished_sweep(tmp_path / "old", top1_shift=-5.0, latency=False)
+    assert pareto.main(["--replot", str(out), "--reference", str(ref), "--quiet"]) == 0
+    assert "reference: old" in (out / "pareto.svg").read_text()
+    assert "reference:" not in (out / "pareto_latency.svg").read_text()
+
+
+def test_method_label_names_what_a_sweep_recorded():
+    assert sweep.method_label({"rounding": "nearest", "reconstruct": "none", "qdrop": 0.5}) == "nearest"
+    assert (sweep.method_label({"rounding": "adaround", "reconstruct": "block", "qdrop": 0.5, "equalize": True})
+            == "adaround, block reconstruction, QDrop 0.5, equalized")
+    assert sweep.method_label({"rounding": "adaround", "reconstruct": "layer", "qdrop": 0.0}) == \
+        "adaround, layer reconstruction"
+    assert sweep.method_label({"model": "x"}) is None and sweep.method_label({"rounding": float("nan")}) is None
+
+
+def test_sweep_draws_its_reference_and_records_its_method(tiny, tmp_path):
+    """A sweep with --reference: the reference line in its plots; its sweep.json records its method,
+    which labels it when it is the reference of another."""
+    ref = _finished_sweep(tmp_path / "synthetic", top1_shift=-50.0)
+    out = tmp_path / "sweep"
+    assert pareto.main(_argv(out, "--no-uniform", "--budgets", "0.8", "--reference", str(ref),
+                             "--reference-label", "RTN")) == 0
+    assert "reference: RTN" in (out / "pareto.svg").read_text()
+    assert "reference: RTN" in (out / "pareto_latency.svg").read_text()
+    meta = json.loads((out / "sweep.json").read_text())
+    assert {k: meta[k] for k in sweep.METHOD_KEYS} == {"rounding": "nearest", "reconstruct": "none", "qdrop": 0.5,
+                                                       "equalize": False}
+    assert pareto.main(["--replot", str(ref), "--reference", str(out), "--quiet"]) == 0
+    assert "reference: nearest" in (ref / "pareto.svg").read_text()
+
+
+def _bad_reference(tmp_path: Path, case: str) -> Path:
+    ref = tmp_path / "ref"
+    if case == "missing":
+        return ref
+    ref.mkdir()
+    if case == "empty":
+        (ref / "points.csv").write_text("")
+    elif case == "columns":
+        (ref / "points.csv").write_text("label,top1\nW8A8-pc,80.0\n")
+    elif case == "nothing to plot":
+        (ref / "points.csv").write_text("label,policy,top1,e_total_pj\nFP32,fp32,81.0,8e8\nmixed-0.1,mixed-budget,,\n")
+    elif case == "not csv":
+        (ref / "points.csv").write_bytes(b"\xff\xfe\x00\x81label\n")
+    return ref
+
+
+BAD_REFERENCES = [("missing", "no such folder"), ("no points", "no points.csv there"), ("empty", "cannot read"),
+                  ("columns", "has no policy / e_total_pj column"), ("nothing to plot", "no quantized point"),
+                  ("not csv", "cannot read")]
+
+
+@pytest.mark.parametrize("case,pattern", BAD_REFERENCES)
+def test_bad_reference_is_one_line_before_loading(no_loading, tmp_path, capsys, case, pattern):
+    ref = _bad_reference(tmp_path, case)
+    out = tmp_path / "out"
+    assert pareto.main(_argv(out, "--reference", str(ref))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --reference") and pattern in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,pattern", [
+    (lambda t: ["tiny", "--out", str(t / "o"), "--reference-label", "RTN"], "give --reference DIR too"),
+    (lambda t: ["--replot", str(t / "nowhere")], "--replot"),
+    (lambda t: ["--replot", str(_finished_sweep(t / "s")), "tiny"], "drop a model"),
+    (lambda t: ["--replot", str(_finished_sweep(t / "s")), "--reference", str(t / "nowhere")], "--reference"),
+])
+def test_bad_replot_or_label_is_one_line(no_loading, tmp_path, capsys, argv, pattern):
+    assert pareto.main(argv(tmp_path)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and pattern in err[0], err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "s" / "pareto.svg").exists()

@@ -73,6 +73,19 @@ def test_cross_product_names_precedence_and_paths(tmp_path):
     assert {r.options.calib for r in runs if r.model == "torchvision:resnet18"} == {64}
 
 
+def test_reference_is_relative_to_the_file(tmp_path):
+    """A method's `reference` (an earlier sweep's folder, drawn beside its frontier) is a path
+    relative to the sweep file, like the data; an earlier run's folder, not yet written, is accepted
+    (a missing folder that is no run's is refused: test_bad_file_one_error_line_before_any_run)."""
+    (tmp_path / "data").mkdir()
+    f = _write(tmp_path, 'out = "runs"\n[defaults]\ndata = "cifar10:data"\n[[models]]\nmodel = "cifar_resnet20"\n'
+                         '[[methods]]\nname = "nearest"\n[[methods]]\nname = "block"\nrounding = "adaround"\n'
+                         'reconstruct = "block"\nreference = "runs/cifar_resnet20-scalesim-32x32-ws-nearest"\n')
+    by = {r.method: r.options for r in sweep_file.load_sweep_file(f)}
+    assert by["nearest"].reference is None
+    assert by["block"].reference == str(tmp_path / "runs" / "cifar_resnet20-scalesim-32x32-ws-nearest")
+
+
 @pytest.mark.parametrize("text,pattern", [
     ('out = "x"\nmodel = "cifar_resnet20"\n', "unknown top-level key 'model'"),
     ('[[models]]\nmodel = "cifar_resnet20"\n[defaults]\nbudget = "0.5"\n', "did you mean 'budgets'"),
@@ -90,6 +103,10 @@ def test_cross_product_names_precedence_and_paths(tmp_path):
      '[[models]]\nmodel = "cifar_resnet20"\n', "run cifar_resnet20-no-such-preset"),
     ('[[models]]\nmodel = "cifar_resnet20"\n', "no evaluation data"),
     ('[[models]]\nmodel = "cifar_resnet20"\n[[methods]]\nrounding = "gptq"\n', "needs name"),
+    ('[[models]]\nmodel = "cifar_resnet20"\n[defaults]\nreplot = "y"\n', "'replot' is not an option here"),
+    ('[defaults]\ndata = "cifar10:data"\n[[models]]\nmodel = "cifar_resnet20"\n'
+     '[[methods]]\nname = "a"\n[[methods]]\nname = "b"\nreference = "nowhere"\n',
+     "run cifar_resnet20-scalesim-32x32-ws-b: --reference"),
     ('[[models\n', "not valid TOML"),
     ('out = "x"\n', "give at least one model"),
 ])

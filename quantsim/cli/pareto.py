@@ -38,6 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "another in this process")
     p.add_argument("--ray-retries", type=int, default=2,
                    help="--ray: times a failed point (exception or lost worker) is retried (default 2)")
+    p.add_argument("--reference", metavar="DIR", default=None,
+                   help="an earlier sweep's --out folder (its points.csv): the plots also draw its points faintly "
+                        "and its frontier as a dashed line 'reference: <label>', e.g. the round-to-nearest sweep "
+                        "beside a learned-rounding one")
+    p.add_argument("--reference-label", metavar="TEXT", default=None,
+                   help="the reference's legend label (default: the method its sweep.json records, e.g. nearest, "
+                        "else its folder's name)")
+    p.add_argument("--replot", metavar="OUT", default=None,
+                   help="draw a finished sweep's plots, summary.txt and report.html again from OUT/points.csv "
+                        "(with --reference, beside that sweep); loads no model and measures nothing")
     p.add_argument("--sweep", metavar="FILE.toml", default=None,
                    help="run a sweep file: models x accelerators x methods, each sweep in its own folder "
                         "(see the README); options given here override the file's in every run")
@@ -74,8 +84,27 @@ def main_sweep_file(args: argparse.Namespace, argv: list[str] | None) -> int:
                        sweep.total_mismatches, "the runs' points.csv")
 
 
+def main_replot(args: argparse.Namespace) -> int:
+    for flag, given in (("a model", args.model is not None), ("--sweep", args.sweep is not None)):
+        if given:
+            print(f"error: --replot {args.replot} draws a finished sweep again: drop {flag}", file=sys.stderr)
+            return 2
+
+    def show(df):
+        if args.json:
+            print(records_json(df))
+        elif not args.quiet:
+            print((Path(args.replot) / "summary.txt").read_text(), end="")
+
+    # nothing is measured: the points' own bit-exactness was the exit of the sweep that wrote them
+    return run_command(sweep.replot, SweepOptions.from_namespace(args), show, lambda df: 0,
+                       f"{args.replot}/points.csv")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.replot is not None:
+        return main_replot(args)
     if args.sweep is not None:
         return main_sweep_file(args, argv)
 

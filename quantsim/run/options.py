@@ -100,3 +100,6 @@ class SweepOptions(RunOptions):
     ray: str | None = None
     ray_retries: int = 2
     sweep: str | None = None   # a sweep file (quantsim.run.sweep_file): its runs instead of one model
+    reference: str | None = None        # an earlier sweep's folder, drawn beside this one in the plots
+    reference_label: str | None = None  # its legend label (default: the method it recorded, or its folder's name)
+    replot: str | None = None  # a finished sweep's folder: its plots and report drawn again, nothing measured

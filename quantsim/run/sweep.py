@@ -10,6 +10,9 @@ Out dir:
                    (an interrupted sweep keeps what it finished; --resume skips those)
   pareto.png/.svg  top-1 against energy, the frontier, FP32 and W8A8 reference lines
   pareto_latency.png/.svg  top-1 against latency per image (DRAM stalls included), the same way
+                   (--reference DIR: both plots also draw that earlier sweep's points faintly and
+                   its frontier dashed; --replot OUT draws OUT's plots and report again from its
+                   points.csv and sweep.json, measuring nothing)
   widths_<label>.csv, width_map_<label>.png/.svg   per layer widths beside energy shares
   state/           FP32 predictions and the sensitivity cache (reused on --resume)
 """
@@ -226,6 +229,86 @@ def read_points(path: Path) -> pd.DataFrame:
     return df
 
 
+# what a plot reads of a sweep's points.csv (an earlier sweep's, --reference, or one to --replot)
+PLOTTED_COLUMNS = ("label", "policy", "top1", "e_total_pj")
+# what a sweep records of its quantization method (sweep.json; a points.csv column where one has it)
+METHOD_KEYS = ("rounding", "reconstruct", "qdrop", "equalize")
+
+
+@dataclass
+class Reference:
+    """An earlier sweep drawn beside this one in the Pareto plots (--reference DIR)."""
+    points: pd.DataFrame  # its points.csv
+    label: str            # the legend's "reference: <label>"
+
+
+def read_sweep_points(folder: str | Path, flag: str) -> pd.DataFrame:
+    """A finished sweep's points.csv, checked to have something to plot; else one QuantsimError
+    naming `flag` (checked before anything loads)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise QuantsimError(f"{flag} {folder}: no such folder (give the --out folder of an earlier sweep)")
+    path = folder / "points.csv"
+    if not path.is_file():
+        raise QuantsimError(f"{flag} {folder}: no points.csv there (give the --out folder of an earlier sweep)")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise QuantsimError(f"{flag}: cannot read {path}: {exc}".splitlines()[0]) from exc
+    missing = [c for c in PLOTTED_COLUMNS if c not in df.columns]
+    if missing:
+        raise QuantsimError(f"{flag}: {path} has no {' / '.join(missing)} column (not a sweep's points.csv)")
+    top1 = pd.to_numeric(df["top1"], errors="coerce")
+    energy = pd.to_numeric(df["e_total_pj"], errors="coerce")
+    if not ((df["policy"] != "fp32") & np.isfinite(top1) & np.isfinite(energy)).any():
+        raise QuantsimError(f"{flag}: {path} has no quantized point with a top-1 and an energy to plot")
+    return df
+
+
+def method_label(recorded: dict) -> str | None:
+    """A short name of a sweep's quantization method from what it recorded (METHOD_KEYS), e.g.
+    "nearest" or "adaround, block reconstruction, QDrop 0.5"; None when it recorded none."""
+    def given(key):
+        v = recorded.get(key)
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+    rounding = given("rounding")
+    if rounding is None:
+        return None
+    parts = [str(rounding)]
+    reconstruct = given("reconstruct")
+    if reconstruct not in (None, "none"):
+        parts.append(f"{reconstruct} reconstruction")
+        if given("qdrop"):
+            parts.append(f"QDrop {float(given('qdrop')):g}")
+    if given("equalize") in (True, "True", "true", 1):
+        parts.append("equalized")
+    return ", ".join(parts)
+
+
+def read_reference(folder: str, label: str | None = None) -> Reference:
+    """--reference DIR: its points, and its legend label: `label` (--reference-label), else the
+    method its sweep.json or points.csv records, else the folder's name."""
+    df = read_sweep_points(folder, "--reference")
+    if label is None:
+        meta_path = Path(folder) / "sweep.json"
+        try:
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise QuantsimError(f"--reference: cannot read {meta_path}: {exc}".splitlines()[0]) from exc
+        in_points = {k: df[k].dropna().iloc[0] for k in METHOD_KEYS if k in df.columns and df[k].notna().any()}
+        label = method_label(meta) or method_label(in_points) or Path(folder).resolve().name
+    return Reference(df, label)
+
+
+def check_reference(args: SweepOptions) -> Reference | None:
+    if args.reference is None:
+        if args.reference_label is not None:
+            raise QuantsimError("--reference-label names the --reference sweep: give --reference DIR too")
+        return None
+    return read_reference(args.reference, args.reference_label)
+
+
 def write_points(path: Path, rows: list[dict]) -> None:
     df = pd.DataFrame(rows)
     df = df[[c for c in POINT_COLUMNS if c in df.columns] + [c for c in df.columns if c not in POINT_COLUMNS]]
@@ -377,6 +460,7 @@ class CheckedSweep:
     accel: object
     base: QuantConfig
     points: list[Point]
+    reference: Reference | None = None
 
 
 def check(args: SweepOptions) -> CheckedSweep:
@@ -398,7 +482,7 @@ def check(args: SweepOptions) -> CheckedSweep:
     if not grans or any(g not in GRAN_TAG for g in grans):
         raise QuantsimError(f"--uniform-granularity {args.uniform_granularity!r}: per-tensor and/or per-channel")
     return CheckedSweep(budgets, candidates, out, accel, base,
-                        sweep_points(args.granularity, budgets, not args.no_uniform, grans))
+                        sweep_points(args.granularity, budgets, not args.no_uniform, grans), check_reference(args))
 
 
 def run(args: SweepOptions) -> pd.DataFrame:
@@ -416,7 +500,7 @@ def run(args: SweepOptions) -> pd.DataFrame:
     progress = args.progress
     if not todo:
         print(f"all {len(points)} points already in {points_path}", file=sys.stderr)
-        _plots(out, pd.DataFrame(rows), args, accel.name)
+        _plots(out, pd.DataFrame(rows), args.granularity, accel.name, chk.reference)
         meta_path = out / "sweep.json"
         _report(out, pd.DataFrame(rows), json.loads(meta_path.read_text()) if meta_path.exists()
                 else {"accelerator": accel.name})
@@ -478,13 +562,34 @@ def run(args: SweepOptions) -> pd.DataFrame:
             "sensitivity_at": args.sensitivity_at, "sensitivity_weighting": args.sensitivity_weighting,
             "mixed_unit": args.mixed_unit, "rerank": args.rerank, "rerank_by": args.rerank_by,
             "rerank_images": args.rerank_images if args.rerank_by == "top1" else None,
-            "mac_form": args.mac_form, "w8a8_pj": w8_pj, "seconds": round(time.perf_counter() - t_start, 1)}
+            "mac_form": args.mac_form, "w8a8_pj": w8_pj, "seconds": round(time.perf_counter() - t_start, 1),
+            **{k: getattr(base, k) for k in METHOD_KEYS}}  # what a later --reference to this sweep is labelled by
     if tables is not None:
         meta.update(tied=tables.tied, fixed_energy_pj=tables.fixed_pj,
                     min_energy_ratio=(sum(min(r.values()) for r in tables.energy.values()) + tables.fixed_pj) / w8_pj,
                     seconds_tables={k: round(v, 2) for k, v in tables.seconds.items()})
     write_json_atomic(out / "sweep.json", meta)
-    _plots(out, df, args, f"{loaded.arch} on {accel.name}")
+    _plots(out, df, args.granularity, f"{loaded.arch} on {accel.name}", chk.reference)
+    _report(out, df, meta)
+    return df
+
+
+def replot(args: SweepOptions) -> pd.DataFrame:
+    """--replot OUT: OUT's Pareto plots, summary.txt and report.html drawn again from its points.csv
+    and sweep.json (with --reference, beside that sweep); nothing is loaded or measured."""
+    out = check_out_dir(args.replot)
+    df = read_sweep_points(out, "--replot")
+    reference = check_reference(args)
+    meta_path = out / "sweep.json"
+    try:
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QuantsimError(f"--replot: cannot read {meta_path}: {exc}".splitlines()[0]) from exc
+    granularity = meta.get("granularity", args.granularity)
+    if granularity not in GRAN_TAG:
+        raise QuantsimError(f"--replot: {meta_path} names granularity {granularity!r}, not one of {', '.join(GRAN_TAG)}")
+    title = f"{meta['model']} on {meta['accelerator']}" if "model" in meta and "accelerator" in meta else out.name
+    _plots(out, df, granularity, title, reference)
     _report(out, df, meta)
     return df
 
@@ -600,21 +705,31 @@ def _write_widths(out: Path, label: str, df: pd.DataFrame, arch: str) -> None:
     width_map(df, out / f"width_map_{label}", title=f"{arch} {label}: widths and energy share per layer")
 
 
-def _plots(out: Path, df: pd.DataFrame, args, title: str) -> None:
+def _has(df: pd.DataFrame, col: str) -> bool:
+    return col in df.columns and pd.to_numeric(df[col], errors="coerce").notna().any()
+
+
+def _plots(out: Path, df: pd.DataFrame, granularity: str, title: str, reference: Reference | None = None) -> None:
     pts = df[pd.to_numeric(df["top1"], errors="coerce").notna()].copy()
     if pts.empty:
         return
     fp32 = pts[pts["policy"] == "fp32"]
-    ref = pts[(pts["label"] == f"W8A8-{GRAN_TAG[args.granularity]}")]
+    ref = pts[(pts["label"] == f"W8A8-{GRAN_TAG[granularity]}")]
     # the FP32 point costs about 2.5x W8A8: drawn as a line, not as a point, so the axis stays readable
     q = pts[pts["policy"] != "fp32"]
+    other = None if reference is None else reference.points[reference.points["policy"] != "fp32"]
+    label = reference.label if reference is not None else "reference"
     fp32_top1 = float(fp32["top1"].iloc[0]) if len(fp32) else None
     pareto_plot(q, out / "pareto", fp32_top1=fp32_top1,
-                w8a8_cost=float(ref["e_total_pj"].iloc[0]) if len(ref) else None, title=title)
-    if "latency_us" in q.columns and pd.to_numeric(q["latency_us"], errors="coerce").notna().any():
+                w8a8_cost=float(ref["e_total_pj"].iloc[0]) if len(ref) else None, title=title,
+                reference=other, reference_label=label)
+    if _has(q, "latency_us"):
         w8_lat = pd.to_numeric(ref["latency_us"], errors="coerce") if len(ref) else pd.Series(dtype=float)
+        # a reference from before latency was recorded stays off this plot only
         pareto_plot(q, out / "pareto_latency", fp32_top1=fp32_top1, cost="latency_us", title=title,
-                    w8a8_cost=float(w8_lat.iloc[0]) if w8_lat.notna().any() else None)
+                    w8a8_cost=float(w8_lat.iloc[0]) if w8_lat.notna().any() else None,
+                    reference=other if other is not None and _has(other, "latency_us") else None,
+                    reference_label=label)
 
 
 def _report(out: Path, df: pd.DataFrame, meta: dict) -> None:

@@ -22,9 +22,10 @@ accelerators x methods, each one Pareto sweep (quantsim.run.sweep) in its own fo
 
 A model's keys override [defaults], a method's keys override the model's, and options given on
 the command line override the file. Relative paths (out, data, weights, model and accelerator
-files, the sensitivity cache) are relative to the sweep file's folder. Every run is checked
+files, the sensitivity cache, a `reference` sweep) are relative to the sweep file's folder. Every run is checked
 (option names and types, then each sweep's own checks, the model and data existing) before the
-first starts. A run that fails later is reported and the others go on; OUT/sweeps.csv and
+first starts; a `reference` that is an earlier run of the file (e.g. the nearest method's folder
+beside a learned-rounding method) is read when its run starts. A run that fails later is reported and the others go on; OUT/sweeps.csv and
 OUT/summary.txt list every run (written atomically after each one), and the exit is non-zero if
 any failed. `--resume` resumes every run's points.csv.
 """
@@ -55,9 +56,10 @@ TOP_KEYS = ("out", "accelerators", "defaults", "models", "methods")
 NOT_OPTIONS = {"out": "the file's top-level `out` and the run folders name the output",
                "accel": "name the accelerators in the top-level `accelerators` list",
                "json": "a sweep file prints its table of runs",
-               "sweep": "a sweep file does not name another"}
+               "sweep": "a sweep file does not name another",
+               "replot": "replot a run's folder on the command line (python -m quantsim.pareto --replot OUT)"}
 COMMA_OPTIONS = ("budgets", "candidates", "uniform_granularity")  # also written as TOML lists
-PATH_OPTIONS = ("weights", "sensitivity_cache")
+PATH_OPTIONS = ("weights", "sensitivity_cache", "reference")
 DATA_OPTIONS = ("data", "calib_data")
 RUN_COLUMNS = ["run", "model", "accelerator", "method", "out", "status", "points", "fp32_top1", "w8a8_top1",
                "cheapest_within_1pt", "cheapest_energy_ratio", "bitexact_mismatches", "seconds", "error"]
@@ -239,8 +241,12 @@ def load_sweep_file(path: str | Path, overrides: dict | None = None) -> list[Swe
                 merged = _resolve_paths({**defaults, **mopts, **methopts}, base)
                 merged.update(overrides)
                 opts = SweepOptions(**{**merged, "accel": accel, "out": str(out_root / name)})
+                # a reference that is an earlier run of this file exists only once that run is done:
+                # its own sweep.check, when it starts, reads it
+                earlier = opts.reference is not None and Path(opts.reference).resolve() in {
+                    Path(r.options.out).resolve() for r in runs}
                 try:
-                    sweep.check(opts)
+                    sweep.check(replace(opts, reference=None, reference_label=None) if earlier else opts)
                 except QuantsimError as e:
                     raise QuantsimError(f"sweep file {path}, run {name}: {e}") from None
                 runs.append(SweepRun(name, merged["model"], accel, meth, opts))
