@@ -587,7 +587,8 @@ def replot(args: SweepOptions) -> pd.DataFrame:
         raise QuantsimError(f"--replot: cannot read {meta_path}: {exc}".splitlines()[0]) from exc
     granularity = meta.get("granularity", args.granularity)
     if granularity not in GRAN_TAG:
-        raise QuantsimError(f"--replot: {meta_path} names granularity {granularity!r}, not one of {', '.join(GRAN_TAG)}")
+        raise QuantsimError(f"--replot: {meta_path} names granularity {granularity!r}, "
+                            f"not one of {', '.join(GRAN_TAG)}")
     title = f"{meta['model']} on {meta['accelerator']}" if "model" in meta and "accelerator" in meta else out.name
     _plots(out, df, granularity, title, reference)
     _report(out, df, meta)

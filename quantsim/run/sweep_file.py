@@ -22,12 +22,13 @@ accelerators x methods, each one Pareto sweep (quantsim.run.sweep) in its own fo
 
 A model's keys override [defaults], a method's keys override the model's, and options given on
 the command line override the file. Relative paths (out, data, weights, model and accelerator
-files, the sensitivity cache, a `reference` sweep) are relative to the sweep file's folder. Every run is checked
-(option names and types, then each sweep's own checks, the model and data existing) before the
-first starts; a `reference` that is an earlier run of the file (e.g. the nearest method's folder
-beside a learned-rounding method) is read when its run starts. A run that fails later is reported and the others go on; OUT/sweeps.csv and
-OUT/summary.txt list every run (written atomically after each one), and the exit is non-zero if
-any failed. `--resume` resumes every run's points.csv.
+files, the sensitivity cache, a `reference` sweep) are relative to the sweep file's folder.
+Every run is checked (option names and types, then each sweep's own checks, the model and data
+existing) before the first starts; a `reference` that is an earlier run of the file (e.g. the
+nearest method's folder beside a learned-rounding method) is read when its run starts. A run
+that fails later is reported and the others go on; OUT/sweeps.csv and OUT/summary.txt list
+every run (written atomically after each one), and the exit is non-zero if any failed.
+`--resume` resumes every run's points.csv.
 """
 from __future__ import annotations
 
