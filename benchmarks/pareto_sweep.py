@@ -7,6 +7,8 @@ docs/results.md.
     .venv/bin/python benchmarks/pareto_sweep.py --models r20,r56 --rerank 1 --rerank-images 3000 --suffix=-rerank
         # budget points: knapsack optimum, threshold rule or uniform, by top-1 on 3,000 held-out train images
     .venv/bin/python benchmarks/pareto_sweep.py --models vit8 --candidates 4,6,8,W4A8 --suffix=-pairs
+    .venv/bin/python benchmarks/pareto_sweep.py --report-only --suffix=-block --reference-suffix=
+        # re-draw docs/pareto/<model>-block's plots with docs/pareto/<model>'s frontier dashed beside them
 
 Each model's sweep goes to docs/pareto/<model>/ (points.csv, pareto.png/.svg, width maps) via
 `python -m quantsim.pareto`, resumable (--resume is always passed: delete the folder to start
@@ -80,10 +82,30 @@ def sweep(key: str, args) -> Path:
         argv += ["--rerank", str(args.rerank), "--rerank-by", args.rerank_by, "--rerank-images", str(args.rerank_images)]
     if args.eval:
         argv += ["--eval", str(args.eval)]
+    argv += reference_args(name, args)
     print(f"== {name}: python -m quantsim.pareto {' '.join(argv)}", flush=True)
     code = pareto.main(argv)
     if code not in (0,):
         print(f"{name}: quantsim.cli.pareto exited {code}", file=sys.stderr)
+    return out
+
+
+def reference_args(name: str, args) -> list[str]:
+    """--reference docs/pareto/<model><--reference-suffix> for the sweep of `name`, if asked for."""
+    if args.reference_suffix is None:
+        return []
+    return ["--reference", str(ROOT / "docs" / "pareto" / (name + args.reference_suffix))]
+
+
+def replot(key: str, args) -> Path:
+    """--report-only with --reference-suffix: the model's plots drawn again beside the reference (nothing measured)."""
+    from quantsim.cli import pareto
+
+    out = ROOT / "docs" / "pareto" / (MODELS[key][0] + args.suffix)
+    if args.reference_suffix is not None and (out / "points.csv").exists():
+        code = pareto.main(["--replot", str(out), "--quiet"] + reference_args(MODELS[key][0], args))
+        if code != 0:
+            print(f"{out.name}: quantsim.cli.pareto --replot exited {code}", file=sys.stderr)
     return out
 
 
@@ -199,6 +221,9 @@ def main() -> int:
     p.add_argument("--rerank-images", type=int, default=2000)
     p.add_argument("--uniform-granularity", default=None, help="granularities of the uniform points (default both)")
     p.add_argument("--suffix", default="", help="added to each model's folder name, e.g. -pairs or -rerank")
+    p.add_argument("--reference-suffix", default=None,
+                   help="draw docs/pareto/<model><SUFFIX> (an earlier sweep; '' names the round-to-nearest ones) "
+                        "beside each model's frontier, dashed; with --report-only the plots are re-drawn (--replot)")
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--notes", default=f"@{ROOT / 'docs' / 'pareto' / 'notes.md'}", help="text (or @file) added under the section intro")
     args = p.parse_args()
@@ -212,7 +237,7 @@ def main() -> int:
         return 2
     outs = []
     for k in keys:
-        outs.append(ROOT / "docs" / "pareto" / (MODELS[k][0] + args.suffix) if args.report_only else sweep(k, args))
+        outs.append(replot(k, args) if args.report_only else sweep(k, args))
     # report every model that has points, not only the ones run now
     all_outs = [o for k in MODELS for o in sorted((ROOT / "docs" / "pareto").glob(MODELS[k][0] + "*"))
                 if o.name == MODELS[k][0] or o.name.startswith(MODELS[k][0] + "-")]
