@@ -67,6 +67,7 @@ torch's vectorised exp/erf differ in the last float bit); ``deviation`` measures
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -392,9 +393,15 @@ def i_layernorm(x: np.ndarray, scale: float, gamma, beta, eps: float, out_scale:
 
 # --- float-nonlinearity mode (never bit-exact; for the accuracy comparison) -------------------
 
-@numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
-def _erf(v):
+def _erf_scalar(v):
     return math.erf(v)
+
+
+@functools.cache
+def _erf():
+    """math.erf as a NumPy ufunc, compiled (or read from Numba's cache) on first use: done at import,
+    it cost every importer of integer_ref a few tenths of a second (a Ray worker, `--help`)."""
+    return numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)(_erf_scalar)
 
 
 def _requant(y: np.ndarray, out_scale: float, bits: int, signed: bool) -> np.ndarray:
@@ -415,7 +422,7 @@ def float_gelu(x: np.ndarray, scale: float, out_scale: float | None = None,
     """Dequantize, float32 erf-GELU, quantize signed at out_scale (default: scale)."""
     out_scale = float(scale) if out_scale is None else float(out_scale)
     xf = np.asarray(x, dtype=np.float32) * np.float32(scale)
-    y = np.float32(0.5) * xf * (np.float32(1.0) + _erf(xf * np.float32(1.0 / math.sqrt(2.0))))
+    y = np.float32(0.5) * xf * (np.float32(1.0) + _erf()(xf * np.float32(1.0 / math.sqrt(2.0))))
     return _requant(y, out_scale, out_bits, True), out_scale
 
 

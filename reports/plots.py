@@ -15,7 +15,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
 from reports.io import save_figure_atomic
 
@@ -66,6 +65,8 @@ def energy_breakdown(rows: pd.DataFrame, path_stem: str | os.PathLike,
     in the rows' order."""
     _require(rows, ["layer"] + [c for c, _ in _PARTS], "energy_breakdown")
     n = len(rows)
+    from matplotlib.figure import Figure  # deferred: importing matplotlib costs what only a plot needs
+
     fig = Figure(figsize=(max(6.0, 0.28 * n + 2.0), 4.5))
     ax = fig.add_subplot()
     x = np.arange(n)
@@ -116,6 +117,8 @@ def pareto(points: pd.DataFrame, path_stem: str | os.PathLike,
     scale, unit = _cost_unit(cost, float(np.nanmax(both)) if np.isfinite(both).any() else 0.0)
     e = c_raw / scale  # drawn in the unit that reads best
     a = pts["top1"].to_numpy(dtype=float)
+
+    from matplotlib.figure import Figure  # deferred: importing matplotlib costs what only a plot needs
 
     fig = Figure(figsize=(8.0, 5.5))
     ax = fig.add_subplot()
@@ -171,6 +174,8 @@ def width_map(layers: pd.DataFrame, path_stem: str | os.PathLike,
     n = len(layers)
     y = np.arange(n)
     names = [str(l) for l in layers["layer"]]
+    from matplotlib.figure import Figure  # deferred: importing matplotlib costs what only a plot needs
+
     fig = Figure(figsize=(9.0, max(3.0, 0.22 * n + 1.5)))
     ax_b, ax_e = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1, 1.3]})
     h = 0.4

@@ -2,22 +2,33 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib.util
 import json
 import sys
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from quantsim.cli.arguments import (add_hw_args, add_mixed_args, add_model_data_args, add_output_args,
                                     add_quant_args, run_command)
 from quantsim.run.options import SweepOptions
-from quantsim.run import sweep, sweep_file
-from quantsim.run.sweep import run
 from reports.io import to_jsonable
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# quantsim.run.sweep (and with it torch, pandas, ...) is imported only when a sweep runs, so that
+# --help and a bad option answer at once instead of after seconds of imports
+
+
+def _sweep_doc() -> str:
+    """quantsim.run.sweep's docstring (the parser's description), read from its source without importing it."""
+    source = Path(importlib.util.find_spec("quantsim.run.sweep").origin).read_text(encoding="utf-8")
+    return ast.get_docstring(ast.parse(source), clean=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m quantsim.pareto", description=sweep.__doc__,
+    p = argparse.ArgumentParser(prog="python -m quantsim.pareto", description=_sweep_doc(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_data_args(p)
     add_quant_args(p)
@@ -68,6 +79,8 @@ def given_options(argv: list[str] | None) -> dict:
 
 
 def main_sweep_file(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from quantsim.run import sweep, sweep_file
+
     if args.model is not None:
         print(f"error: --sweep {args.sweep}: the models come from the file; drop {args.model!r}", file=sys.stderr)
         return 2
@@ -107,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return main_replot(args)
     if args.sweep is not None:
         return main_sweep_file(args, argv)
+    from quantsim.run import sweep
 
     def show(df):
         if args.json:  # the points as one JSON line (points.csv's rows)
@@ -114,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not args.quiet:
             print((Path(args.out) / "summary.txt").read_text(), end="")
 
-    return run_command(run, SweepOptions.from_namespace(args), show, sweep.total_mismatches,
+    return run_command(sweep.run, SweepOptions.from_namespace(args), show, sweep.total_mismatches,
                        f"{args.out}/points.csv")
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from quantsim.cli.arguments import (add_hw_args, add_mixed_args, add_model_data_args, add_output_args,
                                     add_quant_args, run_command)
 from quantsim.run.options import RunOptions
-from quantsim.run.single import run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # imported only for a run (torch, pandas, ...: seconds), so that --help and a bad option answer at once
+    from quantsim.run.single import run
+
     out = Path(args.out)
 
     def show(summary) -> None:

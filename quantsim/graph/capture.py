@@ -61,12 +61,15 @@ traced batch-first at that shape (quantsim.graph.mobilevit).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import linecache
 import operator
+import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import torch
@@ -78,44 +81,62 @@ from torch.fx.operator_schemas import normalize_function
 from integer_ref.arith import tf_same_padding
 from quantsim.graph.mobilevit import batch_first_blocks
 from quantsim.graph.static_trace import StaticShapes
-from quantsim.graph.swin import TimmSwinBlock, is_swin_function, swin_nodes, timm_block_nodes
+from quantsim.graph.swin import is_swin_function, swin_nodes, timm_block_nodes, timm_swin_blocks
 from quantsim.zoo import cifar_resnet
 from quantsim.zoo.cifar_resnet import OptionAShortcut
 from quantsim.errors import QuantsimError
 
-try:  # timm's own activation classes: leaves (their forward is x * relu6(x + 3) / 6 and the like)
-    from timm.layers import activations as _timm_act  # deferred: a heavy import that only timm-model paths need
-    _TIMM_LUT = {_timm_act.HardSwish: "hardswish", _timm_act.HardSigmoid: "hardsigmoid",
-                 _timm_act.Sigmoid: "sigmoid", _timm_act.Swish: "silu"}
-except (ImportError, AttributeError):  # pragma: no cover
-    _TIMM_LUT = {}
+@functools.cache
+def _library_types(timm: bool, torchvision: bool) -> SimpleNamespace:
+    """timm's and torchvision's module classes that capture understands whole, of the libraries
+    named; () (or {}) for each class of a library not named or not there."""
+    lib = SimpleNamespace(TIMM_LUT={}, StochasticDepth=(), LayerNorm2d=(), LevitLinearNorm=(), LevitNormLinear=(),
+                          Conv2dSame=(), SelectAdaptivePool2d=(), DropPath=(), LayerScale=())
+    tv_ln2d = timm_ln2d = ()
+    if torchvision:
+        try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt): the identity in eval mode
+            from torchvision.ops import StochasticDepth
+            lib.StochasticDepth = StochasticDepth
+        except ImportError:  # pragma: no cover
+            pass
+        try:  # torchvision ConvNeXt's LayerNorm over the channels of NCHW (a subclass of nn.LayerNorm)
+            from torchvision.models.convnext import LayerNorm2d as tv_ln2d
+        except ImportError:  # pragma: no cover
+            pass
+    if timm:
+        try:  # timm's own activation classes: leaves (their forward is x * relu6(x + 3) / 6 and the like)
+            from timm.layers import activations as timm_act
+            lib.TIMM_LUT = {timm_act.HardSwish: "hardswish", timm_act.HardSigmoid: "hardsigmoid",
+                            timm_act.Sigmoid: "sigmoid", timm_act.Swish: "silu"}
+        except (ImportError, AttributeError):  # pragma: no cover
+            pass
+        try:  # timm's (ConvNeXt, and others): the same permute / layer_norm / permute, also a subclass of nn.LayerNorm
+            from timm.layers import LayerNorm2d as timm_ln2d
+        except ImportError:  # pragma: no cover
+            pass
+        try:  # timm LeViT's linear + BatchNorm1d pairs: leaves, one linear each with the BN folded in
+            from timm.models.levit import LinearNorm, NormLinear
+            lib.LevitLinearNorm, lib.LevitNormLinear = LinearNorm, NormLinear
+        except ImportError:  # pragma: no cover
+            pass
+        try:  # timm's layers are leaves we understand whole
+            from timm.layers import DropPath, LayerScale
+            from timm.layers.adaptive_avgmax_pool import SelectAdaptivePool2d
+            from timm.layers.conv2d_same import Conv2dSame
+            lib.Conv2dSame, lib.SelectAdaptivePool2d, lib.DropPath, lib.LayerScale = (
+                Conv2dSame, SelectAdaptivePool2d, DropPath, LayerScale)
+        except ImportError:  # pragma: no cover
+            pass
+    lib.LayerNorm2d = tuple(t for t in (tv_ln2d, timm_ln2d) if isinstance(t, type))
+    return lib
 
-try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt): the identity in eval mode
-    from torchvision.ops import StochasticDepth
-except ImportError:  # pragma: no cover
-    StochasticDepth = ()
 
-try:  # torchvision ConvNeXt's LayerNorm over the channels of NCHW (a subclass of nn.LayerNorm)
-    from torchvision.models.convnext import LayerNorm2d as _TvLayerNorm2d
-except ImportError:  # pragma: no cover
-    _TvLayerNorm2d = ()
-try:  # timm's (ConvNeXt, and others): the same permute / layer_norm / permute, also a subclass of nn.LayerNorm
-    from timm.layers import LayerNorm2d as _TimmLayerNorm2d  # deferred: a heavy import that only timm-model paths need
-except ImportError:  # pragma: no cover
-    _TimmLayerNorm2d = ()
-LayerNorm2d = tuple(t for t in (_TvLayerNorm2d, _TimmLayerNorm2d) if isinstance(t, type))
+def _lib() -> SimpleNamespace:
+    """The library classes of `_library_types` for the libraries imported so far. A model can hold
+    a timm or torchvision module only once that library is imported, so capture never imports
+    one itself: timm and torchvision cost seconds to import (a Ray worker, a CIFAR ResNet run)."""
+    return _library_types("timm" in sys.modules, "torchvision" in sys.modules)
 
-try:  # timm LeViT's linear + BatchNorm1d pairs: leaves, one linear each with the BN folded in
-    from timm.models.levit import LinearNorm as _LevitLinearNorm, NormLinear as _LevitNormLinear  # deferred: heavy
-except ImportError:  # pragma: no cover
-    _LevitLinearNorm = _LevitNormLinear = ()
-
-try:  # timm's layers are leaves we understand whole
-    from timm.layers.conv2d_same import Conv2dSame  # deferred: a heavy import that only timm-model paths need
-    from timm.layers.adaptive_avgmax_pool import SelectAdaptivePool2d  # deferred: a heavy import that only timm-model paths need
-    from timm.layers import DropPath, LayerScale  # deferred: a heavy import that only timm-model paths need
-except ImportError:  # pragma: no cover - timm is a dependency, keep capture importable anyway
-    Conv2dSame = SelectAdaptivePool2d = DropPath = LayerScale = ()
 
 # Ops whose output needs a new scale (requantizing producers) vs ops that keep their
 # input's scale exactly (the integer program passes values through unchanged).
@@ -181,12 +202,13 @@ class FloatGraph:
 # Tracing
 # --------------------------------------------------------------------------------------
 def _leaf_types() -> tuple[type, ...]:
+    lib = _lib()
     types: list[type] = [nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MultiheadAttention,
                          nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Identity,
                          nn.Dropout, nn.Flatten, nn.LayerNorm, nn.GELU, cifar_resnet.OptionAShortcut,
-                         nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.Tanh, *_TIMM_LUT]
-    for t in (SelectAdaptivePool2d, DropPath, LayerScale, StochasticDepth, _LevitLinearNorm, _LevitNormLinear,
-              *TimmSwinBlock):
+                         nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.SiLU, nn.Tanh, *lib.TIMM_LUT]
+    for t in (lib.SelectAdaptivePool2d, lib.DropPath, lib.LayerScale, lib.StochasticDepth, lib.LevitLinearNorm,
+              lib.LevitNormLinear, *timm_swin_blocks()):
         if isinstance(t, type):
             types.append(t)
     return tuple(types)
@@ -282,7 +304,8 @@ def _conv_node(name: str, m: nn.Conv2d, inp: str, source: str) -> FNode:
         raise QuantsimError(f"cannot lower {source}: conv padding_mode {m.padding_mode!r} (only zero padding)")
     attrs = {"stride": list(_pair(m.stride)), "dilation": list(_pair(m.dilation)), "groups": m.groups,
              "kernel": list(m.weight.shape[2:])}
-    if isinstance(Conv2dSame, type) and isinstance(m, Conv2dSame):
+    conv2d_same = _lib().Conv2dSame
+    if isinstance(conv2d_same, type) and isinstance(m, conv2d_same):
         attrs["padding_mode"] = "tf_same"
     elif isinstance(m.padding, str):
         if m.padding == "valid":
@@ -392,7 +415,8 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
     if isinstance(m, nn.Linear):
         bias = m.bias.detach().clone() if m.bias is not None else None
         return [FNode(name, "linear", [inp], {}, m.weight.detach().clone(), bias, source=source)]
-    if isinstance(_LevitLinearNorm, type) and isinstance(m, (_LevitLinearNorm, _LevitNormLinear)):
+    lib = _lib()
+    if isinstance(lib.LevitLinearNorm, type) and isinstance(m, (lib.LevitLinearNorm, lib.LevitNormLinear)):
         return [_linear_with_batchnorm(name, m, inp, source)]
     if isinstance(m, nn.BatchNorm2d):
         bn = FNode(name, "bn", [inp], {"eps": m.eps}, source=source)
@@ -406,13 +430,13 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
         return [bn] + _module_node(name + ".act", act, [name], source + ".act", in_shape)
     if isinstance(m, nn.ReLU):
         return [FNode(name, "relu", [inp], source=source)]
-    lut = _LUT_MODULES.get(type(m)) or _TIMM_LUT.get(type(m))
+    lut = _LUT_MODULES.get(type(m)) or lib.TIMM_LUT.get(type(m))
     if lut is not None:
         return [FNode(name, lut, [inp], source=source)]
     if isinstance(m, nn.ReLU6) or (isinstance(m, nn.Hardtanh) and (m.min_val, m.max_val) == (0.0, 6.0)):
         return [FNode(name, "relu6", [inp], source=source)]
     if isinstance(m, (nn.Identity, nn.Dropout)) or any(isinstance(t, type) and isinstance(m, t)
-                                                       for t in (DropPath, StochasticDepth)):
+                                                       for t in (lib.DropPath, lib.StochasticDepth)):
         return [FNode(name, "identity", [inp], source=source)]
     if isinstance(m, nn.MaxPool2d):
         return [_pool_node(name, "maxpool", inp, m.kernel_size, m.stride, m.padding, m.ceil_mode, in_shape, source,
@@ -422,7 +446,7 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
                            divisor_override=m.divisor_override, count_include_pad=m.count_include_pad)]
     if isinstance(m, nn.AdaptiveAvgPool2d):
         return _adaptive_avg_nodes(name, inp, m.output_size, in_shape, source)
-    if isinstance(SelectAdaptivePool2d, type) and isinstance(m, SelectAdaptivePool2d):
+    if isinstance(lib.SelectAdaptivePool2d, type) and isinstance(m, lib.SelectAdaptivePool2d):
         if m.pool_type != "avg":
             raise QuantsimError(f"cannot lower {source}: global pool type {m.pool_type!r} (only avg)")
         nhwc = tuple(getattr(m.pool, "dim", (2, 3))) == (1, 2)  # timm's fast pool of NHWC (Swin's head)
@@ -433,13 +457,14 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
         elif nhwc:
             nodes.append(FNode(name + ".to_nhwc", "permute", [name], {"perm": [0, 2, 3, 1]}, source=source))
         return nodes
-    if TimmSwinBlock and isinstance(m, TimmSwinBlock):
+    swin_blocks = timm_swin_blocks()
+    if swin_blocks and isinstance(m, swin_blocks):
         return [FNode(*spec, source=source) for spec in timm_block_nodes(name, m, inp, tuple(in_shape))]
     if isinstance(m, nn.Flatten):
         if m.start_dim != 1 or m.end_dim != -1:
             raise QuantsimError(f"cannot lower {source}: flatten from dim {m.start_dim}")
         return [FNode(name, "flatten", [inp], source=source)]
-    if LayerNorm2d and isinstance(m, LayerNorm2d):
+    if lib.LayerNorm2d and isinstance(m, lib.LayerNorm2d):
         c = m.normalized_shape[0]
         gamma = m.weight.detach().clone() if m.weight is not None else torch.ones(c)
         beta = m.bias.detach().clone() if m.bias is not None else torch.zeros(c)
@@ -455,7 +480,7 @@ def _module_node(name: str, m: nn.Module, args: list[str], source: str, in_shape
         return [FNode(name, "layernorm", [inp], {"eps": float(m.eps)}, gamma, beta, source=source)]
     if isinstance(m, nn.GELU):
         return [_gelu_node(name, inp, m.approximate, source)]
-    if isinstance(LayerScale, type) and isinstance(m, LayerScale):
+    if isinstance(lib.LayerScale, type) and isinstance(m, lib.LayerScale):
         return [FNode(name, "layerscale", [inp], {}, m.gamma.detach().clone(), source=source)]
     if isinstance(m, OptionAShortcut):
         return [FNode(name, "shortcut_a", [inp], {"stride": m.stride, "pad_before": m.pad_before,
@@ -478,7 +503,7 @@ def _linear_with_batchnorm(name: str, m: nn.Module, inp: str, source: str) -> FN
     a, b = _bn_affine(m.bn)
     w = lin.weight.detach()
     bias = lin.bias.detach() if lin.bias is not None else torch.zeros(w.shape[0])
-    if isinstance(m, _LevitLinearNorm):
+    if isinstance(m, _lib().LevitLinearNorm):
         w, bias = w * a[:, None], bias * a + b
     else:
         w, bias = w * a[None, :], w @ b + bias

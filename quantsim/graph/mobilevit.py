@@ -27,6 +27,7 @@ tests/test_mobilevit.py checks the captured float graph against timm's own forwa
 """
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -35,22 +36,22 @@ import torch.nn as nn
 
 from quantsim.errors import QuantsimError
 
-try:  # the block and the transformer layers it holds (timm only)
-    from timm.models.mobilevit import MobileVitBlock  # deferred: a heavy import that only timm-model paths need
-    from timm.models.vision_transformer import Block as _TimmBlock
-    from timm.layers import Attention as _TimmAttention
-except ImportError:  # pragma: no cover
-    MobileVitBlock = _TimmBlock = _TimmAttention = ()
-
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    if not isinstance(MobileVitBlock, type):  # pragma: no cover
+    if "timm" not in sys.modules:  # no model holds a timm block then (and importing timm costs seconds)
+        return []
+    try:
+        from timm.models.mobilevit import MobileVitBlock
+    except ImportError:  # pragma: no cover
         return []
     return [(name, m) for name, m in model.named_modules() if isinstance(m, MobileVitBlock)]
 
 
 def _check_transformer(name: str, block: nn.Module) -> None:
     """Only the layers block_forward rewrites: timm ViT Blocks with plain attention."""
+    from timm.layers import Attention as _TimmAttention  # a MobileViT block: timm is imported
+    from timm.models.vision_transformer import Block as _TimmBlock
+
     for i, blk in enumerate(block.transformer):
         where = f"{name}.transformer.{i}"
         if type(blk) is not _TimmBlock or type(blk.attn) is not _TimmAttention:

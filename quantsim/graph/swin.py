@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from typing import Any, NamedTuple
 
 import torch
@@ -45,19 +46,31 @@ import torch.fx as fx
 
 from quantsim.errors import QuantsimError
 
-try:  # the wrapped functions, matched by identity
-    from torchvision.models import swin_transformer as _tv_swin
-except ImportError:  # pragma: no cover
-    _tv_swin = None
 
-try:  # timm's Swin v1 / v2 blocks: leaves of the trace, written out whole (timm_block_nodes)
-    from timm.models.swin_transformer import SwinTransformerBlock as _TimmSwinV1Block  # deferred: heavy, timm only
-    from timm.models.swin_transformer_v2 import SwinTransformerV2Block as _TimmSwinV2Block
-    TimmSwinBlock = (_TimmSwinV1Block, _TimmSwinV2Block)
-    from timm.layers import Mlp as _TimmMlp
-    from timm.layers.activations import GELU as _TimmGELU
-except ImportError:  # pragma: no cover
-    TimmSwinBlock = _TimmSwinV2Block = _TimmMlp = _TimmGELU = ()
+
+def _tv_swin():
+    """torchvision's Swin module (its wrapped functions, matched by identity), or None while
+    torchvision is not imported: no traced model calls them then, and importing it costs seconds."""
+    if "torchvision" not in sys.modules:
+        return None
+    try:
+        from torchvision.models import swin_transformer
+    except ImportError:  # pragma: no cover
+        return None
+    return swin_transformer
+
+
+def timm_swin_blocks() -> tuple:
+    """timm's Swin v1 / v2 block classes (leaves of the trace, written out whole by timm_block_nodes);
+    () while timm is not imported (no model holds one then; importing timm costs seconds)."""
+    if "timm" not in sys.modules:
+        return ()
+    try:
+        from timm.models.swin_transformer import SwinTransformerBlock
+        from timm.models.swin_transformer_v2 import SwinTransformerV2Block
+    except ImportError:  # pragma: no cover
+        return ()
+    return SwinTransformerBlock, SwinTransformerV2Block
 
 
 class Spec(NamedTuple):
@@ -71,13 +84,14 @@ class Spec(NamedTuple):
 
 
 def is_swin_function(target) -> bool:
-    return _tv_swin is not None and target in (_tv_swin.shifted_window_attention, _tv_swin._patch_merging_pad)
+    tv_swin = _tv_swin()
+    return tv_swin is not None and target in (tv_swin.shifted_window_attention, tv_swin._patch_merging_pad)
 
 
 def swin_nodes(name: str, node: fx.Node, args: list[str], shapes: dict[str, Any],
                consts: dict[str, torch.Tensor]) -> list[Spec]:
     """The FloatGraph nodes of one call of a wrapped Swin function (see the module docstring)."""
-    if node.target is _tv_swin._patch_merging_pad:
+    if node.target is _tv_swin()._patch_merging_pad:
         return patch_merging_nodes(name, args[0], tuple(shapes[node.args[0].name]), node.name)
     bound = inspect.signature(node.target).bind(*node.args, **node.kwargs)
     bound.apply_defaults()
@@ -233,6 +247,10 @@ def timm_block_nodes(name: str, m, inp: str, shape: tuple[int, ...]) -> list[Spe
         dp = getattr(m, part)
         if not (isinstance(dp, torch.nn.Identity) or type(dp).__name__ == "DropPath"):
             raise QuantsimError(f"cannot lower {src}.{part}: {type(dp).__name__}")
+    from timm.layers import Mlp as _TimmMlp  # a timm block: timm is imported
+    from timm.layers.activations import GELU as _TimmGELU
+    from timm.models.swin_transformer_v2 import SwinTransformerV2Block as _TimmSwinV2Block
+
     mlp = m.mlp
     act_ok = isinstance(mlp.act, _TimmGELU) or (isinstance(mlp.act, torch.nn.GELU) and mlp.act.approximate == "none")
     if (not isinstance(mlp, _TimmMlp) or not act_ok or not isinstance(mlp.norm, torch.nn.Identity)

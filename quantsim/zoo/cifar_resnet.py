@@ -18,8 +18,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.resnet import BasicBlock as _TVBasicBlock
-from torchvision.models.resnet import ResNet as _TVResNet
 
 
 class OptionAShortcut(nn.Module):
@@ -126,8 +124,12 @@ def cifar_resnet56(num_classes: int = 10) -> CifarResNet:
     return cifar_resnet(56, num_classes)
 
 
-def resnet18_cifar(num_classes: int = 100) -> _TVResNet:
+def resnet18_cifar(num_classes: int = 100) -> nn.Module:
     """torchvision ResNet-18 with a 3x3 stride-1 stem conv and no max pool (32x32 inputs)."""
+    # imported here: the CIFAR ResNets above need no torchvision, and a Ray worker that unpickles
+    # one would otherwise import it (over a second)
+    from torchvision.models.resnet import BasicBlock as _TVBasicBlock, ResNet as _TVResNet
+
     model = _TVResNet(_TVBasicBlock, [2, 2, 2, 2], num_classes=num_classes)
     model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")

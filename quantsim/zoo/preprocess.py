@@ -11,8 +11,6 @@ from typing import Any, Callable, Mapping
 
 import torch
 from PIL import Image
-from torchvision import transforms as T
-from torchvision.transforms import InterpolationMode
 
 from quantsim.errors import QuantsimError
 
@@ -21,14 +19,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 
-_INTERPOLATIONS = {
-    "nearest": InterpolationMode.NEAREST,
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-    "lanczos": InterpolationMode.LANCZOS,
-    "box": InterpolationMode.BOX,
-    "hamming": InterpolationMode.HAMMING,
-}
+# torchvision's InterpolationMode members, by their lower-case names (torchvision itself is
+# imported only where a transform is built: importing it costs a Ray worker over a second)
+_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 
 
 class _ToRGB:
@@ -44,7 +37,9 @@ class _ToRGB:
 class _ResizeIfNeeded:
     """Resize straight to (H, W), but only when the image is not that size already."""
 
-    def __init__(self, size: tuple[int, int], interpolation: InterpolationMode):
+    def __init__(self, size: tuple[int, int], interpolation):
+        from torchvision import transforms as T
+
         self.size = size
         self.resize = T.Resize(size, interpolation=interpolation, antialias=True)
 
@@ -96,7 +91,9 @@ class Preprocess:
 
     def transform(self) -> Callable[[Image.Image], torch.Tensor]:
         """PIL image -> float32 CHW tensor (RGB, scaled to [0, 1], normalised)."""
-        interp = _INTERPOLATIONS[self.interpolation]
+        from torchvision import transforms as T
+
+        interp = T.InterpolationMode[self.interpolation.upper()]
         _, h, w = self.input_size
         steps: list[Any] = [_ToRGB()]
         if self.resize is not None:
