@@ -102,6 +102,7 @@ def main_replot(args: argparse.Namespace) -> int:
         if given:
             print(f"error: --replot {args.replot} draws a finished sweep again: drop {flag}", file=sys.stderr)
             return 2
+    from quantsim.run import sweep
 
     def show(df):
         if args.json:
