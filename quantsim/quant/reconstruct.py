@@ -138,8 +138,9 @@ class LsqFakeQuant(torch.autograd.Function):
     """clamp(round(x / s), qmin, qmax) · s with LSQ's straight-through gradients (Esser et al. 2020):
     ∂/∂x = 1 where qmin < round(x / s) < qmax, else 0; ∂/∂s = round(x / s) − x / s there, else the
     clamped code (what autograd gives clamp(z + (round(z) − z).detach(), qmin, qmax) · s: torch's
-    clamp passes no gradient at the bounds). One function instead of autograd's chain of seven ops: on EfficientNet-Lite0's
-    112×112 tensors the elementwise passes, not the convolutions, dominated a unit's iteration."""
+    clamp passes no gradient at the bounds). One function instead of autograd's chain of seven ops:
+    on EfficientNet-Lite0's 112×112 tensors the elementwise passes, not the convolutions, dominated
+    a unit's iteration."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, s: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:

@@ -265,6 +265,15 @@ def read_sweep_points(folder: str | Path, flag: str) -> pd.DataFrame:
     return df
 
 
+def read_sweep_meta(folder: str | Path, flag: str) -> dict:
+    """A finished sweep's sweep.json ({} when it has none); unreadable: one QuantsimError naming `flag`."""
+    meta_path = Path(folder) / "sweep.json"
+    try:
+        return json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise QuantsimError(f"{flag}: cannot read {meta_path}: {exc}".splitlines()[0]) from exc
+
+
 def method_label(recorded: dict) -> str | None:
     """A short name of a sweep's quantization method from what it recorded (METHOD_KEYS), e.g.
     "nearest" or "adaround, block reconstruction, QDrop 0.5"; None when it recorded none."""
@@ -291,11 +300,7 @@ def read_reference(folder: str, label: str | None = None) -> Reference:
     method its sweep.json or points.csv records, else the folder's name."""
     df = read_sweep_points(folder, "--reference")
     if label is None:
-        meta_path = Path(folder) / "sweep.json"
-        try:
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise QuantsimError(f"--reference: cannot read {meta_path}: {exc}".splitlines()[0]) from exc
+        meta = read_sweep_meta(folder, "--reference")
         in_points = {k: df[k].dropna().iloc[0] for k in METHOD_KEYS if k in df.columns and df[k].notna().any()}
         label = method_label(meta) or method_label(in_points) or Path(folder).resolve().name
     return Reference(df, label)
@@ -580,11 +585,8 @@ def replot(args: SweepOptions) -> pd.DataFrame:
     out = check_out_dir(args.replot)
     df = read_sweep_points(out, "--replot")
     reference = check_reference(args)
+    meta = read_sweep_meta(out, "--replot")
     meta_path = out / "sweep.json"
-    try:
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise QuantsimError(f"--replot: cannot read {meta_path}: {exc}".splitlines()[0]) from exc
     granularity = meta.get("granularity", args.granularity)
     if granularity not in GRAN_TAG:
         raise QuantsimError(f"--replot: {meta_path} names granularity {granularity!r}, "
