@@ -106,13 +106,16 @@ class Program:
         return Report(layers, summary, hw, title=f"{self.config.label} on {acc.name}")
 
 
-def quantize(model: torch.nn.Module, config: QuantConfig, calib, seed: int = 0, progress: bool = False) -> Program:
+def quantize(model: torch.nn.Module, config: QuantConfig, calib, seed: int = 0, progress: bool = False,
+             rounding_cache: str | Path | None = None) -> Program:
     """Capture `model`, calibrate on `calib` (images: a tensor, batches, or a DataLoader of (x, y)),
-    and lower it with `config` to an integer program."""
+    and lower it with `config` to an integer program. rounding_cache: a folder where learned codes
+    (gptq / adaround / reconstruction) are kept and reused by later calls on the same inputs."""
     model = model.float().eval()
     calib_batches = _image_batches(calib)
     torch.manual_seed(seed)
     prep = stages.prepare(model, tuple(calib_batches[0].shape[1:]), calib_batches, seed, progress,
                           equalize=config.equalize, equalize_relu6=config.equalize_relu6,
                           reparam_ln=config.reparam_ln, softmax_quant=config.softmax_quant)
+    prep.rounding_cache = Path(rounding_cache) if rounding_cache is not None else None
     return Program(stages.quantize(prep, config), config, model, prep)

@@ -446,3 +446,27 @@ def test_bad_replot_or_label_is_one_line(no_loading, tmp_path, capsys, argv, pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and pattern in err[0], err
     assert not (tmp_path / "o").exists() and not (tmp_path / "s" / "pareto.svg").exists()
+
+
+def test_learned_codes_kept_in_state_and_reused_by_a_second_sweep(tiny, tmp_path, monkeypatch):
+    """--rounding gptq: each point's codes land in OUT/state once; a second sweep given that folder
+    as --rounding-cache learns nothing and measures the same points."""
+    from quantsim.quant import gptq
+
+    learned = []
+    real = gptq.gptq_codes
+    monkeypatch.setattr(gptq, "gptq_codes", lambda *a, **k: learned.append(1) or real(*a, **k))
+    first = tmp_path / "first"
+    argv = ("--rounding", "gptq", "--uniform-granularity", "per-channel", "--budgets", "0.8")
+    assert pareto.main(_argv(first, *argv)) == 0
+    files = sorted((first / "state").glob("rounding-gptq-*.npz"))
+    assert files and len(files) == len(learned)  # one learning per distinct program, each kept
+    n_learned = len(learned)
+    second = tmp_path / "second"
+    assert pareto.main(_argv(second, *argv, "--rounding-cache", str(first / "state"))) == 0
+    assert len(learned) == n_learned
+    assert not list((second / "state").glob("rounding-*.npz"))
+    cols = ["label", "top1", "e_total_pj", "bitexact_mismatches"]
+    a, b = (pd.read_csv(d / "points.csv")[cols] for d in (first, second))
+    assert len(a) > 2
+    pd.testing.assert_frame_equal(a, b)

@@ -68,6 +68,10 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qdrop", type=float, default=0.5,
                    help="--reconstruct: probability that an activation element stays unquantized while "
                         "reconstructing (QDrop, Wei et al. 2022; 0: plain BRECQ; default 0.5)")
+    p.add_argument("--rounding-cache", metavar="DIR", default=None,
+                   help="keep the learned codes of --rounding gptq / adaround / --reconstruct in DIR, keyed by the "
+                        "model's weights, the calibration images and the config, and reuse them when a later run "
+                        "asks for the same (default: not kept; a Pareto sweep keeps them in OUT/state)")
     p.add_argument("--gptq-inputs", default="sequential", choices=list(GPTQ_INPUTS),
                    help="gptq: Hessians on the network whose earlier layers carry their GPTQ weights "
                         "(sequential), or on the float network (float)")

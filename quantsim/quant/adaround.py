@@ -45,6 +45,7 @@ import json
 import math
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -54,9 +55,11 @@ from integer_ref.arith import qrange
 
 from quantsim.errors import QuantsimError
 from quantsim.graph.capture import FloatGraph, FNode, run_node
+from quantsim.quant import rounding_cache
 from quantsim.quant.calibrate import TensorStats
 from quantsim.quant.config import QuantConfig
-from quantsim.quant.gptq import LayerCodes, dequantized, weight_scale, with_codes
+from quantsim.quant.gptq import dequantized, weight_scale
+from quantsim.quant.layer_codes import LayerCodes, with_codes
 from quantsim.quant.lower import mac_input_quantizer, weight_scale_floors
 from quantsim.quant.quantizer import channel_view
 
@@ -270,14 +273,17 @@ def _key(g: FloatGraph, stats: dict, cfg: QuantConfig) -> tuple:
 
 
 def rounded(g: FloatGraph, stats: dict[str, TensorStats], batches: list[torch.Tensor], cfg: QuantConfig,
-            cache: dict | None = None, progress: bool = False) -> FloatGraph:
+            cache: dict | None = None, progress: bool = False, disk_cache: Path | None = None) -> FloatGraph:
     """g with AdaRound codes on every MAC layer (cfg.rounding == 'adaround'); cached per
-    (graph, statistics, config): a second call returns the same graph, not recomputed."""
+    (graph, statistics, config): a second call returns the same graph, not recomputed; with
+    disk_cache, also across runs in that folder (quant/rounding_cache.py)."""
     key = _key(g, stats, cfg)
     if cache is not None and key in cache:
         return cache[key][2]
     src = weight_scale_floors(g, stats, cfg)  # the scales lowering gives, accumulator floor included
-    out = with_codes(src, adaround_codes(src, stats, batches, cfg, progress))
+    codes, _ = rounding_cache.cached(disk_cache, "adaround", g, stats, batches, cfg,
+                                     lambda: (adaround_codes(src, stats, batches, cfg, progress), {}))
+    out = with_codes(src, codes)
     if cache is not None:
         cache[key] = (g, stats, out)  # g and stats kept alive: their ids stay their own
     return out

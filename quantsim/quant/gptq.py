@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -50,7 +50,9 @@ from integer_ref.arith import qrange
 
 from quantsim.errors import QuantsimError
 from quantsim.graph.capture import FloatGraph, FNode, conv_padding, run_node
+from quantsim.quant import rounding_cache
 from quantsim.quant.config import GPTQ_INPUTS, QuantConfig
+from quantsim.quant.layer_codes import LayerCodes, with_codes
 from quantsim.quant.lower import _quantize_weight, weight_scale_floors
 from quantsim.quant.quantizer import quantize
 
@@ -172,14 +174,6 @@ def check_rank(hess: Hessian) -> None:
 
 # --- one layer, and the whole graph -----------------------------------------------------------
 
-@dataclass
-class LayerCodes:
-    codes: np.ndarray     # int64, the weight's shape
-    scale: np.ndarray     # float64, (O,) per channel or () per tensor: the lowering's own scale
-    bits: int
-    seconds: float
-
-
 def weight_scale(n: FNode, w_bits: int, cfg: QuantConfig) -> tuple[np.ndarray, np.ndarray]:
     """(round-to-nearest codes, scale) by the lowering's own weight rule."""
     q, qp, _ = _quantize_weight(n, w_bits, cfg)
@@ -247,28 +241,19 @@ def gptq_codes(g: FloatGraph, batches: list[torch.Tensor], cfg: QuantConfig, inp
     return out
 
 
-def with_codes(g: FloatGraph, codes: dict[str, LayerCodes]) -> FloatGraph:
-    """A copy of g whose MAC nodes carry attrs['weight_codes'] (what lower uses)."""
-    nodes = []
-    for n in g.nodes:
-        attrs = dict(n.attrs)
-        if n.name in codes:
-            lc = codes[n.name]
-            attrs["weight_codes"] = {"codes": lc.codes, "scale": lc.scale, "bits": lc.bits}
-        nodes.append(replace(n, inputs=list(n.inputs), attrs=attrs))
-    return FloatGraph(nodes, g.output, g.input_shape)
-
-
 def rounded(g: FloatGraph, stats: dict, batches: list[torch.Tensor], cfg: QuantConfig, cache: dict | None = None,
-            progress: bool = False) -> FloatGraph:
+            progress: bool = False, disk_cache: Path | None = None) -> FloatGraph:
     """g with GPTQ codes on every MAC layer (cfg.rounding == 'gptq'), rounded at the scales lowering
     gives with the calibration `stats` (the accumulator's bias floor included:
-    lower.weight_scale_floors); cached per (graph, statistics, config)."""
+    lower.weight_scale_floors); cached per (graph, statistics, config) in `cache` and, when
+    given, in the folder disk_cache (quant/rounding_cache.py)."""
     key = ("gptq", id(g), id(stats), json.dumps(cfg.to_json(), sort_keys=True))
     if cache is not None and key in cache:
         return cache[key][2]
     src = weight_scale_floors(g, stats, cfg)
-    out = with_codes(src, gptq_codes(src, batches, cfg, cfg.gptq_inputs, progress))
+    codes, _ = rounding_cache.cached(disk_cache, "gptq", g, stats, batches, cfg,
+                                     lambda: (gptq_codes(src, batches, cfg, cfg.gptq_inputs, progress), {}))
+    out = with_codes(src, codes)
     if cache is not None:
         cache[key] = (g, stats, out)  # g and stats kept alive: their ids stay their own
     return out

@@ -60,6 +60,7 @@ import json
 import math
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -70,12 +71,13 @@ from integer_ref.ir import QParams
 from quantsim.emulate import kernels_vit as emulate_vit
 from quantsim.errors import QuantsimError
 from quantsim.graph.capture import PASSTHROUGH_OPS, FloatGraph, FNode, run_node
-from quantsim.quant import adaround
+from quantsim.quant import adaround, rounding_cache
 from quantsim.quant.adaround import BATCH, LAMBDA, OPT_THREADS, RoundingVariable, beta_at, reconstruction, \
     regulariser, torch_threads, track
 from quantsim.quant.calibrate import TensorStats
 from quantsim.quant.config import QuantConfig
-from quantsim.quant.gptq import LayerCodes, dequantized, weight_scale, with_codes
+from quantsim.quant.gptq import dequantized, weight_scale
+from quantsim.quant.layer_codes import LayerCodes, with_codes
 from quantsim.quant.lower import NONLINEAR_OPS, _root, activation_qparams, concat_groups, log2_depth, nonlinear_node, \
     weight_scale_floors
 from quantsim.quant.quantizer import act_scale, fake_quant_act
@@ -435,15 +437,22 @@ def _key(g: FloatGraph, stats: dict, cfg: QuantConfig) -> tuple:
 
 
 def reconstructed(g: FloatGraph, stats: dict[str, TensorStats], batches: list[torch.Tensor], cfg: QuantConfig,
-                  cache: dict | None = None, progress: bool = False) -> tuple[FloatGraph, dict[str, TensorStats]]:
+                  cache: dict | None = None, progress: bool = False,
+                  disk_cache: Path | None = None) -> tuple[FloatGraph, dict[str, TensorStats]]:
     """(g with the learned codes, the statistics with the learned clips): what lower takes;
-    cached per (graph, statistics, config)."""
+    cached per (graph, statistics, config) in `cache` and, when given, in the folder disk_cache
+    across runs (quant/rounding_cache.py)."""
     key = _key(g, stats, cfg)
     if cache is not None and key in cache:
         return cache[key][2]
     src = weight_scale_floors(g, stats, cfg)
-    rec = reconstruct(src, stats, batches, cfg, progress)
-    out = (with_codes(src, rec.codes), with_clips(stats, rec.clips))
+
+    def learn():
+        rec = reconstruct(src, stats, batches, cfg, progress)
+        return rec.codes, rec.clips
+
+    codes, clips = rounding_cache.cached(disk_cache, f"reconstruct-{cfg.reconstruct}", g, stats, batches, cfg, learn)
+    out = (with_codes(src, codes), with_clips(stats, clips))
     if cache is not None:
         cache[key] = (g, stats, out)
     return out

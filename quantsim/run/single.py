@@ -142,6 +142,7 @@ def run(opts: RunOptions) -> dict:
     prep = stages.prepare(loaded.model, loaded.preprocess.input_size, calib, opts.seed, opts.progress,
                           equalize=opts.equalize, equalize_relu6=opts.equalize_relu6,
                           reparam_ln=opts.reparam_ln, softmax_quant=opts.softmax_quant)
+    prep.rounding_cache = Path(opts.rounding_cache) if opts.rounding_cache else None
     x = check_images(eval_ds, opts)
     cfg, plan = chk.cfg, None
     if chk.mixed:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,6 +44,9 @@ class Prepared:
     equalized: cle.Equalized | None = field(default=None, repr=False)
     # RepQ-ViT post-LayerNorm reparameterization applied before the statistics (None: none)
     reparam: repq.Reparameterized | None = field(default=None, repr=False)
+    # a folder keeping learned codes (GPTQ, AdaRound, reconstruction) across runs
+    # (quant/rounding_cache.py); None: kept in `searched` for this process only
+    rounding_cache: Path | None = None
 
     @property
     def equalize_key(self) -> tuple:
@@ -107,11 +111,11 @@ def quantize(prep: Prepared, cfg: QuantConfig, progress: bool = False) -> Graph:
     if scale_search.needs_search(cfg):  # similarity / ranking search, bias correction
         g, stats, cfg = scale_search.searched(g, stats, prep.calib, cfg, prep.searched)
     if cfg.rounding == "gptq":  # GPTQ codes at the scales lowering gives (cached per config)
-        g = gptq.rounded(g, stats, prep.calib, cfg, prep.searched, progress)
+        g = gptq.rounded(g, stats, prep.calib, cfg, prep.searched, progress, prep.rounding_cache)
     elif cfg.reconstruct != "none":  # block / layer reconstruction: codes and learned activation clips
-        g, stats = reconstruct.reconstructed(g, stats, prep.calib, cfg, prep.searched, progress)
+        g, stats = reconstruct.reconstructed(g, stats, prep.calib, cfg, prep.searched, progress, prep.rounding_cache)
     elif cfg.rounding == "adaround":  # AdaRound codes at the same scales (cached per config)
-        g = adaround.rounded(g, stats, prep.calib, cfg, prep.searched, progress)
+        g = adaround.rounded(g, stats, prep.calib, cfg, prep.searched, progress, prep.rounding_cache)
     return lower(g, stats, cfg)
 
 

@@ -14,7 +14,7 @@ Out dir:
                    its frontier dashed; --replot OUT draws OUT's plots and report again from its
                    points.csv and sweep.json, measuring nothing)
   widths_<label>.csv, width_map_<label>.png/.svg   per layer widths beside energy shares
-  state/           FP32 predictions and the sensitivity cache (reused on --resume)
+  state/           FP32 predictions, the sensitivity cache and the learned codes (reused on --resume)
 """
 from __future__ import annotations
 
@@ -521,6 +521,8 @@ def run(args: SweepOptions) -> pd.DataFrame:
         prep = stages.prepare(loaded.model, loaded.preprocess.input_size, calib, args.seed, progress,
                               equalize=args.equalize, equalize_relu6=args.equalize_relu6,
                               reparam_ln=args.reparam_ln, softmax_quant=args.softmax_quant)
+        # each width's learned codes once per sweep, reused on --resume and by every Ray task
+        prep.rounding_cache = Path(args.rounding_cache) if args.rounding_cache else out / "state"
         ev = EvalSet(eval_ds, args.batch_size)
         rerank_data = heldout_labelled(args, loaded.preprocess, calib_ds)
         x = check_images(eval_ds, args)

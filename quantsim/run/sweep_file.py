@@ -60,7 +60,7 @@ NOT_OPTIONS = {"out": "the file's top-level `out` and the run folders name the o
                "sweep": "a sweep file does not name another",
                "replot": "replot a run's folder on the command line (python -m quantsim.pareto --replot OUT)"}
 COMMA_OPTIONS = ("budgets", "candidates", "uniform_granularity")  # also written as TOML lists
-PATH_OPTIONS = ("weights", "sensitivity_cache", "reference")
+PATH_OPTIONS = ("weights", "sensitivity_cache", "rounding_cache", "reference")
 DATA_OPTIONS = ("data", "calib_data")
 RUN_COLUMNS = ["run", "model", "accelerator", "method", "out", "status", "points", "fp32_top1", "w8a8_top1",
                "cheapest_within_1pt", "cheapest_energy_ratio", "bitexact_mismatches", "seconds", "error"]
