@@ -82,12 +82,21 @@ def sweep(key: str, args) -> Path:
         argv += ["--rerank", str(args.rerank), "--rerank-by", args.rerank_by, "--rerank-images", str(args.rerank_images)]
     if args.eval:
         argv += ["--eval", str(args.eval)]
+    for flag in METHOD_FLAGS:  # the quantization method, passed on only when given (else quantsim's default)
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            argv += [flag, str(value)]
     argv += reference_args(name, args)
     print(f"== {name}: python -m quantsim.pareto {' '.join(argv)}", flush=True)
     code = pareto.main(argv)
     if code not in (0,):
         print(f"{name}: quantsim.cli.pareto exited {code}", file=sys.stderr)
     return out
+
+
+# quantsim.pareto's method options this script passes through (`--rounding adaround --reconstruct
+# block --calib-method mse`: the learned-rounding sweeps of issue 13)
+METHOD_FLAGS = ("--rounding", "--reconstruct", "--recon-iters", "--qdrop", "--calib-method", "--ray")
 
 
 def reference_args(name: str, args) -> list[str]:
@@ -121,6 +130,8 @@ def dominated_by_uniform(pts: pd.DataFrame) -> dict[str, list[str]]:
 
 
 def model_section(out: Path) -> str:
+    from quantsim.run.sweep import method_label
+
     pts = pd.read_csv(out / "points.csv")
     meta = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else {}
     name = out.name
@@ -133,6 +144,12 @@ def model_section(out: Path) -> str:
                      f"{meta.get('granularity')}. Least reachable energy with the ties: "
                      f"{meta.get('min_energy_ratio', float('nan')):.3f} of W8A8. Tied groups: "
                      f"{[len(g) for g in meta.get('tied', [])]} layers.")
+        method = method_label(meta)
+        if method and method != "nearest":
+            lines.append(f"Method: {method}"
+                         + (f", {meta['recon_iters']} iterations per unit" if meta.get("recon_iters")
+                            and meta.get("reconstruct") not in (None, "none") else "")
+                         + (f"; activation clips: {meta['calib_method']}" if meta.get("calib_method") else "") + ".")
         if meta.get("rerank"):
             how = (f"top-1 of its integer program on {meta.get('rerank_images')} labelled images of the calibration "
                    "source held out from calibration" if meta.get("rerank_by") == "top1"
@@ -220,6 +237,12 @@ def main() -> int:
     p.add_argument("--rerank-by", default="top1", choices=["joint", "top1"])
     p.add_argument("--rerank-images", type=int, default=2000)
     p.add_argument("--uniform-granularity", default=None, help="granularities of the uniform points (default both)")
+    p.add_argument("--rounding", default=None, choices=["nearest", "gptq", "adaround"])
+    p.add_argument("--reconstruct", default=None, choices=["none", "layer", "block"])
+    p.add_argument("--recon-iters", type=int, default=None)
+    p.add_argument("--qdrop", type=float, default=None)
+    p.add_argument("--calib-method", default=None, choices=["minmax", "percentile", "mse"])
+    p.add_argument("--ray", default=None, help="run the points as Ray tasks (local: a cluster on this machine)")
     p.add_argument("--suffix", default="", help="added to each model's folder name, e.g. -pairs or -rerank")
     p.add_argument("--reference-suffix", default=None,
                    help="draw docs/pareto/<model><SUFFIX> (an earlier sweep; '' names the round-to-nearest ones) "

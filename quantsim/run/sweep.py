@@ -569,7 +569,8 @@ def run(args: SweepOptions) -> pd.DataFrame:
             "sensitivity_at": args.sensitivity_at, "sensitivity_weighting": args.sensitivity_weighting,
             "mixed_unit": args.mixed_unit, "rerank": args.rerank, "rerank_by": args.rerank_by,
             "rerank_images": args.rerank_images if args.rerank_by == "top1" else None,
-            "mac_form": args.mac_form, "w8a8_pj": w8_pj, "seconds": round(time.perf_counter() - t_start, 1),
+            "mac_form": args.mac_form, "calib_method": base.calib_method, "recon_iters": base.recon_iters,
+            "w8a8_pj": w8_pj, "seconds": round(time.perf_counter() - t_start, 1),
             **{k: getattr(base, k) for k in METHOD_KEYS}}  # what a later --reference to this sweep is labelled by
     if tables is not None:
         meta.update(tied=tables.tied, fixed_energy_pj=tables.fixed_pj,
