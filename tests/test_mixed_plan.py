@@ -12,7 +12,7 @@ import torch.nn as nn
 from quantsim.run import stages as pipeline
 from quantsim.quant.config import QuantConfig
 from quantsim.errors import QuantsimError
-from quantsim.mixed.plan import FIXED, energy_owners, mixed_tables, plan_mixed, tie_groups
+from quantsim.mixed.plan import FIXED, MAX_REFINEMENTS, config_for, energy_owners, mixed_tables, plan_mixed, tie_groups
 from quantsim.run.inputs import load_accel
 
 # Planned energy is exact for uniform programs; at boundaries between widths a layer's
@@ -381,3 +381,54 @@ def test_learned_rounding_prices_widths_on_nearest_programs(setup, monkeypatch):
     moved = [n.name for n in plan.graph.nodes if n.weight_q is not None
              and not np.array_equal(n.params["weight"], near[n.name].params["weight"])]
     assert moved
+
+
+@pytest.mark.parametrize("budget", [0.6, 0.7, 0.8])
+def test_learned_rounding_reconstructs_the_chosen_plan_once(setup, monkeypatch, budget):
+    """The budget's refinements price allocations on round-to-nearest programs: the reconstruction
+    runs for the chosen plan only (again only if that program overshoots the budget), and the plan's
+    achieved energy is its reconstructed program's."""
+    prep, accel, batches, x, t = setup
+    from quantsim.quant import reconstruct
+    from quantsim.run import hardware
+    calls = []
+    real = reconstruct.reconstruct
+    monkeypatch.setattr(reconstruct, "reconstruct", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = QuantConfig(rounding="adaround", reconstruct="block", recon_iters=4)
+    plan = plan_mixed(prep, cfg, accel, batches, x, tables=t, policy="budget", budget=budget, progress=False)
+    nearest = plan_mixed(prep, QuantConfig(), accel, batches, x, tables=t, policy="budget", budget=budget,
+                         progress=False)
+    assert plan.cfg.reconstruct == "block" and plan.cfg.layer_bits == {
+        k: list(v) for k, v in config_for(QuantConfig(), plan.allocation.bits).layer_bits.items()}
+    again = hardware.simulate(plan.graph, pipeline.integer_taps(plan.graph, x), accel, len(x), "max")
+    assert plan.achieved_pj == pytest.approx(float(again.totals["e_total_pj"]), rel=1e-12)
+    assert 1 <= len(calls) <= 1 + MAX_REFINEMENTS
+    if len(calls) == 1:  # the reconstructed program met the budget: the nearest-priced choice stands
+        assert plan.allocation.bits == nearest.allocation.bits
+        assert plan.achieved_pj <= budget * t.w8a8_pj * (1 + 1e-9)
+
+
+def test_a_learned_program_over_budget_is_refined_on_learned_programs(setup, monkeypatch):
+    """Should the reconstructed program cost more than its nearest twin (here: made 3% dearer),
+    the refinement goes on with reconstructed programs until one meets the budget."""
+    import quantsim.mixed.plan as MP
+
+    prep, accel, batches, x, t = setup
+    real = MP._hw_for
+
+    def dearer_when_learned(prep_, cfg, *a):
+        graph, hw = real(prep_, cfg, *a)
+        if cfg.reconstruct != "none":
+            hw.totals["e_total_pj"] = float(hw.totals["e_total_pj"]) * 1.03
+        return graph, hw
+
+    monkeypatch.setattr(MP, "_hw_for", dearer_when_learned)
+    cfg = QuantConfig(rounding="adaround", reconstruct="block", recon_iters=4)
+    budget = 0.7
+    plan = plan_mixed(prep, cfg, accel, batches, x, tables=t, policy="budget", budget=budget, progress=False)
+    nearest = plan_mixed(prep, QuantConfig(), accel, batches, x, tables=t, policy="budget", budget=budget,
+                         progress=False)
+    assert nearest.achieved_pj * 1.03 > budget * t.w8a8_pj  # its nearest-priced choice would overshoot
+    assert plan.achieved_pj <= budget * t.w8a8_pj * (1 + 1e-9)
+    assert plan.refinements > nearest.refinements
+    assert plan.summary()["budget_met"]

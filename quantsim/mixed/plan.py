@@ -30,6 +30,10 @@ lowers and simulates the chosen program and reports the achieved energy beside t
 planned one; with the budget policy it re-solves with the budget tightened by the
 overshoot when the achieved energy exceeds the budget, and loosened by the slack when it leaves
 more than 0.5% of the budget unused (``refinements``; the last plan that met the budget is kept).
+With a learned method (GPTQ, AdaRound, block reconstruction) the refinements price each
+allocation on its round-to-nearest program, as the tables do, and the method runs once, on the
+plan chosen; only if that program overshoots the budget does the refinement go on with the
+method's own programs.
 
 Ties
 ----
@@ -471,45 +475,68 @@ def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torc
                               mac_form, cache_dir, progress, tie, unit)
     t = tables
     target = None if policy == "threshold" else budget * t.w8a8_pj
-    knap = None if target is None else target - t.fixed_pj
-    refinements = 0
     scored: dict = {}  # held-out top-1 of each allocation re-ranked so far (re-solves meet them again)
-    best_fit = None  # the last verified plan that met the budget (loosening may overshoot)
-    while True:
-        alloc = _allocate(t, policy, knap, thresholds)
-        info = None
-        if policy == "budget" and rerank > 0:
-            alloc, info = _rerank(prep, base_cfg, t, alloc, knap, rerank, calib_batches, rerank_data, scored)
-        planned = math.fsum(t.energy[l][b] for l, b in alloc.bits.items()) + t.fixed_pj
-        cfg = config_for(base_cfg, alloc.bits)
-        plan = MixedPlan(cfg, alloc, t, policy, budget, planned, None, None, refinements, rerank=info)
-        if not verify:
-            return plan
-        plan.graph, plan.hw = _hw_for(prep, cfg, accel, toggle_x, mac_form)
-        plan.achieved_pj = float(plan.hw.totals["e_total_pj"])
-        plan.achieved_seed_pj = float(plan.hw.totals["e_seed_pj"])
-        over = plan.achieved_pj - target if target is not None else 0.0
-        fits = over <= 1e-9 * abs(target or 1.0)
-        if target is None:
-            return plan
-        if fits:
-            if best_fit is not None and plan.allocation.bits == best_fit.allocation.bits:
-                return best_fit
-            best_fit = plan
-        elif best_fit is not None:
-            return best_fit  # loosening overshot: keep the last plan that met the budget
-        if refinements >= MAX_REFINEMENTS or (fits and -over <= LOOSEN_RTOL * target):
-            return plan
-        # planned and achieved energy differ at width boundaries: the program costs more than
-        # planned (tighten by the overshoot) or leaves budget unused (loosen by the slack,
-        # so the allocation spends what it is given); re-solve and verify again
-        moved = knap - over * (1.0001 if over > 0 else 0.9999)
-        try:
-            _allocate(t, policy, moved, thresholds)
-        except QuantsimError:
-            return plan  # nothing cheaper exists: report the overshoot (budget_met false)
-        knap = moved
-        refinements += 1
+
+    def refine(price_cfg: QuantConfig, knap: float | None, refinements: int) -> tuple[MixedPlan, float | None]:
+        """Solve, lower with price_cfg's rounding and simulate, re-solving while the program's
+        energy misses the budget: (the plan, the knapsack budget it was solved for)."""
+        best_fit = None  # the last verified plan that met the budget (loosening may overshoot)
+        while True:
+            alloc = _allocate(t, policy, knap, thresholds)
+            info = None
+            if policy == "budget" and rerank > 0:
+                alloc, info = _rerank(prep, base_cfg, t, alloc, knap, rerank, calib_batches, rerank_data, scored)
+            planned = math.fsum(t.energy[l][b] for l, b in alloc.bits.items()) + t.fixed_pj
+            plan = MixedPlan(config_for(base_cfg, alloc.bits), alloc, t, policy, budget, planned, None, None,
+                             refinements, rerank=info)
+            if not verify:
+                return plan, knap
+            plan.graph, plan.hw = _hw_for(prep, config_for(price_cfg, alloc.bits), accel, toggle_x, mac_form)
+            plan.achieved_pj = float(plan.hw.totals["e_total_pj"])
+            plan.achieved_seed_pj = float(plan.hw.totals["e_seed_pj"])
+            if target is None:
+                return plan, knap
+            over = plan.achieved_pj - target
+            fits = over <= 1e-9 * abs(target)
+            if fits:
+                if best_fit is not None and plan.allocation.bits == best_fit[0].allocation.bits:
+                    return best_fit
+                best_fit = plan, knap
+            elif best_fit is not None:
+                return best_fit  # loosening overshot: keep the last plan that met the budget
+            if refinements >= MAX_REFINEMENTS or (fits and -over <= LOOSEN_RTOL * target):
+                return plan, knap
+            # planned and achieved energy differ at width boundaries: the program costs more than
+            # planned (tighten by the overshoot) or leaves budget unused (loosen by the slack,
+            # so the allocation spends what it is given); re-solve and verify again
+            moved = knap - over * (1.0001 if over > 0 else 0.9999)
+            try:
+                _allocate(t, policy, moved, thresholds)
+            except QuantsimError:
+                return plan, knap  # nothing cheaper exists: report the overshoot (budget_met false)
+            knap = moved
+            refinements += 1
+
+    knap = None if target is None else target - t.fixed_pj
+    nearest_cfg = _energy_table_cfg(base_cfg)
+    if nearest_cfg is base_cfg or not verify:
+        return refine(base_cfg, knap, 0)[0]
+    # a learned method (GPTQ, AdaRound, a reconstruction per program): the refinements price each
+    # allocation on its round-to-nearest program, as the tables price the widths, and the method
+    # runs on the plan chosen; should that program cost more than the budget (learned clips and
+    # codes move the operand toggles), the refinement goes on with the method's own programs
+    plan, knap = refine(nearest_cfg, knap, 0)
+    plan.graph, plan.hw = _hw_for(prep, plan.cfg, accel, toggle_x, mac_form)
+    plan.achieved_pj = float(plan.hw.totals["e_total_pj"])
+    plan.achieved_seed_pj = float(plan.hw.totals["e_seed_pj"])
+    if target is None or plan.achieved_pj <= target * (1 + 1e-9) or plan.refinements >= MAX_REFINEMENTS:
+        return plan
+    moved = knap - (plan.achieved_pj - target) * 1.0001
+    try:
+        _allocate(t, policy, moved, thresholds)
+    except QuantsimError:
+        return plan  # nothing cheaper exists: report the overshoot (budget_met false)
+    return refine(base_cfg, moved, plan.refinements + 1)[0]
 
 
 def layer_columns(plan: MixedPlan) -> pd.DataFrame:
