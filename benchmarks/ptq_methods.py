@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from common import append_row, batched, load_workload, read_rows, top1
 
@@ -47,6 +48,10 @@ def main(argv=None) -> None:
     p.add_argument("--methods", default="nearest,gptq,gptq-float,adaround")
     p.add_argument("--recon-iters", type=int, default=QuantConfig.recon_iters, help="adaround: iterations per layer")
     p.add_argument("--qdrop", type=float, default=QuantConfig.qdrop, help="layer / block: QDrop probability")
+    p.add_argument("--recon-crop", type=int, default=0,
+                   help="layer / block: units wider than this many pixels learn on windows of it (0: whole images)")
+    p.add_argument("--rounding-cache", type=Path, default=None,
+                   help="keep / reuse the learned codes in this folder (timings of a reused row are of reading it)")
     p.add_argument("--calib-method", default="minmax", choices=["minmax", "percentile", "mse"])
     p.add_argument("--conventions", default="all,first-last-8")
     p.add_argument("--bitexact", type=int, default=2, help="images checked integer_ref vs emulation")
@@ -60,7 +65,8 @@ def main(argv=None) -> None:
     fp32 = top1(batched(wl.loaded.model, wl.x_eval), wl.y_eval)
     macs = [n.name for n in prep.fgraph.mac_nodes()]
     done = {(r["bits"], r["convention"], r["method"], r.get("calib_method"), r.get("recon_iters"), r.get("qdrop"),
-             r.get("n_eval")): r for r in read_rows(args.log)}
+             r.get("n_eval"), r.get("recon_crop", 0)): r for r in read_rows(args.log)}
+    prep.rounding_cache = args.rounding_cache
     rows = []
     for bits in args.bits.split(","):
         wb, ab = parse_bits(bits)
@@ -68,14 +74,15 @@ def main(argv=None) -> None:
             layer_bits = {macs[0]: [8, 8], macs[-1]: [8, 8]} if conv == "first-last-8" else {}
             base_t = None
             for m in args.methods.split(","):
-                key = (bits, conv, m, args.calib_method, args.recon_iters, args.qdrop, len(wl.y_eval))
+                crop = args.recon_crop if METHODS[m].get("reconstruct", "none") != "none" else 0
+                key = (bits, conv, m, args.calib_method, args.recon_iters, args.qdrop, len(wl.y_eval), crop)
                 if key in done:
                     rows.append(done[key])
                     base_t = done[key]["quantize_s"] if m == "nearest" else base_t
                     continue
                 cfg = QuantConfig(w_bits=wb, a_bits=ab, granularity="per-channel", layer_bits=layer_bits,
                                   recon_iters=args.recon_iters, qdrop=args.qdrop, calib_method=args.calib_method,
-                                  **METHODS[m])
+                                  recon_crop=crop, **METHODS[m])
                 t = time.perf_counter()
                 graph = stages.quantize(prep, cfg)
                 secs = time.perf_counter() - t
@@ -86,7 +93,7 @@ def main(argv=None) -> None:
                        "delta_fp32": round(acc - fp32, 2), "quantize_s": round(secs, 2),
                        "ratio_vs_nearest": round(secs / base_t, 1) if base_t else None, "bitexact_mismatches": mism,
                        "calib_method": args.calib_method, "recon_iters": args.recon_iters, "qdrop": args.qdrop,
-                       "n_eval": len(wl.y_eval)}
+                       "n_eval": len(wl.y_eval), "recon_crop": crop}
                 print(json.dumps(row), flush=True)
                 append_row(args.log, row)
                 rows.append(row)

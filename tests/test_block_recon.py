@@ -200,3 +200,105 @@ def test_drop_masks_keep_the_channels_last_layout():
     assert torch.where(m < 0.5, x, x + 1).is_contiguous(memory_format=torch.channels_last)
     flat = reconstruct.rand_like_layout(torch.zeros(2, 3, 4), torch.Generator().manual_seed(0))
     assert torch.equal(flat, torch.rand((2, 3, 4), generator=torch.Generator().manual_seed(0)))
+
+
+# --- windows of wide units (--recon-crop) -----------------------------------------------------------
+
+class WideStem(torch.nn.Module):
+    """An ImageNet-like stem at 40x40: conv stride 2, an inverted-residual block with its skip (1x1,
+    depthwise 5x5, 1x1, ReLU6), a depthwise 3x3 stride 2 whose padding is TF-style asymmetric, then
+    GAP + linear (a unit no window may cut)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.pw1 = torch.nn.Conv2d(8, 16, 1)
+        self.dw = torch.nn.Conv2d(16, 16, 5, padding=2, groups=16)
+        self.pw2 = torch.nn.Conv2d(16, 8, 1)
+        self.down = torch.nn.Conv2d(8, 8, 3, stride=2, groups=8)
+        self.fc = torch.nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = torch.nn.functional.relu6(self.stem(x))
+        x = x + self.pw2(torch.nn.functional.relu6(self.dw(torch.nn.functional.relu6(self.pw1(x)))))
+        x = torch.nn.functional.relu6(self.down(torch.nn.functional.pad(x, (0, 1, 0, 1))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def wide_prep():
+    torch.manual_seed(0)
+    x = torch.randn(64, 3, 40, 40, generator=torch.Generator().manual_seed(3))
+    return stages.prepare(WideStem().eval(), (3, 40, 40), list(x.split(32)), progress=False)
+
+
+def _unit_values(g, x):
+    from quantsim.graph.capture import run_float
+    values = {"__image__": x}
+    run_float(g, x, observe=lambda n, y: values.__setitem__(n.name, y))
+    out = []
+    for names in reconstruct.units(g, "block"):
+        ext = sorted({i for name in names for i in g[name].inputs if i not in names})
+        if g[names[0]].op == "input":
+            ext = ["__image__"] + ext
+        out.append((names, {k: values[k] for k in ext}, {names[-1]: values[names[-1]]}))
+    return out
+
+
+def test_window_outputs_equal_the_whole_images_where_compared(wide_prep):
+    """Every compared output of every window (corners, edges, middle) equals the whole image's output
+    there; the edge bands left out are where they differ; a unit with a global pool gets no plan."""
+    g = wide_prep.fgraph
+    cfg = replace(W4A4_BLOCK, recon_crop=16)
+    x = torch.cat(wide_prep.calib)
+    planned = 0
+    for names, ext, out in _unit_values(g, x):
+        plan = reconstruct._crop_plan(g, names, ext, out, list(out), cfg)
+        if any(g[n].op in ("gap", "linear") for n in names):
+            assert plan is None, names
+            continue
+        if plan is None:  # narrower than the window
+            assert min(next(iter(ext.values())).shape[2:]) <= 16, names
+            continue
+        planned += 1
+        assert plan.side == 16 and any(plan.margin), (names, plan)
+        (h, w), s = plan.size, plan.stride
+        offsets = {(0, 0), (h - plan.side, w - plan.side), (0, w - plan.side), (s * 3, s * 2)}
+        for y0, x0 in offsets:
+            got = reconstruct._run_unit(g, names, {k: plan.window(v[:8], y0, x0) for k, v in ext.items()}, {}, {}, cfg)
+            rows, cols = plan.compared(y0, x0)
+            for k, ref in out.items():
+                a = got[k][:, :, rows, cols]
+                b = plan.out_window(ref[:8], y0, x0)[:, :, rows, cols]
+                assert a.numel() and torch.allclose(a, b, atol=1e-5, rtol=1e-5), (names, y0, x0)
+        # the margin is needed: without it an edge row inside the image differs
+        y0, x0 = s, s
+        got = reconstruct._run_unit(g, names, {k: plan.window(v[:8], y0, x0) for k, v in ext.items()}, {}, {}, cfg)
+        k, ref = next(iter(out.items()))
+        assert not torch.allclose(got[k], plan.out_window(ref[:8], y0, x0), atol=1e-5, rtol=1e-5)
+    assert planned >= 2  # the stem (40x40 image) and the inverted-residual block (20x20)
+
+
+def test_windowed_reconstruction_beats_nearest_and_is_bit_exact(wide_prep):
+    cfg = replace(W4A4_BLOCK, recon_crop=16, recon_iters=60)
+    src = weight_scale_floors(wide_prep.fgraph, wide_prep.stats, cfg)
+    rec = reconstruct.reconstruct(src, wide_prep.stats, wide_prep.calib, cfg)
+    crops = [v["crop"] for k, v in rec.info.items() if isinstance(v, dict)]
+    assert sum(c is not None for c in crops) >= 2
+    graph = lower(gptq.with_codes(src, rec.codes), reconstruct.with_clips(wide_prep.stats, rec.clips), cfg)
+    near = lower(wide_prep.fgraph, wide_prep.stats, replace(cfg, rounding="nearest", reconstruct="none",
+                                                           recon_crop=0))
+    x = torch.randn(16, 3, 40, 40, generator=torch.Generator().manual_seed(9))
+    out = wide_prep.fgraph.output
+    assert program_error(graph, wide_prep.fgraph, x, out) < program_error(near, wide_prep.fgraph, x, out)
+    assert_bitexact(graph, x[:2], "windowed block reconstruction")
+    again = reconstruct.reconstruct(src, wide_prep.stats, wide_prep.calib, cfg)
+    assert all(np.array_equal(rec.codes[k].codes, again.codes[k].codes) for k in rec.codes)
+    assert rec.clips == again.clips
+
+
+def test_recon_crop_errors():
+    with pytest.raises(QuantsimError, match="--recon-crop -1"):
+        replace(W4A4_BLOCK, recon_crop=-1)
+    with pytest.raises(QuantsimError, match="--recon-crop applies to --reconstruct"):
+        QuantConfig(rounding="adaround", recon_crop=32)

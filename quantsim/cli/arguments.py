@@ -68,6 +68,12 @@ def add_quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qdrop", type=float, default=0.5,
                    help="--reconstruct: probability that an activation element stays unquantized while "
                         "reconstructing (QDrop, Wei et al. 2022; 0: plain BRECQ; default 0.5)")
+    p.add_argument("--recon-crop", type=int, default=0, metavar="P",
+                   help="--reconstruct: a unit of local ops (convolutions, adds, activations) wider than P pixels "
+                        "learns on one aligned P x P window of its input per iteration, the loss on the window's "
+                        "outputs that equal the whole image's (edge rows measured and left out): fewer pixels "
+                        "per step on wide early layers (e.g. 64 on 224 x 224 ImageNet models; default 0: whole "
+                        "images)")
     p.add_argument("--rounding-cache", metavar="DIR", default=None,
                    help="keep the learned codes of --rounding gptq / adaround / --reconstruct in DIR, keyed by the "
                         "model's weights, the calibration images and the config, and reuse them when a later run "

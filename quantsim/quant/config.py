@@ -65,6 +65,9 @@ class QuantConfig:
     # adaround: Adam iterations per layer, and the seed of its batch sampling (codes reproducible to the bit)
     recon_iters: int = 500
     recon_seed: int = 0
+    # --recon-crop P: units wider than P input pixels learn on aligned P x P windows (reconstruct.CropPlan;
+    # 0: whole images)
+    recon_crop: int = 0
     # reconstruction unit (needs rounding 'adaround') and QDrop's probability of keeping an
     # activation element unquantized while reconstructing (0: BRECQ without QDrop)
     reconstruct: str = "none"
@@ -123,6 +126,10 @@ class QuantConfig:
             raise QuantsimError(f"--qdrop {self.qdrop}: give a probability in [0, 1)")
         if not isinstance(self.recon_iters, int) or self.recon_iters < 1:
             raise QuantsimError(f"--recon-iters {self.recon_iters}: use an integer >= 1")
+        if not isinstance(self.recon_crop, int) or self.recon_crop < 0:
+            raise QuantsimError(f"--recon-crop {self.recon_crop}: give a window side in pixels (0: whole images)")
+        if self.recon_crop and self.reconstruct == "none":
+            raise QuantsimError("--recon-crop applies to --reconstruct block|layer: add one, or drop --recon-crop")
         if not isinstance(self.recon_seed, int):
             raise QuantsimError(f"AdaRound seed {self.recon_seed!r}: use an integer")
         if not 0 < self.percentile <= 100:

@@ -70,7 +70,7 @@ from integer_ref.ir import QParams
 
 from quantsim.emulate import kernels_vit as emulate_vit
 from quantsim.errors import QuantsimError
-from quantsim.graph.capture import PASSTHROUGH_OPS, FloatGraph, FNode, run_node
+from quantsim.graph.capture import LUT_OPS, PASSTHROUGH_OPS, FloatGraph, FNode, run_node
 from quantsim.quant import adaround, rounding_cache
 from quantsim.quant.adaround import BATCH, LAMBDA, OPT_THREADS, RoundingVariable, beta_at, reconstruction, \
     regulariser, torch_threads, track
@@ -281,11 +281,106 @@ def _steps(g: FloatGraph, stats: dict[str, TensorStats], cfg: QuantConfig) -> di
     return out
 
 
+# --- spatial crops of wide units ----------------------------------------------------------------
+
+@dataclass
+class CropPlan:
+    """Where a unit of local ops (convolutions, adds, activations) is learned on aligned square crops
+    of its input instead of whole images: each iteration one window of `side` input pixels, at an
+    offset that is a multiple of the unit's stride, and the loss on the window's output except the
+    `margin` output rows / columns next to a crop edge inside the image (those see the crop's
+    padding, not the image's); the rest equals the whole image's output there (checked on the
+    calibration inputs when the plan is made), so the loss is the whole-image loss on a random
+    window and every learned quantity is the one learned on whole images, at a fraction of the
+    pixels per step."""
+    side: int                        # input pixels of the window (both axes)
+    stride: int                      # input pixels per output pixel
+    size: tuple[int, int]            # the unit's input (H, W)
+    margin: tuple[int, int, int, int]  # output rows / cols not compared: top, bottom, left, right
+
+    def draw(self, gen: torch.Generator) -> tuple[int, int]:
+        (h, w), s = self.size, self.stride
+        ny, nx = (h - self.side) // s + 1, (w - self.side) // s + 1
+        r = int(torch.randint(ny * nx, (1,), generator=gen))
+        return s * (r // nx), s * (r % nx)
+
+    def window(self, t: torch.Tensor, y0: int, x0: int) -> torch.Tensor:
+        """The window at (y0, x0) of a unit input (a view)."""
+        return t[:, :, y0:y0 + self.side, x0:x0 + self.side]
+
+    def out_window(self, t: torch.Tensor, y0: int, x0: int) -> torch.Tensor:
+        """The outputs of the window at (y0, x0), in a unit output of whole images (a view)."""
+        s, n = self.stride, self.side // self.stride
+        return t[:, :, y0 // s:y0 // s + n, x0 // s:x0 // s + n]
+
+    def compared(self, y0: int, x0: int) -> tuple[slice, slice]:
+        """The window's output rows and columns compared (in the window's output)."""
+        (h, w), s = self.size, self.stride
+        top, bottom, left, right = self.margin
+        n = self.side // s
+        rows = slice(top if y0 > 0 else 0, n - (bottom if y0 + self.side < h else 0))
+        cols = slice(left if x0 > 0 else 0, n - (right if x0 + self.side < w else 0))
+        return rows, cols
+
+
+# the ops a window computes as the whole image does away from its edges (no global pooling,
+# flatten, linear or attention)
+LOCAL_OPS = {"input", "conv", "add", "add_const", "mul", "relu", "relu6", "pad", "maxpool", "avgpool", *LUT_OPS}
+
+
+def _crop_plan(g: FloatGraph, names: list[str], ext_f: dict[str, torch.Tensor], f_out: dict[str, torch.Tensor],
+               outs: list[str], cfg: QuantConfig) -> CropPlan | None:
+    """A CropPlan for the unit when cfg.recon_crop asks for one and the unit is wider than it:
+    4-D inputs of one size, 4-D outputs of one size at an integer stride, local ops only, and the
+    window's output equal to the whole image's away from its edges (measured here); else None."""
+    side = cfg.recon_crop
+    if not side or any(g[n].op not in LOCAL_OPS for n in names):
+        return None
+    ins = list(ext_f.values())
+    tgt = [f_out[k] for k in outs]
+    if any(t.dim() != 4 for t in ins + tgt) or len({t.shape[2:] for t in ins}) != 1 or len({t.shape[2:] for t in tgt}) != 1:
+        return None
+    h, w = ins[0].shape[2:]
+    ho, wo = tgt[0].shape[2:]
+    if h % ho or w % wo or h // ho != w // wo:
+        return None
+    stride = h // ho
+    side = side - side % stride
+    if side <= 0 or side >= min(h, w):
+        return None
+    # measure the margin: a window in the middle of a few inputs against the whole images' outputs
+    y0 = stride * ((h - side) // (2 * stride))
+    x0 = stride * ((w - side) // (2 * stride))
+    n = side // stride
+    plan = CropPlan(side, stride, (int(h), int(w)), (0, 0, 0, 0))
+    probe = _run_unit(g, names, {k: plan.window(v[:4], y0, x0) for k, v in ext_f.items()}, {}, {}, cfg)
+    bad = torch.zeros(n, n, dtype=torch.bool)  # output positions of the window that differ
+    for k in outs:
+        ref = plan.out_window(f_out[k][:4], y0, x0)
+        tol = 1e-4 * float(ref.abs().max().clamp(min=1e-12))
+        bad |= ((probe[k] - ref).abs() > tol).any(1).any(0)
+
+    def band(line: torch.Tensor) -> tuple[int, int] | None:
+        """(leading, trailing) run of differing positions on a line through the window's middle."""
+        idx = torch.nonzero(line).flatten().tolist()
+        lo = next((i for i in range(n) if not line[i]), n)
+        hi = next((i for i in range(n) if not line[n - 1 - i]), n)
+        return (lo, hi) if len(idx) == lo + hi and lo + hi < n // 2 else None
+
+    r, c = band(bad[:, n // 2]), band(bad[n // 2, :])
+    # a local unit: every differing position lies in the edge bands (else: no windows for it)
+    if r is None or c is None or bad[r[0]:n - r[1], c[0]:n - c[1]].any():
+        return None
+    return replace(plan, margin=(*r, *c))
+
+
 def reconstruct_unit(g: FloatGraph, names: list[str], ext_q: dict[str, torch.Tensor], ext_f: dict[str, torch.Tensor],
                      targets: dict[str, torch.Tensor], rvs: dict[str, RoundingVariable], steps: dict[str, Step],
-                     cfg: QuantConfig, gen: torch.Generator, bar: tqdm | None = None, label: str = "") -> dict:
+                     cfg: QuantConfig, gen: torch.Generator, bar: tqdm | None = None, label: str = "",
+                     crop: CropPlan | None = None) -> dict:
     """Learn the rounding of the unit's MAC layers (rvs) and the steps of its learned tensors (in
-    place: steps[name].log_s) on the unit outputs' reconstruction. Returns loss info."""
+    place: steps[name].log_s) on the unit outputs' reconstruction (on windows: `crop`). Returns
+    loss info."""
     learned = [name for name in names if name in steps and steps[name].learn]
     for name in learned:
         steps[name].log_s = torch.tensor(math.log(steps[name].scale), dtype=torch.float32, requires_grad=True)
@@ -301,16 +396,26 @@ def reconstruct_unit(g: FloatGraph, names: list[str], ext_q: dict[str, torch.Ten
     losses = []
     for it in range(iters):
         idx = torch.randint(n_samples, (batch,), generator=gen)
+        if crop is not None:  # one window per iteration, sliced before the batch is gathered
+            y0, x0 = crop.draw(gen)
+            rows, cols = crop.compared(y0, x0)
         ext = {}
         for k in ext_q:
-            xq, xf = ext_q[k][idx], ext_f[k][idx]
+            xq, xf = ext_q[k], ext_f[k]
+            if crop is not None:
+                xq, xf = crop.window(xq, y0, x0), crop.window(xf, y0, x0)
+            xq, xf = xq[idx], xf[idx]  # (advanced indexing keeps channels-last, windows too)
             if cfg.qdrop > 0:
                 xq = torch.where(rand_like_layout(xq, gen) < cfg.qdrop, xf, xq)
             ext[k] = xq
         hs = {k: rv.h() for k, rv in rvs.items()}
         weights = {k: rvs[k].soft_weight(h) for k, h in hs.items()}
         vals = _run_unit(g, names, ext, weights, steps, cfg, cfg.qdrop, gen)
-        rec = sum(reconstruction(vals[k], targets[k][idx], channel_axis(vals[k])) for k in targets)
+        if crop is None:
+            rec = sum(reconstruction(vals[k], targets[k][idx], channel_axis(vals[k])) for k in targets)
+        else:
+            rec = sum(reconstruction(vals[k][:, :, rows, cols], crop.out_window(targets[k], y0, x0)[idx][:, :, rows, cols])
+                      for k in targets)
         beta = beta_at(it, iters)
         loss = rec if beta is None else rec + LAMBDA * sum(regulariser(h, beta) for h in hs.values())
         for o in opts:
@@ -388,8 +493,10 @@ def reconstruct(g: FloatGraph, stats: dict[str, TensorStats], batches: list[torc
         if ui < len(todo):
             t0 = time.perf_counter()
             with torch.enable_grad(), torch_threads(OPT_THREADS):
+                crop = _crop_plan(g, names, ext_f, f_out, outs, cfg)
                 info[macs[0]] = reconstruct_unit(g, names, ext_q, ext_f, {k: f_out[k] for k in outs}, rvs, steps,
-                                                 cfg, gen, bar, macs[0])
+                                                 cfg, gen, bar, macs[0], crop)
+                info[macs[0]]["crop"] = None if crop is None else {"side": crop.side, "margin": list(crop.margin)}
             info[macs[0]]["seconds"] = time.perf_counter() - t0
             hard = {name: dequantized(g[name], rv.layer_codes(0.0)) for name, rv in rvs.items()}
         else:  # left at nearest rounding and the calibration steps

@@ -40,6 +40,7 @@ class RunOptions:
     recon_iters: int = 500
     reconstruct: str = "none"
     qdrop: float = 0.5
+    recon_crop: int = 0
     rounding_cache: str | None = None
     equalize: bool = False
     equalize_relu6: str = "skip"

@@ -74,7 +74,8 @@ def base_config(opts: RunOptions, w_bits: int = 8, a_bits: int = 8, **over) -> Q
                        calib_method=opts.calib_method, percentile=opts.percentile, requant=opts.requant,
                        search_steps=opts.search_steps, bias_correction=opts.bias_correction,
                        rounding=opts.rounding, gptq_inputs=opts.gptq_inputs, recon_iters=opts.recon_iters,
-                       recon_seed=opts.seed, reconstruct=opts.reconstruct, qdrop=opts.qdrop, equalize=opts.equalize,
+                       recon_seed=opts.seed, reconstruct=opts.reconstruct, qdrop=opts.qdrop, recon_crop=opts.recon_crop,
+                       equalize=opts.equalize,
                        equalize_relu6=opts.equalize_relu6, reparam_ln=opts.reparam_ln,
                        softmax_quant=opts.softmax_quant, acc_overflow=opts.acc_overflow, **over)
 
