@@ -19,22 +19,11 @@ from dataclasses import replace
 
 from common import load_workload
 
-from integer_ref import executor as int_exec
-from quantsim.graph.capture import run_float
 from quantsim.quant import reconstruct
 from quantsim.quant.config import QuantConfig
 from quantsim.quant.layer_codes import with_codes
 from quantsim.quant.lower import lower, weight_scale_floors
 from quantsim.run import stages
-
-
-def program_error(graph, fgraph, x, tensor: str) -> float:
-    vals = {}
-    run_float(fgraph, x, observe=lambda n, y: vals.__setitem__(n.name, y) if n.name == tensor else None)
-    node = next(n for n in graph.nodes if n.name == tensor)
-    q = int_exec.dequantize(stages.integer_taps(graph, x)[tensor], node.out)
-    f = vals[tensor].double().numpy()
-    return float(((q - f) ** 2).sum() / (f ** 2).sum())
 
 
 def main() -> int:
@@ -54,7 +43,7 @@ def main() -> int:
     parts = reconstruct.units(prep.fgraph, "block")
     last = parts[args.units - 1][-1]
     near = lower(prep.fgraph, prep.stats, replace(base, rounding="nearest", reconstruct="none"))
-    e_near = program_error(near, prep.fgraph, wl.x_eval, last)
+    e_near = stages.tensor_error(near, prep.fgraph, wl.x_eval, last)
     print(f"lite0 {args.bits}: {len(parts)} units, the first {args.units} reconstructed ({args.iters} iterations, "
           f"{args.calib} calibration images); error measured at {last!r} on {args.eval} held-out images; "
           f"round-to-nearest {e_near:.4g}\n")
@@ -69,7 +58,7 @@ def main() -> int:
         total = time.perf_counter() - t
         base_s = total if base_s is None else base_s
         graph = lower(with_codes(src, rec.codes), reconstruct.with_clips(prep.stats, rec.clips), cfg)
-        err = program_error(graph, prep.fgraph, wl.x_eval, last)
+        err = stages.tensor_error(graph, prep.fgraph, wl.x_eval, last)
         per = " ".join(f"{v['seconds']:.0f}{'w' if v.get('crop') else ''}" for v in rec.info.values()
                        if isinstance(v, dict))
         print(f"| {side or 'whole'} | {per} | {total:.0f} | {total / base_s:.2f} | {err:.4g} | {err / e_near:.3f} |",

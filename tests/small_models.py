@@ -61,12 +61,4 @@ def assert_bitexact(graph, x: torch.Tensor, label: str):
 
 def program_error(graph, fgraph, x: torch.Tensor, tensor: str) -> float:
     """‖program − float‖² / ‖float‖² of one tensor on images x, the program's integers from integer_ref."""
-    from integer_ref import executor as int_exec
-    from quantsim.graph.capture import run_float
-
-    vals = {}
-    run_float(fgraph, x, observe=lambda n, y: vals.__setitem__(n.name, y) if n.name == tensor else None)
-    node = next(n for n in graph.nodes if n.name == tensor)
-    q = int_exec.dequantize(stages.integer_taps(graph, x)[tensor], node.out)
-    f = vals[tensor].double().numpy()
-    return float(((q - f) ** 2).sum() / (f ** 2).sum())
+    return stages.tensor_error(graph, fgraph, x, tensor)

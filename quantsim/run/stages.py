@@ -240,3 +240,14 @@ def layer_sqnr(prep: Prepared, graph: Graph, x: torch.Tensor, ref_tensors: dict[
 def integer_taps(graph: Graph, x: torch.Tensor) -> dict[str, np.ndarray]:
     """Every node's integer output from integer_ref (the operands hwmodel sees)."""
     return int_exec.run(graph, x.numpy().astype(np.float32), keep="all").tensors
+
+
+def tensor_error(graph: Graph, fgraph: FloatGraph, x: torch.Tensor, tensor: str) -> float:
+    """‖program − float‖² / ‖float‖² of one tensor on images x: the program's integers from
+    integer_ref, dequantized, against the float graph's value (a reconstruction's quality measure)."""
+    vals = {}
+    run_float(fgraph, x, observe=lambda n, y: vals.__setitem__(n.name, y) if n.name == tensor else None)
+    node = next(n for n in graph.nodes if n.name == tensor)
+    q = int_exec.dequantize(integer_taps(graph, x)[tensor], node.out)
+    f = vals[tensor].double().numpy()
+    return float(((q - f) ** 2).sum() / (f ** 2).sum())
