@@ -477,6 +477,12 @@ def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torc
     target = None if policy == "threshold" else budget * t.w8a8_pj
     scored: dict = {}  # held-out top-1 of each allocation re-ranked so far (re-solves meet them again)
 
+    def price(plan: MixedPlan, cfg: QuantConfig) -> None:
+        """Lower the plan's widths with cfg and keep the program, its simulation and energies on the plan."""
+        plan.graph, plan.hw = _hw_for(prep, cfg, accel, toggle_x, mac_form)
+        plan.achieved_pj = float(plan.hw.totals["e_total_pj"])
+        plan.achieved_seed_pj = float(plan.hw.totals["e_seed_pj"])
+
     def refine(price_cfg: QuantConfig, knap: float | None, refinements: int) -> tuple[MixedPlan, float | None]:
         """Solve, lower with price_cfg's rounding and simulate, re-solving while the program's
         energy misses the budget: (the plan, the knapsack budget it was solved for)."""
@@ -491,9 +497,7 @@ def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torc
                              refinements, rerank=info)
             if not verify:
                 return plan, knap
-            plan.graph, plan.hw = _hw_for(prep, config_for(price_cfg, alloc.bits), accel, toggle_x, mac_form)
-            plan.achieved_pj = float(plan.hw.totals["e_total_pj"])
-            plan.achieved_seed_pj = float(plan.hw.totals["e_seed_pj"])
+            price(plan, config_for(price_cfg, alloc.bits))
             if target is None:
                 return plan, knap
             over = plan.achieved_pj - target
@@ -526,9 +530,7 @@ def plan_mixed(prep, base_cfg: QuantConfig, accel, calib_batches, toggle_x: torc
     # runs on the plan chosen; should that program cost more than the budget (learned clips and
     # codes move the operand toggles), the refinement goes on with the method's own programs
     plan, knap = refine(nearest_cfg, knap, 0)
-    plan.graph, plan.hw = _hw_for(prep, plan.cfg, accel, toggle_x, mac_form)
-    plan.achieved_pj = float(plan.hw.totals["e_total_pj"])
-    plan.achieved_seed_pj = float(plan.hw.totals["e_seed_pj"])
+    price(plan, plan.cfg)
     if target is None or plan.achieved_pj <= target * (1 + 1e-9) or plan.refinements >= MAX_REFINEMENTS:
         return plan
     moved = knap - (plan.achieved_pj - target) * 1.0001
