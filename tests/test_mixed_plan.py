@@ -432,3 +432,21 @@ def test_a_learned_program_over_budget_is_refined_on_learned_programs(setup, mon
     assert plan.achieved_pj <= budget * t.w8a8_pj * (1 + 1e-9)
     assert plan.refinements > nearest.refinements
     assert plan.summary()["budget_met"]
+
+
+@pytest.mark.parametrize("method", [
+    {"rounding": "gptq"},
+    {"rounding": "adaround"},
+    {"rounding": "adaround", "reconstruct": "layer"},
+    {"rounding": "adaround", "reconstruct": "block", "recon_crop": 64, "qdrop": 0.0, "recon_iters": 600},
+])
+def test_energy_tables_price_a_learned_method_on_nearest_programs_of_the_same_widths_and_clips(method):
+    # a reconstruction's own options (--recon-crop) must not outlive it in the pricing config:
+    # Lite0's mixed run with --recon-crop 64 once stopped there, after 12 minutes of sensitivities
+    from quantsim.mixed.plan import _energy_table_cfg
+
+    base = QuantConfig(w_bits=4, a_bits=6, calib_method="mse", layer_bits={"fc": [8, 8]}, **method)
+    priced = _energy_table_cfg(base)
+    assert (priced.rounding, priced.reconstruct, priced.recon_crop) == ("nearest", "none", 0)
+    kept = {k: v for k, v in base.to_json().items() if k not in ("rounding", "reconstruct", "recon_crop")}
+    assert {k: priced.to_json()[k] for k in kept} == kept

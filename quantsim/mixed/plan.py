@@ -228,7 +228,7 @@ def _energy_table_cfg(base: QuantConfig) -> QuantConfig:
     if base.rounding == "nearest":
         return base
     d = base.to_json()
-    d.update(rounding="nearest", reconstruct="none")
+    d.update(rounding="nearest", reconstruct="none", recon_crop=0)  # the options of a reconstruction go with it
     return QuantConfig.from_json(d)
 
 
