@@ -91,13 +91,12 @@ def mct_first_last_8(convention: str):
     8 bits; the first conv's output stays at the width (the classifier's output, the logits, at 8)."""
     from model_compression_toolkit.core import BitWidthConfig
     from model_compression_toolkit.core.common.network_editors import NodeNameFilter
-    from model_compression_toolkit.target_platform_capabilities.constants import KERNEL_ATTR
 
     bw = BitWidthConfig()
     if convention == "first-last-8":
         bw.set_manual_activation_bit_width([NodeNameFilter("x"), NodeNameFilter("avgpool"), NodeNameFilter("linear")], 8)
         # the first conv's node is "conv1_bn" once MCT has folded its BatchNorm into it
-        bw.set_manual_weights_bit_width([NodeNameFilter("conv1_bn"), NodeNameFilter("linear")], 8, KERNEL_ATTR)
+        bw.set_manual_weights_bit_width([NodeNameFilter("conv1_bn"), NodeNameFilter("linear")], 8, "weight")
     return bw
 
 
