@@ -9,8 +9,11 @@ AdaRound), the same images for every tool (issue 13).
 Every tool gets the shared ResNet-20 (the loader of ptq_methods.py, common.load_workload), the same
 --calib calibration images (CIFAR-10 train, the benchmarks' deterministic subset) and the same
 --eval test images, written once to a tensor file (.cache/ptq_peers/) that the peers' subprocesses
-read. Rows per width (every layer at the width, the first conv, the input image and the classifier
-included, as both peers do by default):
+read. Rows per width and --conventions ('all': every layer at the width, the first conv, the input
+image and the classifier included, as both peers do by default; 'first-last-8': the input image, the
+first conv's weights, the classifier's input and its weights at 8 bits, every tool alike: ours through
+per-layer widths, MCT through manual bit widths over 8-bit options added to its platform, AIMET by
+setting those quantizers' widths and AdaRound's per-layer width override):
 - ours-nearest: round to nearest, --calib-method mse clips (weights and activations);
 - ours-gptq: GPTQ (sequential inputs) at the same clips;
 - ours-block: AdaRound rounding + block reconstruction with QDrop 0.5, --block-iters per block, mse
@@ -44,6 +47,7 @@ OURS = {"ours-nearest": {"rounding": "nearest"},
         "ours-block": {"rounding": "adaround", "reconstruct": "block"}}
 PEERS = {"mct-ptq": MCT, "mct-gptq": MCT, "aimet-quantsim": AIMET, "aimet-adaround": AIMET}
 TOOLS = list(OURS) + list(PEERS)
+CONVENTIONS = ("all", "first-last-8")
 WORKER = Path(__file__).resolve().parent / "ptq_peer_worker.py"
 CACHE = ROOT / ".cache" / "ptq_peers"
 DEFAULTS_THAT_DIFFER = (
@@ -51,9 +55,11 @@ DEFAULTS_THAT_DIFFER = (
     "program with dyadic requantization, per-channel symmetric weights; MCT power-of-two activation "
     "thresholds (symmetric / unsigned by sign), per-channel symmetric weights, statistics on its "
     "own error method; AIMET asymmetric activations and per-channel weights, tf (min-max) encodings "
-    "for QuantSim and tf_enhanced for AdaRound's weights and activations; first/last layers: every "
-    "row quantizes the input image, the first conv and the classifier at the width (both peers' "
-    "default; ours also quantizes the input image at the first conv's activation width).")
+    "for QuantSim and tf_enhanced for AdaRound's weights and activations; first/last layers: the "
+    "'all' rows quantize the input image, the first conv and the classifier at the width (both peers' "
+    "default; ours also quantizes the input image at the first conv's activation width), the "
+    "'first-last-8' rows hold the input image, the first conv's weights, the classifier's input and "
+    "weights at 8 bits in every tool (the peers' logits at 8 bits, ours at 16 as always).")
 
 
 def iters_of(tool: str, args) -> int:
@@ -62,18 +68,20 @@ def iters_of(tool: str, args) -> int:
 
 
 def row_key(r: dict) -> tuple:
-    return r["bits"], r["tool"], r["iters"], r["n_eval"], r["n_calib"]
+    return r["bits"], r.get("convention", "all"), r["tool"], r["iters"], r["n_eval"], r["n_calib"]
 
 
-def run_ours(tool: str, wl, bits: tuple[int, int], args) -> dict:
+def run_ours(tool: str, wl, bits: tuple[int, int], convention: str, args) -> dict:
     from quantsim.emulate import executor as emulate
     from quantsim.quant.config import QuantConfig
     from quantsim.run import stages
 
-    cfg = QuantConfig(w_bits=bits[0], a_bits=bits[1], granularity="per-channel", calib_method="mse",
-                      recon_iters=max(args.block_iters, 1), **OURS[tool])
     t = time.perf_counter()  # capture + statistics counted, as the peers' statistics are
     prep = stages.prepare(wl.loaded.model, wl.loaded.preprocess.input_size, wl.calib, progress=False)
+    macs = [n.name for n in prep.fgraph.mac_nodes()]
+    layer_bits = {macs[0]: [8, 8], macs[-1]: [8, 8]} if convention == "first-last-8" else {}
+    cfg = QuantConfig(w_bits=bits[0], a_bits=bits[1], granularity="per-channel", calib_method="mse",
+                      recon_iters=max(args.block_iters, 1), layer_bits=layer_bits, **OURS[tool])
     graph = stages.quantize(prep, cfg)
     seconds = time.perf_counter() - t
     acc = top1(batched(emulate.EmulatedModel(graph), wl.x_eval), wl.y_eval)
@@ -82,14 +90,14 @@ def run_ours(tool: str, wl, bits: tuple[int, int], args) -> dict:
             "bitexact_images": args.bitexact}
 
 
-def run_peer(tool: str, py: Path, images: Path, bits: tuple[int, int], iters: int) -> dict:
+def run_peer(tool: str, py: Path, images: Path, bits: tuple[int, int], iters: int, convention: str) -> dict:
     """One peer row in the peer's venv (python py); its output kept in .cache/ptq_peers/ for a failure's reasons."""
-    err = CACHE / f"{tool}-w{bits[0]}a{bits[1]}.stderr"
+    err = CACHE / f"{tool}-w{bits[0]}a{bits[1]}-{convention}.stderr"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         with open(err, "w") as ferr:
             r = subprocess.run([str(py), str(WORKER), tool, str(images), str(bits[0]), str(bits[1]), str(iters),
-                                str(out)], stdout=ferr, stderr=subprocess.STDOUT)
+                                str(out), convention], stdout=ferr, stderr=subprocess.STDOUT)
         if r.returncode or not out.exists():
             tail = "\n".join(err.read_text().strip().splitlines()[-12:])
             raise RuntimeError(f"{tool} exited {r.returncode} (log {err}):\n{tail}")
@@ -98,13 +106,14 @@ def run_peer(tool: str, py: Path, images: Path, bits: tuple[int, int], iters: in
 
 
 def table(rows: list[dict], fp32: float) -> str:
-    nearest = {r["bits"]: r["quantize_s"] for r in rows if r["tool"] == "ours-nearest"}
-    lines = ["| bits | tool | iterations | top-1 % | Δ FP32 | quantize s | × ours-nearest |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    nearest = {(r["bits"], r.get("convention", "all")): r["quantize_s"] for r in rows if r["tool"] == "ours-nearest"}
+    lines = ["| bits | convention | tool | iterations | top-1 % | Δ FP32 | quantize s | × ours-nearest |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
-        base = nearest.get(r["bits"])
+        conv = r.get("convention", "all")
+        base = nearest.get((r["bits"], conv))
         ratio = f"{r['quantize_s'] / base:.1f}" if base else "-"
-        lines.append(f"| {r['bits']} | {r['tool']} | {r['iters'] or '-'} | {r['top1']:.2f} | "
+        lines.append(f"| {r['bits']} | {conv} | {r['tool']} | {r['iters'] or '-'} | {r['top1']:.2f} | "
                      f"{r['top1'] - fp32:+.2f} | {r['quantize_s']:.1f} | "
                      f"{ratio} |")
     return "\n".join(lines)
@@ -116,6 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--calib", type=int, default=256, help="calibration images (CIFAR-10 train)")
     p.add_argument("--bits", default="W4A8,W4A4")
     p.add_argument("--tools", default=",".join(TOOLS))
+    p.add_argument("--conventions", default="all,first-last-8",
+                   help="all: every layer at the width; first-last-8: image, first conv, classifier at 8")
     p.add_argument("--block-iters", type=int, default=500, help="ours-block: iterations per block")
     p.add_argument("--mct-epochs", type=int, default=20, help="mct-gptq: epochs (REFERENCES.md: 20)")
     p.add_argument("--aimet-iters", type=int, default=2000, help="aimet-adaround: iterations per layer (2,000)")
@@ -132,6 +143,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     tools = args.tools.split(",")
+    conventions = args.conventions.split(",")
+    if any(c not in CONVENTIONS for c in conventions):
+        print(f"error: --conventions {args.conventions}: choose from {','.join(CONVENTIONS)}", file=sys.stderr)
+        return 2
     bad = [t for t in tools if t not in TOOLS]
     if bad or any(w is None or w == "mixed" for w in widths.values()):
         print(f"error: --tools {','.join(bad)}: choose from {','.join(TOOLS)}" if bad else
@@ -161,22 +176,22 @@ def main(argv=None) -> int:
     done = {row_key(r): r for r in read_rows(args.log)}
     rows, failed = [], []
     for bits, wa in widths.items():
-        for tool in tools:
-            key = (bits, tool, iters_of(tool, args), len(wl.y_eval), args.calib)
+        for convention, tool in ((c, t) for c in conventions for t in tools):
+            key = (bits, convention, tool, iters_of(tool, args), len(wl.y_eval), args.calib)
             if key in done:
                 rows.append(done[key])
                 continue
             load = os.getloadavg()[0]
             try:
                 if tool in OURS:
-                    res = run_ours(tool, wl, wa, args)
+                    res = run_ours(tool, wl, wa, convention, args)
                 else:
-                    res = run_peer(tool, pythons[PEERS[tool]], images, wa, key[2])
+                    res = run_peer(tool, pythons[PEERS[tool]], images, wa, key[3], convention)
             except RuntimeError as e:
-                print(f"{bits} {tool}: failed: {e}", flush=True)
-                failed.append(f"{bits} {tool}")
+                print(f"{bits} {convention} {tool}: failed: {e}", flush=True)
+                failed.append(f"{bits} {convention} {tool}")
                 continue
-            row = {"bits": bits, "tool": tool, "iters": key[2], "n_eval": key[3], "n_calib": args.calib,
+            row = {"bits": bits, "convention": convention, "tool": tool, "iters": key[3], "n_eval": key[4], "n_calib": args.calib,
                    "fp32": round(fp32, 2), **res, "load_1min_at_start": round(load, 2)}
             print(json.dumps(row), flush=True)
             append_row(args.log, row)
