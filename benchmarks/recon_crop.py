@@ -42,7 +42,7 @@ def main() -> int:
                        reconstruct="block", recon_iters=args.iters)
     parts = reconstruct.units(prep.fgraph, "block")
     last = parts[args.units - 1][-1]
-    near = lower(prep.fgraph, prep.stats, replace(base, rounding="nearest", reconstruct="none"))
+    near = lower(prep.fgraph, prep.stats, base.round_to_nearest())
     e_near = stages.tensor_error(near, prep.fgraph, wl.x_eval, last)
     print(f"lite0 {args.bits}: {len(parts)} units, the first {args.units} reconstructed ({args.iters} iterations, "
           f"{args.calib} calibration images); error measured at {last!r} on {args.eval} held-out images; "

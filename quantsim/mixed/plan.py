@@ -225,11 +225,7 @@ def _energy_table_cfg(base: QuantConfig) -> QuantConfig:
     and learned rounding (GPTQ, AdaRound, block reconstruction) at every candidate width would cost
     several reconstructions before the plan is made; the plan's own program (verified below) is
     quantized with base's rounding."""
-    if base.rounding == "nearest":
-        return base
-    d = base.to_json()
-    d.update(rounding="nearest", reconstruct="none", recon_crop=0)  # the options of a reconstruction go with it
-    return QuantConfig.from_json(d)
+    return base if base.rounding == "nearest" else base.round_to_nearest()
 
 
 def mixed_tables(prep, base_cfg: QuantConfig, accel, calib_batches: list[torch.Tensor], toggle_x: torch.Tensor,

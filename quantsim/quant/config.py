@@ -152,6 +152,13 @@ class QuantConfig:
     def from_json(cls, d: dict) -> "QuantConfig":
         return cls(**d)
 
+    def round_to_nearest(self) -> "QuantConfig":
+        """This config with round-to-nearest weights: the learned rounding goes, and with it a
+        reconstruction and its own options (--recon-crop); widths, clips and the rest stay."""
+        d = self.to_json()
+        d.update(rounding="nearest", reconstruct="none", recon_crop=0)
+        return QuantConfig.from_json(d)
+
 
 def check_bits(b: int) -> int:
     if not isinstance(b, int) or not MIN_BITS <= b <= MAX_BITS:
