@@ -71,6 +71,21 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * float((logits.argmax(1) == labels).float().mean())
 
 
+# the PTQ benchmarks' layer conventions: 'all' every MAC layer at the width; 'first-last-8' the
+# first conv and the classifier at W8A8 (their inputs, the image and the pooled features, included)
+CONVENTIONS = ("all", "first-last-8")
+
+
+def convention_layer_bits(prep, convention: str) -> dict[str, list[int]]:
+    """QuantConfig.layer_bits of a convention on a prepared model."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention {convention!r}: choose from {', '.join(CONVENTIONS)}")
+    if convention == "all":
+        return {}
+    macs = [n.name for n in prep.fgraph.mac_nodes()]
+    return {macs[0]: [8, 8], macs[-1]: [8, 8]}
+
+
 def replace_section(path: Path, key: str, body: str) -> None:
     """Rewrite the part of a markdown file between <!-- key:begin --> and <!-- key:end -->."""
     begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"

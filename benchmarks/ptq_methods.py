@@ -25,7 +25,7 @@ import json
 import time
 from pathlib import Path
 
-from common import append_row, batched, load_workload, read_rows, top1
+from common import CONVENTIONS, append_row, batched, convention_layer_bits, load_workload, read_rows, top1
 
 from quantsim.emulate import executor as emulate
 from quantsim.quant.config import QuantConfig, parse_bits
@@ -58,12 +58,14 @@ def main(argv=None) -> None:
     p.add_argument("--log", default=None, help="JSON lines file: rows already there are kept and not rerun "
                                                "(a long run resumes), new rows appended as they finish")
     args = p.parse_args(argv)
+    bad = [c for c in args.conventions.split(",") if c not in CONVENTIONS]
+    if bad:  # before the model and images load
+        p.error(f"--conventions {','.join(bad)}: choose from {','.join(CONVENTIONS)}")
     wl = load_workload(args.model, args.eval, n_calib=args.calib)
     t0 = time.perf_counter()
     prep = stages.prepare(wl.loaded.model, wl.loaded.preprocess.input_size, wl.calib, progress=False)
     t_prep = time.perf_counter() - t0
     fp32 = top1(batched(wl.loaded.model, wl.x_eval), wl.y_eval)
-    macs = [n.name for n in prep.fgraph.mac_nodes()]
     done = {(r["bits"], r["convention"], r["method"], r.get("calib_method"), r.get("recon_iters"), r.get("qdrop"),
              r.get("n_eval"), r.get("recon_crop", 0)): r for r in read_rows(args.log)}
     prep.rounding_cache = args.rounding_cache
@@ -71,7 +73,7 @@ def main(argv=None) -> None:
     for bits in args.bits.split(","):
         wb, ab = parse_bits(bits)
         for conv in args.conventions.split(","):
-            layer_bits = {macs[0]: [8, 8], macs[-1]: [8, 8]} if conv == "first-last-8" else {}
+            layer_bits = convention_layer_bits(prep, conv)
             base_t = None
             for m in args.methods.split(","):
                 crop = args.recon_crop if METHODS[m].get("reconstruct", "none") != "none" else 0

@@ -40,14 +40,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import AIMET, MCT, ROOT, SHARED, append_row, batched, read_rows, save_tensors, top1
+from common import (AIMET, CONVENTIONS, MCT, ROOT, SHARED, append_row, batched, convention_layer_bits, read_rows,
+                    save_tensors, top1)
 
 OURS = {"ours-nearest": {"rounding": "nearest"},
         "ours-gptq": {"rounding": "gptq", "gptq_inputs": "sequential"},
         "ours-block": {"rounding": "adaround", "reconstruct": "block"}}
 PEERS = {"mct-ptq": MCT, "mct-gptq": MCT, "aimet-quantsim": AIMET, "aimet-adaround": AIMET}
 TOOLS = list(OURS) + list(PEERS)
-CONVENTIONS = ("all", "first-last-8")
 WORKER = Path(__file__).resolve().parent / "ptq_peer_worker.py"
 CACHE = ROOT / ".cache" / "ptq_peers"
 DEFAULTS_THAT_DIFFER = (
@@ -78,10 +78,9 @@ def run_ours(tool: str, wl, bits: tuple[int, int], convention: str, args) -> dic
 
     t = time.perf_counter()  # capture + statistics counted, as the peers' statistics are
     prep = stages.prepare(wl.loaded.model, wl.loaded.preprocess.input_size, wl.calib, progress=False)
-    macs = [n.name for n in prep.fgraph.mac_nodes()]
-    layer_bits = {macs[0]: [8, 8], macs[-1]: [8, 8]} if convention == "first-last-8" else {}
     cfg = QuantConfig(w_bits=bits[0], a_bits=bits[1], granularity="per-channel", calib_method="mse",
-                      recon_iters=max(args.block_iters, 1), layer_bits=layer_bits, **OURS[tool])
+                      recon_iters=max(args.block_iters, 1), layer_bits=convention_layer_bits(prep, convention),
+                      **OURS[tool])
     graph = stages.quantize(prep, cfg)
     seconds = time.perf_counter() - t
     acc = top1(batched(emulate.EmulatedModel(graph), wl.x_eval), wl.y_eval)
@@ -177,7 +176,8 @@ def main(argv=None) -> int:
     rows, failed = [], []
     for bits, wa in widths.items():
         for convention, tool in ((c, t) for c in conventions for t in tools):
-            key = (bits, convention, tool, iters_of(tool, args), len(wl.y_eval), args.calib)
+            iters = iters_of(tool, args)
+            key = (bits, convention, tool, iters, len(wl.y_eval), args.calib)
             if key in done:
                 rows.append(done[key])
                 continue
@@ -186,12 +186,13 @@ def main(argv=None) -> int:
                 if tool in OURS:
                     res = run_ours(tool, wl, wa, convention, args)
                 else:
-                    res = run_peer(tool, pythons[PEERS[tool]], images, wa, key[3], convention)
+                    res = run_peer(tool, pythons[PEERS[tool]], images, wa, iters, convention)
             except RuntimeError as e:
                 print(f"{bits} {convention} {tool}: failed: {e}", flush=True)
                 failed.append(f"{bits} {convention} {tool}")
                 continue
-            row = {"bits": bits, "convention": convention, "tool": tool, "iters": key[3], "n_eval": key[4], "n_calib": args.calib,
+            row = {"bits": bits, "convention": convention, "tool": tool, "iters": iters, "n_eval": len(wl.y_eval),
+                   "n_calib": args.calib,
                    "fp32": round(fp32, 2), **res, "load_1min_at_start": round(load, 2)}
             print(json.dumps(row), flush=True)
             append_row(args.log, row)
